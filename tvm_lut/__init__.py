@@ -1,0 +1,33 @@
+"""tvm-lut: run neural networks on table lookups with Apache TVM.
+
+The training stage (NN-LUT piecewise-linear tables, LUT-NN product quantization), the table bundle, and the
+facade that compiles a model with the Relax passes (`relay_passes`) and kernels (`schedules`).
+
+Names are imported lazily so that `import tvm_lut` stays cheap (torch and TVM load on first use).
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "PWLTable": "tvm_lut.pwl",
+    "fit_pwl": "tvm_lut.pwl",
+    "Bundle": "tvm_lut.bundle",
+    "BundleError": "tvm_lut.bundle",
+    "fingerprint": "tvm_lut.bundle",
+    "PQTable": "tvm_lut.pq.table",
+    "learn": "tvm_lut.learn",
+    "compile": "tvm_lut.compile",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tvm_lut' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

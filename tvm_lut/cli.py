@@ -1,0 +1,33 @@
+"""The `tvm-lut` command line: one subcommand per main job.
+
+Each subcommand lives in a module with `add_arguments(parser)` and `run(args) -> int`; this file only parses and
+dispatches. Command modules import torch and TVM inside `run`, so that `tvm-lut --help` is instant.
+"""
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (command module, one-line help)
+COMMANDS = {
+    "demo": ("tvm_lut.demo", "NN-LUT end to end on MiniLM-L6 and real tweets: learn tables, compile, compare"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tvm-lut", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(sub_parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    module, _ = COMMANDS[args.command]
+    return importlib.import_module(module).run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,3 +3,5 @@
 The package keeps the name `relay_passes` that its users asked for, but TVM >= 0.20 has no Relay: every pass here
 is a Relax pass (`tvm.ir.transform.Pass` over a Relax `IRModule`), usable in any Relax pipeline.
 """
+
+from relay_passes.report import KeptExact, PassReport, Replaced

@@ -1,1 +1,5 @@
 """TensorIR kernels, CPU schedule rules, tensor intrinsics and tuning for tvm-lut (imports only TVM and NumPy)."""
+
+from .apply import ApplyCPUSchedules, ScheduleReport, UnscheduledWarning
+from .target import host_target
+from .kernels import PWLSpec, layer_norm_func, pwl_func, softmax_func

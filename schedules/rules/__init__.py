@@ -1,0 +1,16 @@
+"""CPU schedule rules in dlight's shape: `rule.apply(func, target, tunable) -> Schedule | None`.
+
+`default_rules()` is the order `ApplyCPUSchedules` tries them in: the most specific first, the first rule that
+returns a schedule wins.
+"""
+
+from .common import CPURule
+from .elementwise import Elementwise
+from .reduction import Reduction
+
+
+def default_rules() -> tuple[CPURule, ...]:
+    return (Reduction(), Elementwise())
+
+
+__all__ = ["CPURule", "Elementwise", "Reduction", "default_rules"]

@@ -1,0 +1,115 @@
+"""What every CPU rule shares: the rule base class, block analysis, and the loop moves (vectorize, parallel).
+
+`CPURule.apply` follows dlight's contract: it returns a `Schedule`, or `None` when the rule does not fit the
+function. Subclasses implement `schedule(sch, blocks, target)`; a schedule primitive that refuses (a
+`ScheduleError`) also means "does not fit", so no rule ever raises on a function it cannot handle.
+"""
+
+import logging
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+logger = logging.getLogger(__name__)
+
+# Below this many elements a parallel loop costs more to launch than it saves.
+MIN_PARALLEL_WORK = 4096
+
+
+class CPURule(ScheduleRule):
+    """A schedule rule for LLVM (CPU) targets; see the module docstring for the contract."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = normalize_prim_func(sch)
+        if not blocks:
+            return None
+        try:
+            return self.schedule(sch, blocks, target)
+        except s_tir.ScheduleError as err:
+            logger.debug("%s does not fit: %s", type(self).__name__, err)
+            return None
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
+        raise NotImplementedError
+
+
+def static_extent(sch: s_tir.Schedule, loop) -> int | None:
+    """The loop's extent if it is a constant, else None."""
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def output_dtype(sch: s_tir.Schedule, block) -> str:
+    writes = sch.get(block).writes
+    return str(writes[0].source.dtype) if writes else "float32"
+
+
+def inline_injective(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> list[SBlockInfo]:
+    """Inline every injective block that can be (producers forward, then consumers backward); return the rest.
+
+    A producer is inlined only into a single consumer, so no element is computed twice.
+    """
+    remaining = list(blocks)
+    changed = True
+    while changed:
+        changed = False
+        for info in list(remaining):
+            if not info.is_injective() or len(remaining) == 1:
+                continue
+            if _try(sch.compute_inline, info.block_rv, single_consumer=sch) or _try(
+                sch.reverse_compute_inline, info.block_rv
+            ):
+                remaining.remove(info)
+                changed = True
+    return remaining
+
+
+def _try(primitive, block, single_consumer: s_tir.Schedule | None = None) -> bool:
+    if single_consumer is not None and len(single_consumer.get_consumers(block)) > 1:
+        return False
+    try:
+        primitive(block)
+    except s_tir.ScheduleError:
+        return False
+    return True
+
+
+def largest_divisor(extent: int | None, limit: int) -> int:
+    """The largest power of two <= limit dividing `extent` (1 when the extent is symbolic)."""
+    if extent is None:
+        return 1
+    lanes = limit
+    while lanes > 1 and extent % lanes:
+        lanes //= 2
+    return lanes
+
+
+def vectorize_innermost(sch: s_tir.Schedule, loop, lanes: int, row: int | None = None):
+    """Split `loop` so its inner part is one SIMD vector and vectorize it; returns the outer loop.
+
+    Uses the largest power-of-two factor of the extent that fits `lanes` (and divides `row`, the innermost
+    dimension of a fused loop, so a vector never straddles two rows of a broadcast), so no tail predicate is
+    needed; a loop with no such factor (or a symbolic extent) is left scalar.
+    """
+    factor = largest_divisor(static_extent(sch, loop), lanes)
+    if row is not None:
+        factor = largest_divisor(row, factor)
+    if factor < 2:
+        return loop
+    outer, inner = sch.split(loop, factors=[None, factor])
+    sch.vectorize(inner)
+    return outer
+
+
+def parallelize(sch: s_tir.Schedule, loop, work: int | None, target: Target) -> None:
+    """Mark `loop` parallel if the function does enough work to pay for the thread launch."""
+    from ..target import num_cores
+
+    extent = static_extent(sch, loop)
+    if num_cores(target) > 1 and (work is None or work >= MIN_PARALLEL_WORK) and (extent is None or extent > 1):
+        sch.parallel(loop)

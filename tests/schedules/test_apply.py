@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import tvm
+from tvm import te, topi
+
+from schedules import ApplyCPUSchedules, UnscheduledWarning, host_target
+from schedules.rules import Elementwise
+from tests.schedules.rule_harness import run
+
+
+def _module(**funcs) -> tvm.IRModule:
+    return tvm.IRModule({name: func.with_attr("global_symbol", name) for name, func in funcs.items()})
+
+
+def _softmax(shape):
+    x = te.placeholder(shape, name="x")
+    return te.create_prim_func([x, topi.nn.softmax(x)])
+
+
+def _full_sum():
+    x = te.placeholder((4, 16), name="x")
+    return te.create_prim_func([x, topi.sum(x)])
+
+
+def test_schedules_every_function_and_reports_the_rule():
+    apply = ApplyCPUSchedules(target=host_target())
+    mod = apply(_module(softmax=_softmax((6, 40)), tiny_softmax=_softmax((1, 1))))
+    assert apply.report.scheduled == {"softmax": "Reduction", "tiny_softmax": "Elementwise"}
+    assert apply.report.unscheduled == []
+    assert all(mod[name].attrs["tirx.is_scheduled"] for name in ("softmax", "tiny_softmax"))
+    data = np.random.default_rng(0).standard_normal((6, 40), dtype="float32")
+    expected = np.exp(data) / np.exp(data).sum(-1, keepdims=True)
+    np.testing.assert_allclose(run(mod["softmax"], data), expected, rtol=1e-5)
+
+
+def test_names_what_it_leaves_unscheduled():
+    apply = ApplyCPUSchedules(rules=[Elementwise()], target=host_target())
+    with pytest.warns(UnscheduledWarning, match="left naive: full_sum"):
+        mod = apply(_module(full_sum=_full_sum()))
+    assert apply.report.unscheduled == ["full_sum"]
+    assert "tirx.is_scheduled" not in (mod["full_sum"].attrs or {})
+
+
+def test_keeps_functions_already_scheduled():
+    func = _softmax((3, 5)).with_attr("tirx.is_scheduled", True)
+    apply = ApplyCPUSchedules(target=host_target())
+    mod = apply(_module(done=func))
+    assert apply.report.already_scheduled == ["done"]
+    tvm.ir.assert_structural_equal(mod["done"], func.with_attr("global_symbol", "done"))
+
+
+def test_uses_the_target_in_scope():
+    apply = ApplyCPUSchedules()
+    with host_target():
+        apply(_module(softmax=_softmax((6, 40))))
+    assert apply.report.scheduled == {"softmax": "Reduction"}
+
+
+def test_without_a_target_says_so():
+    with pytest.raises(ValueError, match="target"):
+        ApplyCPUSchedules()(_module(softmax=_softmax((6, 40))))
+
+
+def test_a_single_row_softmax_is_reported_and_still_correct():
+    # Unit dimensions are not iterated, so the row axes of (1, n) cannot be matched across blocks: no rule fits.
+    apply = ApplyCPUSchedules(target=host_target())
+    with pytest.warns(UnscheduledWarning, match="single_row"):
+        mod = apply(_module(single_row=_softmax((1, 3))))
+    data = np.array([[1.0, np.inf, -2.0]], dtype="float32")
+    with np.errstate(invalid="ignore"):
+        expected = np.exp(data - data.max()) / np.exp(data - data.max()).sum()
+    np.testing.assert_allclose(run(mod["single_row"], data), expected)

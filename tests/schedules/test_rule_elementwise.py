@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+from tvm import te, topi
+
+from schedules.rules import Elementwise, Reduction
+from tests.schedules.rule_harness import TARGET, loop_kinds, run, scheduled
+
+RNG = np.random.default_rng(0)
+EDGE = np.array([np.nan, np.inf, -np.inf, 3e38, -3e38, 1e-45, -0.0, 0.0], dtype="float32")
+
+
+def _add_relu_bias(shape):
+    a = te.placeholder(shape, name="a")
+    bias = te.placeholder(shape[-1:], name="bias")
+    out = topi.nn.relu(topi.add(topi.multiply(a, 2.0), bias))
+    return te.create_prim_func([a, bias, out])
+
+
+@pytest.mark.parametrize("shape", [(8, 64, 384), (3, 7, 5), (1,), (17,), (2, 1, 33)])
+def test_broadcast_chain_matches_numpy(shape):
+    func = _add_relu_bias(shape)
+    a = RNG.standard_normal(shape, dtype="float32")
+    a.flat[: min(a.size, EDGE.size)] = EDGE[: a.size]
+    bias = RNG.standard_normal(shape[-1:], dtype="float32")
+    with np.errstate(all="ignore"):
+        expected = np.fmax(a * 2 + bias, 0)  # TIR max is LLVM maxnum: max(NaN, 0) = 0
+    np.testing.assert_array_equal(run(scheduled(Elementwise(), func), a, bias), expected)
+    np.testing.assert_array_equal(run(func, a, bias), expected)
+
+
+def test_large_chain_is_parallel_and_vectorized():
+    kinds = loop_kinds(scheduled(Elementwise(), _add_relu_bias((64, 384))))
+    assert {"parallel", "vectorized"} <= kinds
+
+
+def test_tiny_chain_stays_on_one_thread():
+    assert "parallel" not in loop_kinds(scheduled(Elementwise(), _add_relu_bias((4, 8))))
+
+
+def test_transpose_reshape_matches_numpy():
+    x = te.placeholder((2, 5, 3, 7), name="x")
+    out = topi.reshape(topi.transpose(x, (0, 2, 1, 3)), (6, 35))
+    func = te.create_prim_func([x, out])
+    data = RNG.standard_normal((2, 5, 3, 7), dtype="float32")
+    np.testing.assert_array_equal(run(scheduled(Elementwise(), func), data), data.transpose(0, 2, 1, 3).reshape(6, 35))
+
+
+def test_zero_size_is_served():
+    func = _add_relu_bias((0, 16))
+    assert run(scheduled(Elementwise(), func), np.zeros((0, 16), "float32"), np.zeros(16, "float32")).shape == (0, 16)
+
+
+def test_declines_a_reduction():
+    x = te.placeholder((4, 16), name="x")
+    func = te.create_prim_func([x, topi.sum(x, axis=1)])
+    assert Elementwise().apply(func, TARGET, False) is None
+
+
+def test_declines_non_cpu_targets():
+    import tvm
+
+    func = _add_relu_bias((4, 8))
+    assert Elementwise().apply(func, tvm.target.Target({"kind": "cuda"}), False) is None
+    assert Reduction().apply(func, TARGET, False) is None

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+from tvm import te, topi
+
+from schedules.rules import Reduction
+from tests.schedules.rule_harness import TARGET, loop_kinds, run, scheduled
+
+RNG = np.random.default_rng(1)
+
+
+def _softmax_ref(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("shape", [(8, 12, 64, 64), (3, 5), (2, 3, 17), (7, 3)])
+def test_softmax_matches_numpy(shape):
+    x = te.placeholder(shape, name="x")
+    func = te.create_prim_func([x, topi.nn.softmax(x, axis=-1)])
+    data = RNG.standard_normal(shape, dtype="float32") * 10
+    np.testing.assert_allclose(run(scheduled(Reduction(), func), data), _softmax_ref(data), rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_propagates_nan_and_inf_like_numpy():
+    x = te.placeholder((2, 32), name="x")
+    func = te.create_prim_func([x, topi.nn.softmax(x, axis=-1)])
+    data = RNG.standard_normal((2, 32), dtype="float32")
+    data[0, 3], data[1, 5] = np.nan, np.inf
+    with np.errstate(all="ignore"):
+        expected = _softmax_ref(data)
+    np.testing.assert_allclose(run(scheduled(Reduction(), func), data), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(8, 64, 384), (3, 7), (5, 33)])
+def test_layer_norm_matches_numpy(shape):
+    x = te.placeholder(shape, name="x")
+    gamma = te.placeholder(shape[-1:], name="gamma")
+    beta = te.placeholder(shape[-1:], name="beta")
+    func = te.create_prim_func([x, gamma, beta, topi.nn.layer_norm(x, gamma, beta, axis=[-1], epsilon=1e-12)])
+    data = RNG.standard_normal(shape, dtype="float32") * 3 + 1
+    g, b = RNG.standard_normal(shape[-1:], dtype="float32"), RNG.standard_normal(shape[-1:], dtype="float32")
+    mean, var = data.mean(-1, keepdims=True), data.var(-1, keepdims=True)
+    expected = (data - mean) / np.sqrt(var + 1e-12) * g + b
+    np.testing.assert_allclose(run(scheduled(Reduction(), func), data, g, b), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_rows_parallel_and_reduction_vectorized():
+    x = te.placeholder((512, 384), name="x")
+    kinds = loop_kinds(scheduled(Reduction(), te.create_prim_func([x, topi.sum(x, axis=1)])))
+    assert {"parallel", "vectorized"} <= kinds
+
+
+@pytest.mark.parametrize("axis", [0, 1, (0, 2)])
+def test_sum_over_any_axis_matches_numpy(axis):
+    x = te.placeholder((4, 9, 6), name="x")
+    func = te.create_prim_func([x, topi.sum(x, axis=axis)])
+    data = RNG.standard_normal((4, 9, 6), dtype="float32")
+    sch = Reduction().apply(func, TARGET, False)
+    out = run(func if sch is None else sch.mod["main"], data)
+    np.testing.assert_allclose(out, data.sum(axis=axis), rtol=1e-5, atol=1e-5)
+
+
+def test_declines_a_full_reduction_to_a_scalar():
+    x = te.placeholder((4, 16), name="x")
+    assert Reduction().apply(te.create_prim_func([x, topi.sum(x)]), TARGET, False) is None

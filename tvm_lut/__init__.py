@@ -12,7 +12,11 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "PWLTable": "tvm_lut.pwl",
-    "fit_pwl": "tvm_lut.pwl",
+    "fit_pwl": "tvm_lut.pwl_fit",
+    "fit_pwl_net": "tvm_lut.pwl_fit",
+    "PWLNet": "tvm_lut.pwl_fit",
+    "measure_error": "tvm_lut.functions",
+    "ErrorReport": "tvm_lut.functions",
     "Bundle": "tvm_lut.bundle",
     "BundleError": "tvm_lut.bundle",
     "fingerprint": "tvm_lut.bundle",

@@ -6,7 +6,6 @@ from tvm_lut.datasets import load_tweets
 from tvm_lut.datasets.tweets import CALIBRATION_SIZE, TEST_SIZE
 
 
-
 @pytest.fixture(scope="module")
 def splits():
     return load_tweets()

@@ -6,11 +6,12 @@ returns a schedule wins.
 
 from .common import CPURule
 from .elementwise import Elementwise
+from .matmul import Matmul
 from .reduction import Reduction
 
 
 def default_rules() -> tuple[CPURule, ...]:
-    return (Reduction(), Elementwise())
+    return (Matmul(), Reduction(), Elementwise())
 
 
-__all__ = ["CPURule", "Elementwise", "Reduction", "default_rules"]
+__all__ = ["CPURule", "Elementwise", "Matmul", "Reduction", "default_rules"]

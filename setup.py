@@ -28,7 +28,7 @@ setup(
     description="Table-lookup neural network inference for Apache TVM (NN-LUT and LUT-NN)",
     python_requires=">=3.11",
     packages=find_packages(include=["tvm_lut*", "relay_passes*", "schedules*"]),
-    package_data={"tvm_lut": ["data/*.safetensors", "data/*.json"]},
+    package_data={"tvm_lut": ["*.safetensors", "data/*.safetensors", "data/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["tvm-lut=tvm_lut.cli:main"]},

@@ -105,10 +105,15 @@ class PQMatch(tuple):
 
 
 class Bundle:
-    """Named tables (PWL and PQ entries) with a lossless, validated file format."""
+    """Named tables (PWL and PQ entries) with a lossless, validated file format.
 
-    def __init__(self, entries: Mapping[str, Entry] | None = None):
+    `provenance`: JSON-serializable facts about how the tables were made (the training config, the torch
+    version and CPU they were fitted on), saved with them and never needed to use them.
+    """
+
+    def __init__(self, entries: Mapping[str, Entry] | None = None, provenance: Mapping[str, Any] | None = None):
         self._entries: dict[str, Entry] = {}
+        self.provenance: dict[str, Any] = dict(provenance or {})
         for name, entry in (entries or {}).items():
             self.add(name, entry)
 
@@ -124,9 +129,11 @@ class Bundle:
         self._entries[name] = entry
 
     def merged(self, *others: "Bundle") -> "Bundle":
-        """A new bundle with the entries of `self` and `others`; a repeated name raises `BundleError`."""
-        merged = Bundle(self._entries)
+        """A new bundle with the entries (and provenance) of `self` and `others`; a repeated entry name raises
+        `BundleError`."""
+        merged = Bundle(self._entries, self.provenance)
         for other in others:
+            merged.provenance.update(other.provenance)
             for name, entry in other.items():
                 merged.add(name, entry)
         return merged
@@ -197,6 +204,7 @@ class Bundle:
             "format_version": FORMAT_VERSION,
             "tvm_lut_version": tvm_lut.__version__,
             "manifest": json.dumps({"entries": manifest}, sort_keys=True),
+            "provenance": json.dumps(self.provenance, sort_keys=True),
         }
         save_file(tensors, os.fspath(path), metadata=metadata)
 
@@ -212,12 +220,13 @@ class Bundle:
                               f"version {FORMAT_VERSION!r} (regenerate the bundle with this version)")
         try:
             manifest = json.loads(metadata["manifest"])["entries"]
+            provenance = json.loads(metadata.get("provenance", "{}"))
         except (KeyError, TypeError, json.JSONDecodeError) as err:
             raise BundleError(f"{os.fspath(path)!r} has no readable manifest ({err})") from None
-        if not isinstance(manifest, dict):
-            raise BundleError(f"{os.fspath(path)!r}: manifest entries must be a JSON object")
+        if not isinstance(manifest, dict) or not isinstance(provenance, dict):
+            raise BundleError(f"{os.fspath(path)!r}: manifest entries and provenance must be JSON objects")
 
-        bundle, claimed = cls(), set()
+        bundle, claimed = cls(provenance=provenance), set()
         for name, record in manifest.items():
             meta = dict(record) if isinstance(record, dict) else {}
             kind = meta.pop("kind", None)

@@ -64,6 +64,13 @@ def test_round_trip_keeps_every_table_bit_for_bit(tmp_path):
     assert "gelu: pwl" in repr(loaded)
 
 
+def test_provenance_round_trips_and_merges(tmp_path):
+    bundle = Bundle({"gelu": _table()}, provenance={"torch": "2.13.0", "config": {"entries": 16}})
+    assert Bundle.load(_saved(tmp_path, bundle)).provenance == {"torch": "2.13.0", "config": {"entries": 16}}
+    merged = bundle.merged(Bundle(provenance={"pq": "v1"}))
+    assert merged.provenance == {"torch": "2.13.0", "config": {"entries": 16}, "pq": "v1"}
+
+
 def test_empty_bundle_round_trips(tmp_path):
     assert len(Bundle.load(_saved(tmp_path, Bundle()))) == 0
 

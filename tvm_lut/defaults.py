@@ -1,0 +1,77 @@
+"""The default NN-LUT tables shipped in the package, for models with no training code at hand.
+
+`relay_passes.LUTNonlinear()` uses them when no bundle is given: 16-entry tables of every registered function
+over its generic default range (`tvm_lut.functions`), learned by the same trainer as calibrated tables.
+Regenerate them with `python -m tvm_lut.defaults` (about 10 s); `--check` refits and compares without writing.
+
+The fit is deterministic on one platform (float64, one thread, fixed seed), so a refit reproduces the shipped
+file bit for bit when the torch build and CPU capability match those recorded in its provenance. Elsewhere,
+float64 kernels may round differently and the optimizer, which has many near-equal optima, can end elsewhere;
+there a refit is only required to be as accurate (every table within its function's threshold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tvm_lut.bundle import Bundle
+
+DEFAULT_TABLES_PATH = Path(__file__).with_name("default_tables.safetensors")
+DEFAULT_ENTRIES = 16
+
+
+def default_bundle() -> Bundle:
+    """The shipped default tables (a fresh Bundle each call; the file is a few kilobytes)."""
+    return Bundle.load(DEFAULT_TABLES_PATH)
+
+
+def fit_platform() -> dict[str, str]:
+    """What a bit-for-bit reproduction of a fit needs to share: the torch build and its CPU kernels."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def fit_default_bundle(progress: bool = True) -> Bundle:
+    """Fit the default tables now (what `python -m tvm_lut.defaults` writes)."""
+    from tqdm import tqdm
+
+    from tvm_lut.functions import FUNCTIONS
+    from tvm_lut.pwl_fit import fit_pwl
+
+    bundle = Bundle(provenance={"generator": "python -m tvm_lut.defaults", "entries": DEFAULT_ENTRIES,
+                                **fit_platform()})
+    for name in tqdm(sorted(FUNCTIONS), desc="fitting default tables", disable=not progress):
+        bundle.add(name, fit_pwl(name, DEFAULT_ENTRIES))
+    return bundle
+
+
+def main(argv=None) -> int:
+    from tvm_lut.functions import measure_error
+
+    parser = argparse.ArgumentParser(prog="python -m tvm_lut.defaults", description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=DEFAULT_TABLES_PATH, help="where to write the tables")
+    parser.add_argument("--check", action="store_true", help="refit and compare with the shipped file, write nothing")
+    args = parser.parse_args(argv)
+
+    bundle = fit_default_bundle()
+    reports = [measure_error(bundle[name]) for name in bundle]
+    print("\n".join(str(report) for report in reports))
+    if not all(report.passed for report in reports):
+        print("some tables miss their threshold; nothing written", file=sys.stderr)
+        return 1
+    if args.check:
+        shipped = default_bundle()
+        same = list(shipped) == list(bundle) and all(shipped[name] == bundle[name] for name in bundle)
+        print(f"refit {'matches' if same else 'differs from'} {DEFAULT_TABLES_PATH} bit for bit "
+              f"(shipped: {shipped.provenance}; now: {fit_platform()})")
+        return 0 if same else 1
+    bundle.save(args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,7 +21,11 @@ _EXPORTS = {
     "BundleError": "tvm_lut.bundle",
     "fingerprint": "tvm_lut.bundle",
     "PQTable": "tvm_lut.pq.table",
-    "learn": "tvm_lut.learn",
+    "learn": "tvm_lut.training",
+    "NonlinearConfig": "tvm_lut.training",
+    "register_handler": "tvm_lut.training",
+    "calibrate_ranges": "tvm_lut.calibrate",
+    "default_bundle": "tvm_lut.defaults",
     "compile": "tvm_lut.compile",
 }
 

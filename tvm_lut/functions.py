@@ -1,7 +1,8 @@
 """The functions NN-LUT approximates, with what a table of each must know and must achieve.
 
 Each `LUTFunction` gives the exact function (float64 torch, the fitting target and the error reference), the
-default range a generic table covers, what the table does outside that range (its asymptotes), the error that
+default range a generic table covers (beyond it the asymptotes are exact to float32 rounding or, for
+scaled functions, never evaluated; so calibrated ranges only ever narrow it), what the table does outside that range (its asymptotes), the error that
 matters downstream, and the quality a 16-entry table must reach over the default range (asserted in tests):
 
 - `gelu`, `gelu_tanh`: absolute error (the residual stream adds it); left asymptote 0, right asymptote x.
@@ -61,6 +62,28 @@ class LUTFunction:
         return None
 
 
+    def pinned_reach(self) -> tuple[float | None, float | None]:
+        """How far a table's range must at least reach on each side (None: no requirement). A table is
+        continuous, so where an asymptote is pinned ("zero", "identity") the range must reach the point beyond
+        which that asymptote stays within half the error budget: GELU about +-3.2, exp about -6.5."""
+        import torch
+
+        lo, hi = self.default_range
+        x = torch.linspace(lo, hi, 4097, dtype=torch.float64)
+        y = self.exact(x)
+        reach: list[float | None] = [None, None]
+        for index, (side, asymptote) in enumerate((("left", self.left), ("right", self.right))):
+            if asymptote not in ("zero", "identity"):
+                continue
+            slope, intercept = self.asymptote_line(side, lo if side == "left" else hi)
+            close = (y - (slope * x + intercept)).abs() <= 0.5 * self.threshold
+            if side == "right":
+                close = close.flip(0)
+            run = int(torch.cumprod(close.long(), 0).sum())  # close points counted from this end
+            reach[index] = float(x[max(run - 1, 0)] if side == "left" else x[len(x) - max(run, 1)])
+        return reach[0], reach[1]
+
+
 def _gelu(x):
     return 0.5 * x * (1.0 + _torch().erf(x / math.sqrt(2.0)))
 
@@ -78,8 +101,10 @@ def _torch():
 FUNCTIONS: dict[str, LUTFunction] = {
     f.name: f
     for f in (
-        LUTFunction("gelu", _gelu, (-5.0, 5.0), "zero", "identity", "absolute", threshold=4e-3),
-        LUTFunction("gelu_tanh", _gelu_tanh, (-5.0, 5.0), "zero", "identity", "absolute", threshold=4e-3),
+        LUTFunction("gelu", _gelu, (-5.0, 5.0), "zero", "identity", "absolute", threshold=4e-3,
+),
+        LUTFunction("gelu_tanh", _gelu_tanh, (-5.0, 5.0), "zero", "identity", "absolute", threshold=4e-3,
+),
         LUTFunction("exp", lambda x: _torch().exp(x), (-16.0, 0.0), "zero", "value", "absolute", threshold=3e-3,
                     report_relative=True),
         LUTFunction("reciprocal", lambda x: 1.0 / x, (1.0, 2.0), "free", "free", "relative", threshold=5e-4,

@@ -30,7 +30,7 @@ def test_random_net_with_both_neuron_directions_converts_exactly(seed):
 
 
 def test_trained_net_and_table_agree_on_10000_points():
-    net = fit_pwl_net("gelu")
+    net = fit_pwl_net("gelu", **FAST)
     table = net.to_table("gelu")
     x = np.linspace(-7, 7, 10_000, dtype=np.float32)
     _agree_to_float_rounding(net, table, x)

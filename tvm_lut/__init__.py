@@ -26,6 +26,7 @@ _EXPORTS = {
     "register_handler": "tvm_lut.training",
     "calibrate_ranges": "tvm_lut.calibrate",
     "default_bundle": "tvm_lut.defaults",
+    "LUTMode": "tvm_lut.emulate",
     "compile": "tvm_lut.compile",
 }
 

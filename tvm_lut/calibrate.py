@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 _SAMPLES_PER_CALL = 1 << 16
 _MIN_WIDTH = 0.05  # of the default range; a narrower calibrated range falls back to the default
-_SOFTMAX = {torch.softmax, F.softmax, torch.Tensor.softmax, torch.special.softmax}
+SOFTMAX_FUNCTIONS = {torch.softmax, F.softmax, torch.Tensor.softmax, torch.special.softmax}
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,13 @@ class ObservedRange:
         return self.low, self.high
 
 
+def softmax_dim(x: torch.Tensor, dim: int | None) -> int:
+    """The dim a softmax call reduces over (torch's legacy rule when `dim` is None)."""
+    if dim is None:
+        return 0 if x.dim() in (0, 1, 3) else 1
+    return dim
+
+
 class _Recorder(TorchFunctionMode):
     """Records the inputs each LUT function would see; the calls themselves run unchanged."""
 
@@ -70,7 +77,7 @@ class _Recorder(TorchFunctionMode):
             if func is F.gelu:
                 approximate = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
                 self._record("gelu_tanh" if approximate == "tanh" else "gelu", args[0])
-            elif func in _SOFTMAX:
+            elif func in SOFTMAX_FUNCTIONS:
                 self._softmax(args[0], kwargs.get("dim", args[1] if len(args) > 1 else None))
             elif func is F.layer_norm:
                 x, shape = args[0], kwargs.get("normalized_shape", args[1] if len(args) > 1 else None)
@@ -82,8 +89,7 @@ class _Recorder(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def _softmax(self, x: torch.Tensor, dim):
-        if dim is None:  # torch's legacy implicit dim
-            dim = 0 if x.dim() in (0, 1, 3) else 1
+        dim = softmax_dim(x, dim)
         shifted = x.float() - x.float().amax(dim, keepdim=True)
         self._record("exp", shifted)
         self._record("reciprocal", torch.exp(shifted).sum(dim))

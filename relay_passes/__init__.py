@@ -4,4 +4,6 @@ The package keeps the name `relay_passes` that its users asked for, but TVM >= 0
 is a Relax pass (`tvm.ir.transform.Pass` over a Relax `IRModule`), usable in any Relax pipeline.
 """
 
+from relay_passes.lut_dense import LUTDense
+from relay_passes.lut_nonlinear import LUTNonlinear
 from relay_passes.report import KeptExact, PassReport, Replaced

@@ -1,0 +1,192 @@
+"""`LUTDense`: replace dense and conv2d layers with LUT-NN product-quantization kernels (encode + lookup).
+
+Matches every form of dense and conv2d layers the torch.export and ONNX importers produce
+(`relay_passes.patterns.dense`, `relay_passes.patterns.conv2d`): batched inputs (B x T x D), the weight as a
+constant (bind parameters first), with or without a bias add. Each layer's bundle entry is found by the weight's
+fingerprint (`Bundle.find_pq`); the layer becomes two kernel calls with the entry's operands packed as constants:
+
+    codes = call_tir(pq_encode, x, -2 * centroids, ||centroids||^2)     # nearest centroid per sub-vector
+    y     = call_tir(pq_lookup, codes, int8 table, bias)                # scale * sum of table rows + bias
+
+A conv2d's encode reads its im2col rows straight from the NCHW input; its rows come back (B*H'*W', O) and are
+reshaped and transposed to NCHW. The kernels carry their own schedule (`tir.is_scheduled`), tensorized with the
+target's lookup intrinsic (`schedules.intrin`: AVX2 / AVX-512BW `vpshufb`, NEON `tbl`).
+
+Precondition: high-level Relax ops, as imported; the pass sits before LegalizeOps (phase 1 of the `tvm_lut`
+pipeline), like `LUTNonlinear`. Served: float32, static shapes, K <= 16, a target with a lookup intrinsic. A layer
+without an entry, or one that cannot be served, stays exact; `pass_.report` (a `PassReport`) says why.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import WildcardPattern, rewrite_call
+
+from .patterns import Form, static_shape
+from .patterns import conv2d as conv2d_patterns
+from .patterns import dense as dense_patterns
+from .patterns.conv2d import ConvMatch
+from .report import KeptExact, PassReport, Replaced
+
+logger = logging.getLogger(__name__)
+
+_SERVED_DTYPE = "float32"
+
+
+@tvm.ir.transform.module_pass(opt_level=0, name="LUTDense")
+class LUTDense:
+    """Rewrite the dense / conv2d layers that have a `pq` entry in `bundle` to PQ kernels (see the module docstring).
+
+    `target`: the target the kernels are built for (its lookup intrinsic and lane count); default: the current
+    target if one is entered, else `schedules.host_target()`. `prefer_avx512`: use 64-row AVX-512BW lookups.
+    """
+
+    def __init__(self, bundle, target: tvm.target.Target | None = None, prefer_avx512: bool = False):
+        from tvm_lut.bundle import Bundle
+
+        if not isinstance(bundle, Bundle):
+            raise TypeError(f"LUTDense needs a tvm_lut.Bundle with pq entries, got {type(bundle).__name__}")
+        if target is not None and not isinstance(target, tvm.target.Target):
+            raise TypeError(f"target must be a tvm.target.Target, got {type(target).__name__}")
+        self.bundle = bundle
+        self.target = target
+        self.prefer_avx512 = prefer_avx512
+        self.forms = dense_patterns.forms() + conv2d_patterns.forms()
+        self.report: PassReport | None = None
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        import schedules
+        from schedules.intrin import lookup_intrin
+
+        target = self.target or tvm.target.Target.current(allow_none=True) or schedules.host_target()
+        rewriter = _Rewriter(mod, self.bundle, target, lookup_intrin(target, self.prefer_avx512))
+        for gvar, func in list(mod.functions_items()):
+            if not isinstance(func, relax.Function):
+                continue
+            for form in self.forms:
+                func = rewrite_call(form.pattern, rewriter.replacing(form), func)
+            for form in self.forms:  # what still matches was kept exact: report it once
+                rewrite_call(form.pattern, rewriter.auditing(form), func)
+            rewriter.builder.update_func(gvar, func)
+        self.report = rewriter.report
+        self.report.log(logger)
+        return rewriter.builder.get()
+
+
+class _Rewriter:
+    """Serves the matches of one pass run: checks, kernels (one pair per entry and row count), report entries."""
+
+    def __init__(self, mod, bundle, target, intrin):
+        self.bundle, self.target, self.intrin = bundle, target, intrin
+        self.builder = relax.BlockBuilder(mod)
+        self.report = PassReport("LUTDense")
+        self._kernels: dict[tuple, tuple[relax.GlobalVar, relax.GlobalVar]] = {}
+        self._reported: list[relax.Expr] = []
+
+    def replacing(self, form: Form):
+        def rewrite(matched: relax.Expr, matchings: dict) -> relax.Expr:
+            served = self._serve(form, matched, matchings)
+            if not isinstance(served, tuple):
+                return matched
+            expr, lookup_name = served
+            self.report.replaced.append(Replaced(form.op, form.name, static_shape(matched), _SERVED_DTYPE,
+                                                 lookup_name))
+            return expr
+
+        return rewrite
+
+    def auditing(self, form: Form):
+        def audit(matched: relax.Expr, matchings: dict) -> relax.Expr:
+            if any(matched.same_as(op) for op in self._reported):
+                return matched
+            reason = self._check(form, matched, matchings)
+            if isinstance(reason, str):
+                self._reported += [e for p, e in matchings.items() if not isinstance(p, WildcardPattern)]
+                self.report.kept.append(KeptExact(form.op, form.name, static_shape(matched),
+                                                  str(getattr(matched.ty, "dtype", "?")), reason))
+            return matched
+
+        return audit
+
+    def _check(self, form, matched, matchings):
+        """(match, entry name, table) when the layer can be served, a reason when not, None when not the op."""
+        match = form.extract(matchings)
+        if match is None or isinstance(match, str):
+            return match
+        if str(getattr(matched.ty, "dtype", "")) != _SERVED_DTYPE or str(match.x.ty.dtype) != _SERVED_DTYPE:
+            return f"dtype {matched.ty.dtype}: the PQ kernels compute in {_SERVED_DTYPE}"
+        if static_shape(matched) is None or static_shape(match.x) is None:
+            return "dynamic shape: the PQ kernels need static shapes"
+        found = self.bundle.find_pq(match.weight)
+        if found is None or found.layout != "torch":
+            return f"no pq entry in the bundle for this weight {match.weight.shape}"
+        name, table = found
+        if self.intrin is None:
+            return f"target {self.target.attrs.get('mcpu', self.target.kind.name)} has no lookup intrinsic " \
+                   "(needs x86 AVX2, AVX-512BW or ARM NEON)"
+        if table.K > 16:
+            return f"entry {name!r}: K = {table.K}; the lookup kernels serve K <= 16 (one shuffle register)"
+        if isinstance(match, ConvMatch):
+            reason = _conv_mismatch(table, match)
+            if reason:
+                return f"entry {name!r}: {reason}"
+        elif table.layer != "linear":
+            return f"entry {name!r} is a {table.layer} table, the graph has a dense layer"
+        return match, name, table
+
+    def _serve(self, form, matched, matchings):
+        """(the replacement, the lookup kernel's name), or what `_check` said."""
+        checked = self._check(form, matched, matchings)
+        if not isinstance(checked, tuple):
+            return checked
+        match, name, table = checked
+        x_shape, out_shape = static_shape(match.x), static_shape(matched)
+        if isinstance(match, ConvMatch):
+            from schedules.kernels.pq_encode import Im2col
+
+            source = Im2col(x_shape, table.kernel_size, match.stride, match.padding, match.dilation)
+            y, kernel = self._call(name, table, match.x, source.rows, match.bias, source)
+            batch, out_channels, out_h, out_w = out_shape
+            nhwc = relax.op.reshape(y, (batch, out_h, out_w, out_channels))
+            return relax.op.permute_dims(nhwc, [0, 3, 1, 2]), kernel
+        rows = int(np.prod(x_shape[:-1]))
+        x2d = match.x if len(x_shape) == 2 else relax.op.reshape(match.x, (rows, table.D))
+        y, kernel = self._call(name, table, x2d, rows, match.bias, source=None)
+        return (y if len(x_shape) == 2 else relax.op.reshape(y, out_shape)), kernel
+
+    def _call(self, name, table, x, rows, bias, source):
+        from schedules.kernels.pq_encode import pack_centroids, pq_encode_func
+        from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
+
+        layout = LookupLayout(rows, table.C, table.K, table.M, self.intrin.lanes)
+        key = (name, rows, source)
+        if key not in self._kernels:
+            encode = pq_encode_func(layout, table.V, source).without_attr("global_symbol")
+            lookup = pq_lookup_func(layout, table.scale, self.intrin).without_attr("global_symbol")
+            self._kernels[key] = (self.builder.add_func(encode, f"pq_encode_{name}"),
+                                  self.builder.add_func(lookup, f"pq_lookup_{name}"))
+        encode_gv, lookup_gv = self._kernels[key]
+        minus_two, norms = pack_centroids(table.centroids, layout)
+        bias = np.zeros(table.M, np.float32) if bias is None else bias
+        codes = relax.call_tir(encode_gv, [x, relax.const(minus_two), relax.const(norms)],
+                               relax.TensorType(layout.codes_shape, "uint8"))
+        y = relax.call_tir(lookup_gv, [codes, relax.const(pack_table(table.table, layout)), relax.const(bias)],
+                           relax.TensorType((rows, table.M), "float32"))
+        return y, lookup_gv.name_hint
+
+
+def _conv_mismatch(table, match: ConvMatch) -> str | None:
+    """Why the conv in the graph is not the one the entry was trained for, or None."""
+    if table.layer != "conv2d":
+        return f"a {table.layer} table, the graph has a conv2d"
+    top, left, bottom, right = match.padding
+    if (top, left) != (bottom, right) or (top, left) != tuple(table.padding):
+        return f"padding {match.padding} in the graph, {table.padding} in the entry"
+    if match.stride != tuple(table.stride) or match.dilation != tuple(table.dilation):
+        return (f"stride/dilation {match.stride}/{match.dilation} in the graph, "
+                f"{table.stride}/{table.dilation} in the entry")
+    return None

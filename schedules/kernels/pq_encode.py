@@ -1,0 +1,188 @@
+"""LUT-NN encode kernel: the nearest centroid of every sub-vector, written in the lookup kernel's code layout.
+
+`codes[n, c] = argmin_k ||x[n, c*V:(c+1)*V] - centroids[c, k]||^2`, computed as `||c_k||^2 - 2 x . c_k` (the
+`||x||^2` term is the same for every k). Operands packed once at compile time by `pack_centroids`:
+`minus_two_centroids (CP, K, V) = -2 * centroids` and `norms (CP, K) = ||centroids||^2` (float32); codebooks past
+C (padding up to the lookup layout's CP) are zero, so their code is 0 and the zero table rows add nothing.
+
+Semantics at the edges (also the NumPy reference's): ties go to the lowest k; a distance that is NaN, +inf or
+-inf never wins, so a sub-vector holding NaN or +-inf gets code 0 (like the PyTorch reference, whose distances are
+then all inf or NaN). Distances are float32; if `|x| * |c|` overflows float32 (|x| > ~1e37 for unit centroids)
+that centroid cannot win either.
+
+Schedule (written into the function, which is marked `tir.is_scheduled`): row blocks x codebooks in parallel;
+each task moves its `L x V` slice of x into a transposed local tile (rows in lanes, padded rows read as 0), then
+for every centroid accumulates the distances of all L rows with vector FMAs and updates the running minimum and
+its index with vector selects (no branches). The output is one L-byte vector of codes per task.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from .pq_lookup import LookupLayout
+
+
+@dataclass(frozen=True)
+class Im2col:
+    """The rows of a conv2d (NCHW input, OIHW kernel): one per output pixel `(b, oh, ow)`, each the input patch
+    flattened in the kernel's `(I, kh, kw)` order. The encode kernel reads them straight from the input (zero
+    outside the padded border); the patch matrix is never built."""
+
+    input_shape: tuple[int, int, int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple[int, int] = (1, 1)
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        _, _, height, width = self.input_shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        top, left, bottom, right = self.padding
+        return ((height + top + bottom - dh * (kh - 1) - 1) // sh + 1,
+                (width + left + right - dw * (kw - 1) - 1) // sw + 1)
+
+    @property
+    def rows(self) -> int:
+        out_h, out_w = self.output_hw
+        return self.input_shape[0] * out_h * out_w
+
+    @property
+    def features(self) -> int:
+        return self.input_shape[1] * self.kernel[0] * self.kernel[1]
+
+    def read(self, x, row, feature):
+        """The TIR expression of patch element `feature` of row `row`."""
+        _, _, height, width = self.input_shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        out_h, out_w = self.output_hw
+        image, pixel = row // (out_h * out_w), row % (out_h * out_w)
+        channel, tap = feature // (kh * kw), feature % (kh * kw)
+        in_h = pixel // out_w * sh - self.padding[0] + tap // kw * dh
+        in_w = pixel % out_w * sw - self.padding[1] + tap % kw * dw
+        inside = tvm.tirx.all(in_h >= 0, in_h < height, in_w >= 0, in_w < width)
+        clamp = lambda v, n: tvm.tirx.max(tvm.tirx.min(v, n - 1), 0)  # noqa: E731 (keeps the load in bounds)
+        return tvm.tirx.if_then_else(inside, x[image, channel, clamp(in_h, height), clamp(in_w, width)],
+                                     tvm.tirx.const(0, "float32"))
+
+
+@dataclass(frozen=True)
+class DenseRows:
+    """The rows of a dense layer's input (N, D), read as they are."""
+
+    rows: int
+    features: int
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return (self.rows, self.features)
+
+    @staticmethod
+    def read(x, row, feature):
+        return x[row, feature]
+
+
+def pack_centroids(centroids: np.ndarray, layout: LookupLayout) -> tuple[np.ndarray, np.ndarray]:
+    """centroids (C, K, V) float32 -> (-2 * centroids, ||centroids||^2), zero-padded to CP codebooks."""
+    centroids = np.asarray(centroids)
+    if centroids.ndim != 3 or centroids.shape[:2] != (layout.codebooks, layout.centroids):
+        raise ValueError(f"centroids must be (C, K, V) with (C, K) = {(layout.codebooks, layout.centroids)}, "
+                         f"got {centroids.shape}")
+    if not np.isfinite(centroids).all():
+        raise ValueError("centroids contain NaN or inf")
+    centroids = centroids.astype(np.float32)
+    padded = np.zeros((layout.padded_codebooks,) + centroids.shape[1:], np.float32)
+    padded[:layout.codebooks] = centroids
+    return -2 * padded, _norms(padded)
+
+
+def _norms(centroids: np.ndarray) -> np.ndarray:
+    """`||c||^2` summed in the kernel's order (sequential over v, float32)."""
+    norms = np.zeros(centroids.shape[:2], np.float32)
+    for v in range(centroids.shape[2]):
+        norms += centroids[..., v] * centroids[..., v]
+    return norms
+
+
+def pq_encode_reference(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """NumPy reference: x (N, C*V) float32, centroids (C, K, V) -> codes (N, C) int64, the kernel's float32 order.
+
+    Rounding can still differ from the kernel by an FMA; compare with a tolerance on near-ties (see the tests).
+    """
+    x = np.asarray(x, np.float32)
+    num_codebooks, num_centroids, sub_len = centroids.shape
+    subs = x.reshape(x.shape[0], num_codebooks, sub_len)
+    norms = _norms(np.asarray(centroids, np.float32))
+    best = np.full(subs.shape[:2], np.inf, np.float32)
+    codes = np.zeros(subs.shape[:2], np.int64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for k in range(num_centroids):
+            dist = np.broadcast_to(norms[:, k], subs.shape[:2]).copy()
+            for v in range(sub_len):
+                dist += subs[:, :, v] * np.float32(-2 * centroids[:, k, v])
+            wins = (dist < best) & (dist > -np.inf)
+            best = np.where(wins, dist, best)
+            codes = np.where(wins, k, codes)
+    return codes
+
+
+def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2col | None = None) -> tvm.tirx.PrimFunc:
+    """The scheduled encode PrimFunc `(x, minus_two_centroids, norms) -> codes (NB, CP, L) uint8`.
+
+    `source` says how rows are read from `x`: `DenseRows` (the default, x is (N, C*V)) or `Im2col` (x is a conv's
+    NCHW input); its rows and features must be the layout's N and C * V.
+    """
+    if not isinstance(sub_len, (int, np.integer)) or sub_len < 1:
+        raise ValueError(f"sub-vector length V must be a positive int, got {sub_len!r}")
+    num_rows, lanes, num_centroids = layout.rows, layout.lanes, layout.centroids
+    features = layout.codebooks * sub_len
+    source = source if source is not None else DenseRows(num_rows, features)
+    if (source.rows, source.features) != (num_rows, features):
+        raise ValueError(f"{source} gives {source.rows} rows of {source.features} features; the layout needs "
+                         f"{num_rows} rows of C * V = {features}")
+    padded = layout.padded_codebooks
+    group = next(g for g in (4, 2, 1) if num_centroids % g == 0)
+
+    @T.prim_func
+    def pq_encode(x: T.Buffer(source.input_shape, "float32"),
+                  minus_two_centroids: T.Buffer((padded, num_centroids, sub_len), "float32"),
+                  norms: T.Buffer((padded, num_centroids), "float32"),
+                  codes: T.Buffer(layout.codes_shape, "uint8")):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True, "tvm_lut.kernel": "pq_encode"})
+        for block in T.parallel(layout.row_blocks):
+            for c in range(layout.codebooks):
+                tile = T.alloc_local((sub_len, lanes), "float32")
+                dist = T.alloc_local((group, lanes), "float32")
+                best = T.alloc_local((lanes,), "float32")
+                best_k = T.alloc_local((lanes,), "int32")
+                # Rows past N repeat row N-1: their codes are computed but never used.
+                for i, v in T.grid(lanes, sub_len):
+                    tile[v, i] = source.read(x, T.min(block * lanes + i, num_rows - 1), c * sub_len + v)
+                for i in T.vectorized(lanes):
+                    best[i] = T.float32("inf")
+                    best_k[i] = 0
+                # `group` centroids at a time: independent FMA chains hide the FMA latency.
+                for k_outer in range(num_centroids // group):
+                    for k_inner in T.unroll(group):
+                        for i in T.vectorized(lanes):
+                            dist[k_inner, i] = norms[c, k_outer * group + k_inner]
+                    for v in range(sub_len):
+                        for k_inner in T.unroll(group):
+                            for i in T.vectorized(lanes):
+                                dist[k_inner, i] = dist[k_inner, i] + tile[v, i] * minus_two_centroids[
+                                    c, k_outer * group + k_inner, v]
+                    for k_inner in T.unroll(group):
+                        for i in T.vectorized(lanes):
+                            best_k[i] = T.Select(dist[k_inner, i] < best[i] and dist[k_inner, i] > T.float32("-inf"),
+                                                 k_outer * group + k_inner, best_k[i])
+                            best[i] = T.Select(dist[k_inner, i] < best[i] and dist[k_inner, i] > T.float32("-inf"),
+                                               dist[k_inner, i], best[i])
+                for i in T.vectorized(lanes):
+                    codes[block, c, i] = T.Cast("uint8", best_k[i])
+            for c, i in T.grid(padded - layout.codebooks, lanes):
+                codes[block, layout.codebooks + c, i] = T.uint8(0)
+
+    return pq_encode

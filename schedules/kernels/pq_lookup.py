@@ -1,0 +1,176 @@
+"""LUT-NN lookup-accumulate kernel: `y[n, m] = scale * sum_c table[c, codes[n, c], m] + bias[m]`, tensorized.
+
+Layouts (packed once, at compile time, by `pack_table`; the codes come from `pq_encode` already packed):
+- codes  (NB, CP, L) uint8: row block, codebook, row within the block; L = the intrinsic's lanes (rows per
+  shuffle), NB = ceil(N / L). Rows past N are padding and never stored.
+- table  (M, CP, 16) int8: per output and codebook one 16-entry table (one shuffle register); K < 16 is padded with
+  zeros, and codebooks past C (CP = CB * CS) are all-zero so they add nothing.
+
+Accumulation is exact: int8 entries are summed in int16 over blocks of CS <= 256 codebooks (256 * 127 < 2^15, so
+no int8 table can overflow them), the blocks in int32, then `float32(acc) * scale + bias`.
+
+Schedule (carried by the kernel; the function is marked `tir.is_scheduled` so CPU schedule rules skip it): row
+blocks x output tiles of `m_tile` outputs run in parallel; each tile keeps `m_tile` int16 accumulators of L lanes
+in registers while it walks the codebooks, loading each block of codes once per tile; the inner `L x 16`
+lookup is tensorized with the target's intrinsic (`schedules.intrin`).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir
+from tvm.script import tirx as T
+from tvm.target import Target
+
+from ..intrin import TABLE_ENTRIES, LookupIntrin, lookup_intrin
+
+INT16_BLOCK = 256  # codebooks an int16 accumulator can sum whatever the int8 entries ([-128, 127]) are
+
+
+@dataclass(frozen=True)
+class LookupLayout:
+    """Sizes of one PQ layer's packed operands: N rows, C codebooks (K centroids each), M outputs, L lanes."""
+
+    rows: int
+    codebooks: int
+    centroids: int
+    outputs: int
+    lanes: int
+
+    def __post_init__(self):
+        for name in ("rows", "codebooks", "centroids", "outputs", "lanes"):
+            if not isinstance(getattr(self, name), (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {getattr(self, name)!r}")
+        if self.rows < 0 or self.codebooks < 1 or self.outputs < 1 or self.lanes < 1:
+            raise ValueError(f"invalid PQ layer sizes: {self}")
+        if not 1 <= self.centroids <= TABLE_ENTRIES:
+            raise ValueError(f"K = {self.centroids} centroids: the lookup kernels serve 1 <= K <= {TABLE_ENTRIES} "
+                             "(one shuffle register of int8 entries)")
+
+    @property
+    def row_blocks(self) -> int:
+        return -(-self.rows // self.lanes)
+
+    @property
+    def int16_blocks(self) -> int:
+        return -(-self.codebooks // INT16_BLOCK)
+
+    @property
+    def block_codebooks(self) -> int:
+        """Codebooks per int16 block: C split evenly, so padding stays below one codebook per block."""
+        return -(-self.codebooks // self.int16_blocks)
+
+    @property
+    def padded_codebooks(self) -> int:
+        return self.int16_blocks * self.block_codebooks
+
+    @property
+    def codes_shape(self) -> tuple[int, int, int]:
+        return (self.row_blocks, self.padded_codebooks, self.lanes)
+
+    @property
+    def table_shape(self) -> tuple[int, int, int]:
+        return (self.outputs, self.padded_codebooks, TABLE_ENTRIES)
+
+
+def pack_table(table: np.ndarray, layout: LookupLayout) -> np.ndarray:
+    """(C, K, M) int8 -> (M, CP, 16) int8, zero-padded in K and C (see the module docstring)."""
+    table = np.asarray(table)
+    expected = (layout.codebooks, layout.centroids, layout.outputs)
+    if table.dtype != np.int8 or table.shape != expected:
+        raise ValueError(f"table must be int8 {expected}, got {table.dtype} {table.shape}")
+    packed = np.zeros(layout.table_shape, np.int8)
+    packed[:, :layout.codebooks, :layout.centroids] = table.transpose(2, 0, 1)
+    return packed
+
+
+def pq_lookup_reference(codes: np.ndarray, table: np.ndarray, scale: float, bias: np.ndarray | None) -> np.ndarray:
+    """NumPy reference on unpacked operands: codes (N, C) ints, table (C, K, M) int8 -> (N, M) float32.
+
+    The sum is exact (int64); the epilogue is the kernel's: `float32(acc) * float32(scale) + bias` in float32.
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    acc = np.zeros((codes.shape[0], table.shape[2]), np.int64)
+    for c in range(table.shape[0]):
+        acc += table[c, codes[:, c]].astype(np.int64)
+    out = acc.astype(np.float32) * np.float32(scale)
+    return out if bias is None else out + np.asarray(bias, np.float32)
+
+
+def _tiled_lookup(layout: LookupLayout, scale: float, m_tile: int):
+    """The lookup stated as the intrinsics' one-hot select, in tiles of `lanes` rows x `m_tile` outputs.
+
+    Each tile is a block that allocates its own accumulators, so they live in registers: TVM places a
+    buffer at the root of a function under a parallel loop whole, in memory, otherwise.
+    """
+    num_rows, outputs, lanes = layout.rows, layout.outputs, layout.lanes
+    row_blocks, blocks, per_block = layout.row_blocks, layout.int16_blocks, layout.block_codebooks
+    m_tiles, padded = outputs // m_tile, layout.padded_codebooks
+    scale = T.float32(scale)
+
+    @T.prim_func(s_tir=True)
+    def pq_lookup(codes: T.Buffer(layout.codes_shape, "uint8"), table: T.Buffer(layout.table_shape, "int8"),
+                  bias: T.Buffer((outputs,), "float32"), y: T.Buffer((num_rows, outputs), "float32")):
+        T.func_attr({"tir.noalias": True})
+        for tile in T.parallel(row_blocks * m_tiles):
+            with T.sblock("tile"):
+                nb = T.axis.spatial(row_blocks, tile // m_tiles)
+                mo = T.axis.spatial(m_tiles, tile % m_tiles)
+                T.reads(codes[nb, 0:padded, 0:lanes], table[mo * m_tile:mo * m_tile + m_tile, 0:padded, 0:TABLE_ENTRIES],
+                        bias[mo * m_tile:mo * m_tile + m_tile])
+                T.writes(y[nb * lanes:nb * lanes + lanes, mo * m_tile:mo * m_tile + m_tile])
+                acc16 = T.alloc_buffer((blocks, m_tile, lanes), "int16", scope="local")
+                acc32 = T.alloc_buffer((m_tile, lanes), "int32", scope="local")
+                for cb, c, mi, i, k in T.grid(blocks, per_block, m_tile, lanes, TABLE_ENTRIES):
+                    with T.sblock("lookup"):
+                        vcb, vc, vmi, vi, vk = T.axis.remap("SRSSR", [cb, c, mi, i, k])
+                        with T.init():
+                            acc16[vcb, vmi, vi] = T.int16(0)
+                        acc16[vcb, vmi, vi] = acc16[vcb, vmi, vi] + T.Select(
+                            T.Cast("int32", codes[nb, vcb * per_block + vc, vi]) == vk,
+                            T.Cast("int16", table[mo * m_tile + vmi, vcb * per_block + vc, vk]), T.int16(0))
+                for mi, i, cb in T.grid(m_tile, lanes, blocks):
+                    with T.sblock("widen"):
+                        vmi, vi, vcb = T.axis.remap("SSR", [mi, i, cb])
+                        with T.init():
+                            acc32[vmi, vi] = 0
+                        acc32[vmi, vi] = acc32[vmi, vi] + T.Cast("int32", acc16[vcb, vmi, vi])
+                for i, mi in T.grid(lanes, m_tile):
+                    with T.sblock("scale"):
+                        vi, vmi = T.axis.remap("SS", [i, mi])
+                        T.where(nb * lanes + i < num_rows)
+                        y[nb * lanes + vi, mo * m_tile + vmi] = (
+                            T.Cast("float32", acc32[vmi, vi]) * scale + bias[mo * m_tile + vmi])
+
+    return pq_lookup
+
+
+def _output_tile(outputs: int, preferred: int) -> int:
+    """The largest divisor of `outputs` not above `preferred` (M need not be a power of two)."""
+    return max(t for t in range(1, min(preferred, outputs) + 1) if outputs % t == 0)
+
+
+def pq_lookup_func(layout: LookupLayout, scale: float, intrin: LookupIntrin, m_tile: int = 8) -> tvm.tirx.PrimFunc:
+    """The scheduled, tensorized lookup-accumulate PrimFunc `(codes, table, bias) -> y` for `layout`.
+
+    `layout.lanes` must be `intrin.lanes`. `m_tile` outputs share one load of the codes; their accumulators must fit
+    the registers (8 for AVX2's 16 ymm registers at 32 lanes). An M it does not divide uses its largest divisor.
+    """
+    if layout.lanes != intrin.lanes:
+        raise ValueError(f"layout has {layout.lanes} lanes but {intrin.name} looks up {intrin.lanes} rows at once")
+    if not np.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    sch = s_tir.Schedule(_tiled_lookup(layout, scale, _output_tile(layout.outputs, m_tile)))
+    lookup, widen, epilogue = (sch.get_sblock(name) for name in ("lookup", "widen", "scale"))
+    _, c, m_inner, i, _ = sch.get_loops(lookup)
+    sch.decompose_reduction(lookup, c)
+    sch.tensorize(i, intrin.name)
+    sch.unroll(m_inner)
+    widen_m, widen_i, _ = sch.get_loops(widen)
+    sch.unroll(widen_m)
+    sch.vectorize(widen_i)
+    out_i, out_m = sch.get_loops(epilogue)
+    sch.unroll(out_i)
+    sch.vectorize(out_m)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True).with_attr("tvm_lut.kernel", "pq_lookup")

@@ -1,0 +1,134 @@
+"""LUTDense on graphs from both importers: every dense / conv form replaced, output equal to the PyTorch PQ
+reference, and every layer it cannot serve kept exact with its reason."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from relay_passes import LUTDense
+from schedules import host_target
+from schedules.intrin import lookup_intrin
+from tvm_lut.bundle import Bundle
+from tvm_lut.frontend import from_onnx, from_torch
+from tvm_lut.pq.reference import pq_forward
+from tvm_lut.pq.table import PQTable
+
+TARGET = host_target()
+pytestmark = pytest.mark.skipif(lookup_intrin(TARGET) is None, reason="this CPU has no lookup intrinsic")
+
+
+class Net(torch.nn.Module):
+    """A batched linear with bias, one without, a padded 3x3 conv with bias and a 1x1 conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(8, 6), torch.nn.Linear(6, 5, bias=False)
+        self.conv3, self.conv1 = torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.Conv2d(5, 2, 1)
+
+    def forward(self, x, image):
+        return self.fc2(self.fc1(x)), self.conv1(self.conv3(image))
+
+
+def _entry(rng, layer, sub_len, **conv):
+    weight = layer.weight.detach().numpy()
+    inputs = weight.reshape(weight.shape[0], -1).shape[1]
+    centroids = rng.standard_normal((inputs // sub_len, 16, sub_len)).astype(np.float32)
+    bias = None if layer.bias is None else layer.bias.detach().numpy()
+    if conv:
+        conv = {"stride": (1, 1), "dilation": (1, 1), **conv}
+    return PQTable.from_weight(centroids, weight, bias, **conv)
+
+
+@pytest.fixture(scope="module")
+def net_and_bundle():
+    torch.manual_seed(0)
+    net, rng = Net().eval(), np.random.default_rng(0)
+    entries = {
+        "fc1": _entry(rng, net.fc1, 2),
+        "fc2": _entry(rng, net.fc2, 3),  # V = 3, D = 6
+        "conv3": _entry(rng, net.conv3, 9, kernel_size=(3, 3), padding=(1, 1)),
+        "conv1": _entry(rng, net.conv1, 5, kernel_size=(1, 1), padding=(0, 0)),
+    }
+    return net, Bundle(entries)
+
+
+def _reference(bundle, x, image):
+    with torch.no_grad():
+        dense = pq_forward(pq_forward(x, bundle["fc1"]), bundle["fc2"])
+        conv = pq_forward(pq_forward(image, bundle["conv3"]), bundle["conv1"])
+    return dense.numpy(), conv.numpy()
+
+
+def _run(mod, *inputs):
+    vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET), tvm.cpu())
+    return [out.numpy() for out in vm["main"](*[tvm.runtime.tensor(a.numpy()) for a in inputs])]
+
+
+@pytest.mark.parametrize("importer", ["torch", "onnx"])
+def test_every_layer_is_replaced_and_equals_the_reference(net_and_bundle, importer):
+    net, bundle = net_and_bundle
+    x, image = torch.randn(2, 3, 8), torch.randn(1, 3, 6, 6)
+    mod = from_torch(net, (x, image)) if importer == "torch" else from_onnx(net, example_args=(x, image))
+    lut = LUTDense(bundle, target=TARGET)
+    rewritten = lut(mod)
+    assert lut.report.counts() == {"dense": 2, "conv2d": 2} and not lut.report.kept
+    text = rewritten.script()
+    assert "R.matmul" not in text and "R.nn.conv2d" not in text
+    assert text.count("pq_encode_") >= 4 and text.count("pq_lookup_") >= 4
+    for got, want in zip(_run(rewritten, x, image), _reference(bundle, x, image)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_layers_it_cannot_serve_stay_exact_with_a_reason(net_and_bundle):
+    net, bundle = net_and_bundle
+    strided = Net().eval()
+    strided.load_state_dict(net.state_dict())
+    strided.conv3.stride = (2, 2)  # same weight, different geometry than the entry was trained for
+    partial = Bundle({"fc1": bundle["fc1"], "conv3": bundle["conv3"]})
+    x, image = torch.randn(2, 3, 8), torch.randn(1, 3, 6, 6)
+    mod = from_torch(strided, (x, image))
+    lut = LUTDense(partial, target=TARGET)
+    rewritten = lut(mod)
+    reasons = [entry.reason for entry in lut.report.kept]
+    assert lut.report.counts() == {"dense": 1}
+    assert sum("no pq entry" in r for r in reasons) == 2  # fc2, conv1
+    assert any("stride/dilation (2, 2)/(1, 1) in the graph, (1, 1)/(1, 1) in the entry" in r for r in reasons)
+    assert len(reasons) == 3
+    with torch.no_grad():
+        want_conv = strided(x, image)[1].numpy()
+    np.testing.assert_allclose(_run(rewritten, x, image)[1], want_conv, rtol=1e-4, atol=1e-5)
+
+
+def test_a_target_without_a_lookup_intrinsic_keeps_everything_exact(net_and_bundle):
+    net, bundle = net_and_bundle
+    mod = from_torch(net, (torch.randn(2, 3, 8), torch.randn(1, 3, 6, 6)))
+    lut = LUTDense(bundle, target=tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"}))
+    lut(mod)
+    assert not lut.report.replaced and len(lut.report.kept) == 4
+    assert all("no lookup intrinsic" in entry.reason for entry in lut.report.kept)
+
+
+def test_a_float16_layer_stays_exact(net_and_bundle):
+    net, bundle = net_and_bundle
+    # Built by hand: TVM's torch importer fails on a half-precision nn.Linear (addmm with a float32 result).
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 8), "float16"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            weight = relax.const(net.fc1.weight.detach().numpy().astype(np.float16))
+            out = builder.emit_output(relax.op.matmul(x, relax.op.permute_dims(weight)))
+        builder.emit_func_output(out)
+    mod = builder.get()
+    lut = LUTDense(bundle, target=TARGET)
+    lut(mod)
+    assert not lut.report.replaced
+    assert [entry.reason for entry in lut.report.kept] == ["dtype float16: the PQ kernels compute in float32"]
+
+
+def test_misuse_is_rejected(net_and_bundle):
+    with pytest.raises(TypeError, match="needs a tvm_lut.Bundle"):
+        LUTDense(None)
+    with pytest.raises(TypeError, match="target must be a tvm.target.Target"):
+        LUTDense(net_and_bundle[1], target="llvm")

@@ -61,6 +61,11 @@ def softmax_dim(x: torch.Tensor, dim: int | None) -> int:
     return dim
 
 
+def normalized_dims(normalized_shape) -> tuple[int, ...]:
+    """The trailing dims a layer_norm call normalizes over."""
+    return tuple(range(-len(tuple(normalized_shape)), 0))
+
+
 class _Recorder(TorchFunctionMode):
     """Records the inputs each LUT function would see; the calls themselves run unchanged."""
 
@@ -82,8 +87,7 @@ class _Recorder(TorchFunctionMode):
             elif func is F.layer_norm:
                 x, shape = args[0], kwargs.get("normalized_shape", args[1] if len(args) > 1 else None)
                 eps = kwargs.get("eps", args[4] if len(args) > 4 else 1e-5)
-                dims = tuple(range(-len(tuple(shape)), 0))
-                self._record("rsqrt", x.float().var(dims, unbiased=False) + eps)
+                self._record("rsqrt", x.float().var(normalized_dims(shape), unbiased=False) + eps)
             elif func is F.scaled_dot_product_attention:
                 self.unseen.add("scaled_dot_product_attention (its softmax)")
         return func(*args, **kwargs)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from tvm_lut.calibrate import SOFTMAX_FUNCTIONS, softmax_dim
+from tvm_lut.calibrate import SOFTMAX_FUNCTIONS, normalized_dims, softmax_dim
 
 
 def evaluate_table(table, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,7 @@ class LUTMode(TorchFunctionMode):
 
 
 def _layer_norm(table, x, normalized_shape, weight=None, bias=None, eps=1e-5):
-    dims = tuple(range(-len(tuple(normalized_shape)), 0))
+    dims = normalized_dims(normalized_shape)
     x32 = x.float()
     mean = x32.mean(dims, keepdim=True)
     variance = x32.var(dims, unbiased=False, keepdim=True)

@@ -1,9 +1,10 @@
 """The functions NN-LUT approximates, with what a table of each must know and must achieve.
 
-Each `LUTFunction` gives the exact function (float64 torch, the fitting target and the error reference), the
-default range a generic table covers (beyond it the asymptotes are exact to float32 rounding or, for
-scaled functions, never evaluated; so calibrated ranges only ever narrow it), what the table does outside that range (its asymptotes), the error that
-matters downstream, and the quality a 16-entry table must reach over the default range (asserted in tests):
+Each `LUTFunction` gives the exact function (float64 torch, the fitting target and the error reference); the
+default range a generic table covers (beyond it the asymptotes are exact to float32 rounding or, for scaled
+functions, never evaluated, so calibrated ranges only ever narrow it); what the table does outside its range
+(the asymptotes); the error that matters downstream; and the quality a 16-entry table must reach over the
+default range (asserted in tests):
 
 - `gelu`, `gelu_tanh`: absolute error (the residual stream adds it); left asymptote 0, right asymptote x.
 - `exp`: on (-inf, 0], for softmax after max-subtraction. Absolute error: every probability is e_i / sum(e)

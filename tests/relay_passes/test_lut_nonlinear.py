@@ -1,0 +1,139 @@
+"""LUTNonlinear on whole imported graphs: both importers, several ONNX opsets, compiled and compared to PyTorch.
+
+The tolerance comes from the tables: a graph output may differ from PyTorch by at most `GAIN` times the largest
+error of any table on its range (the nonlinear ops' errors pass through a few matmuls and a LayerNorm).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from nonlinear_stand_ins import ExactKernels, bundle, tables, use_real_kernels
+from relay_passes import LUTNonlinear
+from tvm_lut.frontend import from_onnx, from_torch
+from tvm_lut.models.minilm import MiniLM, MiniLMConfig
+
+GAIN = 30.0
+TARGET = {"kind": "llvm"}
+TINY = MiniLMConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=64, max_position_embeddings=16)
+
+
+def _table_error() -> float:
+    """Largest error of the stand-in tables on a dense grid: absolute for GELU / exp, relative for 1/x, rsqrt."""
+    exact = {"gelu": lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2))),
+             "exp": np.exp, "reciprocal": lambda v: 1 / v, "rsqrt": lambda v: v**-0.5}
+    grids = {"gelu": np.linspace(-8, 8, 4001), "exp": np.linspace(-20, 0, 4001),
+             "reciprocal": np.linspace(1, 2, 4001), "rsqrt": np.linspace(1, 4, 4001)}
+    errors = []
+    for name, fn in exact.items():
+        x = grids[name].astype(np.float32)
+        error = np.abs(tables()[name](x) - fn(x.astype(np.float64)))
+        errors.append(np.max(error if name in ("gelu", "exp") else error * np.sqrt(x) if name == "rsqrt" else error * x))
+    return float(max(errors))
+
+
+class Block(torch.nn.Module):
+    """GELU (erf and tanh), softmax over a middle axis, and a LayerNorm without affine."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = torch.nn.functional.gelu(self.proj(x)) + torch.nn.functional.gelu(x, approximate="tanh")
+        p = torch.softmax(h.reshape(2, 4, 3, 8), dim=1).reshape(24, 8)
+        return torch.nn.functional.layer_norm(p * 10 + h, (8,))
+
+
+def _compile_and_run(mod, inputs):
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target(TARGET)), tvm.cpu())
+    return vm["main"](*(tvm.runtime.tensor(t.numpy()) for t in inputs)).numpy()
+
+
+def _import(model, inputs, source):
+    if source == "torch":
+        return from_torch(model, inputs)
+    return from_onnx(model, opset=source, example_args=inputs)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    torch.manual_seed(0)
+    model = MiniLM(TINY, output="tokens").eval()
+    ids = torch.randint(1, TINY.vocab_size, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.int64)
+    mask[1, 6:] = 0
+    return model, (ids, mask)
+
+
+@pytest.mark.parametrize("source", ["torch", 14, 17, 20])
+def test_bert_like_block_from_both_importers(monkeypatch, tiny_bert, source):
+    """Exact stand-in kernels: the rewritten graph must match PyTorch to float rounding."""
+    kernels = ExactKernels().install(monkeypatch)
+    model, inputs = tiny_bert
+    lut = LUTNonlinear(bundle())
+    mod = lut(_import(model, inputs, source))
+    assert lut.report.counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}, str(lut.report)
+    assert lut.report.kept == []
+    assert sorted(kernels.calls) == ["layer_norm_func", "pwl_func", "softmax_func"]  # the 3 LayerNorms share one
+    with torch.no_grad():
+        expected = model(*inputs).numpy()
+    np.testing.assert_allclose(_compile_and_run(mod, inputs), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("source", ["torch", 13])
+def test_every_form_of_a_small_module(monkeypatch, source):
+    ExactKernels().install(monkeypatch)
+    torch.manual_seed(1)
+    model, x = Block().eval(), (torch.randn(24, 8) * 3,)
+    lut = LUTNonlinear(bundle())
+    mod = lut(_import(model, x, source))
+    assert lut.report.counts() == {"gelu": 2, "softmax": 1, "layer_norm": 1}, str(lut.report)
+    forms = {e.form for e in lut.report.replaced}
+    assert forms >= ({"erf-decomposed", "tanh-decomposed", "decomposed"} if source == 13 else {"R.nn.gelu_tanh"})
+    with torch.no_grad():
+        expected = model(*x).numpy()
+    np.testing.assert_allclose(_compile_and_run(mod, x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pass_runs_in_a_sequential_and_keeps_its_report(monkeypatch, tiny_bert):
+    ExactKernels().install(monkeypatch)
+    model, inputs = tiny_bert
+    lut = LUTNonlinear(bundle(), ops=("softmax",))
+    mod = tvm.ir.transform.Sequential([lut, relax.transform.LegalizeOps()])(from_torch(model, inputs))
+    assert lut.report.counts() == {"softmax": 1}
+    assert [gv.name_hint for gv in mod.get_global_vars()].count("lut_softmax") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["torch", 14])
+def test_bert_like_block_with_the_lut_kernels(monkeypatch, tiny_bert, source):
+    """The real LUT kernels: the output stays within GAIN x the tables' error of PyTorch."""
+    use_real_kernels(monkeypatch)
+    model, inputs = tiny_bert
+    lut = LUTNonlinear(bundle())
+    mod = lut(_import(model, inputs, source))
+    assert lut.report.counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}, str(lut.report)
+    with torch.no_grad():
+        expected = model(*inputs).numpy()
+    np.testing.assert_allclose(_compile_and_run(mod, inputs), expected, atol=GAIN * _table_error(), rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["torch", 14, 17])
+def test_minilm_counts(monkeypatch, source):
+    """all-MiniLM-L6-v2: 6 GELU, 6 softmax, 13 LayerNorm (embeddings + 2 per layer), whatever the importer."""
+    from tvm_lut.models.minilm import load_minilm
+
+    ExactKernels().install(monkeypatch)
+    model = load_minilm()
+    inputs = (torch.randint(1000, 2000, (1, 16)), torch.ones(1, 16, dtype=torch.int64))
+    lut = LUTNonlinear(bundle())
+    lut(_import(model, inputs, source))
+    assert lut.report.counts() == {"gelu": 6, "softmax": 6, "layer_norm": 13}, str(lut.report)
+    assert lut.report.kept == []

@@ -1,0 +1,227 @@
+"""GELU forms: each Before (as an importer writes it) becomes one call of the pwl kernel (Expected)."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm.script import ir as I
+from tvm.script import relax as R
+from tvm.script import tirx as T
+
+from nonlinear_stand_ins import RecordingBuilders, bundle
+from relay_passes import LUTNonlinear
+
+F32 = "float32"
+
+
+@I.ir_module
+class Expected:
+    @T.prim_func(private=True)
+    def lut_gelu(x: T.Buffer((2, 8), "float32"), out: T.Buffer((2, 8), "float32")):
+        T.func_attr({"tvm_lut.kernel": "stand-in"})
+        for i, j in T.grid(2, 8):
+            out[i, j] = x[i, j]
+
+    @R.function
+    def main(x: R.Tensor((2, 8), "float32")) -> R.Tensor((2, 8), "float32"):
+        cls = Expected
+        with R.dataflow():
+            y = R.call_tir(cls.lut_gelu, (x,), out_ty=R.Tensor((2, 8), "float32"))
+            R.output(y)
+        return y
+
+
+def _main(build):
+    """A module whose main applies `build(x)` (Relax ops on the parameter) to a (2, 8) float32 input."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 8), F32))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(build(bb, x))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+def _c(value, shape=()):
+    from tvm import relax
+
+    return relax.const(np.full(shape, value, dtype=F32))
+
+
+@I.ir_module
+class OnnxErf:
+    """ONNX opset < 20 (torch.onnx.export of F.gelu): Div, Erf, Add, Mul x, Mul 0.5."""
+
+    @R.function
+    def main(x: R.Tensor((2, 8), "float32")) -> R.Tensor((2, 8), "float32"):
+        with R.dataflow():
+            a = R.divide(x, R.const(1.4142135381698608, "float32"))
+            b = R.erf(a)
+            c = R.add(b, R.const(1.0, "float32"))
+            d = R.multiply(x, c)
+            y = R.multiply(d, R.const(0.5, "float32"))
+            R.output(y)
+        return y
+
+
+@I.ir_module
+class TorchHandWrittenErf:
+    """`x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))` through torch.export."""
+
+    @R.function
+    def main(x: R.Tensor((2, 8), "float32")) -> R.Tensor((2, 8), "float32"):
+        with R.dataflow():
+            h = R.multiply(x, R.const(0.5, "float32"))
+            a = R.divide(x, R.const(1.4142135381698608, "float32"))
+            b = R.erf(a)
+            c = R.add(b, R.const(1.0, "float32"))
+            y = R.multiply(h, c)
+            R.output(y)
+        return y
+
+
+@I.ir_module
+class OnnxTanh:
+    """ONNX opset < 20 for F.gelu(approximate="tanh"): x * (x * x), constants on the left."""
+
+    @R.function
+    def main(x: R.Tensor((2, 8), "float32")) -> R.Tensor((2, 8), "float32"):
+        with R.dataflow():
+            sq = R.multiply(x, x)
+            cube = R.multiply(x, sq)
+            a = R.multiply(R.const(0.044714998453855515, "float32"), cube)
+            b = R.add(x, a)
+            c = R.multiply(R.const(0.79788458347320557, "float32"), b)
+            d = R.tanh(c)
+            e = R.add(R.const(1.0, "float32"), d)
+            f = R.multiply(x, e)
+            y = R.multiply(R.const(0.5, "float32"), f)
+            R.output(y)
+        return y
+
+
+@I.ir_module
+class TorchHandWrittenTanh:
+    """`0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x**3)))` through torch.export: pow(x, 3)."""
+
+    @R.function
+    def main(x: R.Tensor((2, 8), "float32")) -> R.Tensor((2, 8), "float32"):
+        with R.dataflow():
+            h = R.multiply(x, R.const(0.5, "float32"))
+            cube = R.power(x, R.const(3.0, "float32"))
+            a = R.multiply(cube, R.const(0.044714998453855515, "float32"))
+            b = R.add(x, a)
+            c = R.multiply(b, R.const(0.79788458347320557, "float32"))
+            d = R.tanh(c)
+            e = R.add(d, R.const(1.0, "float32"))
+            y = R.multiply(h, e)
+            R.output(y)
+        return y
+
+
+@I.ir_module
+class Fused:
+    @R.function
+    def main(x: R.Tensor((2, 8), "float32")) -> R.Tensor((2, 8), "float32"):
+        with R.dataflow():
+            y = R.nn.gelu(x)
+            R.output(y)
+        return y
+
+
+@I.ir_module
+class FusedTanh:
+    @R.function
+    def main(x: R.Tensor((2, 8), "float32")) -> R.Tensor((2, 8), "float32"):
+        with R.dataflow():
+            y = R.nn.gelu_tanh(x)
+            R.output(y)
+        return y
+
+
+def _erf_term(bb, x, scale):
+    scaled = bb.emit(R.multiply(x, _c(scale)) if scale < 1 else R.divide(x, _c(scale)))
+    return bb.emit(R.erf(scaled))
+
+
+# Built with the BlockBuilder: variants of operand order, association, 1/sqrt 2, folding and broadcast constants.
+BUILT_ERF_FORMS = {
+    "multiply by 1/sqrt2, 0.5 on the left": lambda bb, x: R.multiply(
+        R.multiply(_c(0.5), x), bb.emit(R.add(_c(1.0), _erf_term(bb, x, 2**-0.5)))),
+    "x * (0.5 * (1 + erf))": lambda bb, x: R.multiply(
+        x, bb.emit(R.multiply(bb.emit(R.add(_erf_term(bb, x, 2**0.5), _c(1.0))), _c(0.5)))),
+    "folded x * (0.5 + 0.5 * erf)": lambda bb, x: R.multiply(
+        x, bb.emit(R.add(bb.emit(R.multiply(_erf_term(bb, x, 2**0.5), _c(0.5))), _c(0.5)))),
+    "broadcast constants (1,) and (2, 8)": lambda bb, x: R.multiply(
+        bb.emit(R.multiply(x, bb.emit(R.add(_erf_term(bb, x, 2**0.5), _c(1.0, (1,)))))), _c(0.5, (2, 8))),
+}
+
+
+def _run(monkeypatch, before, **kwargs):
+    builders = RecordingBuilders({"pwl_func": Expected["lut_gelu"]}).install(monkeypatch)
+    lut = LUTNonlinear(bundle(knots=9), **kwargs)
+    return lut(before), lut.report, builders
+
+
+@pytest.mark.parametrize(
+    "before, form, table",
+    [
+        (Fused, "R.nn.gelu", "gelu"),
+        (FusedTanh, "R.nn.gelu_tanh", "gelu_tanh"),
+        (OnnxErf, "erf-decomposed", "gelu"),
+        (TorchHandWrittenErf, "erf-decomposed", "gelu"),
+        (OnnxTanh, "tanh-decomposed", "gelu_tanh"),
+        (TorchHandWrittenTanh, "tanh-decomposed", "gelu_tanh"),
+    ],
+)
+def test_importer_forms(monkeypatch, before, form, table):
+    after, report, builders = _run(monkeypatch, before)
+    tvm.ir.assert_structural_equal(after, Expected)
+    assert [(e.form, e.shape) for e in report.replaced] == [(form, (2, 8))]
+    ((name, args, kwargs),) = builders.calls
+    assert (name, args[0].name, tuple(args[1]), kwargs) == ("pwl_func", table, (2, 8), {"dtype": "float32"})
+
+
+@pytest.mark.parametrize("variant", sorted(BUILT_ERF_FORMS))
+def test_erf_variants(monkeypatch, variant):
+    after, report, _ = _run(monkeypatch, _main(lambda bb, x: BUILT_ERF_FORMS[variant](bb, x)))
+    tvm.ir.assert_structural_equal(after, Expected)
+    assert report.counts() == {"gelu": 1}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        # a wrong constant: 0.4 * x * (1 + erf(x / sqrt 2)) is not GELU
+        lambda bb, x: R.multiply(R.multiply(x, _c(0.4)), bb.emit(R.add(_erf_term(bb, x, 2**0.5), _c(1.0)))),
+        # erf of another tensor: y * 0.5 * (1 + erf(x / sqrt 2)) with y != x
+        lambda bb, x: R.multiply(
+            R.multiply(bb.emit(R.add(x, x)), _c(0.5)), bb.emit(R.add(_erf_term(bb, x, 2**0.5), _c(1.0)))),
+        # a constant that is not all 0.5
+        lambda bb, x: R.multiply(
+            R.multiply(x, R.const(np.linspace(0.4, 0.6, 8, dtype=F32))),
+            bb.emit(R.add(_erf_term(bb, x, 2**0.5), _c(1.0)))),
+    ],
+    ids=["0.4", "other-operand", "varying-constant"],
+)
+def test_look_alikes_are_left_alone(monkeypatch, build):
+    before = _main(build)
+    after, report, builders = _run(monkeypatch, before)
+    tvm.ir.assert_structural_equal(after, before)
+    assert report.replaced == [] and report.kept == [] and builders.calls == []
+
+
+def test_ops_filter_leaves_gelu_exact(monkeypatch):
+    after, report, _ = _run(monkeypatch, OnnxErf, ops=("softmax",))
+    tvm.ir.assert_structural_equal(after, OnnxErf)
+    assert report.replaced == [] and report.kept == []
+
+
+def test_missing_table_keeps_gelu_tanh_exact(monkeypatch):
+    RecordingBuilders({}).install(monkeypatch)
+    lut = LUTNonlinear(bundle(knots=9, without=("gelu_tanh",)))
+    after = lut(FusedTanh)
+    tvm.ir.assert_structural_equal(after, FusedTanh)
+    ((kept,),) = [lut.report.kept]
+    assert (kept.op, kept.form, kept.reason) == ("gelu", "R.nn.gelu_tanh", "no 'gelu_tanh' table in the bundle")

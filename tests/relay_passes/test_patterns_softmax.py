@@ -1,0 +1,115 @@
+"""Softmax: `R.nn.softmax` on any axis becomes one call of the softmax kernel; what cannot be served stays exact."""
+
+import pytest
+import tvm
+from tvm.script import ir as I
+from tvm.script import relax as R
+from tvm.script import tirx as T
+
+from nonlinear_stand_ins import RecordingBuilders, bundle
+from relay_passes import LUTNonlinear
+
+
+@I.ir_module
+class Before:
+    @R.function
+    def main(x: R.Tensor((2, 8), "float32")) -> R.Tensor((2, 8), "float32"):
+        with R.dataflow():
+            y = R.nn.softmax(x, axis=-2)
+            R.output(y)
+        return y
+
+
+@I.ir_module
+class Expected:
+    @T.prim_func(private=True)
+    def lut_softmax(x: T.Buffer((2, 8), "float32"), out: T.Buffer((2, 8), "float32")):
+        T.func_attr({"tvm_lut.kernel": "stand-in"})
+        for i, j in T.grid(2, 8):
+            out[i, j] = x[i, j]
+
+    @R.function
+    def main(x: R.Tensor((2, 8), "float32")) -> R.Tensor((2, 8), "float32"):
+        cls = Expected
+        with R.dataflow():
+            y = R.call_tir(cls.lut_softmax, (x,), out_ty=R.Tensor((2, 8), "float32"))
+            R.output(y)
+        return y
+
+
+@I.ir_module
+class TwoSoftmaxes:
+    """Two softmaxes of one shape and axis share one kernel; a float16 one and a dynamic one stay exact."""
+
+    @R.function
+    def main(x: R.Tensor((2, 8), "float32"), h: R.Tensor((2, 8), "float16"), d: R.Tensor(("rows", 8), "float32")):
+        with R.dataflow():
+            a = R.nn.softmax(x, axis=-1)
+            b = R.nn.softmax(a, axis=1)
+            c = R.nn.softmax(h, axis=-1)
+            e = R.nn.softmax(d, axis=-1)
+            y = (b, c, e)
+            R.output(y)
+        return y
+
+
+def test_softmax_on_a_non_last_axis(monkeypatch):
+    builders = RecordingBuilders({"softmax_func": Expected["lut_softmax"]}).install(monkeypatch)
+    lut = LUTNonlinear(bundle(knots=9))
+    tvm.ir.assert_structural_equal(lut(Before), Expected)
+    ((name, args, kwargs),) = builders.calls
+    assert (name, [t.name for t in args[:2]], tuple(args[2]), kwargs) == (
+        "softmax_func", ["exp", "reciprocal"], (2, 8), {"axis": 0})
+    assert lut.report.counts() == {"softmax": 1}
+
+
+def test_one_kernel_per_shape_and_axis_and_exact_fallbacks(monkeypatch):
+    builders = RecordingBuilders({"softmax_func": Expected["lut_softmax"]}).install(monkeypatch)
+    lut = LUTNonlinear(bundle(knots=9))
+    after = lut(TwoSoftmaxes)
+    assert len(builders.calls) == 1  # a and b: same (shape, axis) once normalized
+    kernels = [gv.name_hint for gv, f in after.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert kernels == ["lut_softmax"]
+    assert [e.function for e in lut.report.replaced] == ["lut_softmax", "lut_softmax"]
+    assert [(e.dtype, e.shape, e.reason) for e in lut.report.kept] == [
+        ("float16", (2, 8), "dtype float16: the LUT kernels compute in float32"),
+        ("float32", None, "dynamic shape: the LUT kernels need static shapes"),
+    ]
+    assert "R.nn.softmax" in after["main"].script() and after["main"].script().count("call_tir") == 2
+
+
+def test_missing_reciprocal_table(monkeypatch):
+    RecordingBuilders({}).install(monkeypatch)
+    lut = LUTNonlinear(bundle(knots=9, without=("reciprocal",)))
+    tvm.ir.assert_structural_equal(lut(Before), Before)
+    assert [e.reason for e in lut.report.kept] == ["no 'reciprocal' table in the bundle"]
+
+
+def test_a_kernel_that_rejects_the_op_keeps_it_exact(monkeypatch):
+    builders = RecordingBuilders({}).install(monkeypatch)
+
+    def reject(*args, **kwargs):
+        raise ValueError("softmax axis 0 is not supported")
+
+    monkeypatch.setattr(builders, "_builder", lambda name: reject)
+    builders.install(monkeypatch)
+    lut = LUTNonlinear(bundle(knots=9))
+    tvm.ir.assert_structural_equal(lut(Before), Before)
+    assert [e.reason for e in lut.report.kept] == ["softmax_func: softmax axis 0 is not supported"]
+
+
+@pytest.mark.parametrize("ops", [("relu",), ("gelu", "sigmoid")])
+def test_unknown_ops_raise(ops):
+    with pytest.raises(ValueError, match=r"cannot replace \[.*\]: it serves gelu, softmax, layer_norm"):
+        LUTNonlinear(ops=ops)
+
+
+def test_ops_must_be_a_sequence_of_names():
+    with pytest.raises(TypeError, match="ops must be a sequence of op names"):
+        LUTNonlinear(ops="gelu")
+
+
+@pytest.mark.parametrize("bundle_value", [{"gelu": None}, "tables.safetensors"])
+def test_bundle_must_be_a_bundle(bundle_value):
+    with pytest.raises(TypeError, match="bundle must be a tvm_lut.Bundle or None"):
+        LUTNonlinear(bundle_value)

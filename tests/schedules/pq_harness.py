@@ -29,26 +29,27 @@ def pack_codes(codes: np.ndarray, layout: LookupLayout) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(0, 2, 1))
 
 
-def run_lookup(codes, table, scale, bias, intrin=INTRIN, device=None, build_fn=build):
+def execute_here(func: tvm.tirx.PrimFunc, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Compile `func` for this CPU and run it on `arrays` (the last one is the output); return them all."""
+    tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+    build(func)["main"](*tensors)
+    return [t.numpy() for t in tensors]
+
+
+def run_lookup(codes, table, scale, bias, intrin=INTRIN, execute=execute_here):
     """The compiled lookup kernel on unpacked operands: codes (N, C), table (C, K, M) -> (N, M) float32."""
     layout = LookupLayout(codes.shape[0], table.shape[0], table.shape[1], table.shape[2], intrin.lanes)
-    func = pq_lookup_func(layout, scale, intrin)
     bias = np.zeros(table.shape[2], np.float32) if bias is None else bias
-    device = device or tvm.cpu()
-    arrays = (pack_codes(codes, layout), pack_table(table, layout), bias, np.zeros((codes.shape[0], layout.outputs), np.float32))
-    args = [tvm.runtime.tensor(a, device) for a in arrays]
-    build_fn(func)["main"](*args)
-    return args[-1].numpy()
+    arrays = [pack_codes(codes, layout), pack_table(table, layout), bias,
+              np.zeros((codes.shape[0], layout.outputs), np.float32)]
+    return execute(pq_lookup_func(layout, scale, intrin), arrays)[-1]
 
 
-def run_encode(x, centroids, lanes=None, source=None, device=None, build_fn=build):
+def run_encode(x, centroids, lanes=None, source=None, execute=execute_here):
     """The compiled encode kernel: x (N, C*V) (or a conv input with `source`), centroids (C, K, V) -> codes (N, C)."""
     num_codebooks, num_centroids, sub_len = centroids.shape
     rows = x.shape[0] if source is None else source.rows
     layout = LookupLayout(rows, num_codebooks, num_centroids, 1, lanes or INTRIN.lanes)
     minus_two, norms = pack_centroids(centroids, layout)
-    device = device or tvm.cpu()
-    out = tvm.runtime.tensor(np.full(layout.codes_shape, 255, np.uint8), device)
-    args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in (x, minus_two, norms)] + [out]
-    build_fn(pq_encode_func(layout, sub_len, source))["main"](*args)
-    return unpack_codes(out.numpy(), rows, num_codebooks)
+    arrays = [x, minus_two, norms, np.full(layout.codes_shape, 255, np.uint8)]
+    return unpack_codes(execute(pq_encode_func(layout, sub_len, source), arrays)[-1], rows, num_codebooks)

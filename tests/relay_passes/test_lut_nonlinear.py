@@ -137,3 +137,23 @@ def test_minilm_counts(monkeypatch, source):
     lut(_import(model, inputs, source))
     assert lut.report.counts() == {"gelu": 6, "softmax": 6, "layer_norm": 13}, str(lut.report)
     assert lut.report.kept == []
+
+
+def test_default_tables_when_no_bundle(monkeypatch):
+    from tvm.script import relax as R
+
+    from nonlinear_stand_ins import RecordingBuilders
+    from tvm_lut.defaults import default_bundle
+
+    builders = RecordingBuilders({"pwl_func": ExactKernels().pwl_func(tables()["gelu"], (2, 8))}).install(monkeypatch)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(R.nn.gelu(x))
+        bb.emit_func_output(y)
+    lut = LUTNonlinear()
+    lut(bb.get())
+    assert lut.report.counts() == {"gelu": 1}
+    ((_, (table, *_), _),) = builders.calls
+    assert table == default_bundle().pwl("gelu")

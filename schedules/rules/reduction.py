@@ -1,14 +1,15 @@
-"""Row reductions and what is fused around them: softmax, layer/RMS norm, sums and means, argmax-like reductions.
+"""Row reductions and what is fused around them: softmax, layer/RMS norm, sums and means, pooling, direct conv.
 
 Fits a function whose blocks (after inlining what can be inlined) share their leading spatial axes, with at least
 one reduction block: rows run in parallel over the fused leading axes, every block is computed at that row loop,
 injective blocks are vectorized on their inner axes, and each reduction over a single innermost axis is rfactored
-into a vector of partial results (one per SIMD lane) that a short scalar tail combines.
+into a vector of partial results (one per SIMD lane) that a short scalar tail combines. Reductions over several
+axes (pooling windows, convolutions) get the parallel rows only.
 """
 
 import math
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
 
@@ -30,10 +31,13 @@ class Reduction(CPURule):
             return None
         blocks = inline_injective(sch, blocks)
         rows = min(_leading_spatial(info) for info in blocks)
-        if any(info.dom_kind().strip("S") not in ("", "R") for info in blocks):
+        if any(set(info.dom_kind().lstrip("S")) - {"R"} for info in blocks):  # spatial axes first, then reductions
             return None
         if len({tuple(str(d) for d in info.dom()[:rows]) for info in blocks}) != 1:
             return None
+        single_row = all(isinstance(d, (int, tirx.IntImm)) and int(d) == 1 for d in blocks[0].dom()[:rows])
+        if single_row and any(info.dom_kind().count("R") > 1 for info in blocks):
+            return None  # no rows to run in parallel and no single reduction axis to vectorize
         lanes = vector_lanes(target, output_dtype(sch, blocks[-1].block_rv))
 
         # Split each innermost reduction into per-lane partial results before the blocks move under the row loop.

@@ -63,3 +63,15 @@ def test_sum_over_any_axis_matches_numpy(axis):
 def test_declines_a_full_reduction_to_a_scalar():
     x = te.placeholder((4, 16), name="x")
     assert Reduction().apply(te.create_prim_func([x, topi.sum(x)]), TARGET, False) is None
+
+
+def test_conv2d_rows_parallel_matches_numpy():
+    x, w = te.placeholder((2, 3, 9, 7), name="x"), te.placeholder((4, 3, 3, 3), name="w")
+    func = te.create_prim_func([x, w, topi.nn.conv2d_nchw(x, w, stride=1, padding=1, dilation=1)])
+    data, weight = RNG.standard_normal((2, 3, 9, 7), dtype="float32"), RNG.standard_normal((4, 3, 3, 3), dtype="float32")
+    padded = np.pad(data, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))  # n c h w kh kw
+    expected = np.einsum("nchwij,ocij->nohw", windows, weight)
+    func = scheduled(Reduction(), func)
+    assert "parallel" in loop_kinds(func)
+    np.testing.assert_allclose(run(func, data, weight), expected, rtol=1e-4, atol=1e-4)

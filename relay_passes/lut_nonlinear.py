@@ -21,10 +21,10 @@ from collections.abc import Sequence
 
 import tvm
 from tvm import relax
-from tvm.relax.dpl import WildcardPattern, rewrite_call
 
+from .lut_rewriter import LUTRewriter
 from .patterns import Form, LUTCall, gelu, layer_norm, softmax, static_shape
-from .report import KeptExact, PassReport, Replaced
+from .report import PassReport
 
 OPS = ("gelu", "softmax", "layer_norm")
 _FORMS = {"gelu": gelu.forms, "softmax": softmax.forms, "layer_norm": layer_norm.forms}
@@ -58,58 +58,21 @@ class LUTNonlinear:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rewriter = _Rewriter(mod, self.bundle if self.bundle is not None else _default_bundle())
-        for gvar, func in list(mod.functions_items()):
-            if not isinstance(func, relax.Function):
-                continue
-            for form in self.forms:
-                func = rewrite_call(form.pattern, rewriter.replacing(form), func)
-            # What still matches was kept exact. A separate pass that changes nothing visits every op once
-            # (rewrite_call revisits unchanged ops until a fixed point while it rewrites).
-            for form in self.forms:
-                rewrite_call(form.pattern, rewriter.auditing(form), func)
-            rewriter.builder.update_func(gvar, func)
+        mod = rewriter.run(mod, self.forms)
         self.report = rewriter.report
         self.report.log(logger)
-        return rewriter.builder.get()
+        return mod
 
 
-class _Rewriter:
-    """Serves the matches of one pass run: checks, kernel PrimFuncs (one per key), report entries."""
+class _Rewriter(LUTRewriter):
+    """Serves GELU / Softmax / LayerNorm matches with kernels built once per (kernel, tables, shape, attributes)."""
 
     def __init__(self, mod: tvm.IRModule, bundle):
+        super().__init__(mod, "LUTNonlinear")
         self.bundle = bundle
-        self.builder = relax.BlockBuilder(mod)
-        self.report = PassReport("LUTNonlinear")
         self._kernels: dict[tuple, relax.GlobalVar | str] = {}
-        self._reported: list[relax.Expr] = []  # ops inside a kept match (its inner forms are not reported again)
 
-    def replacing(self, form: Form):
-        def rewrite(matched: relax.Expr, matchings: dict) -> relax.Expr:
-            served = self._serve(form, matched, matchings)
-            if not isinstance(served, tuple):
-                return matched
-            call, kernel = served
-            shape, dtype = static_shape(matched), str(matched.ty.dtype)
-            self.report.replaced.append(Replaced(form.op, form.name, shape, dtype, kernel.name_hint))
-            return relax.call_tir(kernel, [call.x, *call.extra_args], relax.TensorType(shape, dtype))
-
-        return rewrite
-
-    def auditing(self, form: Form):
-        def audit(matched: relax.Expr, matchings: dict) -> relax.Expr:
-            if any(matched.same_as(op) for op in self._reported):
-                return matched
-            reason = self._serve(form, matched, matchings)
-            if isinstance(reason, str):
-                self._reported += [e for p, e in matchings.items() if not isinstance(p, WildcardPattern)]
-                shape, dtype = static_shape(matched), str(matched.ty.dtype)
-                self.report.kept.append(KeptExact(form.op, form.name, shape, dtype, reason))
-            return matched
-
-        return audit
-
-    def _serve(self, form: Form, matched: relax.Expr, matchings: dict) -> tuple[LUTCall, relax.GlobalVar] | str | None:
-        """The call and kernel serving a match, the reason it cannot be served, or None if it is not the op."""
+    def serve(self, form: Form, matched: relax.Expr, matchings: dict) -> tuple[relax.Expr, str] | str | None:
         call = form.extract(matchings)
         if call is None or isinstance(call, str):
             return call
@@ -124,7 +87,10 @@ class _Rewriter:
         if key not in self._kernels:
             self._kernels[key] = self._build(form, call, shape)
         kernel = self._kernels[key]
-        return kernel if isinstance(kernel, str) else (call, kernel)
+        if isinstance(kernel, str):
+            return kernel
+        out = relax.TensorType(shape, dtype)
+        return relax.call_tir(kernel, [call.x, *call.extra_args], out), kernel.name_hint
 
     def _build(self, form: Form, call: LUTCall, shape) -> relax.GlobalVar | str:
         import schedules

@@ -1,11 +1,12 @@
-"""Dataflow patterns for every form the importers give GELU, Softmax and LayerNorm (one module per op family).
+"""Dataflow patterns for every form the importers give the ops the LUT passes replace, one module per op family
+(gelu, softmax, layer_norm for LUTNonlinear; dense, conv2d for LUTDense).
 
 A `Form` pairs a `tvm.relax.dpl` pattern (alternatives joined with `|`) with `extract(matchings)`, which returns
-the `LUTCall` that serves the match, a reason (str) to keep a genuine match exact, or None when the match is not
-that op after all (a constant with another value, axes that differ). Constants are checked by value, so 0-d and
-broadcast constants, folded or not, match alike. `FORMS[op]` lists an op's forms most specific first: the pass
-applies them in that order, so a LayerNorm is replaced with its affine map before the bare normalization inside
-it could match alone.
+what serves the match (for LUTNonlinear a `LUTCall`), a reason (str) to keep a genuine match exact, or None when
+the match is not that op after all (a constant with another value, axes that differ). Constants are checked by
+value, so 0-d and broadcast constants, folded or not, match alike. Each family's `forms()` lists its forms most
+specific first: a pass applies them in that order, so a LayerNorm is replaced with its affine map before the bare
+normalization inside it could match alone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tvm.relax.dpl import DFPattern, is_const
 
 @dataclasses.dataclass(frozen=True)
 class LUTCall:
-    """How the pass serves a match: `schedules.<builder>(*tables, shape, **params)` called on `(x, *extra_args)`.
+    """How LUTNonlinear serves a match: `schedules.<builder>(*tables, shape, **params)` called on `(x, *extra_args)`.
 
     `tables` are bundle entry names in the builder's argument order; the output has the shape and dtype of `x`.
     """

@@ -1,0 +1,69 @@
+"""`layer_norm_func`: layer normalization with a table rsqrt (NN-LUT's LayerNorm).
+
+Stages: row mean, row variance of the centered values (two passes, biased, more accurate than E[x^2] - mean^2),
+`rsqrt(var + eps)` from the table under power-of-four scaling (loop-invariant per row), then the affine map.
+"""
+
+import math
+
+from tvm import te, tirx
+
+from .pwl import as_kernel, check_axes, check_shape
+from .pwl_expr import PWLSpec, Table, evaluate
+
+
+def layer_norm_func(rsqrt_spec: PWLSpec, shape, axes, eps: float = 1e-5, has_gamma: bool = True,
+                    has_beta: bool = True) -> tirx.PrimFunc:
+    """LayerNorm of a float32 tensor of `shape` over `axes`; an unscheduled PrimFunc `(x, [gamma], [beta], out)`.
+
+    gamma and beta have the shape of the normalized axes (as `relax.op.nn.layer_norm`); `rsqrt_spec` is a "pow4"
+    table.
+    """
+    table = Table(rsqrt_spec, "rsqrt_spec")
+    if table.scaling != "pow4":
+        raise ValueError(f"layer_norm needs an rsqrt table with scaling 'pow4', got {table.scaling!r}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    shape = check_shape(shape)
+    axes = check_axes(axes, len(shape), "layer_norm axes")
+    x = te.placeholder(shape, "float32", name="x")
+    params = [te.placeholder([shape[a] for a in axes], "float32", name=n)
+              for n, present in (("gamma", has_gamma), ("beta", has_beta)) if present]
+    gamma = params[0] if has_gamma else None
+    beta = params[-1] if has_beta else None
+    row_shape = tuple(d for a, d in enumerate(shape) if a not in axes)
+    inv_count = 1.0 / math.prod(shape[a] for a in axes) if all(shape[a] for a in axes) else 0.0
+
+    def row_of(index):
+        return tuple(v for a, v in enumerate(index) if a not in axes)
+
+    def reduce_over(row):
+        ks = [te.reduce_axis((0, shape[a]), name=f"k{a}") for a in axes]
+        index, rest, ki = [], iter(row), iter(ks)
+        for a in range(len(shape)):
+            index.append(next(ki) if a in axes else next(rest))
+        return tuple(index), ks
+
+    def mean_of(values, name):
+        def body(*row):
+            index, ks = reduce_over(row)
+            return te.sum(values(index) * tirx.const(inv_count, "float32"), axis=ks)
+        return te.compute(row_shape, body, name=name)
+
+    mean = mean_of(lambda i: x[i], "mean")
+    def centered(i):
+        return x[i] - mean[row_of(i)]
+
+    var = mean_of(lambda i: centered(i) * centered(i), "var")
+
+    def affine(*i):
+        y = centered(i) * evaluate(table, var[row_of(i)] + tirx.const(eps, "float32"))
+        norm_index = tuple(i[a] for a in axes)
+        if gamma is not None:
+            y = y * gamma[norm_index]
+        if beta is not None:
+            y = y + beta[norm_index]
+        return y
+
+    out = te.compute(shape, affine, name="layer_norm")
+    return as_kernel(te.create_prim_func([x, *params, out]), "layer_norm")

@@ -1,0 +1,150 @@
+"""`segments(table, x)`: the piecewise-linear evaluation as one TIR op, lowered once its vector width is known.
+
+`y = slopes[i] * x + intercepts[i]`, `i = count(breakpoints <= x)`. Its fastest form needs a table lookup, and a
+lookup from constants has no good portable form in TIR (TVM 0.27 has no constant buffers; a vectorized gather is
+scalarized lane by lane), while x86 has one instruction for it, a register permute (`vpermps`). So the evaluation is
+an op of its own, `tvm_lut.pwl_segments(x, *breakpoints, *slopes, *intercepts)`: pure and vectorizable, so the
+schedule rules vectorize it like any arithmetic, and lowered after vectorization (`llvm.FLowerIntrinsic`):
+
+- 16 lanes on AVX-512F, or 8 lanes on AVX2: a branch-free binary search over the breakpoints (log2(S) rounds of
+  permute + compare + blend), then two permutes for slope and intercept: about 3 log2(S) + 4 vector instructions;
+- anything else (scalars, other widths, other ISAs): a compare + two blends per breakpoint, branch-free too.
+
+The lowering callback sees the call, not the function's target: it asks `Target.current()` (else the host CPU) for
+AVX2 / AVX-512F. Risk: cross-compiling from an x86 host for an x86 CPU with 256-bit vectors but no AVX2 (AVX1 only)
+emits AVX2; compile inside `with target:` to make the check exact.
+
+Semantics (both forms): NaN compares false everywhere and stays NaN through the multiply-add; an infinite x on a
+flat outer segment (`0 * inf`) gives the intercept. Tables hold 1 to 16 segments (one 512-bit register).
+"""
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+import tvm
+from tvm import tirx
+from tvm.ir import Expr as PrimExpr
+from tvm.target import Target
+from tvm.target.codegen import llvm_get_system_cpu, target_has_features
+
+OP_NAME = "tvm_lut.pwl_segments"
+MAX_SEGMENTS = 16
+_PURE = 1  # tirx.CallEffectKind.Pure
+_PERMUTES = {16: ("avx512f", "llvm.x86.avx512.permvar.sf.512"), 8: ("avx2", "llvm.x86.avx2.permps")}
+
+
+def segments(breakpoints: Sequence[float], slopes: Sequence[float], intercepts: Sequence[float],
+             x: PrimExpr) -> PrimExpr:
+    """The table applied to the float32 expression `x` (sizes S-1, S, S; validated by `pwl_expr.Table`)."""
+    constants = [*breakpoints, *slopes, *intercepts]
+    return tirx.call_intrin("float32", OP_NAME, x, *(_f32(v) for v in constants))
+
+
+def _f32(value) -> tirx.FloatImm:
+    return tirx.FloatImm("float32", float(np.float32(value)))
+
+
+def _i32(value: int) -> tirx.IntImm:
+    return tirx.IntImm("int32", value)
+
+
+def _splat(scalar: PrimExpr, lanes: int) -> PrimExpr:
+    return scalar if lanes == 1 else tirx.Broadcast(scalar, lanes)
+
+
+def _unpack(call):
+    """(x, lanes, breakpoints, slopes, intercepts) of a (possibly vectorized) call."""
+    lanes = tvm.DataType(str(call.ty.dtype)).lanes
+    values = [float((a.value if isinstance(a, tirx.Broadcast) else a).value) for a in call.args[1:]]
+    size = (len(values) + 1) // 3
+    return call.args[0], lanes, values[:size - 1], values[size - 1:2 * size - 1], values[2 * size - 1:]
+
+
+def _let(name: str, value: PrimExpr, body) -> PrimExpr:
+    """`body(v)` with `v` bound to `value` once (the search reads x and each index several times)."""
+    var = tirx.Var(name, str(value.ty.dtype))
+    return tirx.Let(var, value, body(var))
+
+
+def _line(x, lanes, slope, intercept, slopes, intercepts) -> PrimExpr:
+    y = slope * x + intercept
+    for end, inf in ((0, -np.inf), (-1, np.inf)):
+        if slopes[end] == 0:
+            y = tirx.Select(x == _splat(_f32(inf), lanes), _splat(_f32(intercepts[end]), lanes), y)
+    return y
+
+
+def _select_chain(x, lanes, breakpoints, slopes, intercepts) -> PrimExpr:
+    slope, intercept = _splat(_f32(slopes[0]), lanes), _splat(_f32(intercepts[0]), lanes)
+    for j, breakpoint in enumerate(breakpoints):
+        above = x >= _splat(_f32(breakpoint), lanes)
+        slope = tirx.Select(above, _splat(_f32(slopes[j + 1]), lanes), slope)
+        intercept = tirx.Select(above, _splat(_f32(intercepts[j + 1]), lanes), intercept)
+    return _line(x, lanes, slope, intercept, slopes, intercepts)
+
+
+def _binary_search(x, lanes, breakpoints, slopes, intercepts) -> PrimExpr:
+    """Upper-bound search with register permutes; breakpoints padded with NaN, which no x reaches."""
+    size = 1 << (len(slopes) - 1).bit_length()
+    probes = list(breakpoints) + [np.nan] * (size - len(slopes))
+
+    def lookup(values, index):
+        _, intrinsic = _PERMUTES[lanes]
+        dtype = f"float32x{lanes}"
+        low = tirx.call_llvm_pure_intrin(dtype, intrinsic, _vector(values[:lanes], lanes), index)
+        if len(values) <= lanes:
+            return low
+        high = tirx.call_llvm_pure_intrin(dtype, intrinsic, _vector(values[lanes:], lanes), index)
+        return tirx.Select(index >= _splat(_i32(lanes), lanes), high, low)
+
+    def search(index, step):
+        if step == 0:
+            return _line(x, lanes, lookup(slopes, index), lookup(intercepts, index), slopes, intercepts)
+        probe = (_splat(_f32(probes[step - 1]), lanes) if step == size // 2
+                 else lookup(probes, index + _splat(_i32(step - 1), lanes)))
+        found = tirx.Select(x >= probe, index + _splat(_i32(step), lanes), index)
+        return _let("i", found, lambda i: search(i, step // 2))
+
+    return search(_splat(_i32(0), lanes), size // 2)
+
+
+def _vector(values: Sequence[float], lanes: int) -> PrimExpr:
+    """A constant float32 vector of `lanes` entries (zero-padded)."""
+    padded = list(values) + [0.0] * (lanes - len(values))
+    return tirx.Shuffle([_f32(v) for v in padded], list(range(lanes)))
+
+
+def _has(feature: str) -> bool:
+    target = Target.current(allow_none=True) or _host()
+    return target.kind.name == "llvm" and bool(target_has_features([feature], target))
+
+
+@functools.cache
+def _host() -> Target:
+    return Target({"kind": "llvm", "mcpu": llvm_get_system_cpu()})
+
+
+def _lower(call) -> PrimExpr:
+    x, lanes, breakpoints, slopes, intercepts = _unpack(call)
+    form = _binary_search if lanes in _PERMUTES and _has(_PERMUTES[lanes][0]) else _select_chain
+    return _let("x", x, lambda x: form(x, lanes, breakpoints, slopes, intercepts))
+
+
+def _lower_portable(call) -> PrimExpr:
+    x, lanes, breakpoints, slopes, intercepts = _unpack(call)
+    return _let("x", x, lambda x: _select_chain(x, lanes, breakpoints, slopes, intercepts))
+
+
+def _register() -> None:
+    if OP_NAME in tvm.ir.Op.list_op_names():
+        return
+    tvm.get_global_func("ir.RegisterOp")(OP_NAME, "piecewise-linear table evaluation (tvm-lut)")
+    tvm.ir.register_op_attr(OP_NAME, "TCallEffectKind", _PURE)
+    tvm.ir.register_op_attr(OP_NAME, "TVectorizable", True)
+    tvm.ir.register_op_attr(OP_NAME, "TScriptPrinterName", OP_NAME)
+    tvm.ir.register_op_attr(OP_NAME, "llvm.FLowerIntrinsic", _lower)
+    tvm.ir.register_op_attr(OP_NAME, "default.FLowerIntrinsic", _lower_portable)
+
+
+_register()

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from schedules import layer_norm_func
+from schedules.kernels.reference import layer_norm_reference
+from tests.schedules.kernel_harness import RECIPROCAL, RSQRT, assert_matches, run_kernel
+
+RNG = np.random.default_rng(0)
+
+
+def _check(x, axes, eps=1e-5, gamma=True, beta=True):
+    norm_shape = [x.shape[a] for a in sorted(a % x.ndim for a in axes)]
+    g = RNG.uniform(0.5, 1.5, norm_shape).astype(np.float32) if gamma else None
+    b = RNG.standard_normal(norm_shape).astype(np.float32) if beta else None
+    func = layer_norm_func(RSQRT, x.shape, axes, eps, has_gamma=gamma, has_beta=beta)
+    got = run_kernel(func, x, *[p for p in (g, b) if p is not None])
+    assert_matches(got, layer_norm_reference(RSQRT, x, axes, eps, g, b))
+    return got
+
+
+@pytest.mark.parametrize("shape, axes", [
+    ((4, 16, 384), [-1]),   # BERT rows, vectorized
+    ((3, 7, 5), [1, 2]),    # two axes, odd sizes
+    ((5, 6, 3), [1]),       # a non-last axis
+    ((0, 8), [-1]), ((4, 0), [-1]),
+])
+def test_random_inputs_match_reference(shape, axes):
+    _check((RNG.standard_normal(shape) * 3 + 1).astype(np.float32), axes)
+
+
+@pytest.mark.parametrize("gamma, beta", [(False, False), (True, False), (False, True)])
+def test_without_affine_parameters(gamma, beta):
+    got = _check(RNG.standard_normal((8, 64)).astype(np.float32), [-1], gamma=gamma, beta=beta)
+    if not gamma and not beta:
+        np.testing.assert_allclose(got.mean(axis=-1), 0, atol=1e-5)
+        np.testing.assert_allclose(got.std(axis=-1), 1, rtol=5e-3)  # the stand-in rsqrt table is 3.5e-3 off
+
+
+def test_special_rows():
+    x = (RNG.standard_normal((5, 32)) * 2).astype(np.float32)
+    x[0] = 7.0          # constant row: variance 0, rsqrt(eps)
+    x[1, 3] = np.nan    # NaN spreads over its row through the mean
+    x[2, 4] = np.inf    # so does inf (inf - inf)
+    x[3] *= 1e18        # huge values: the variance overflows to inf, rsqrt(inf) = 0
+    x[4] *= 1e-20       # tiny values: the variance is subnormal or zero
+    got = _check(x, [-1], eps=0.0, gamma=False, beta=False)
+    assert np.all(np.isnan(got[1])) and np.all(np.isnan(got[2]))
+
+
+@pytest.mark.parametrize("spec, axes, eps, match", [
+    (RECIPROCAL, [-1], 1e-5, "scaling 'pow4'"),
+    (RSQRT, [2], 1e-5, "axes"),
+    (RSQRT, [1, 1], 1e-5, "axes"),
+    (RSQRT, [], 1e-5, "axes"),
+    (RSQRT, [-1], -1.0, "eps"),
+    (RSQRT, [-1], float("nan"), "eps"),
+])
+def test_misuse_is_rejected(spec, axes, eps, match):
+    with pytest.raises(ValueError, match=match):
+        layer_norm_func(spec, (4, 8), axes, eps)

@@ -1,7 +1,8 @@
 """LUTNonlinear on whole imported graphs: both importers, several ONNX opsets, compiled and compared to PyTorch.
 
-The tolerance comes from the tables: a graph output may differ from PyTorch by at most `GAIN` times the largest
-error of any table on its range (the nonlinear ops' errors pass through a few matmuls and a LayerNorm).
+With exact stand-in kernels the rewritten graph must match PyTorch to float rounding (that checks the rewiring).
+With the LUT kernels the tolerance comes from the tables: the output may differ from PyTorch by at most `GAIN`
+times the largest table error (measured: 0.031 against a table error of 0.045 on the tiny BERT block).
 """
 
 import math
@@ -17,23 +18,24 @@ from relay_passes import LUTNonlinear
 from tvm_lut.frontend import from_onnx, from_torch
 from tvm_lut.models.minilm import MiniLM, MiniLMConfig
 
-GAIN = 30.0
+GAIN = 2.0
 TARGET = {"kind": "llvm"}
 TINY = MiniLMConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                     intermediate_size=64, max_position_embeddings=16)
 
 
 def _table_error() -> float:
-    """Largest error of the stand-in tables on a dense grid: absolute for GELU / exp, relative for 1/x, rsqrt."""
-    exact = {"gelu": lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2))),
-             "exp": np.exp, "reciprocal": lambda v: 1 / v, "rsqrt": lambda v: v**-0.5}
+    """Largest error of the stand-in tables on a dense grid of their ranges: absolute for GELU and exp (their
+    outputs enter sums), relative for reciprocal and rsqrt (they scale)."""
     grids = {"gelu": np.linspace(-8, 8, 4001), "exp": np.linspace(-20, 0, 4001),
              "reciprocal": np.linspace(1, 2, 4001), "rsqrt": np.linspace(1, 4, 4001)}
+    exact = {"gelu": lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2))), "exp": np.exp,
+             "reciprocal": lambda v: 1 / v, "rsqrt": lambda v: v**-0.5}
     errors = []
-    for name, fn in exact.items():
-        x = grids[name].astype(np.float32)
-        error = np.abs(tables()[name](x) - fn(x.astype(np.float64)))
-        errors.append(np.max(error if name in ("gelu", "exp") else error * np.sqrt(x) if name == "rsqrt" else error * x))
+    for name, x in grids.items():
+        want = exact[name](x)
+        error = np.abs(tables()[name](x.astype(np.float32)) - want)
+        errors.append(np.max(error if name in ("gelu", "exp") else error / want))
     return float(max(errors))
 
 
@@ -157,3 +159,23 @@ def test_default_tables_when_no_bundle(monkeypatch):
     assert lut.report.counts() == {"gelu": 1}
     ((_, (table, *_), _),) = builders.calls
     assert table == default_bundle().pwl("gelu")
+
+
+@pytest.mark.slow
+def test_minilm_with_default_tables_and_lut_kernels(monkeypatch):
+    """all-MiniLM-L6-v2 with every GELU, softmax and LayerNorm on the shipped tables: the sentence embeddings keep
+    a cosine >= 0.999 with PyTorch's (the project's accuracy target)."""
+    from tvm_lut.models.minilm import load_minilm
+
+    use_real_kernels(monkeypatch)
+    model = load_minilm()
+    torch.manual_seed(0)
+    inputs = (torch.randint(1000, 20000, (2, 16)), torch.ones(2, 16, dtype=torch.int64))
+    lut = LUTNonlinear()
+    mod = lut(from_torch(model, inputs))
+    assert lut.report.counts() == {"gelu": 6, "softmax": 6, "layer_norm": 13}, str(lut.report)
+    with torch.no_grad():
+        expected = model(*inputs).numpy()
+    actual = _compile_and_run(mod, inputs)
+    cosine = np.sum(actual * expected, axis=1) / np.linalg.norm(actual, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosine.min() >= 0.999, cosine

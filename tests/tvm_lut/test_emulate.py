@@ -79,3 +79,34 @@ def test_missing_tables_keep_ops_exact_and_say_so():
 def test_unknown_op_is_rejected():
     with pytest.raises(ValueError, match="unknown ops \\['relu'\\]"):
         LUTMode(default_bundle(), ops=("relu",))
+
+
+@pytest.mark.slow
+def test_minilm_on_tweets_keeps_embeddings_and_accuracy():
+    """Real model, real tweets: every GELU, softmax and LayerNorm on 16-entry tables (shipped defaults and
+    tables calibrated on 64 calibration tweets) keeps mean cosine >= 0.999 and accuracy within 0.3 points."""
+    from tvm_lut.datasets.tweets import load_tweets
+    from tvm_lut.models.minilm import load_minilm
+    from tvm_lut.sentiment import accuracy, embed, torch_encoder, train_head
+    from tvm_lut.training import NonlinearConfig, learn
+
+    model, tweets = load_minilm(), load_tweets()
+    train, test = tweets.train.head(2000), tweets.test.head(1000)
+    exact = torch_encoder(model)
+    head = train_head(embed(exact, *train.tokens(64), batch_size=32, progress=False), train.labels)
+    reference = embed(exact, *test.tokens(64), batch_size=32, progress=False)
+    calib_ids, calib_mask = (torch.from_numpy(a) for a in tweets.calibration.head(64).tokens(64))
+    calibrated = learn(model, [((calib_ids[i:i + 32], calib_mask[i:i + 32]), None) for i in (0, 32)],
+                       NonlinearConfig(), progress=False)
+    for bundle in (default_bundle(), calibrated):
+        mode = LUTMode(bundle)
+
+        def lut(ids, mask):
+            with mode:
+                return exact(ids, mask)
+
+        approx = embed(lut, *test.tokens(64), batch_size=32, progress=False)
+        cosine = np.sum(approx * reference, 1) / np.linalg.norm(approx, axis=1) / np.linalg.norm(reference, axis=1)
+        assert cosine.mean() >= 0.999 and not mode.kept, f"mean cosine {cosine.mean():.6f}, kept {mode.kept}"
+        drop = accuracy(head, reference, test.labels) - accuracy(head, approx, test.labels)
+        assert abs(drop) <= 0.003, f"accuracy changed by {drop:.4f}"

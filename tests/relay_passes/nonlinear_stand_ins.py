@@ -7,7 +7,6 @@ asymptotes), accurate enough that a whole graph can be compared to PyTorch with 
 import math
 
 import numpy as np
-import pytest
 
 import schedules
 from tvm_lut.bundle import Bundle
@@ -58,7 +57,7 @@ class RecordingBuilders:
 
     def install(self, monkeypatch) -> "RecordingBuilders":
         for name in BUILDERS:
-            monkeypatch.setattr(schedules, name, self._builder(name), raising=False)
+            monkeypatch.setattr(schedules, name, self._builder(name))
         return self
 
     def _builder(self, name):
@@ -71,13 +70,6 @@ class RecordingBuilders:
         return build
 
 
-def use_real_kernels(monkeypatch) -> None:
-    """Use engineer "kernels"' builders; skip (with the reason) while they are not in the tree."""
-    kernels = pytest.importorskip("schedules.kernels", reason="the LUT kernels (schedules.kernels) are not there yet")
-    for name in BUILDERS:
-        monkeypatch.setattr(schedules, name, getattr(kernels, name), raising=False)
-
-
 class ExactKernels:
     """Builders with the kernels' signatures that compute the exact op (TOPI), so a graph rewritten with them must
     match PyTorch to float rounding: that checks the rewiring (table choice, operands, axis, eps, gamma and beta)
@@ -88,7 +80,7 @@ class ExactKernels:
 
     def install(self, monkeypatch) -> "ExactKernels":
         for name in BUILDERS:
-            monkeypatch.setattr(schedules, name, getattr(self, name), raising=False)
+            monkeypatch.setattr(schedules, name, getattr(self, name))
         return self
 
     def pwl_func(self, spec, shape, dtype="float32"):

@@ -13,7 +13,7 @@ import torch
 import tvm
 from tvm import relax
 
-from nonlinear_stand_ins import ExactKernels, bundle, tables, use_real_kernels
+from nonlinear_stand_ins import ExactKernels, bundle, tables
 from relay_passes import LUTNonlinear
 from tvm_lut.frontend import from_onnx, from_torch
 from tvm_lut.models.minilm import MiniLM, MiniLMConfig
@@ -114,9 +114,8 @@ def test_pass_runs_in_a_sequential_and_keeps_its_report(monkeypatch, tiny_bert):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["torch", 14])
-def test_bert_like_block_with_the_lut_kernels(monkeypatch, tiny_bert, source):
-    """The real LUT kernels: the output stays within GAIN x the tables' error of PyTorch."""
-    use_real_kernels(monkeypatch)
+def test_bert_like_block_with_the_lut_kernels(tiny_bert, source):
+    """The LUT kernels of `schedules`: the output stays within GAIN x the tables' error of PyTorch."""
     model, inputs = tiny_bert
     lut = LUTNonlinear(bundle())
     mod = lut(_import(model, inputs, source))
@@ -162,12 +161,11 @@ def test_default_tables_when_no_bundle(monkeypatch):
 
 
 @pytest.mark.slow
-def test_minilm_with_default_tables_and_lut_kernels(monkeypatch):
+def test_minilm_with_default_tables_and_lut_kernels():
     """all-MiniLM-L6-v2 with every GELU, softmax and LayerNorm on the shipped tables: the sentence embeddings keep
     a cosine >= 0.999 with PyTorch's (the project's accuracy target)."""
     from tvm_lut.models.minilm import load_minilm
 
-    use_real_kernels(monkeypatch)
     model = load_minilm()
     torch.manual_seed(0)
     inputs = (torch.randint(1000, 20000, (2, 16)), torch.ones(2, 16, dtype=torch.int64))

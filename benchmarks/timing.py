@@ -14,25 +14,41 @@ from typing import Callable
 
 def median_seconds(fn: Callable[[], object], repeat: int = 7, min_seconds: float = 0.02) -> float:
     """Median time of one call of `fn` over `repeat` repetitions (after a warm-up call)."""
+    return median_seconds_interleaved({"fn": fn}, repeat, min_seconds)["fn"]
+
+
+def median_seconds_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 7,
+                               min_seconds: float = 0.02) -> dict[str, float]:
+    """Median time per call of each function, repetitions taken in turn (A B C A B C ...).
+
+    Interleaving spreads the load of a shared, noisy machine evenly over the variants, so their ratios hold up
+    better than when each is timed in one block.
+    """
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
+    numbers = {name: _calls_per_repetition(fn, min_seconds) for name, fn in fns.items()}
+    samples = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(numbers[name]):
+                fn()
+            samples[name].append((time.perf_counter() - start) / numbers[name])
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _calls_per_repetition(fn: Callable[[], object], min_seconds: float) -> int:
+    """How many calls make a repetition of at least `min_seconds` (after a warm-up call)."""
     fn()
-    number, elapsed = 1, 0.0
-    while True:  # calibrate: how many calls make one repetition
+    number = 1
+    while True:
         start = time.perf_counter()
         for _ in range(number):
             fn()
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
-            break
+            return number
         number = max(number * 2, int(number * min_seconds / max(elapsed, 1e-9)))
-    samples = [elapsed / number]
-    for _ in range(repeat - 1):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - start) / number)
-    return statistics.median(samples)
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:

@@ -1,7 +1,8 @@
 """`layer_norm_func`: layer normalization with a table rsqrt (NN-LUT's LayerNorm).
 
-Stages: row mean, row variance of the centered values (two passes, biased, more accurate than E[x^2] - mean^2),
-`rsqrt(var + eps)` from the table under power-of-four scaling (loop-invariant per row), then the affine map.
+Stages, as TVM's own legalized LayerNorm so the same reduction rule schedules both: row sum and mean, the row sum of
+squared deviations (two passes, more accurate than E[x^2] - mean^2), then `(x - mean) * rsqrt(var + eps)` with the
+rsqrt from the table under power-of-four scaling (loop-invariant per row), and the affine map.
 """
 
 import math
@@ -32,7 +33,8 @@ def layer_norm_func(rsqrt_spec: PWLSpec, shape, axes, eps: float = 1e-5, has_gam
     gamma = params[0] if has_gamma else None
     beta = params[-1] if has_beta else None
     row_shape = tuple(d for a, d in enumerate(shape) if a not in axes)
-    inv_count = 1.0 / math.prod(shape[a] for a in axes) if all(shape[a] for a in axes) else 0.0
+    count = math.prod(shape[a] for a in axes)
+    inv_count = tirx.const(1.0 / count if count else 0.0, "float32")
 
     def row_of(index):
         return tuple(v for a, v in enumerate(index) if a not in axes)
@@ -44,20 +46,22 @@ def layer_norm_func(rsqrt_spec: PWLSpec, shape, axes, eps: float = 1e-5, has_gam
             index.append(next(ki) if a in axes else next(rest))
         return tuple(index), ks
 
-    def mean_of(values, name):
+    def row_sum(values, name):
         def body(*row):
             index, ks = reduce_over(row)
-            return te.sum(values(index) * tirx.const(inv_count, "float32"), axis=ks)
+            return te.sum(values(index), axis=ks)
         return te.compute(row_shape, body, name=name)
 
-    mean = mean_of(lambda i: x[i], "mean")
+    total = row_sum(lambda i: x[i], "sum")
+    mean = te.compute(row_shape, lambda *r: total[r] * inv_count, name="mean")
+
     def centered(i):
         return x[i] - mean[row_of(i)]
 
-    var = mean_of(lambda i: centered(i) * centered(i), "var")
+    var_sum = row_sum(lambda i: centered(i) * centered(i), "var_sum")
 
     def affine(*i):
-        y = centered(i) * evaluate(table, var[row_of(i)] + tirx.const(eps, "float32"))
+        y = centered(i) * evaluate(table, var_sum[row_of(i)] * inv_count + tirx.const(eps, "float32"))
         norm_index = tuple(i[a] for a in axes)
         if gamma is not None:
             y = y * gamma[norm_index]

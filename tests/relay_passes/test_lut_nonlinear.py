@@ -177,3 +177,32 @@ def test_minilm_with_default_tables_and_lut_kernels():
     actual = _compile_and_run(mod, inputs)
     cosine = np.sum(actual * expected, axis=1) / np.linalg.norm(actual, axis=1) / np.linalg.norm(expected, axis=1)
     assert cosine.min() >= 0.999, cosine
+
+
+def test_a_second_run_changes_nothing(monkeypatch, tiny_bert):
+    ExactKernels().install(monkeypatch)
+    model, inputs = tiny_bert
+    once = LUTNonlinear(bundle())(from_torch(model, inputs))
+    again = LUTNonlinear(bundle())
+    tvm.ir.assert_structural_equal(again(once), once)
+    assert again.report.replaced == [] and again.report.kept == []
+
+
+@pytest.mark.parametrize("shape", [(0, 8), (3, 0), (1, 1, 7)])
+def test_zero_size_and_odd_shapes_with_the_lut_kernels(shape):
+    """Zero-size and odd shapes go through the pass and the kernels like any other static shape."""
+    from tvm.script import relax as R
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(R.nn.softmax(bb.emit(R.nn.gelu(x)), axis=-1))
+        bb.emit_func_output(y)
+    lut = LUTNonlinear(bundle())
+    mod = lut(bb.get())
+    assert lut.report.counts() == {"gelu": 1, "softmax": 1}
+    data = np.random.default_rng(0).normal(size=shape).astype("float32")
+    expected = torch.softmax(torch.nn.functional.gelu(torch.from_numpy(data)), dim=-1).numpy()
+    np.testing.assert_allclose(_compile_and_run(mod, (torch.from_numpy(data),)), expected,
+                               atol=GAIN * _table_error(), rtol=0)

@@ -8,8 +8,10 @@ so the exact op and the LUT kernel get equally good schedules:
 - fastmath: `relax.transform.FastMathTransform` first (GELU written with `erf`, the only form it rewrites;
   it has no LayerNorm rewrite, so that row stays empty);
 - lut: the `schedules` kernel with tables from `tvm_lut.fit_pwl`;
-- torch: the PyTorch op with the same thread count.
-`--check` adds the max absolute error of the LUT (and FastMath) output against the exact op on the same input.
+- torch: the PyTorch op with the same thread count (timed first, before TVM's thread pool exists).
+TVM variants are timed with repetitions interleaved, so the load of a shared machine hits them alike.
+`--check` adds the max absolute error of the LUT (and FastMath) output against the exact op on the same input, and
+of the LUT kernel against its NumPy reference (the table's own evaluation: what the kernel must match).
 """
 
 import argparse
@@ -19,7 +21,7 @@ import sys
 
 import numpy as np
 
-from .timing import add_common_arguments, format_table, median_seconds_interleaved, write_json
+from .timing import add_common_arguments, format_table, median_seconds, median_seconds_interleaved, write_json
 
 CASES = [
     ("gelu", (8, 64, 1536)),
@@ -112,31 +114,51 @@ def fit_tables() -> dict:
     return {name: fit_pwl(name) for name in tqdm(names, desc="fitting NN-LUT tables", leave=False)}
 
 
-def run_case(op: str, shape, tables: dict, target, repeat: int, check: bool, rng) -> dict:
-    """Time every variant of one case, repetitions interleaved; with `check`, the errors against the exact op."""
+def time_torch(op: str, shape, repeat: int, rng) -> float:
+    """PyTorch's time for one case, in seconds (taken before TVM starts its thread pool: the two pools' idle
+    threads spin, and on a small machine each steals the other's cores)."""
     import torch
+
+    with torch.no_grad():
+        return median_seconds(functools.partial(torch_op(op), *map(torch.from_numpy, inputs(op, shape, rng))), repeat)
+
+
+def run_case(op: str, shape, tables: dict, target, repeat: int, check: bool, rng) -> dict:
+    """Time the TVM variants of one case, repetitions interleaved; with `check`, their errors against exact."""
     import tvm
 
     arrays = inputs(op, shape, rng)
     args = [tvm.runtime.tensor(a) for a in arrays]
-    torch_args = [torch.from_numpy(a) for a in arrays]
     fns = {}
     for variant in VARIANTS:
         if not (variant == "fastmath" and op == "layer_norm"):
             vm = compile_vm(relax_module(op, shape, variant, tables), target)
             fns[variant] = functools.partial(vm["main"], *args)
-    fns["torch"] = functools.partial(torch_op(op), *torch_args)
-    with torch.no_grad():
-        seconds = median_seconds_interleaved(fns, repeat)
+    seconds = median_seconds_interleaved(fns, repeat)
     row = {"op": op, "shape": "x".join(map(str, shape))}
     row.update({f"{variant}_ms": 1e3 * s for variant, s in seconds.items()})
-    row.update({f"lut_vs_{variant}": s / seconds["lut"] for variant, s in seconds.items() if variant != "lut"})
     if check:
         exact = fns["exact"]().numpy()
         for variant in ("lut", "fastmath"):
             if variant in fns:
-                row[f"{variant}_max_err"] = float(np.max(np.abs(fns[variant]().numpy() - exact), initial=0.0))
+                row[f"{variant}_max_err"] = _max_error(fns[variant]().numpy(), exact)
+        row["lut_vs_reference_err"] = _max_error(fns["lut"]().numpy(), reference(op, tables, arrays))
     return row
+
+
+def reference(op: str, tables: dict, arrays: list[np.ndarray]) -> np.ndarray:
+    """The NumPy reference of the LUT kernel (what it must compute exactly, table error included)."""
+    from schedules.kernels import reference as ref
+
+    if op == "gelu":
+        return ref.pwl_reference(tables["gelu"], arrays[0])
+    if op == "softmax":
+        return ref.softmax_reference(tables["exp"], tables["reciprocal"], arrays[0], -1)
+    return ref.layer_norm_reference(tables["rsqrt"], arrays[0], [-1], LAYER_NORM_EPS, *arrays[1:])
+
+
+def _max_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.max(np.abs(got - want), initial=0.0))
 
 
 def main(argv=None) -> int:
@@ -153,13 +175,20 @@ def main(argv=None) -> int:
     target = host_target()
     torch.set_num_threads(num_cores(target))
     tables = fit_tables()
-    rng = np.random.default_rng(0)
-    rows = [run_case(op, shape, tables, target, args.repeat, args.check, rng)
-            for op, shape in tqdm(CASES, desc="benchmarking", leave=False)]
+    torch_ms = [1e3 * time_torch(op, shape, args.repeat, np.random.default_rng(0))
+                for op, shape in tqdm(CASES, desc="timing PyTorch", leave=False)]
+    rows = []
+    for (op, shape), torch_time in zip(tqdm(CASES, desc="timing TVM", leave=False), torch_ms):
+        row = run_case(op, shape, tables, target, args.repeat, args.check, np.random.default_rng(0))
+        row["torch_ms"] = torch_time
+        for variant in ("exact", "fastmath", "torch"):
+            if f"{variant}_ms" in row:
+                row[f"lut_vs_{variant}"] = row[f"{variant}_ms"] / row["lut_ms"]
+        rows.append(row)
     columns = ["op", "shape", "exact_ms", "fastmath_ms", "lut_ms", "torch_ms", "lut_vs_exact", "lut_vs_fastmath",
                "lut_vs_torch"]
     if args.check:
-        columns += ["lut_max_err", "fastmath_max_err"]
+        columns += ["lut_max_err", "fastmath_max_err", "lut_vs_reference_err"]
     print(f"target: {target.attrs['mcpu']}, {num_cores(target)} threads (torch too); median of {args.repeat}; "
           "lut_vs_X = X time / LUT time (> 1: LUT faster)")
     print(format_table(rows, columns))

@@ -6,6 +6,7 @@ rsqrt from the table under power-of-four scaling (loop-invariant per row), and t
 """
 
 import math
+import numbers
 
 from tvm import te, tirx
 
@@ -23,7 +24,7 @@ def layer_norm_func(rsqrt_spec: PWLSpec, shape, axes, eps: float = 1e-5, has_gam
     table = Table(rsqrt_spec, "rsqrt_spec")
     if table.scaling != "pow4":
         raise ValueError(f"layer_norm needs an rsqrt table with scaling 'pow4', got {table.scaling!r}")
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+    if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     shape = check_shape(shape)
     axes = check_axes(axes, len(shape), "layer_norm axes")

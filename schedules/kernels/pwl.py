@@ -1,5 +1,7 @@
 """`pwl_func`: a piecewise-linear table applied elementwise (GELU, exp, ... as NN-LUT evaluates them)."""
 
+import numbers
+
 import numpy as np
 from tvm import te, tirx
 
@@ -35,7 +37,7 @@ def check_dtype(dtype: str) -> str:
 
 def check_axes(axes, ndim: int, what: str) -> tuple[int, ...]:
     """Axes normalized to [0, ndim), sorted, unique; an out-of-range or repeated axis raises."""
-    axes = (axes,) if isinstance(axes, int) else tuple(int(a) for a in axes)
+    axes = (axes,) if isinstance(axes, numbers.Integral) else tuple(int(a) for a in axes)
     normalized = tuple(sorted(a % ndim for a in axes if -ndim <= a < ndim))
     if len(normalized) != len(axes) or len(set(normalized)) != len(normalized) or not axes:
         raise ValueError(f"{what} {axes} is not a set of distinct axes of a {ndim}-D tensor")

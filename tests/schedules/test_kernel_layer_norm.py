@@ -54,7 +54,13 @@ def test_special_rows():
     (RSQRT, [], 1e-5, "axes"),
     (RSQRT, [-1], -1.0, "eps"),
     (RSQRT, [-1], float("nan"), "eps"),
+    (RSQRT, [-1], "1e-5", "eps"),
 ])
 def test_misuse_is_rejected(spec, axes, eps, match):
     with pytest.raises(ValueError, match=match):
         layer_norm_func(spec, (4, 8), axes, eps)
+
+
+def test_numpy_scalars_are_accepted():
+    func = layer_norm_func(RSQRT, (2, 8), np.array([1]), np.float32(1e-5))
+    assert func.attrs["tvm_lut.kernel"] == "layer_norm"

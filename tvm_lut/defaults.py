@@ -48,17 +48,49 @@ def fit_default_bundle(progress: bool = True) -> Bundle:
     return bundle
 
 
+def plot_errors(bundle: Bundle, path: Path) -> None:
+    """One panel per table: its error (in the measure that matters) over its range, breakpoints marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    from tvm_lut.functions import get_function
+
+    fig, axes = plt.subplots(1, len(bundle), figsize=(4 * len(bundle), 3), squeeze=False)
+    for ax, name in zip(axes[0], bundle):
+        table, spec = bundle[name], get_function(name)
+        x = np.linspace(*table.input_range, 20001).astype(np.float32)
+        exact = spec.exact(torch.from_numpy(x.astype(np.float64))).numpy()
+        error = table(x) - exact
+        ax.plot(x, error / np.abs(exact) if spec.measure == "relative" else error, lw=0.8)
+        for breakpoint in table.breakpoints:
+            ax.axvline(breakpoint, color="0.85", lw=0.5, zorder=0)
+        ax.set_title(f"{name} ({table.entries} entries)")
+        ax.set_xlabel("x")
+        ax.set_ylabel(f"{spec.measure} error")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     from tvm_lut.functions import measure_error
 
     parser = argparse.ArgumentParser(prog="python -m tvm_lut.defaults", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_TABLES_PATH, help="where to write the tables")
     parser.add_argument("--check", action="store_true", help="refit and compare with the shipped file, write nothing")
+    parser.add_argument("--plot", type=Path, help="also save a figure of each table's error over its range")
     args = parser.parse_args(argv)
 
     bundle = fit_default_bundle()
     reports = [measure_error(bundle[name]) for name in bundle]
     print("\n".join(str(report) for report in reports))
+    if args.plot:
+        plot_errors(bundle, args.plot)
+        print(f"wrote {args.plot}")
     if not all(report.passed for report in reports):
         print("some tables miss their threshold; nothing written", file=sys.stderr)
         return 1

@@ -44,9 +44,9 @@ def test_shipped_tables_match_the_trainer(refit):
 
 def test_regenerate_command_writes_a_loadable_bundle(tmp_path, monkeypatch, refit, capsys):
     monkeypatch.setattr("tvm_lut.defaults.fit_default_bundle", lambda: refit)
-    out = tmp_path / "tables.safetensors"
-    assert main(["--output", str(out)]) == 0
-    assert "wrote" in capsys.readouterr().out
+    out, figure = tmp_path / "tables.safetensors", tmp_path / "errors.png"
+    assert main(["--output", str(out), "--plot", str(figure)]) == 0
+    assert "wrote" in capsys.readouterr().out and figure.stat().st_size > 0
     written = Bundle.load(out)
     assert all(np.array_equal(written[n].slopes, refit[n].slopes) for n in refit)
     assert written.provenance["generator"] == "python -m tvm_lut.defaults"

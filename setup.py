@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "onnx",
     "onnxruntime",
     "xgboost-cpu",
+    "psutil",  # MetaSchedule's builder and runner pools need it (tvm-lut tune)
 ]
 
 TEST_REQUIRES = ["pytest", "nbclient", "nbformat", "ipykernel"]

@@ -27,7 +27,7 @@ _EXPORTS = {
     "calibrate_ranges": "tvm_lut.calibrate",
     "default_bundle": "tvm_lut.defaults",
     "LUTMode": "tvm_lut.emulate",
-    "compile": "tvm_lut.compile",
+    "compile": "tvm_lut.compiler",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

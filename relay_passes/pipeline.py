@@ -1,0 +1,141 @@
+"""The `tvm_lut` Relax pipeline: LUT rewrites, legalize + fuse, CPU schedules (tuned records first), lowering.
+
+    tvm.compile(mod, target=host_target(), relax_pipeline="tvm_lut")        # exact model, fast schedules
+    tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("tvm_lut", bundle=bundle, database=db_dir))
+
+Phases, in order:
+1. LUT rewrites on high-level Relax: `LUTNonlinear` (when `bundle` is given or `nonlinear=True`; no bundle means
+   the shipped default tables) and `LUTDense` (when the bundle holds `pq` entries).
+2. Legalize and fuse: every op becomes a PrimFunc; constant weights are folded (transposes of weights vanish).
+3. Schedules: records of a tuning database when one is given (only read, never written here), then the CPU rules
+   (`schedules.ApplyCPUSchedules`) for every function still unscheduled; what no rule fits is reported.
+4. Lowering to the VM (as TVM's CPU pipeline does).
+
+Every parameter has a default, so the registered name alone works. After a run, `pipeline.report` holds the pass
+reports of that run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+from schedules import ApplyCPUSchedules
+
+from .lut_nonlinear import LUTNonlinear
+
+logger = logging.getLogger(__name__)
+
+
+def lut_passes(bundle=None, nonlinear: bool = False) -> list:
+    """Phase 1: the LUT rewrites that apply (NN-LUT when a bundle is given or asked for, PQ when the bundle has it)."""
+    passes = []
+    if bundle is not None or nonlinear:
+        passes.append(LUTNonlinear(bundle))
+    if bundle is not None and any(entry.kind == "pq" for _, entry in bundle.items()):
+        try:
+            from .lut_dense import LUTDense
+        except ImportError as err:
+            raise NotImplementedError(f"the bundle has PQ tables but relay_passes.LUTDense is missing: {err}") from err
+        passes.append(LUTDense(bundle))
+    return passes
+
+
+_OPAQUE = 8  # relax op_pattern kOpaque: FuseOps leaves the call alone
+
+
+@tvm.transform.module_pass(opt_level=0, name="KeepInt32KernelsUnfused")
+def keep_int32_kernels_unfused(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Mark PrimFuncs whose buffer shapes are int32 opaque to fusion.
+
+    Legalized ops index with int64; FuseTIR cannot merge a function with int32 shapes into them ("Inconsistent
+    buffers ... mapped to the same relax var"). Such a kernel then runs as its own call instead of failing the build.
+    """
+    for gvar, func in list(mod.functions_items()):
+        if isinstance(func, tvm.tirx.PrimFunc) and any(
+            str(dim.ty) != "int64" for param in func.params for dim in getattr(param, "shape", ())
+        ):
+            mod[gvar] = func.with_attr("op_pattern", _OPAQUE)
+    return mod
+
+
+def legalize_passes() -> list:
+    """Phase 2: every op to a PrimFunc, constants folded, producer/consumer chains fused into one function."""
+    return [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        keep_int32_kernels_unfused,
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ]
+
+
+def lowering_passes(target) -> list:
+    """Phase 4: dataflow to VM instructions, memory planning (TVM's CPU pipeline)."""
+    return cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
+
+
+def prepare(mod: tvm.IRModule, target, bundle=None, nonlinear: bool = False, lut: list | None = None) -> tvm.IRModule:
+    """Phases 1 and 2: the module whose PrimFuncs get scheduled (and tuned: `tvm-lut tune` starts from here)."""
+    passes = lut_passes(bundle, nonlinear) if lut is None else lut
+    with target:
+        return tvm.transform.Sequential(passes + legalize_passes())(mod)
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvm_lut")
+class LUTPipeline:
+    """The four phases above as one pass; `report` describes its last run."""
+
+    def __init__(self, bundle=None, nonlinear: bool = False, database=None, target=None, rules=None):
+        self.lut = lut_passes(bundle, nonlinear)
+        if database is not None and target is not None:  # fail here, not inside the pass (TVM rewraps errors)
+            database = _open_database(database, target)
+        self.database = database
+        self.target = target
+        self.scheduler = ApplyCPUSchedules(rules=rules, target=target)
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        target = self.target or tvm.target.Target.current(allow_none=True)
+        if target is None:
+            raise ValueError("the tvm_lut pipeline needs a target: tvm.compile(mod, target=...) or target=...")
+        mod = prepare(mod, target, lut=self.lut)
+        with target:
+            if self.database is not None:
+                with _open_database(self.database, target):
+                    mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            mod = self.scheduler(mod)
+            return tvm.transform.Sequential(lowering_passes(target))(mod)
+
+    @property
+    def report(self) -> dict:
+        """JSON-ready: each LUT pass's report, the rule that scheduled each function, and what stayed unscheduled."""
+        schedules = self.scheduler.report
+        return {
+            "passes": [p.report.to_dict() for p in self.lut if getattr(p, "report", None) is not None],
+            "scheduled": dict(schedules.scheduled),
+            "already_scheduled": list(schedules.already_scheduled),
+            "unscheduled": list(schedules.unscheduled),
+        }
+
+
+def _open_database(database, target):
+    """A MetaSchedule database object, or the one stored for `target` under a tuning directory."""
+    from schedules.tuning import open_database
+
+    if isinstance(database, (str, Path)):
+        return open_database(database, target, create=False)
+    return database
+
+
+@relax.register_pipeline("tvm_lut")
+def tvm_lut_pipeline(bundle=None, nonlinear: bool = False, database=None, target=None, rules=None) -> LUTPipeline:
+    """The `tvm_lut` pipeline (see the module docstring); every argument is optional."""
+    return LUTPipeline(bundle=bundle, nonlinear=nonlinear, database=database, target=target, rules=rules)

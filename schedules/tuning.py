@@ -1,0 +1,130 @@
+"""MetaSchedule tuning into a persistent database, one per target; compiling only reads it.
+
+Layout: `<root>/<target key>/database_{workload,tuning_record}.json` (MetaSchedule's JSON database), where the
+target key names the CPU, the thread count and a hash of the whole target, so records measured on one machine are
+never applied to another. Records are keyed by workload (the structural hash of a PrimFunc), so any later compile
+that produces the same function finds them.
+
+`tune()` works task by task (one task per distinct PrimFunc): it first measures the CPU rules' own schedule and
+commits it, so the database's best is never worse than the untuned build and the search starts from it; then it
+runs MetaSchedule (evolutionary search, XGBoost cost model) for the trials the task still lacks. Because every
+measured trial is committed at once, an interrupted run resumes where it stopped: trials already in the database
+count toward the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from .rules import default_rules
+from .target import num_cores
+
+
+_WORKLOADS = "database_workload.json"
+_RECORDS = "database_tuning_record.json"
+# Builder/runner workers import TVM first: on a busy 2-core machine that alone can take half a minute.
+_TIMEOUT_SECONDS = 300
+# Timing of the rule schedule, like MetaSchedule's runner: a few repetitions of at least this many milliseconds.
+_REPEAT = 3
+_MIN_REPEAT_MS = 20
+
+
+def target_key(target: Target) -> str:
+    """A directory name for `target`: readable CPU and cores, plus a hash of the full target."""
+    digest = hashlib.sha256(str(target).encode()).hexdigest()[:12]
+    cpu = target.attrs.get("mcpu") or "generic"
+    return f"{target.kind.name}-{cpu}-{num_cores(target)}c-{digest}"
+
+
+def open_database(root: str | Path, target: Target, create: bool = False) -> ms.database.JSONDatabase:
+    """The database of `target` under `root`; with `create=False` a missing one is an error (compiling reads only)."""
+    directory = Path(root) / target_key(target)
+    if not create and not (directory / _RECORDS).is_file():
+        raise FileNotFoundError(f"no tuning database for target {target} under {root} (expected {directory}); "
+                                "run `tvm-lut tune` first, or compile without a database")
+    directory.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(str(directory / _WORKLOADS), str(directory / _RECORDS), allow_missing=create)
+
+
+@dataclasses.dataclass
+class TaskResult:
+    name: str
+    trials: int  # measured records in the database after this run
+    rule_ms: float | None  # the CPU rules' schedule, None if no rule fits
+    best_ms: float | None
+
+
+def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: int = 64,
+         num_trials_per_iter: int = 16, rules=None, progress: bool = True) -> list[TaskResult]:
+    """Tune every unscheduled PrimFunc of `mod` (legalized and fused) for `target`; write records under `root`."""
+    if trials_per_task < 1:
+        raise ValueError(f"trials_per_task must be >= 1, got {trials_per_task}")
+    from tqdm import tqdm
+
+    database = open_database(root, target, create=True)
+    rules = tuple(default_rules() if rules is None else rules)
+    extracted = [t for t in ms.relax_integration.extract_tasks(mod, target)
+                 if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tvm-lut-tune-") as logs:
+        for task in tqdm(extracted, desc="tuning", unit="task", disable=not progress):
+            func_mod = task.dispatched[0]
+            workload = database.commit_workload(func_mod)
+            rule_ms = None
+            if not database.get_top_k(workload, 1):
+                rule_ms = _commit_rule_schedule(database, workload, func_mod, target, rules)
+            remaining = trials_per_task - len(database.get_top_k(workload, trials_per_task))
+            if remaining > 0:
+                _search(task, database, target, remaining, min(num_trials_per_iter, remaining), logs)
+            best = database.get_top_k(workload, 1)
+            results.append(TaskResult(task.task_name, len(database.get_top_k(workload, 1 << 30)), rule_ms,
+                                      _median_ms(best[0].run_secs) if best else None))
+    return results
+
+
+def _search(task, database, target: Target, trials: int, per_iter: int, logs: str) -> None:
+    """MetaSchedule's evolutionary search with the XGBoost cost model, committing into `database`.
+
+    The search, builder and cost model use the target's cores (MetaSchedule would take every core of the machine).
+    """
+    threads = num_cores(target)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts([task], logs, num_threads=threads)
+    ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=logs, max_trials_global=trials,
+                  max_trials_per_task=trials, num_trials_per_iter=per_iter, database=database,
+                  builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=_TIMEOUT_SECONDS),
+                  runner=ms.runner.LocalRunner(timeout_sec=_TIMEOUT_SECONDS),
+                  cost_model=ms.cost_model.XGBModel(num_tuning_cores=threads))
+
+
+def _commit_rule_schedule(database, workload, func_mod: tvm.IRModule, target: Target, rules) -> float | None:
+    """Measure the first fitting rule's schedule of the function and commit it as a tuning record.
+
+    Measured in this process (build, then `time_evaluator`): MetaSchedule's builder and runner start worker
+    processes that import TVM, which costs more than the measurement itself.
+    """
+    func = func_mod["main"]
+    sch = next((s for s in (rule.apply(func, target, False) for rule in rules) if s is not None), None)
+    if sch is None:
+        return None
+    args_info = ms.arg_info.ArgInfo.from_prim_func(func)
+    kernel = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target=target)
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.uniform(-1, 1, [int(d) for d in info.shape]).astype(info.dtype))
+            for info in args_info]
+    timer = kernel.jit().time_evaluator("main", tvm.cpu(), number=1, repeat=_REPEAT, min_repeat_ms=_MIN_REPEAT_MS)
+    run_secs = list(timer(*args).results)
+    database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, run_secs, target, args_info))
+    return _median_ms(run_secs)
+
+
+def _median_ms(run_secs) -> float:
+    values = sorted(float(s) for s in run_secs)
+    return 1e3 * values[len(values) // 2]

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from relay_passes.pipeline import prepare, tvm_lut_pipeline
+from schedules import host_target
+from schedules.tuning import open_database, target_key, tune
+
+TARGET = host_target()
+
+
+def _matmul_relu() -> tvm.IRModule:
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((16, 32), "float32"))
+    weight = relax.const(np.random.default_rng(0).standard_normal((32, 48)).astype("float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            out = builder.emit_output(builder.emit(relax.op.nn.relu(relax.op.matmul(x, weight))))
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+def test_target_key_separates_cpus_and_thread_counts():
+    assert target_key(host_target(1)) != target_key(host_target(2))
+    assert target_key(TARGET).startswith(f"llvm-{TARGET.attrs['mcpu']}-")
+
+
+def test_compiling_never_creates_a_database(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tvm-lut tune"):
+        open_database(tmp_path, TARGET)
+    assert not any(tmp_path.iterdir())
+
+
+def test_smoke_rule_record_resume_and_compile(tmp_path):
+    mod = _matmul_relu()
+    (first,) = tune(prepare(mod, TARGET), TARGET, tmp_path, trials_per_task=1, progress=False)
+    assert first.trials == 1 and first.rule_ms is not None and first.best_ms == pytest.approx(first.rule_ms)
+    (again,) = tune(prepare(mod, TARGET), TARGET, tmp_path, trials_per_task=1, progress=False)
+    assert again.rule_ms is None and again.trials == 1  # resumed: nothing measured twice
+
+    pipeline = tvm_lut_pipeline(database=tmp_path, target=TARGET)
+    vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline=pipeline), tvm.cpu())
+    assert pipeline.report["already_scheduled"] == [first.name] and pipeline.report["scheduled"] == {}
+    x = np.random.default_rng(1).standard_normal((16, 32)).astype("float32")
+    weight = np.random.default_rng(0).standard_normal((32, 48)).astype("float32")
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), np.maximum(x @ weight, 0), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_rejects_an_empty_budget(tmp_path):
+    with pytest.raises(ValueError, match="trials_per_task"):
+        tune(prepare(_matmul_relu(), TARGET), TARGET, tmp_path, trials_per_task=0)
+
+
+@pytest.mark.slow
+def test_metaschedule_search_adds_trials(tmp_path):
+    (result,) = tune(prepare(_matmul_relu(), TARGET), TARGET, tmp_path, trials_per_task=3, num_trials_per_iter=2,
+                     progress=False)
+    assert result.trials >= 2 and result.best_ms <= result.rule_ms

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+import tvm
+from torch import nn
+from tvm import relax
+
+import tvm_lut
+from schedules import host_target
+from tvm_lut.compiler import CompileReport
+from tvm_lut.frontend import from_onnx, from_torch
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Linear(16, 32)
+        self.norm = nn.LayerNorm(32)
+
+    def forward(self, x):
+        return torch.softmax(self.norm(nn.functional.gelu(self.dense(x))), dim=-1)
+
+
+@pytest.fixture(scope="module")
+def head():
+    torch.manual_seed(0)
+    model, x = Head().eval(), torch.randn(4, 8, 16)
+    with torch.no_grad():
+        return model, x, model(x).numpy()
+
+
+def _run(executable, x):
+    return relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+
+
+@pytest.mark.parametrize("importer", ["torch", "onnx"])
+def test_exact_compile_matches_torch_and_reports_every_function(head, importer):
+    model, x, expected = head
+    mod = from_torch(model, (x,)) if importer == "torch" else from_onnx(model, example_args=(x,))
+    executable = tvm_lut.compile(mod)
+    np.testing.assert_allclose(_run(executable, x), expected, rtol=1e-4, atol=1e-6)
+    report = executable.lut_report
+    assert isinstance(report, CompileReport) and report.unscheduled == [] and report.passes == []
+    assert report.target == str(host_target())
+    assert "unscheduled: none" in str(report)
+
+
+def test_nonlinear_reports_what_it_replaced(head):
+    model, x, expected = head
+    executable = tvm_lut.compile(from_torch(model, (x,)), nonlinear=True)
+    (lut,) = executable.lut_report.passes
+    assert {entry["op"] for entry in lut["replaced"]} >= {"gelu", "softmax", "layer_norm"}
+    assert "LUTNonlinear: replaced" in str(executable.lut_report)
+    np.testing.assert_allclose(_run(executable, x), expected, atol=0.02)
+
+
+def test_rejects_what_it_cannot_compile(head):
+    model, x, _ = head
+    with pytest.raises(TypeError, match="Relax tvm.IRModule"):
+        tvm_lut.compile(model)
+    with pytest.raises(ValueError, match="CPUs"):
+        tvm_lut.compile(from_torch(model, (x,)), target={"kind": "cuda"})

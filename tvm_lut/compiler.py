@@ -1,0 +1,77 @@
+"""`tvm_lut.compile`: one call from an imported Relax module to an executable for `relax.VirtualMachine`.
+
+(The module is `compiler`, not `compile`: a submodule named `compile` would replace the function on the package.)
+
+It runs the `tvm_lut` pipeline (`relay_passes.pipeline`): the LUT passes when a bundle is given (or
+`nonlinear=True`, which uses the shipped default tables), the CPU schedule rules for every function, and the
+records of a tuning database when one is given (written by `tvm-lut tune`; compiling only reads it). The executable
+carries `lut_report`: what each LUT pass replaced and kept exact, which rule or tuning record scheduled each function,
+and which functions stayed unscheduled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+
+@dataclasses.dataclass
+class CompileReport:
+    """What one `tvm_lut.compile` did; `str()` is a short human summary, `to_dict()` is JSON-ready."""
+
+    target: str
+    passes: list[dict]
+    scheduled: dict[str, str]  # PrimFunc -> the rule that scheduled it
+    tuned: list[str]  # PrimFuncs scheduled from the tuning database (or already scheduled kernels)
+    unscheduled: list[str]  # PrimFuncs no rule fitted: naive loops, named here and in a warning
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        lines = [f"target {self.target}"]
+        for report in self.passes:
+            counts = {}
+            for entry in report["replaced"]:
+                counts[entry["op"]] = counts.get(entry["op"], 0) + 1
+            lines.append(f"{report['pass']}: replaced {counts or 'nothing'}, kept exact {len(report['kept'])}")
+        rules = {}
+        for rule in self.scheduled.values():
+            rules[rule] = rules.get(rule, 0) + 1
+        lines.append(f"scheduled by rules {rules}; from the tuning database {len(self.tuned)}")
+        lines.append(f"unscheduled: {', '.join(self.unscheduled) or 'none'}")
+        return "\n".join(lines)
+
+
+def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database: str | os.PathLike | None = None,
+            rules=None):  # noqa: A001 - the public name is tvm_lut.compile
+    """Compile a Relax module for the CPU: LUT passes (with `bundle`), schedules, tuning records.
+
+    mod: a Relax `IRModule` (e.g. from `tvm_lut.frontend.from_torch` / `from_onnx`), weights bound as constants.
+    bundle: a `tvm_lut.Bundle`, or a path to one; None means an exact model unless `nonlinear=True`.
+    target: a `tvm.target.Target` or its dict; None means `schedules.host_target()`.
+    database: a directory written by `tvm-lut tune` (records of this target are applied first).
+    rules: schedule rules to use instead of `schedules.rules.default_rules()`.
+    """
+    import tvm
+    from tvm import relax
+
+    from relay_passes.pipeline import tvm_lut_pipeline
+    from schedules import host_target
+
+    if not isinstance(mod, tvm.IRModule):
+        raise TypeError(f"mod must be a Relax tvm.IRModule, got {type(mod).__name__}")
+    if isinstance(bundle, (str, os.PathLike)):
+        from tvm_lut.bundle import Bundle
+
+        bundle = Bundle.load(Path(bundle))
+    target = host_target() if target is None else tvm.target.Target(target)
+    if target.kind.name != "llvm":
+        raise ValueError(f"tvm_lut.compile targets CPUs (kind llvm), got kind {target.kind.name!r}")
+    pipeline = tvm_lut_pipeline(bundle=bundle, nonlinear=nonlinear, database=database, target=target, rules=rules)
+    executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    report = pipeline.report
+    executable.lut_report = CompileReport(target=str(target), passes=report["passes"], scheduled=report["scheduled"],
+                                          tuned=report["already_scheduled"], unscheduled=report["unscheduled"])
+    return executable

@@ -75,3 +75,30 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
     executable.lut_report = CompileReport(target=str(target), passes=report["passes"], scheduled=report["scheduled"],
                                           tuned=report["already_scheduled"], unscheduled=report["unscheduled"])
     return executable
+
+
+def add_arguments(parser) -> None:
+    """`tvm-lut compile MODEL -o lib.so`: compile with the rules (and tuning records, LUT tables) and print the report."""
+    from tvm_lut.tune import add_model_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("-o", "--output", required=True, help="the shared library to write (load it with "
+                        "tvm.runtime.load_module and run it with relax.VirtualMachine)")
+    parser.add_argument("--db", help="a tuning database written by `tvm-lut tune` (read only)")
+    parser.add_argument("--json", metavar="PATH", help="also write the compile report as JSON")
+
+
+def run(args) -> int:
+    import json
+
+    from schedules import host_target
+    from tvm_lut.tune import import_model
+
+    mod = import_model(args.model, args.batch, args.length)
+    executable = compile(mod, args.bundle, host_target(args.threads), nonlinear=args.nonlinear, database=args.db)
+    executable.export_library(args.output)
+    print(executable.lut_report)
+    print(f"wrote {args.output}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(executable.lut_report.to_dict(), indent=2) + "\n")
+    return 0

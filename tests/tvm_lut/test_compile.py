@@ -60,3 +60,24 @@ def test_rejects_what_it_cannot_compile(head):
         tvm_lut.compile(model)
     with pytest.raises(ValueError, match="CPUs"):
         tvm_lut.compile(from_torch(model, (x,)), target={"kind": "cuda"})
+
+
+def test_cli_tune_then_compile_an_onnx_file(head, tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from tvm_lut.cli import main
+    from tvm_lut.frontend import _torch_to_onnx
+
+    model, x, expected = head
+    path = tmp_path / "head.onnx"
+    onnx.save(_torch_to_onnx(model, (x,), 17), path)
+    assert main(["tune", str(path), "--db", str(tmp_path / "db"), "--trials", "1"]) == 0
+    assert main(["compile", str(path), "--db", str(tmp_path / "db"), "-o", str(tmp_path / "head.so"),
+                 "--json", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["unscheduled"] == [] and report["tuned"] and not report["scheduled"]
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(tmp_path / "head.so")), tvm.cpu())
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x.numpy())).numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert "wrote" in capsys.readouterr().out

@@ -206,3 +206,35 @@ def test_zero_size_and_odd_shapes_with_the_lut_kernels(shape):
     expected = torch.softmax(torch.nn.functional.gelu(torch.from_numpy(data)), dim=-1).numpy()
     np.testing.assert_allclose(_compile_and_run(mod, (torch.from_numpy(data),)), expected,
                                atol=GAIN * _table_error(), rtol=0)
+
+
+def _onnx_node_cases():
+    """The ONNX backend node cases of the three ops (onnx generates them in memory), the fused ops and the
+    softmaxes in ONNX's own expansion; the expanded GELU (Sum of a stack) and LayerNorm (the importer rejects
+    them) are not forms an exporter writes."""
+    import re
+
+    from onnx.backend.test.loader import load_model_tests
+
+    wanted = re.compile(r"test_(gelu|layer_normalization|softmax)_.*")
+    return [c for c in load_model_tests(kind="node") if wanted.fullmatch(c.name)
+            and ("expanded" not in c.name or c.name.startswith("test_softmax"))]
+
+
+@pytest.mark.slow
+def test_onnx_backend_node_cases(monkeypatch):
+    """Every case is replaced once and, with exact stand-in kernels, reproduces ONNX's reference output (the first
+    one: some LayerNormalization cases also output the mean and inverse std, which stay exact)."""
+    kernels = ExactKernels().install(monkeypatch)
+    cases = _onnx_node_cases()
+    assert len(cases) == 44
+    for case in cases:
+        inputs, (expected, *_) = ([np.asarray(a) for a in arrays] for arrays in case.data_sets[0])
+        lut = LUTNonlinear(bundle())
+        mod = lut(from_onnx(case.model))
+        assert sum(lut.report.counts().values()) == 1 and lut.report.kept == [], (case.name, str(lut.report))
+        vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target(TARGET)), tvm.cpu())
+        actual = vm["main"](*(tvm.runtime.tensor(a) for a in inputs))
+        actual = (actual if hasattr(actual, "numpy") else actual[0]).numpy()
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6, err_msg=case.name)
+    assert len(kernels.calls) == len(cases)

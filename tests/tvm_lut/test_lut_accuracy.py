@@ -1,0 +1,91 @@
+import json
+
+import numpy as np
+import pytest
+
+from tvm_lut.datasets import TweetSet, TweetSplits
+from tvm_lut.lut_accuracy import (
+    ENCODERS,
+    EncoderResult,
+    ExperimentConfig,
+    ExperimentResult,
+    calibration_batches,
+    run_experiment,
+)
+from tvm_lut.models import MiniLM, MiniLMConfig
+
+
+def fake_result(lut_accuracy=0.85, lut_cosine=0.9995, kept=()):
+    encoders = {
+        name: EncoderResult(name, accuracy, cosine, cosine, 1e-3, latency)
+        for name, accuracy, cosine, latency in (
+            ("pytorch_fp32", 0.86, 1.0, 80.0),
+            ("tvm_exact", 0.86, 1.0, 100.0),
+            ("tvm_lut", lut_accuracy, lut_cosine, 50.0),
+        )
+    }
+    report = {
+        "pass": "LUTNonlinear",
+        "replaced": [{"op": "gelu", "form": "R.nn.gelu"}] * 6 + [{"op": "softmax", "form": "R.nn.softmax"}] * 6,
+        "kept": [{"op": "layer_norm", "form": "R.nn.layer_norm", "reason": "dtype float16"} for _ in kept],
+        "unscheduled": [],
+    }
+    tables = {"gelu": {"entries": 16, "scaling": "none", "input_range": [-3.5, 4.0], "calibrated": True}}
+    return ExperimentResult(ExperimentConfig(), encoders, report, tables, {"load": 1.0})
+
+
+def test_result_summary_and_targets():
+    good = fake_result()
+    assert good.accuracy_drop_points == pytest.approx(1.0)
+    assert not good.meets_targets  # a 1-point drop misses the 0.3-point target
+    assert fake_result(lut_accuracy=0.858).meets_targets
+    assert not fake_result(lut_accuracy=0.86, lut_cosine=0.998).meets_targets
+    text = fake_result(kept=[1]).summary()
+    assert "replaced by LUT kernels: 6 gelu, 6 softmax; kept exact: 1 layer_norm" in text
+    assert "kept exact layer_norm (R.nn.layer_norm): dtype float16" in text
+    assert "TVM LUT" in text and "2.00x" in text  # 100 ms exact vs 50 ms LUT
+    data = json.loads(json.dumps(good.to_dict()))
+    assert data["replaced_counts"] == {"gelu": 6, "softmax": 6} and data["meets_targets"] is False
+
+
+def test_config_misuse():
+    with pytest.raises(ValueError, match="n_test must be a positive int"):
+        ExperimentConfig(n_test=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        ExperimentConfig(batch_size=2.5)
+
+
+def test_calibration_batches_follow_the_training_convention():
+    ids = np.arange(20, dtype=np.int64).reshape(5, 4)
+    batches = calibration_batches(ids, np.ones_like(ids), 2)
+    assert [b[0][0].shape[0] for b in batches] == [2, 2, 1]
+    assert all(labels is None for _, labels in batches)
+
+
+def tiny_splits():
+    """Separable synthetic sentiment: the words carry the label."""
+    rng = np.random.default_rng(0)
+    positive, negative = ["great", "love", "happy", "good"], ["awful", "hate", "sad", "bad"]
+
+    def part(n):
+        labels = rng.integers(0, 2, n)
+        texts = tuple(" ".join(rng.choice(positive if y else negative, 3)) for y in labels)
+        return TweetSet(texts, labels)
+
+    return TweetSplits(train=part(48), calibration=part(8), test=part(16))
+
+
+def test_experiment_end_to_end_on_a_tiny_encoder():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tiny = MiniLM(MiniLMConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                               max_position_embeddings=16)).eval()
+    config = ExperimentConfig(n_test=16, n_train=48, n_calib=8, batch_size=8, length=12, entries=8,
+                              latency_repeats=1)
+    result = run_experiment(config, model=tiny, splits=tiny_splits(), progress=False, log=lambda _: None)
+    assert set(result.encoders) == set(ENCODERS)
+    assert result.encoders["tvm_exact"].max_abs_diff < 1e-4  # the import and schedules are exact
+    assert result.replaced_counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}
+    assert result.kept_counts() == {}
+    assert result.encoders["tvm_lut"].mean_cosine > 0.99
+    assert all(t["calibrated"] for name, t in result.tables.items() if name != "gelu_tanh")

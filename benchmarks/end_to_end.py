@@ -1,0 +1,165 @@
+"""Whole-model CPU latency, accuracy and size: PyTorch, ONNX Runtime (fp32, int8) and TVM builds, in one run.
+
+    python -m benchmarks.end_to_end [--models minilm-8x64 minilm-1x64 cnn] [--db DIR] [--json PATH]
+
+For MiniLM-L6 (batch 8 x 64 and 1 x 64 tokens) and the Fashion-MNIST CNN, each row is one engine on the same
+inputs and thread count: PyTorch fp32, ONNX Runtime fp32 and int8 (dynamic quantization), stock TVM (its default
+CPU pipeline, which schedules nothing), TVM with our schedule rules on the exact model, with tuning records
+(`--db`, written by `tvm-lut tune`), and with NN-LUT (the shipped tables). Latency is the median of `--repeat`
+calls; `vs_ort_fp32` is ONNX Runtime fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM embeddings
+feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on held-out
+tweets; the CNN is scored on Fashion-MNIST test images. Size: the file each engine loads (ONNX file, TVM shared
+library with its constants, PyTorch parameter bytes). Stock TVM is timed with one repetition (seconds per call)
+and not scored (its numerics are those of the exact TVM build).
+"""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .timing import add_common_arguments, format_table, median_seconds, write_json
+
+MODELS = ("minilm-8x64", "minilm-1x64", "cnn")
+
+
+def minilm_case(batch: int, args):
+    """(torch model, example inputs, accuracy function of an encoder) for MiniLM-L6 on tweets."""
+    import torch
+
+    from tvm_lut import sentiment
+    from tvm_lut.datasets.tweets import load_tweets
+    from tvm_lut.models.minilm import load_minilm
+
+    model = load_minilm()
+    splits = load_tweets()
+    train, test = splits.train.head(args.train_texts), splits.test.head(args.eval_texts)
+    train_ids, train_mask = train.tokens(64)
+    head = sentiment.train_head(sentiment.embed(sentiment.torch_encoder(model), train_ids, train_mask, batch,
+                                                desc="head features"), train.labels)
+    test_ids, test_mask = test.tokens(64)
+
+    def score(encoder):
+        embeddings = sentiment.embed(encoder, test_ids, test_mask, batch, desc="scoring")
+        return sentiment.accuracy(head, embeddings, test.labels)
+
+    example = (torch.from_numpy(test_ids[:batch].copy()), torch.from_numpy(test_mask[:batch].copy()))
+    return model, example, score
+
+
+def cnn_case(args):
+    """(torch model, example input, accuracy function) for the Fashion-MNIST CNN, trained here for one epoch."""
+    import torch
+
+    from tvm_lut.datasets.fashion_mnist import load_fashion_mnist
+    from tvm_lut.models.cnn import train_cnn
+
+    train_x, train_y = load_fashion_mnist("train")
+    test_x, test_y = load_fashion_mnist("test")
+    torch.manual_seed(0)
+    model = train_cnn(train_x, train_y, epochs=1)
+    images = (test_x[: args.eval_images].astype("float32") / 255.0)[:, None]
+    labels = test_y[: args.eval_images]
+
+    def score(encoder):
+        logits = np.concatenate([encoder(images[i : i + 1]) for i in range(len(images))])
+        return float((logits.argmax(1) == labels).mean())
+
+    return model, (torch.from_numpy(images[:1].copy()),), score
+
+
+def engines(model, example, args, workdir: Path):
+    """name -> (callable on numpy inputs, size in bytes): every engine of one model."""
+    import onnxruntime as ort
+    import torch
+    import tvm
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from tvm import relax
+
+    import tvm_lut
+    from schedules import host_target
+    from schedules.target import num_cores
+    from tvm_lut.frontend import _torch_to_onnx, from_torch
+
+    target = host_target()
+    threads = num_cores(target)
+    torch.set_num_threads(threads)
+    onnx_path, int8_path = workdir / "model.onnx", workdir / "model.int8.onnx"
+    import onnx
+
+    onnx.save(_torch_to_onnx(model, example, 17), onnx_path)
+    quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
+
+    def torch_run(*arrays):
+        with torch.inference_mode():
+            return model(*[torch.from_numpy(a) for a in arrays]).numpy()
+
+    def ort_run(path):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        return lambda *arrays: session.run(None, dict(zip(names, arrays)))[0]
+
+    def tvm_run(executable, name):
+        path = workdir / f"{name}.so"
+        executable.export_library(str(path))
+        function = relax.VirtualMachine(executable, tvm.cpu())["main"]
+        return (lambda *arrays: function(*[tvm.runtime.tensor(a) for a in arrays]).numpy()), path.stat().st_size
+
+    yield "pytorch fp32", torch_run, sum(p.numel() * p.element_size() for p in model.parameters())
+    yield "ort fp32", ort_run(onnx_path), onnx_path.stat().st_size
+    yield "ort int8", ort_run(int8_path), int8_path.stat().st_size
+    mod = from_torch(model, example)
+    yield "tvm stock", *tvm_run(tvm.compile(mod, target=target), "stock")
+    yield "tvm rules", *tvm_run(tvm_lut.compile(mod, target=target), "rules")
+    if args.db is not None:
+        yield "tvm tuned", *tvm_run(tvm_lut.compile(mod, target=target, database=args.db), "tuned")
+    yield "tvm nn-lut", *tvm_run(tvm_lut.compile(mod, target=target, nonlinear=True), "nnlut")
+
+
+def measure(name: str, args) -> list[dict]:
+    if name.startswith("minilm"):
+        batch = int(name.split("-")[1].split("x")[0])
+        model, example, score = minilm_case(batch, args)
+    else:
+        model, example, score = cnn_case(args)
+    arrays = [t.numpy() for t in example]
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for engine, run, size in engines(model, example, args, Path(workdir)):
+            stock = engine == "tvm stock"
+            seconds = median_seconds(lambda: run(*arrays), 1 if stock else args.repeat, 0.0 if stock else 0.02)
+            accuracy = None if stock or args.eval_texts == 0 else score(run)
+            rows.append({"model": name, "engine": engine, "latency_ms": 1e3 * seconds, "accuracy": accuracy,
+                         "size_mb": size / 1e6})
+            print(f"  {name} {engine}: {1e3 * seconds:.2f} ms", flush=True)
+    baseline = next(r["latency_ms"] for r in rows if r["engine"] == "ort fp32")
+    for row in rows:
+        row["vs_ort_fp32"] = baseline / row["latency_ms"]
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--db", help="tuning database of `tvm-lut tune` (adds the 'tvm tuned' rows)")
+    parser.add_argument("--train-texts", type=int, default=1000, help="tweets for the MiniLM head (1000)")
+    parser.add_argument("--eval-texts", type=int, default=500, help="held-out tweets scored (500; 0: no accuracy)")
+    parser.add_argument("--eval-images", type=int, default=2000, help="Fashion-MNIST test images scored (2000)")
+    args = parser.parse_args(argv)
+
+    from schedules import host_target
+
+    rows = [row for name in args.models for row in measure(name, args)]
+    print(f"target {host_target()}; median of {args.repeat}; vs_ort_fp32 > 1 means faster than ONNX Runtime fp32")
+    print(format_table(rows, ["model", "engine", "latency_ms", "vs_ort_fp32", "accuracy", "size_mb"]))
+    write_json(args.json and Path(args.json), {"target": str(host_target()), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,7 +34,7 @@ class ExperimentConfig:
     """Sizes of the experiment. `n_calib` tweets calibrate the table ranges; `entries` segments per table."""
 
     n_test: int = 1000
-    n_train: int = 2000
+    n_train: int = 1000
     n_calib: int = 64
     batch_size: int = 8
     length: int = 64

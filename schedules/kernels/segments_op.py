@@ -6,10 +6,11 @@ scalarized lane by lane), while x86 has one instruction for it, a register permu
 an op of its own, `tvm_lut.pwl_segments(x, *breakpoints, *slopes, *intercepts)`: pure and vectorizable, so the
 schedule rules vectorize it like any arithmetic, and lowered after vectorization (`llvm.FLowerIntrinsic`):
 
-- 16 lanes on AVX-512F, or 8 lanes on AVX2: a branch-free binary search over the breakpoints (log2(S) rounds of
+- AVX-512F (16-lane registers) or AVX2 (8): a branch-free binary search over the breakpoints (log2(S) rounds of
   compare + blend, probing with a permute from round 3 on), then two permutes for slope and intercept and an FMA:
-  about 20 instructions per vector for 16 segments;
-- anything else (scalars, other widths, other ISAs): a compare + two blends per breakpoint, branch-free too.
+  about 20 instructions per register for 16 segments. Fewer lanes (even a scalar) are widened to one register,
+  more are split into registers;
+- anything else (other ISAs): a compare + two blends per breakpoint, branch-free too.
 
 The lowering callback sees the call, not the function's target: it asks `Target.current()` (else the host CPU) for
 AVX2 / AVX-512F. Risk: cross-compiling from an x86 host for an x86 CPU with 256-bit vectors but no AVX2 (AVX1 only)
@@ -32,6 +33,7 @@ from tvm.target.codegen import llvm_get_system_cpu, target_has_features
 OP_NAME = "tvm_lut.pwl_segments"
 MAX_SEGMENTS = 16
 _PURE = 1  # tirx.CallEffectKind.Pure
+# register width in lanes -> (the CPU feature it needs, the permute); the widest available is used
 _PERMUTES = {16: ("avx512f", "llvm.x86.avx512.permvar.sf.512"), 8: ("avx2", "llvm.x86.avx2.permps")}
 
 
@@ -136,8 +138,22 @@ def _host() -> Target:
 
 def _lower(call) -> PrimExpr:
     x, lanes, breakpoints, slopes, intercepts = _unpack(call)
-    form = _binary_search if lanes in _PERMUTES and _has(_PERMUTES[lanes][0]) else _select_chain
-    return _let("x", x, lambda x: form(x, lanes, breakpoints, slopes, intercepts))
+    width = next((w for w, (feature, _) in _PERMUTES.items() if _has(feature)), None)
+    if width is None or (lanes > width and lanes % width):
+        return _let("x", x, lambda x: _select_chain(x, lanes, breakpoints, slopes, intercepts))
+
+    def search(x):
+        return _let("x", x, lambda x: _binary_search(x, width, breakpoints, slopes, intercepts))
+
+    if lanes > width:  # wider than a register: one search per register
+        parts = [search(tirx.Shuffle([x], list(range(k, k + width)))) for k in range(0, lanes, width)]
+        return tirx.Shuffle(parts, list(range(lanes)))
+    # Fewer lanes (a scalar, a narrow loop, a row-invariant reciprocal): widen to one register and back; a register
+    # search beats a select chain even for a single value (LLVM turns it into scalar loads from the table).
+    wide = x if lanes == width else _splat(x, width) if lanes == 1 else tirx.Shuffle(
+        [x] * (width // lanes), list(range(width)))
+    y = search(wide)
+    return y if lanes == width else tirx.Shuffle([y], list(range(lanes)))
 
 
 def _lower_portable(call) -> PrimExpr:

@@ -40,12 +40,13 @@ RECIPROCAL = interp_table(lambda x: 1 / x, 1.0, 2.0, scaling="pow2")
 RSQRT = interp_table(lambda x: 1 / np.sqrt(x), 1.0, 4.0, scaling="pow4")
 
 
-def run_kernel(func: tvm.tirx.PrimFunc, *inputs: np.ndarray) -> np.ndarray:
-    """Schedule `func` with the CPU rules, compile it for this host, run it; the last parameter is the output."""
+def run_kernel(func: tvm.tirx.PrimFunc, *inputs: np.ndarray, target=TARGET) -> np.ndarray:
+    """Schedule `func` with the CPU rules, compile it for `target` (one this host runs), run it; the last parameter
+    is the output."""
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    with TARGET:
+    with target:
         mod = ApplyCPUSchedules()(mod)
-        lib = tvm.compile(mod, target=TARGET)
+        lib = tvm.compile(mod, target=target)
     out = func.params[-1]
     shape = [int(d) for d in out.shape]
     result = tvm.runtime.tensor(np.zeros(shape, dtype="float32"))

@@ -3,10 +3,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tvm.target import Target
+from tvm.target.codegen import target_has_features
+
 from schedules import PWLSpec, pwl_func
 from schedules.kernels.reference import pwl_reference
 from tests.schedules.kernel_harness import EDGE_VALUES, EXP, GELU, RECIPROCAL, RSQRT, assert_matches, interp_table
-from tests.schedules.kernel_harness import run_kernel
+from tests.schedules.kernel_harness import TARGET, run_kernel
 
 RNG = np.random.default_rng(0)
 
@@ -31,6 +34,17 @@ def _with_edges(x: np.ndarray, table) -> np.ndarray:
 ], ids=["gelu-16", "gelu-8", "gelu-4", "gelu-scalar", "gelu-empty", "gelu-empty-3d", "exp-16", "exp-scalar"])
 def test_random_and_edge_inputs_match_reference(table, shape):
     _check(table, _with_edges((RNG.standard_normal(shape) * 6).astype(np.float32), table))
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "x86-64"], ids=["avx2-permutes", "portable-select-chain"])
+@pytest.mark.parametrize("table", [GELU, RECIPROCAL], ids=["gelu", "reciprocal"])
+def test_other_lowerings_match_reference(table, mcpu):
+    """The AVX2 form and the portable compare + select form, built for older x86 CPUs this host also runs."""
+    target = Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    if not target_has_features(["avx2"] if mcpu == "haswell" else ["sse2"], TARGET):
+        pytest.skip(f"this host cannot run {mcpu} code")
+    x = _with_edges((RNG.standard_normal(1024) * 6).astype(np.float32), table)
+    assert_matches(run_kernel(pwl_func(table, x.shape), x, target=target), pwl_reference(table, x))
 
 
 def test_special_values_follow_the_contract():

@@ -6,17 +6,21 @@ Per shape, median milliseconds of: PyTorch fp32 `F.linear` / `F.conv2d` (same th
 fp32 and int8 (dynamic quantization: `MatMulInteger` / `ConvInteger`), TVM dense under the project's `Matmul`
 schedule rule (dense shapes only), and the LUT kernels: encode + lookup, and each part. The ratio columns divide
 PyTorch's time by the LUT time. Centroids and tables are random: the kernels' speed does not depend on their
-values. Each system is timed for every shape before the next system starts, so thread pools never compete.
+values. The systems take turns, `--repeat` rounds of 10 single calls each (with a pause between systems so idle
+worker threads sleep), and each time is the median over every call: load changes on a shared machine hit all
+systems alike, and calls the OS preempted do not count.
 """
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
+import time
 
 import numpy as np
 
-from .timing import add_common_arguments, format_table, median_seconds, write_json
+from .timing import add_common_arguments, format_table, write_json
 
 # name, rows N, in features D, out features M. MiniLM-L6 at 8 x 64 tokens, BERT-base at 128 tokens, one token.
 DENSE_SHAPES = [
@@ -27,6 +31,18 @@ DENSE_SHAPES = [
 # name, (batch, channels, height, width), out channels, kernel: a ResNet stage-1 3x3 conv.
 CONV_SHAPES = [("conv3x3 64->64 56x56", (1, 64, 56, 56), 64, 3)]
 CONV_SUB_LEN = 9  # one channel's 3x3 patch, as LUT-NN uses for 3x3 convs
+CALLS_PER_ROUND = 10
+
+
+def _call_ms(fn, calls: int) -> list[float]:
+    """Milliseconds of `calls` single calls. Their median ignores the calls the OS preempted, which on a loaded
+    machine inflate any average over a long loop (by 2-3x here, with 10 runnable processes on 2 cores)."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - start))
+    return times
 
 
 def _onnx_sessions(node_type: str, x_shape, weight: np.ndarray, threads: int, tmp: str):
@@ -51,6 +67,7 @@ def _onnx_sessions(node_type: str, x_shape, weight: np.ndarray, threads: int, tm
     quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle workers must not steal cores
     return [ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]) for path in (fp32_path, int8_path)]
 
 
@@ -74,6 +91,41 @@ def _lut_kernels(rows, features, outputs, sub_len, target, intrin, source=None):
     return built, operands
 
 
+def _systems(row, x, weight, source, target, threads, intrin, tmp) -> dict:
+    """Name -> a no-argument callable running that system on this case (all compiled / loaded already)."""
+    import torch
+    import torch.nn.functional as F
+    import tvm
+
+    from benchmarks.matmul_rule import matmul_func
+    from schedules.rules import Matmul
+
+    tx, tw = torch.from_numpy(x), torch.from_numpy(weight)
+    conv = source is not None
+
+    def torch_fp32():
+        with torch.no_grad():
+            return F.conv2d(tx, tw, padding=1) if conv else F.linear(tx, tw)
+
+    fp32, int8 = _onnx_sessions("Conv" if conv else "MatMul", x.shape, weight, threads, tmp)
+    systems = {"torch_ms": torch_fp32, "ort_fp32_ms": lambda: fp32.run(None, {"x": x}),
+               "ort_int8_ms": lambda: int8.run(None, {"x": x})}
+    scheduled = None if conv else Matmul().apply(matmul_func(1, row["N"], row["M"], row["D"]), target, False)
+    if scheduled is not None:  # no conv rule, and the Matmul rule does not fit one row: left empty, not faked
+        dense = tvm.compile(tvm.IRModule({"main": scheduled.mod["main"].with_attr("global_symbol", "main")}),
+                            target=target)["main"]
+        dense_args = [tvm.runtime.tensor(a) for a in (x[None], np.ascontiguousarray(weight.T)[None],
+                                                      np.zeros((1, row["N"], row["M"]), np.float32))]
+        systems["tvm_dense_ms"] = lambda: dense(*dense_args)
+    (encode, lookup), (minus_two, norms, codes, table, bias, out) = _lut_kernels(
+        row["N"], row["D"], row["M"], row["V"], target, intrin, source)
+    lut_x = tvm.runtime.tensor(x)
+    systems["encode_ms"] = lambda: encode(lut_x, minus_two, norms, codes)
+    systems["lookup_ms"] = lambda: lookup(codes, table, bias, out)
+    systems["lut_ms"] = lambda: (encode(lut_x, minus_two, norms, codes), lookup(codes, table, bias, out))
+    return systems
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
@@ -87,15 +139,11 @@ def main(argv=None) -> int:
         os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
 
     import torch
-    import torch.nn.functional as F
-    import tvm
     from tqdm import tqdm
 
-    from benchmarks.matmul_rule import matmul_func
     from schedules import host_target
     from schedules.intrin import lookup_intrin
     from schedules.kernels.pq_encode import Im2col
-    from schedules.rules import Matmul
     from schedules.target import num_cores
 
     target = host_target(args.threads)
@@ -117,41 +165,23 @@ def main(argv=None) -> int:
                       rng.standard_normal(x_shape).astype(np.float32),
                       rng.standard_normal((outputs, x_shape[1], kernel, kernel)).astype(np.float32), source))
 
-    for row, x, weight, source in tqdm(cases, desc="pytorch fp32"):
-        tx, tw = torch.from_numpy(x), torch.from_numpy(weight)
-        fn = (lambda: F.linear(tx, tw)) if source is None else (lambda: F.conv2d(tx, tw, padding=1))
-        with torch.no_grad():
-            row["torch_ms"] = 1e3 * median_seconds(fn, args.repeat)
     with tempfile.TemporaryDirectory() as tmp:
-        for row, x, weight, source in tqdm(cases, desc="onnxruntime fp32/int8"):
-            sessions = _onnx_sessions("MatMul" if source is None else "Conv", x.shape, weight, threads, tmp)
-            for key, session in zip(("ort_fp32_ms", "ort_int8_ms"), sessions):
-                row[key] = 1e3 * median_seconds(lambda: session.run(None, {"x": x}), args.repeat)
-    for row, x, weight, source in tqdm(cases, desc="tvm dense (Matmul rule)"):
-        if source is not None:
-            continue  # no conv2d schedule rule to compare with: left empty, not faked
-        scheduled = Matmul().apply(matmul_func(1, row["N"], row["M"], row["D"]), target, False)
-        if scheduled is None:
-            continue  # the rule does not fit this shape (e.g. one row)
-        func = scheduled.mod["main"]
-        kernel = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)["main"]
-        tensors = [tvm.runtime.tensor(a) for a in (x[None], np.ascontiguousarray(weight.T)[None],
-                                                   np.zeros((1, row["N"], row["M"]), np.float32))]
-        row["tvm_dense_ms"] = 1e3 * median_seconds(lambda: kernel(*tensors), args.repeat)
-    for row, x, weight, source in tqdm(cases, desc="lut encode + lookup"):
-        (encode, lookup), (minus_two, norms, codes, table, bias, out) = _lut_kernels(
-            row["N"], row["D"], row["M"], row["V"], target, intrin, source)
-        tx = tvm.runtime.tensor(x)
-        row["encode_ms"] = 1e3 * median_seconds(lambda: encode(tx, minus_two, norms, codes), args.repeat)
-        row["lookup_ms"] = 1e3 * median_seconds(lambda: lookup(codes, table, bias, out), args.repeat)
-        row["lut_ms"] = 1e3 * median_seconds(
-            lambda: (encode(tx, minus_two, norms, codes), lookup(codes, table, bias, out)), args.repeat)
-        row["vs_torch"] = row["torch_ms"] / row["lut_ms"]
-        row["vs_ort_int8"] = row["ort_int8_ms"] / row["lut_ms"]
-        row["encode_share"] = row["encode_ms"] / (row["encode_ms"] + row["lookup_ms"])
+        for row, x, weight, source in tqdm(cases, desc="compile and measure"):
+            systems = _systems(row, x, weight, source, target, threads, intrin, tmp)
+            for fn in systems.values():
+                fn()  # warm-up
+            samples = {name: [] for name in systems}
+            for _ in range(args.repeat):  # interleaved: load changes on a shared machine hit every system alike
+                for name, fn in systems.items():
+                    time.sleep(0.02)  # let the previous system's worker threads go idle
+                    samples[name] += _call_ms(fn, CALLS_PER_ROUND)
+            row.update({name: statistics.median(values) for name, values in samples.items()})
+            row["vs_torch"] = row["torch_ms"] / row["lut_ms"]
+            row["vs_ort_int8"] = row["ort_int8_ms"] / row["lut_ms"]
+            row["encode_share"] = row["encode_ms"] / (row["encode_ms"] + row["lookup_ms"])
 
     print(f"target {target}; {threads} threads for every system; lookup intrinsic {intrin.name} ({intrin.lanes} rows); "
-          f"K = 16; median of {args.repeat}, milliseconds")
+          f"K = 16; median of {args.repeat} x {CALLS_PER_ROUND} calls, milliseconds")
     print(format_table([row for row, *_ in cases],
                        ["shape", "N", "D", "M", "V", "torch_ms", "ort_fp32_ms", "ort_int8_ms", "tvm_dense_ms",
                         "encode_ms", "lookup_ms", "lut_ms", "vs_torch", "vs_ort_int8", "encode_share"]))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -74,19 +73,19 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
     extracted = [t for t in ms.relax_integration.extract_tasks(mod, target)
                  if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
     results = []
-    with tempfile.TemporaryDirectory(prefix="tvm-lut-tune-") as logs:
-        for task in tqdm(extracted, desc="tuning", unit="task", disable=not progress):
-            func_mod = task.dispatched[0]
-            workload = database.commit_workload(func_mod)
-            rule_ms = None
-            if not database.get_top_k(workload, 1):
-                rule_ms = _commit_rule_schedule(database, workload, func_mod, target, rules)
-            remaining = trials_per_task - len(database.get_top_k(workload, trials_per_task))
-            if remaining > 0:
-                _search(task, database, target, remaining, min(num_trials_per_iter, remaining), logs)
-            best = database.get_top_k(workload, 1)
-            results.append(TaskResult(task.task_name, len(database.get_top_k(workload, 1 << 30)), rule_ms,
-                                      _median_ms(best[0].run_secs) if best else None))
+    logs = str(Path(root) / target_key(target) / "logs")  # MetaSchedule's per-task logs, kept beside the records
+    for task in tqdm(extracted, desc="tuning", unit="task", disable=not progress):
+        func_mod = task.dispatched[0]
+        workload = database.commit_workload(func_mod)
+        rule_ms = None
+        if not database.get_top_k(workload, 1):
+            rule_ms = _commit_rule_schedule(database, workload, func_mod, target, rules)
+        remaining = trials_per_task - len(database.get_top_k(workload, trials_per_task))
+        if remaining > 0:
+            _search(task, database, target, remaining, min(num_trials_per_iter, remaining), logs)
+        best = database.get_top_k(workload, 1)
+        results.append(TaskResult(task.task_name, len(database.get_top_k(workload, 1 << 30)), rule_ms,
+                                  _median_ms(best[0].run_secs) if best else None))
     return results
 
 

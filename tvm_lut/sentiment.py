@@ -74,7 +74,7 @@ def embed(
     progress: bool = True,
 ) -> np.ndarray:
     """Embeddings `(N, H)` float32 of all rows, computed in batches of exactly `batch_size` (progress bar)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     outputs = []
     total = -(-len(input_ids) // batch_size) if batch_size > 0 else 0

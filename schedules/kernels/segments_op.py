@@ -8,9 +8,8 @@ schedule rules vectorize it like any arithmetic, and lowered after vectorization
 
 - AVX-512F (16-lane registers) or AVX2 (8): a branch-free binary search over the breakpoints (log2(S) rounds of
   compare + blend, probing with a permute from round 3 on), then two permutes for slope and intercept and an FMA:
-  about 20 instructions per register for 16 segments. Fewer lanes (even a scalar) are widened to one register,
-  more are split into registers;
-- anything else (other ISAs): a compare + two blends per breakpoint, branch-free too.
+  about 20 instructions per register for 16 segments. Fewer lanes are widened to one register, more are split;
+- scalars and other ISAs: a compare + two blends per breakpoint, branch-free too.
 
 The lowering callback sees the call, not the function's target: it asks `Target.current()` (else the host CPU) for
 AVX2 / AVX-512F. Risk: cross-compiling from an x86 host for an x86 CPU with 256-bit vectors but no AVX2 (AVX1 only)
@@ -139,7 +138,9 @@ def _host() -> Target:
 def _lower(call) -> PrimExpr:
     x, lanes, breakpoints, slopes, intercepts = _unpack(call)
     width = next((w for w, (feature, _) in _PERMUTES.items() if _has(feature)), None)
-    if width is None or (lanes > width and lanes % width):
+    # A scalar is mostly a row-invariant value (softmax's reciprocal, LayerNorm's rsqrt): LLVM hoists a select
+    # chain out of the row loop whole, but only part of a register search.
+    if width is None or lanes == 1 or (lanes > width and lanes % width):
         return _let("x", x, lambda x: _select_chain(x, lanes, breakpoints, slopes, intercepts))
 
     def search(x):
@@ -148,10 +149,8 @@ def _lower(call) -> PrimExpr:
     if lanes > width:  # wider than a register: one search per register
         parts = [search(tirx.Shuffle([x], list(range(k, k + width)))) for k in range(0, lanes, width)]
         return tirx.Shuffle(parts, list(range(lanes)))
-    # Fewer lanes (a scalar, a narrow loop, a row-invariant reciprocal): widen to one register and back; a register
-    # search beats a select chain even for a single value (LLVM turns it into scalar loads from the table).
-    wide = x if lanes == width else _splat(x, width) if lanes == 1 else tirx.Shuffle(
-        [x] * (width // lanes), list(range(width)))
+    # Fewer lanes (a narrow loop): widen to one register and back.
+    wide = x if lanes == width else tirx.Shuffle([x] * (width // lanes), list(range(width)))
     y = search(wide)
     return y if lanes == width else tirx.Shuffle([y], list(range(lanes)))
 

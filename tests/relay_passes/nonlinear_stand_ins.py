@@ -116,3 +116,17 @@ class ExactKernels:
 
         self.calls.append(name)
         return te.create_prim_func(tensors)
+
+
+def module_of(build, shape=(2, 8), dtype: str = "float32"):
+    """A module whose `main(x)` (x: `shape`, `dtype`) returns `build(bb, x)`: build emits its intermediate values
+    with `bb.emit` and returns the last expression."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(build(bb, x))
+        bb.emit_func_output(y)
+    return bb.get()

@@ -13,7 +13,7 @@ import torch
 import tvm
 from tvm import relax
 
-from nonlinear_stand_ins import ExactKernels, bundle, tables
+from nonlinear_stand_ins import ExactKernels, bundle, module_of, tables
 from relay_passes import LUTNonlinear
 from tvm_lut.frontend import from_onnx, from_torch
 from tvm_lut.models.minilm import MiniLM, MiniLMConfig
@@ -147,14 +147,8 @@ def test_default_tables_when_no_bundle(monkeypatch):
     from tvm_lut.defaults import default_bundle
 
     builders = RecordingBuilders({"pwl_func": ExactKernels().pwl_func(tables()["gelu"], (2, 8))}).install(monkeypatch)
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((2, 8), "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit_output(R.nn.gelu(x))
-        bb.emit_func_output(y)
     lut = LUTNonlinear()
-    lut(bb.get())
+    lut(module_of(lambda bb, x: R.nn.gelu(x)))
     assert lut.report.counts() == {"gelu": 1}
     ((_, (table, *_), _),) = builders.calls
     assert table == default_bundle().pwl("gelu")
@@ -193,14 +187,8 @@ def test_zero_size_and_odd_shapes_with_the_lut_kernels(shape):
     """Zero-size and odd shapes go through the pass and the kernels like any other static shape."""
     from tvm.script import relax as R
 
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(shape, "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit_output(R.nn.softmax(bb.emit(R.nn.gelu(x)), axis=-1))
-        bb.emit_func_output(y)
     lut = LUTNonlinear(bundle())
-    mod = lut(bb.get())
+    mod = lut(module_of(lambda bb, x: R.nn.softmax(bb.emit(R.nn.gelu(x)), axis=-1), shape))
     assert lut.report.counts() == {"gelu": 1, "softmax": 1}
     data = np.random.default_rng(0).normal(size=shape).astype("float32")
     expected = torch.softmax(torch.nn.functional.gelu(torch.from_numpy(data)), dim=-1).numpy()

@@ -7,7 +7,7 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 from tvm.script import tirx as T
 
-from nonlinear_stand_ins import RecordingBuilders, bundle
+from nonlinear_stand_ins import RecordingBuilders, bundle, module_of
 from relay_passes import LUTNonlinear
 
 F32 = "float32"
@@ -28,19 +28,6 @@ class Expected:
             y = R.call_tir(cls.lut_gelu, (x,), out_ty=R.Tensor((2, 8), "float32"))
             R.output(y)
         return y
-
-
-def _main(build):
-    """A module whose main applies `build(x)` (Relax ops on the parameter) to a (2, 8) float32 input."""
-    from tvm import relax
-
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((2, 8), F32))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit_output(build(bb, x))
-        bb.emit_func_output(y)
-    return bb.get()
 
 
 def _c(value, shape=()):
@@ -185,7 +172,7 @@ def test_importer_forms(monkeypatch, before, form, table):
 
 @pytest.mark.parametrize("variant", sorted(BUILT_ERF_FORMS))
 def test_erf_variants(monkeypatch, variant):
-    after, report, _ = _run(monkeypatch, _main(lambda bb, x: BUILT_ERF_FORMS[variant](bb, x)))
+    after, report, _ = _run(monkeypatch, module_of(BUILT_ERF_FORMS[variant]))
     tvm.ir.assert_structural_equal(after, Expected)
     assert report.counts() == {"gelu": 1}
 
@@ -206,7 +193,7 @@ def test_erf_variants(monkeypatch, variant):
     ids=["0.4", "other-operand", "varying-constant"],
 )
 def test_look_alikes_are_left_alone(monkeypatch, build):
-    before = _main(build)
+    before = module_of(build)
     after, report, builders = _run(monkeypatch, before)
     tvm.ir.assert_structural_equal(after, before)
     assert report.replaced == [] and report.kept == [] and builders.calls == []

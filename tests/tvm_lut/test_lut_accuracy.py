@@ -89,3 +89,20 @@ def test_experiment_end_to_end_on_a_tiny_encoder():
     assert result.kept_counts() == {}
     assert result.encoders["tvm_lut"].mean_cosine > 0.99
     assert all(t["calibrated"] for name, t in result.tables.items() if name != "gelu_tanh")
+
+
+def test_demo_command_prints_table_and_writes_json(monkeypatch, tmp_path, capsys):
+    import tvm_lut.lut_accuracy
+    from tvm_lut.cli import main
+
+    seen = {}
+
+    def fake_run(config):
+        seen["config"] = config
+        return fake_result(lut_accuracy=0.858)
+
+    monkeypatch.setattr(tvm_lut.lut_accuracy, "run_experiment", fake_run)
+    assert main(["demo", "--n-test", "1200", "--batch-size", "4", "--json", str(tmp_path / "out" / "r.json")]) == 0
+    assert (seen["config"].n_test, seen["config"].batch_size) == (1200, 4)
+    assert "targets met" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "r.json").read_text())["meets_targets"] is True

@@ -51,15 +51,17 @@ def pq_rows(rows: torch.Tensor, entry: PQTable) -> torch.Tensor:
     return out.to(torch.float32)
 
 
-def im2col(x: torch.Tensor, entry: PQTable) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(N, I, H, W) -> rows (N * L, I*kh*kw) in the weight's (I, kh, kw) order, and the output (H', W')."""
-    if x.ndim != 4 or x.shape[1] != entry.in_channels:
-        raise ValueError(f"conv input must be (N, {entry.in_channels}, H, W), got {tuple(x.shape)}")
-    cols = F.unfold(x, entry.kernel_size, dilation=entry.dilation, padding=entry.padding, stride=entry.stride)
-    out_hw = tuple(
-        (size + 2 * pad - dil * (k - 1) - 1) // st + 1
-        for size, pad, dil, k, st in zip(x.shape[2:], entry.padding, entry.dilation, entry.kernel_size, entry.stride))
-    return cols.transpose(1, 2).reshape(-1, entry.D), out_hw
+def im2col(x: torch.Tensor, kernel_size, stride, padding, dilation) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(N, I, H, W) -> rows (N * H' * W', I*kh*kw) in the conv weight's (I, kh, kw) order, and (H', W')."""
+    cols = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)
+    out_hw = tuple((size + 2 * pad - dil * (k - 1) - 1) // st + 1
+                   for size, pad, dil, k, st in zip(x.shape[2:], padding, dilation, kernel_size, stride))
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]), out_hw
+
+
+def rows_to_image(out: torch.Tensor, batch: int, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Rows (N * H' * W', M) of a conv computed over im2col -> (N, M, H', W')."""
+    return out.reshape(batch, out_hw[0] * out_hw[1], -1).transpose(1, 2).reshape(batch, -1, *out_hw)
 
 
 def pq_forward(x: torch.Tensor, entry: PQTable) -> torch.Tensor:
@@ -68,6 +70,7 @@ def pq_forward(x: torch.Tensor, entry: PQTable) -> torch.Tensor:
         if x.shape[-1] != entry.D:
             raise ValueError(f"linear input must end in {entry.D} features, got {tuple(x.shape)}")
         return pq_rows(x.reshape(-1, entry.D), entry).reshape(*x.shape[:-1], entry.M)
-    rows, (out_h, out_w) = im2col(x, entry)
-    out = pq_rows(rows, entry).reshape(x.shape[0], out_h * out_w, entry.M)
-    return out.transpose(1, 2).reshape(x.shape[0], entry.M, out_h, out_w)
+    if x.ndim != 4 or x.shape[1] != entry.in_channels:
+        raise ValueError(f"conv input must be (N, {entry.in_channels}, H, W), got {tuple(x.shape)}")
+    rows, out_hw = im2col(x, entry.kernel_size, entry.stride, entry.padding, entry.dilation)
+    return rows_to_image(pq_rows(rows, entry), x.shape[0], out_hw)

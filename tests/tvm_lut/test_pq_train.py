@@ -1,0 +1,135 @@
+"""Centroid learning end to end on tiny models: the loss falls, checkpoints resume exactly, and the bundle of
+`tvm_lut.learn` finds its weights in graphs imported from torch.export and ONNX."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import tvm_lut
+from tvm_lut.pq.calibrate import init_centroids
+from tvm_lut.pq.config import PQConfig
+from tvm_lut.pq.handler import learn_pq
+from tvm_lut.pq.reference import pq_forward
+from tvm_lut.pq.swap import quantize_, unswap_
+from tvm_lut.pq.train import train_centroids
+
+
+def tiny_task(seed=0, n=256):
+    """A 3-class problem a small MLP solves; labels from a fixed random teacher."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=gen)
+    y = (x @ torch.randn(8, 3, generator=gen)).argmax(1)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model.eval(), [(x[i:i + 32], y[i:i + 32]) for i in range(0, n, 32)]
+
+
+def test_learning_lowers_the_loss_and_moves_the_temperature():
+    model, batches = tiny_task()
+    result = learn_pq(model, batches, PQConfig(V=2, K=4, epochs=6, lr=1e-2), progress=False)
+    losses = result.history.loss
+    assert np.mean(losses[-8:]) < np.mean(losses[:8])
+    assert all(len(t) == len(losses) for t in result.history.temperature.values())
+    assert any(abs(t[-1] - t[0]) > 1e-3 for t in result.history.temperature.values())
+
+
+def test_bundle_tables_reproduce_the_trained_layers(tmp_path):
+    model, batches = tiny_task()
+    result = learn_pq(model, batches, PQConfig(V=4, epochs=1), progress=False)
+    result.bundle.save(tmp_path / "pq.safetensors")
+    bundle = tvm_lut.Bundle.load(tmp_path / "pq.safetensors")
+    assert bundle.provenance["pq_replaced"] == result.report.replaced
+    x = batches[0][0]
+    hidden = torch.relu(pq_forward(x, bundle["0"]))
+    with torch.no_grad():
+        torch.testing.assert_close(pq_forward(hidden, bundle["2"]), result.model(x), rtol=1e-4, atol=1e-4)
+
+
+class Stop(Exception):
+    pass
+
+
+class StoppingTeacher(nn.Module):
+    """The FP32 model, raising `Stop` on its call number `stop_at` (a run killed mid-epoch)."""
+
+    def __init__(self, model, stop_at):
+        super().__init__()
+        self.model, self.stop_at, self.calls = model, stop_at, 0
+
+    def forward(self, *args):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise Stop
+        return self.model(*args)
+
+
+def test_checkpoint_resume_gives_the_same_result(tmp_path):
+    model, batches = tiny_task()
+    config = PQConfig(V=2, K=4, epochs=2, lr=1e-2)
+
+    def prepared():
+        student = copy.deepcopy(model)
+        quantize_(student, config)
+        init_centroids(student, batches, config, progress=False)
+        return student
+
+    straight = prepared()
+    train_centroids(straight, model, batches, config, progress=False)
+
+    path = tmp_path / "ckpt.safetensors"
+    with pytest.raises(Stop):  # killed during step 4 of epoch 0; the checkpoint holds 3 steps
+        train_centroids(prepared(), StoppingTeacher(model, 4), batches, config, checkpoint=path,
+                        checkpoint_every=3, progress=False)
+    with pytest.raises(ValueError, match="another PQConfig"):
+        train_centroids(prepared(), model, batches, PQConfig(V=2, K=4, epochs=3), checkpoint=path, progress=False)
+    resumed = prepared()
+    history = train_centroids(resumed, model, batches, config, checkpoint=path, progress=False)
+    assert len(history.loss) == 2 * len(batches)
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_trainable_all_trains_weights_and_unswap_gives_an_exact_model_matching_the_bundle():
+    model, batches = tiny_task()
+    result = learn_pq(model, batches, PQConfig(V=4, epochs=2, lr=1e-2, trainable="all"), progress=False)
+    assert not torch.equal(result.model[0].weight, model[0].weight)
+    exact = unswap_(result.model)
+    assert type(exact[0]) is nn.Linear and type(exact[2]) is nn.Linear
+    assert result.bundle.find_pq(exact[0].weight)[0] == "0"
+
+
+def test_importers_constants_match_the_bundle():
+    """Every PQ entry is found by fingerprint among the weight constants of both imported graphs."""
+    from tvm import ir, relax
+
+    from tvm_lut.frontend import from_onnx, from_torch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Flatten(),
+                          nn.Linear(4 * 5 * 5, 6)).eval()
+    x = torch.randn(8, 2, 5, 5)
+    bundle = tvm_lut.learn(model, [x], PQConfig(V=4), progress=False)
+    assert set(bundle) == {"0", "2", "4"}
+    for mod in (from_torch(model, (x[:1],)), from_onnx(model, example_args=(x[:1],))):
+        constants = []
+        relax.analysis.post_order_visit(mod["main"], lambda e: constants.append(e.value.numpy())
+                                        if isinstance(e, ir.Constant) and hasattr(e.value, "numpy") else None)
+        found = {match[0] for match in map(bundle.find_pq, constants) if match is not None}
+        assert found == set(bundle)
+
+
+def test_learn_misuse():
+    with pytest.raises(ValueError, match="no calibration batches"):
+        learn_pq(nn.Linear(4, 4), [], PQConfig(V=2), progress=False)
+    with pytest.raises(ValueError, match="no layer of the model can be served"):
+        learn_pq(nn.Linear(5, 4), [torch.randn(2, 5)], PQConfig(V=2), progress=False)
+    with pytest.raises(TypeError, match="a batch is a tensor"):
+        learn_pq(nn.Sequential(nn.Linear(4, 4)), [{"x": 1}], PQConfig(V=2), progress=False)

@@ -1,0 +1,167 @@
+"""Centroid learning (LUT-NN): task loss plus distillation from the FP32 model, resumable from a checkpoint.
+
+Trainable by default: every PQ layer's `centroids` (Adam, `PQConfig.lr`) and `temperature_logit`
+(`PQConfig.temperature_lr`); with `trainable="all"` also every other parameter of the model. The student runs
+in eval mode (dropout off, batch-norm statistics frozen); its PQ layers use the straight-through soft
+assignment whenever gradients are on. The teacher is the FP32 model, never updated.
+
+Checkpoints are one safetensors file (trainable tensors and Adam state) whose metadata holds the progress as JSON
+(config, epoch, step, history): no pickle. It is written atomically every `checkpoint_every` steps and at the end
+of each epoch; a run started with the same file and config continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from tvm_lut.pq.batches import as_batch_list, split_batch
+from tvm_lut.pq.config import PQConfig
+from tvm_lut.pq.swap import pq_layers
+
+CHECKPOINT_FORMAT = "tvm-lut-pq-checkpoint"
+
+
+@dataclass
+class TrainHistory:
+    """Per optimisation step: the loss terms and every PQ layer's inverse temperature (by layer name)."""
+
+    loss: list[float] = field(default_factory=list)
+    task: list[float] = field(default_factory=list)
+    distill: list[float] = field(default_factory=list)
+    temperature: dict[str, list[float]] = field(default_factory=dict)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's KL(teacher || student) on softened logits, scaled by T^2 so gradients keep their size."""
+    log_student = F.log_softmax(student / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    return F.kl_div(log_student.flatten(0, -2), log_teacher.flatten(0, -2), log_target=True,
+                    reduction="batchmean") * temperature ** 2
+
+
+def _param_groups(model: nn.Module, config: PQConfig) -> list[dict]:
+    layers = pq_layers(model)
+    centroids = [layer.centroids for layer in layers.values()]
+    temperatures = [layer.temperature_logit for layer in layers.values()]
+    chosen = {id(p) for p in centroids + temperatures}
+    rest = [p for p in model.parameters() if id(p) not in chosen]
+    for param in rest:
+        param.requires_grad_(config.trainable == "all")
+    groups = [{"params": centroids, "lr": config.lr}, {"params": temperatures, "lr": config.temperature_lr}]
+    if config.trainable == "all":
+        groups.append({"params": rest, "lr": config.lr})
+    return groups
+
+
+class Checkpoint:
+    """One safetensors file: trainable tensors, Adam state, and the progress JSON in the metadata."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {f"param/{name}": p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+        opt = optimizer.state_dict()
+        for index, state in opt["state"].items():
+            for key, value in state.items():
+                tensors[f"optim/{index}/{key}"] = torch.as_tensor(value).reshape(-1).contiguous()
+        metadata = {"format": CHECKPOINT_FORMAT, "progress": json.dumps(progress),
+                    "param_groups": json.dumps(opt["param_groups"])}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(self.path.suffix + ".partial")
+        save_file(tensors, str(partial), metadata=metadata)
+        os.replace(partial, self.path)
+
+    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: PQConfig) -> dict:
+        """Restore `model` and `optimizer`; returns the progress. A checkpoint of another run raises."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        if metadata.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{self.path} is not a PQ training checkpoint")
+        progress = json.loads(metadata["progress"])
+        if progress["config"] != json.loads(config.to_json()):
+            raise ValueError(f"{self.path} was written with another PQConfig; delete it or pass the same config")
+        params = dict(model.named_parameters())
+        saved = {key[len("param/"):] for key in tensors if key.startswith("param/")}
+        expected = {name for name, p in params.items() if p.requires_grad}
+        if saved != expected:
+            raise ValueError(f"{self.path} holds other parameters than this model trains: "
+                             f"{sorted(saved ^ expected)[:5]}")
+        with torch.no_grad():
+            for name in saved:
+                params[name].copy_(tensors[f"param/{name}"])
+        state: dict[int, dict] = {}
+        numbered = [p for group in optimizer.param_groups for p in group["params"]]  # state_dict numbering
+        for key, value in tensors.items():
+            if key.startswith("optim/"):
+                _, index, name = key.split("/", 2)
+                shape = () if name == "step" else numbered[int(index)].shape
+                state.setdefault(int(index), {})[name] = value.reshape(shape)
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+        return progress
+
+
+def train_centroids(student: nn.Module, teacher: nn.Module, batches, config: PQConfig, *,
+                    checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50,
+                    progress: bool = True) -> TrainHistory:
+    """Learn the PQ layers of `student` (swapped and k-means initialised) against the FP32 `teacher`."""
+    layers = pq_layers(student)
+    if not layers:
+        raise ValueError("the student has no PQ layers: run quantize_ and init_centroids first")
+    batches = as_batch_list(batches)
+    optimizer = torch.optim.Adam(_param_groups(student, config))
+    store = Checkpoint(checkpoint) if checkpoint is not None else None
+    done = {"epoch": 0, "step": 0, "history": TrainHistory().__dict__}
+    if store is not None and store.path.exists():
+        done = store.load(student, optimizer, config)
+    history = TrainHistory(**done["history"])
+    student.eval()
+    teacher.eval()
+
+    def save(epoch: int, step: int) -> None:
+        if store is not None:
+            store.save(student, optimizer, {"config": json.loads(config.to_json()), "epoch": epoch, "step": step,
+                                            "history": history.__dict__})
+
+    total = config.epochs * len(batches)
+    bar = tqdm(total=total, initial=min(total, done["epoch"] * len(batches) + done["step"]),
+               desc="PQ centroid learning", disable=not progress)
+    for epoch in range(done["epoch"], config.epochs):
+        order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        first = done["step"] if epoch == done["epoch"] else 0
+        for step in range(first, len(batches)):
+            inputs, labels = split_batch(batches[int(order[step])])
+            with torch.no_grad():
+                target = teacher(*inputs)
+            logits = student(*inputs)
+            distill = distillation_loss(logits, target, config.distill_temperature)
+            task = F.cross_entropy(logits.flatten(0, -2), labels.flatten()) if labels is not None else logits.new_zeros(())
+            loss = config.task_weight * task + config.distill_weight * distill
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history.loss.append(loss.item())
+            history.task.append(task.item())
+            history.distill.append(distill.item())
+            for name, layer in layers.items():
+                history.temperature.setdefault(name, []).append(layer.temperature.item())
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if (step + 1) % checkpoint_every == 0 and step + 1 < len(batches):
+                save(epoch, step + 1)
+        save(epoch + 1, 0)
+    bar.close()
+    return history

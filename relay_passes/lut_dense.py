@@ -24,13 +24,13 @@ import logging
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.dpl import WildcardPattern, rewrite_call
 
-from .patterns import Form, static_shape
+from .lut_rewriter import LUTRewriter
+from .patterns import static_shape
 from .patterns import conv2d as conv2d_patterns
 from .patterns import dense as dense_patterns
 from .patterns.conv2d import ConvMatch
-from .report import KeptExact, PassReport, Replaced
+from .report import PassReport
 
 logger = logging.getLogger(__name__)
 
@@ -63,54 +63,39 @@ class LUTDense:
         from schedules.intrin import lookup_intrin
 
         target = self.target or tvm.target.Target.current(allow_none=True) or schedules.host_target()
-        rewriter = _Rewriter(mod, self.bundle, target, lookup_intrin(target, self.prefer_avx512))
-        for gvar, func in list(mod.functions_items()):
-            if not isinstance(func, relax.Function):
-                continue
-            for form in self.forms:
-                func = rewrite_call(form.pattern, rewriter.replacing(form), func)
-            for form in self.forms:  # what still matches was kept exact: report it once
-                rewrite_call(form.pattern, rewriter.auditing(form), func)
-            rewriter.builder.update_func(gvar, func)
+        rewriter = _DenseRewriter(mod, self.bundle, target, lookup_intrin(target, self.prefer_avx512))
+        mod = rewriter.run(mod, self.forms)
         self.report = rewriter.report
         self.report.log(logger)
-        return rewriter.builder.get()
+        return mod
 
 
-class _Rewriter:
-    """Serves the matches of one pass run: checks, kernels (one pair per entry and row count), report entries."""
+class _DenseRewriter(LUTRewriter):
+    """Serves the matches of one pass run; the kernels are built once per (entry, row count, input source)."""
 
     def __init__(self, mod, bundle, target, intrin):
+        super().__init__(mod, "LUTDense")
         self.bundle, self.target, self.intrin = bundle, target, intrin
-        self.builder = relax.BlockBuilder(mod)
-        self.report = PassReport("LUTDense")
         self._kernels: dict[tuple, tuple[relax.GlobalVar, relax.GlobalVar]] = {}
-        self._reported: list[relax.Expr] = []
 
-    def replacing(self, form: Form):
-        def rewrite(matched: relax.Expr, matchings: dict) -> relax.Expr:
-            served = self._serve(form, matched, matchings)
-            if not isinstance(served, tuple):
-                return matched
-            expr, lookup_name = served
-            self.report.replaced.append(Replaced(form.op, form.name, static_shape(matched), _SERVED_DTYPE,
-                                                 lookup_name))
-            return expr
+    def serve(self, form, matched, matchings):
+        checked = self._check(form, matched, matchings)
+        if not isinstance(checked, tuple):
+            return checked
+        match, name, table = checked
+        x_shape, out_shape = static_shape(match.x), static_shape(matched)
+        if isinstance(match, ConvMatch):
+            from schedules.kernels.pq_encode import Im2col
 
-        return rewrite
-
-    def auditing(self, form: Form):
-        def audit(matched: relax.Expr, matchings: dict) -> relax.Expr:
-            if any(matched.same_as(op) for op in self._reported):
-                return matched
-            reason = self._check(form, matched, matchings)
-            if isinstance(reason, str):
-                self._reported += [e for p, e in matchings.items() if not isinstance(p, WildcardPattern)]
-                self.report.kept.append(KeptExact(form.op, form.name, static_shape(matched),
-                                                  str(getattr(matched.ty, "dtype", "?")), reason))
-            return matched
-
-        return audit
+            source = Im2col(x_shape, table.kernel_size, match.stride, match.padding, match.dilation)
+            y, kernel = self._call(name, table, match.x, source.rows, match.bias, source)
+            batch, out_channels, out_h, out_w = out_shape
+            nhwc = relax.op.reshape(y, (batch, out_h, out_w, out_channels))
+            return relax.op.permute_dims(nhwc, [0, 3, 1, 2]), kernel
+        rows = int(np.prod(x_shape[:-1]))
+        x2d = match.x if len(x_shape) == 2 else relax.op.reshape(match.x, (rows, table.D))
+        y, kernel = self._call(name, table, x2d, rows, match.bias, source=None)
+        return (y if len(x_shape) == 2 else relax.op.reshape(y, out_shape)), kernel
 
     def _check(self, form, matched, matchings):
         """(match, entry name, table) when the layer can be served, a reason when not, None when not the op."""
@@ -138,27 +123,8 @@ class _Rewriter:
             return f"entry {name!r} is a {table.layer} table, the graph has a dense layer"
         return match, name, table
 
-    def _serve(self, form, matched, matchings):
-        """(the replacement, the lookup kernel's name), or what `_check` said."""
-        checked = self._check(form, matched, matchings)
-        if not isinstance(checked, tuple):
-            return checked
-        match, name, table = checked
-        x_shape, out_shape = static_shape(match.x), static_shape(matched)
-        if isinstance(match, ConvMatch):
-            from schedules.kernels.pq_encode import Im2col
-
-            source = Im2col(x_shape, table.kernel_size, match.stride, match.padding, match.dilation)
-            y, kernel = self._call(name, table, match.x, source.rows, match.bias, source)
-            batch, out_channels, out_h, out_w = out_shape
-            nhwc = relax.op.reshape(y, (batch, out_h, out_w, out_channels))
-            return relax.op.permute_dims(nhwc, [0, 3, 1, 2]), kernel
-        rows = int(np.prod(x_shape[:-1]))
-        x2d = match.x if len(x_shape) == 2 else relax.op.reshape(match.x, (rows, table.D))
-        y, kernel = self._call(name, table, x2d, rows, match.bias, source=None)
-        return (y if len(x_shape) == 2 else relax.op.reshape(y, out_shape)), kernel
-
     def _call(self, name, table, x, rows, bias, source):
+        """encode + lookup calls on `x`: the (rows, M) output and the lookup kernel's name."""
         from schedules.kernels.pq_encode import pack_centroids, pq_encode_func
         from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
 

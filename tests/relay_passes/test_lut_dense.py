@@ -132,3 +132,25 @@ def test_misuse_is_rejected(net_and_bundle):
         LUTDense(None)
     with pytest.raises(TypeError, match="target must be a tvm.target.Target"):
         LUTDense(net_and_bundle[1], target="llvm")
+
+
+@pytest.mark.slow
+def test_minilm_with_learned_tables_equals_the_pytorch_pq_model():
+    """MiniLM-L6, every encoder Linear PQ (K=16, V=32, k-means + one epoch of centroid learning on real tweets),
+    imported with torch.export, LUTDense, compiled: the sentence embeddings equal the PyTorch PQ model's."""
+    from tvm_lut.datasets.tweets import load_tweets
+    from tvm_lut.models.minilm import load_minilm
+    from tvm_lut.pq.config import PQConfig
+    from tvm_lut.pq.handler import learn_pq
+
+    ids, mask = (torch.from_numpy(a) for a in load_tweets().calibration.head(96).tokens(length=32))
+    model = load_minilm()
+    batches = [((ids[i:i + 16], mask[i:i + 16]), None) for i in range(16, 96, 16)]
+    learned = learn_pq(model, batches, PQConfig(K=16, V=32, epochs=1, include=("encoder.*",)), progress=False)
+    lut = LUTDense(learned.bundle, target=TARGET)
+    rewritten = lut(from_torch(model, (ids[:16], mask[:16])))
+    assert not lut.report.kept and lut.report.counts() == {"dense": 36}
+    got = _run(rewritten, ids[:16], mask[:16])[0]
+    with torch.no_grad():
+        want = learned.model(ids[:16], mask[:16]).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

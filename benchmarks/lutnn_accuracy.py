@@ -25,20 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.timing import format_table, write_json
+from tvm_lut.pq.tasks import accuracy
 
 COLUMNS = ["model", "setting", "fp32_acc", "kmeans_acc", "learned_acc", "drop_points", "table_kb",
            "fp32_weight_kb", "compression", "kmeans_s", "learn_s", "final_temperature"]
-
-
-def accuracy(model, batches) -> float:
-    import torch
-
-    correct = total = 0
-    with torch.no_grad():
-        for inputs, labels in batches:
-            correct += int((model(*inputs).argmax(-1) == labels).sum())
-            total += len(labels)
-    return correct / total
 
 
 def table_bytes(model) -> tuple[int, int, int]:
@@ -52,8 +42,9 @@ def table_bytes(model) -> tuple[int, int, int]:
     return tables, centroids, weights
 
 
-def pq_run(name: str, setting: str, model, config, calib, learn, test, fp32_acc: float, progress: bool) -> dict:
+def pq_run(name: str, setting: str, task, config, fp32_acc: float, progress: bool) -> dict:
     """Swap, k-means, evaluate, learn, evaluate: one row of the results."""
+    model, calib, learn, test = task.model, task.calib, task.learn, task.test
     from tvm_lut.pq.calibrate import init_centroids
     from tvm_lut.pq.swap import quantize_
     from tvm_lut.pq.train import train_centroids
@@ -81,92 +72,26 @@ def pq_run(name: str, setting: str, model, config, calib, learn, test, fp32_acc:
     }
 
 
-# -- CNN on Fashion-MNIST ------------------------------------------------------------------------------------
 def cnn_runs(args) -> list[dict]:
-    import torch
-
-    from tvm_lut.datasets.fashion_mnist import load_fashion_mnist
-    from tvm_lut.models.cnn import train_cnn
     from tvm_lut.pq.config import PQConfig
+    from tvm_lut.pq.tasks import cnn_task
 
-    images, labels = load_fashion_mnist("train")
-    test_images, test_labels = load_fashion_mnist("test")
-    model = train_cnn(images, labels, epochs=args.cnn_train_epochs, progress=args.progress)
-
-    def batches(x, y, size):
-        return [((torch.from_numpy(x[i:i + size]),), torch.from_numpy(y[i:i + size])) for i in range(0, len(x), size)]
-
-    test = batches(test_images, test_labels, 1000)
-    calib = batches(images[:2048], labels[:2048], 256)
-    learn = batches(images[: args.cnn_learn_size], labels[: args.cnn_learn_size], 128)
-    fp32 = accuracy(model, test)
+    task = cnn_task(args.cnn_learn_size, train_epochs=args.cnn_train_epochs, progress=args.progress)
     config = PQConfig(V=args.cnn_V, epochs=args.cnn_epochs, lr=args.cnn_lr, trainable=args.cnn_trainable)
-    return [pq_run("cnn", f"conv V=9/4, linear V={args.cnn_V}, train {args.cnn_trainable}", model, config, calib, learn, test, fp32, args.progress)]
-
-
-# -- MiniLM on tweets ----------------------------------------------------------------------------------------
-def length_batches(tweets, size: int, length: int = 64) -> list:
-    """Batches of tweets of similar length, each trimmed to its longest (less padding, same results)."""
-    import torch
-
-    ids, mask = tweets.tokens(length)
-    order = np.argsort(mask.sum(1), kind="stable")
-    out = []
-    for start in range(0, len(order), size):
-        rows = order[start:start + size]
-        width = int(mask[rows].sum(1).max())
-        out.append(((torch.from_numpy(ids[rows, :width]), torch.from_numpy(mask[rows, :width])),
-                    torch.from_numpy(tweets.labels[rows])))
-    return out
-
-
-def minilm_classifier(encoder, head_pipeline):
-    """The encoder followed by the sklearn (scaler + logistic regression) head as an `nn.Linear` to 2 logits."""
-    import torch
-    from torch import nn
-
-    scaler, logistic = head_pipeline[0], head_pipeline[-1]
-    w = logistic.coef_[0] / scaler.scale_
-    b = logistic.intercept_[0] - scaler.mean_ @ w
-    head = nn.Linear(w.shape[0], 2)
-    with torch.no_grad():  # logits (-z/2, z/2): softmax gives sigmoid(z), argmax gives z > 0
-        head.weight.copy_(torch.from_numpy(np.stack([-w / 2, w / 2])))
-        head.bias.copy_(torch.tensor([-b / 2, b / 2]))
-
-    class TweetClassifier(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder, self.head = encoder, head
-
-        def forward(self, input_ids, attention_mask):
-            return self.head(self.encoder(input_ids, attention_mask))
-
-    return TweetClassifier().eval()
+    setting = f"conv V=9/4, linear V={args.cnn_V}, train {args.cnn_trainable}"
+    return [pq_run("cnn", setting, task, config, accuracy(task.model, task.test), args.progress)]
 
 
 def minilm_runs(args):
-    import torch
-
-    from tvm_lut.datasets.tweets import load_tweets
-    from tvm_lut.models.minilm import load_minilm
     from tvm_lut.pq.config import PQConfig
-    from tvm_lut.sentiment import embed, torch_encoder, train_head
+    from tvm_lut.pq.tasks import minilm_task
 
-    splits = load_tweets()
-    encoder = load_minilm()
-    head_set = splits.train.head(args.head_size)
-    embeddings = embed(torch_encoder(encoder), *head_set.tokens(64), batch_size=32, desc="FP32 embeddings",
+    task = minilm_task(args.head_size, args.calib_size, args.learn_size, args.test_size, args.batch_size,
                        progress=args.progress)
-    model = minilm_classifier(encoder, train_head(embeddings, head_set.labels))
-    learn_set = splits.train.head(args.head_size + args.learn_size)
-    learn_set = type(learn_set)(learn_set.texts[args.head_size:], learn_set.labels[args.head_size:])
-    test = length_batches(splits.test.head(args.test_size), 64)
-    calib = length_batches(splits.calibration.head(args.calib_size), 64)
-    learn = length_batches(learn_set, args.batch_size)
-    fp32 = accuracy(model, test)
+    fp32 = accuracy(task.model, task.test)
     for sub_len in args.V:  # a generator: each row is reported (and saved) as soon as it is done
         config = PQConfig(V=sub_len, include=("encoder.*",), epochs=args.epochs, lr=args.lr)
-        yield pq_run("minilm", f"V={sub_len}", model, config, calib, learn, test, fp32, args.progress)
+        yield pq_run("minilm", f"V={sub_len}", task, config, fp32, args.progress)
 
 
 def main(argv=None) -> int:

@@ -74,3 +74,10 @@ def test_config_json_round_trip_and_validation():
         PQConfig(trainable="weights")
     with pytest.raises(TypeError, match="PQConfig"):
         quantize_(nn.Linear(4, 4), {"V": 4})
+
+
+def test_learn_command_is_registered_and_parses():
+    from tvm_lut.cli import build_parser
+
+    args = build_parser().parse_args(["learn", "minilm", "--out", "b.safetensors", "--V", "8"])
+    assert (args.command, args.task, args.V, args.threads) == ("learn", "minilm", 8, 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from tvm_lut.pq.batches import as_batch_list, split_batch
 from tvm_lut.pq.config import PQConfig

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from tvm_lut.pq.batches import as_batch_list, split_batch
 from tvm_lut.pq.config import PQConfig

@@ -1,0 +1,58 @@
+"""`tvm-lut learn`: learn LUT-NN (PQ) tables for one of the real tasks and write the bundle.
+
+    tvm-lut learn cnn --out cnn_pq.safetensors [--config pq.json] [--checkpoint ckpt.safetensors]
+    tvm-lut learn minilm --out minilm_pq.safetensors --V 8
+
+Interrupted runs continue from `--checkpoint` (same config). For the CNN the FP32 weights the tables were
+learned against are written beside the bundle (`<out>.model.safetensors`; with `trainable: "all"` the trained
+ones), since the bundle's fingerprints identify exactly those weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", choices=["cnn", "minilm"], help="Fashion-MNIST CNN or MiniLM on tweets")
+    parser.add_argument("--out", type=Path, required=True, help="bundle file to write (.safetensors)")
+    parser.add_argument("--config", type=Path, help="PQConfig as JSON (defaults otherwise)")
+    parser.add_argument("--V", type=int, help="sub-vector length of linear layers (overrides the config)")
+    parser.add_argument("--checkpoint", type=Path, help="resumable training checkpoint (.safetensors)")
+    parser.add_argument("--weights", type=Path, help="CNN: FP32 weights to load instead of training the CNN")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+    from safetensors.torch import save_file
+
+    from tvm_lut.pq.config import PQConfig
+    from tvm_lut.pq.handler import learn_pq
+    from tvm_lut.pq.swap import unswap_
+    from tvm_lut.pq.tasks import accuracy, cnn_task, minilm_task
+
+    torch.set_num_threads(args.threads)
+    config = PQConfig.from_json(args.config.read_text()) if args.config else PQConfig(
+        include=("encoder.*",) if args.task == "minilm" else ("*",))
+    if args.V is not None:
+        config = dataclasses.replace(config, V=args.V)
+    task = cnn_task(weights=args.weights, progress=args.progress) if args.task == "cnn" else minilm_task(
+        progress=args.progress)
+    result = learn_pq(task.model, task.calib + task.learn, config, checkpoint=args.checkpoint,
+                      progress=args.progress)
+    print(result.report)
+    print(f"accuracy on held-out data: FP32 {accuracy(task.model, task.test):.4f}, "
+          f"PQ {accuracy(result.model, task.test):.4f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result.bundle.save(args.out)
+    print(f"wrote {len(result.bundle)} PQ tables to {args.out}")
+    if args.task == "cnn":
+        model_path = args.out.with_suffix(".model.safetensors")
+        save_file(unswap_(result.model).state_dict(), str(model_path))
+        print(f"wrote the matching FP32 weights to {model_path}")
+    return 0

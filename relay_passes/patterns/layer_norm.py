@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from tvm import ir, relax
-from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
+from tvm.relax.dpl import is_const, is_op, wildcard
 
 from . import Constants, Form, LUTCall, constant_scalar, normalized_axes, static_shape
 

@@ -165,6 +165,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.nonlinear", description=__doc__.split("\n")[0])
     add_common_arguments(parser)
     parser.add_argument("--check", action="store_true", help="also print max |error| against the exact op")
+    parser.add_argument("--threads", type=int, help="threads for TVM and PyTorch (default: the cores this process may use)")
     args = parser.parse_args(argv)
 
     import torch
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
     from schedules import host_target
     from schedules.target import num_cores
 
-    target = host_target()
+    target = host_target(args.threads)
     torch.set_num_threads(num_cores(target))
     tables = fit_tables()
     torch_ms = [1e3 * time_torch(op, shape, args.repeat, np.random.default_rng(0))

@@ -2,8 +2,8 @@
 
 A table (the `PWLSpec` protocol: `breakpoints` (S-1,), `slopes` and `intercepts` (S,), `scaling`) is baked into
 the expression as immediates, so a kernel needs no table argument and the values live in registers. The segment
-evaluation is one op (`segments_op`: a binary search with register permutes once vectorized, a compare + select
-chain otherwise); the power-of-two input scaling of `pow2` / `pow4` tables is integer arithmetic on the float's
+evaluation is one op (`segments_op`: a binary search with register permutes once vectorized, a tree of compares
+and selects otherwise); the power-of-two input scaling of `pow2` / `pow4` tables is integer arithmetic on the float's
 bits. The semantics match `reference.pwl_reference` bit for bit up to FMA contraction (see
 docs/architecture.md, "Piecewise-linear tables", for every special value).
 """

@@ -9,7 +9,7 @@ schedule rules vectorize it like any arithmetic, and lowered after vectorization
 - AVX-512F (16-lane registers) or AVX2 (8): a branch-free binary search over the breakpoints (log2(S) rounds of
   compare + blend, probing with a permute from round 3 on), then two permutes for slope and intercept and an FMA:
   about 20 instructions per register for 16 segments. Fewer lanes are widened to one register, more are split;
-- scalars and other ISAs: a compare + two blends per breakpoint, branch-free too.
+- scalars and other ISAs: a compare + two blends per breakpoint as a balanced tree (depth log2(S)), branch-free.
 
 The lowering callback sees the call, not the function's target: it asks `Target.current()` (else the host CPU) for
 AVX2 / AVX-512F. Risk: cross-compiling from an x86 host for an x86 CPU with 256-bit vectors but no AVX2 (AVX1 only)
@@ -77,13 +77,18 @@ def _line(x, lanes, slope, intercept, slopes, intercepts) -> PrimExpr:
     return y
 
 
-def _select_chain(x, lanes, breakpoints, slopes, intercepts) -> PrimExpr:
-    slope, intercept = _splat(_f32(slopes[0]), lanes), _splat(_f32(intercepts[0]), lanes)
-    for j, breakpoint in enumerate(breakpoints):
-        above = x >= _splat(_f32(breakpoint), lanes)
-        slope = tirx.Select(above, _splat(_f32(slopes[j + 1]), lanes), slope)
-        intercept = tirx.Select(above, _splat(_f32(intercepts[j + 1]), lanes), intercept)
-    return _line(x, lanes, slope, intercept, slopes, intercepts)
+def _select_tree(x, lanes, breakpoints, slopes, intercepts) -> PrimExpr:
+    """A balanced tree of selects on independent compares: as many instructions as a chain, depth log2(S)."""
+
+    def pick(lo: int, hi: int):  # (slope, intercept) of segments [lo, hi)
+        if hi - lo == 1:
+            return _splat(_f32(slopes[lo]), lanes), _splat(_f32(intercepts[lo]), lanes)
+        mid = (lo + hi) // 2
+        above = x >= _splat(_f32(breakpoints[mid - 1]), lanes)
+        (right_slope, right_intercept), (left_slope, left_intercept) = pick(mid, hi), pick(lo, mid)
+        return tirx.Select(above, right_slope, left_slope), tirx.Select(above, right_intercept, left_intercept)
+
+    return _line(x, lanes, *pick(0, len(slopes)), slopes, intercepts)
 
 
 def _binary_search(x, lanes, breakpoints, slopes, intercepts) -> PrimExpr:
@@ -139,9 +144,9 @@ def _lower(call) -> PrimExpr:
     x, lanes, breakpoints, slopes, intercepts = _unpack(call)
     width = next((w for w, (feature, _) in _PERMUTES.items() if _has(feature)), None)
     # A scalar is mostly a row-invariant value (softmax's reciprocal, LayerNorm's rsqrt): LLVM hoists a select
-    # chain out of the row loop whole, but only part of a register search.
+    # tree out of the row loop whole, but only part of a register search.
     if width is None or lanes == 1 or (lanes > width and lanes % width):
-        return _let("x", x, lambda x: _select_chain(x, lanes, breakpoints, slopes, intercepts))
+        return _let("x", x, lambda x: _select_tree(x, lanes, breakpoints, slopes, intercepts))
 
     def search(x):
         return _let("x", x, lambda x: _binary_search(x, width, breakpoints, slopes, intercepts))
@@ -157,7 +162,7 @@ def _lower(call) -> PrimExpr:
 
 def _lower_portable(call) -> PrimExpr:
     x, lanes, breakpoints, slopes, intercepts = _unpack(call)
-    return _let("x", x, lambda x: _select_chain(x, lanes, breakpoints, slopes, intercepts))
+    return _let("x", x, lambda x: _select_tree(x, lanes, breakpoints, slopes, intercepts))
 
 
 def _register() -> None:

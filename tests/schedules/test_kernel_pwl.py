@@ -27,7 +27,7 @@ def _with_edges(x: np.ndarray, table) -> np.ndarray:
 
 
 # Shapes pick every lowering: 16 lanes (permutes on AVX-512), 8 lanes (AVX2 permutes), 4 lanes and scalar
-# (compare + select chain), and empty tensors.
+# (compare + select tree), and empty tensors.
 @pytest.mark.parametrize("table, shape", [
     (GELU, (64, 48)), (GELU, (8, 8)), (GELU, (4,)), (GELU, (3, 5, 7)), (GELU, (0,)), (GELU, (2, 0, 3)),
     (EXP, (64, 48)), (EXP, (3, 5, 7)),
@@ -36,7 +36,7 @@ def test_random_and_edge_inputs_match_reference(table, shape):
     _check(table, _with_edges((RNG.standard_normal(shape) * 6).astype(np.float32), table))
 
 
-@pytest.mark.parametrize("mcpu", ["haswell", "x86-64"], ids=["avx2-permutes", "portable-select-chain"])
+@pytest.mark.parametrize("mcpu", ["haswell", "x86-64"], ids=["avx2-permutes", "portable-select-tree"])
 @pytest.mark.parametrize("table", [GELU, RECIPROCAL], ids=["gelu", "reciprocal"])
 def test_other_lowerings_match_reference(table, mcpu):
     """The AVX2 form and the portable compare + select form, built for older x86 CPUs this host also runs."""

@@ -24,17 +24,36 @@ from pathlib import Path
 
 import numpy as np
 
+import torch
+
 from benchmarks.timing import format_table, write_json
-from tvm_lut.pq.tasks import accuracy
+from tvm_lut.pq.calibrate import init_centroids
+from tvm_lut.pq.config import PQConfig
+from tvm_lut.pq.swap import pq_layers, quantize_
+from tvm_lut.pq.tasks import accuracy, cnn_task, minilm_task
+from tvm_lut.pq.train import train_centroids
 
 COLUMNS = ["model", "setting", "fp32_acc", "kmeans_acc", "learned_acc", "drop_points", "table_kb",
-           "fp32_weight_kb", "compression", "kmeans_s", "learn_s", "final_temperature"]
+           "fp32_weight_kb", "compression", "kmeans_s", "learn_s", "final_temperature", "targets"]
+# The issue's targets: accuracy drop (points) after learning, and table compression at V=16.
+MAX_DROP = {"cnn": 1.0, "minilm": 1.5}
+MIN_COMPRESSION_AT_V16 = 8.0
+
+
+def target_verdict(row: dict) -> str:
+    """PASS/FAIL against the targets that apply to this row ("" when none does)."""
+    verdicts = []
+    if row["model"] == "cnn" or row["config"]["V"] == 8:
+        limit = MAX_DROP[row["model"]]
+        verdicts.append(f"drop<={limit}:{'PASS' if row['drop_points'] <= limit else 'FAIL'}")
+    if row["model"] == "minilm" and row["config"]["V"] == 16:
+        ok = row["compression"] >= MIN_COMPRESSION_AT_V16
+        verdicts.append(f"compression>={MIN_COMPRESSION_AT_V16:g}x:{'PASS' if ok else 'FAIL'}")
+    return " ".join(verdicts)
 
 
 def table_bytes(model) -> tuple[int, int, int]:
     """(int8 table bytes, fp32 centroid bytes, fp32 bytes of the weights they replace) over the PQ layers."""
-    from tvm_lut.pq.swap import pq_layers
-
     layers = pq_layers(model).values()
     tables = sum(layer.C * layer.K * layer.weight.shape[0] for layer in layers)
     centroids = sum(layer.centroids.numel() * 4 for layer in layers)
@@ -45,10 +64,6 @@ def table_bytes(model) -> tuple[int, int, int]:
 def pq_run(name: str, setting: str, task, config, fp32_acc: float, progress: bool) -> dict:
     """Swap, k-means, evaluate, learn, evaluate: one row of the results."""
     model, calib, learn, test = task.model, task.calib, task.learn, task.test
-    from tvm_lut.pq.calibrate import init_centroids
-    from tvm_lut.pq.swap import quantize_
-    from tvm_lut.pq.train import train_centroids
-
     student = copy.deepcopy(model)
     report = quantize_(student, config)
     start = time.perf_counter()
@@ -73,9 +88,6 @@ def pq_run(name: str, setting: str, task, config, fp32_acc: float, progress: boo
 
 
 def cnn_runs(args) -> list[dict]:
-    from tvm_lut.pq.config import PQConfig
-    from tvm_lut.pq.tasks import cnn_task
-
     task = cnn_task(args.cnn_learn_size, train_epochs=args.cnn_train_epochs, progress=args.progress)
     config = PQConfig(V=args.cnn_V, epochs=args.cnn_epochs, lr=args.cnn_lr, trainable=args.cnn_trainable)
     setting = f"conv V=9/4, linear V={args.cnn_V}, train {args.cnn_trainable}"
@@ -83,14 +95,12 @@ def cnn_runs(args) -> list[dict]:
 
 
 def minilm_runs(args):
-    from tvm_lut.pq.config import PQConfig
-    from tvm_lut.pq.tasks import minilm_task
-
     task = minilm_task(args.head_size, args.calib_size, args.learn_size, args.test_size, args.batch_size,
                        progress=args.progress)
     fp32 = accuracy(task.model, task.test)
     for sub_len in args.V:  # a generator: each row is reported (and saved) as soon as it is done
-        config = PQConfig(V=sub_len, include=("encoder.*",), epochs=args.epochs, lr=args.lr)
+        config = PQConfig(V=sub_len, include=("encoder.*",), epochs=args.epochs, lr=args.lr,
+                          trainable=args.trainable)
         yield pq_run("minilm", f"V={sub_len}", task, config, fp32, args.progress)
 
 
@@ -105,6 +115,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=3e-3, help="centroid learning rate (MiniLM)")
+    parser.add_argument("--trainable", default="centroids", choices=["centroids", "all"],
+                        help="what centroid learning trains in MiniLM (all: the encoder's weights too)")
     parser.add_argument("--cnn-V", type=int, default=16, help="sub-vector length of the CNN's linears")
     parser.add_argument("--cnn-train-epochs", type=int, default=2)
     parser.add_argument("--cnn-learn-size", type=int, default=20480)
@@ -116,14 +128,12 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results to PATH as JSON")
     args = parser.parse_args(argv)
-
-    import torch
-
     torch.set_num_threads(args.threads)
     rows: list[dict] = []
     for name in args.models:
         runs = cnn_runs(args) if name == "cnn" else minilm_runs(args)
         for row in runs:
+            row["targets"] = target_verdict(row)
             rows.append(row)
             print(format_table([row], COLUMNS), flush=True)
             write_json(args.json, {"settings": vars(args) | {"json": str(args.json)}, "runs": rows})

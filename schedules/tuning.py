@@ -73,7 +73,7 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
     extracted = [t for t in ms.relax_integration.extract_tasks(mod, target)
                  if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
     results = []
-    logs = str(Path(root) / target_key(target) / "logs")  # MetaSchedule's per-task logs, kept beside the records
+    work_dir = str(Path(root) / target_key(target))  # MetaSchedule keeps its per-task logs in work_dir/logs
     for task in tqdm(extracted, desc="tuning", unit="task", disable=not progress):
         func_mod = task.dispatched[0]
         workload = database.commit_workload(func_mod)
@@ -82,21 +82,21 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
             rule_ms = _commit_rule_schedule(database, workload, func_mod, target, rules)
         remaining = trials_per_task - len(database.get_top_k(workload, trials_per_task))
         if remaining > 0:
-            _search(task, database, target, remaining, min(num_trials_per_iter, remaining), logs)
+            _search(task, database, target, remaining, min(num_trials_per_iter, remaining), work_dir)
         best = database.get_top_k(workload, 1)
         results.append(TaskResult(task.task_name, len(database.get_top_k(workload, 1 << 30)), rule_ms,
                                   _median_ms(best[0].run_secs) if best else None))
     return results
 
 
-def _search(task, database, target: Target, trials: int, per_iter: int, logs: str) -> None:
+def _search(task, database, target: Target, trials: int, per_iter: int, work_dir: str) -> None:
     """MetaSchedule's evolutionary search with the XGBoost cost model, committing into `database`.
 
     The search, builder and cost model use the target's cores (MetaSchedule would take every core of the machine).
     """
     threads = num_cores(target)
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts([task], logs, num_threads=threads)
-    ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=logs, max_trials_global=trials,
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts([task], work_dir, num_threads=threads)
+    ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=trials,
                   max_trials_per_task=trials, num_trials_per_iter=per_iter, database=database,
                   builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=_TIMEOUT_SECONDS),
                   runner=ms.runner.LocalRunner(timeout_sec=_TIMEOUT_SECONDS),

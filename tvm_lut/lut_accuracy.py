@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -46,6 +47,9 @@ class ExperimentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.n_test < self.batch_size:
+            raise ValueError(f"n_test ({self.n_test}) must be at least batch_size ({self.batch_size}): the model is "
+                             "compiled for full batches")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +132,7 @@ class ExperimentResult:
 
 
 def _count(entries: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for entry in entries:
-        counts[entry["op"]] = counts.get(entry["op"], 0) + 1
-    return counts
+    return dict(Counter(entry["op"] for entry in entries))
 
 
 def calibration_batches(ids: np.ndarray, mask: np.ndarray, batch_size: int) -> list:

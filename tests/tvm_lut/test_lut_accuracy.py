@@ -53,6 +53,8 @@ def test_config_misuse():
         ExperimentConfig(n_test=0)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         ExperimentConfig(batch_size=2.5)
+    with pytest.raises(ValueError, match="must be at least batch_size"):
+        ExperimentConfig(n_test=4, batch_size=8)
 
 
 def test_calibration_batches_follow_the_training_convention():

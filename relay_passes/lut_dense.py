@@ -9,7 +9,7 @@ fingerprint (`Bundle.find_pq`); the layer becomes two kernel calls with the entr
     y     = call_tir(pq_lookup, codes, int8 table, bias)                # scale * sum of table rows + bias
 
 A conv2d's encode reads its im2col rows straight from the NCHW input; its rows come back (B*H'*W', O) and are
-reshaped and transposed to NCHW. The kernels carry their own schedule (`tir.is_scheduled`), tensorized with the
+reshaped and transposed to NCHW. The kernels carry their own schedule (`tirx.is_scheduled`), tensorized with the
 target's lookup intrinsic (`schedules.intrin`: AVX2 / AVX-512BW `vpshufb`, NEON `tbl`).
 
 Precondition: high-level Relax ops, as imported; the pass sits before LegalizeOps (phase 1 of the `tvm_lut`

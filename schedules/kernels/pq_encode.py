@@ -10,7 +10,7 @@ Semantics at the edges (also the NumPy reference's): ties go to the lowest k; a 
 then all inf or NaN). Distances are float32; if `|x| * |c|` overflows float32 (|x| > ~1e37 for unit centroids)
 that centroid cannot win either.
 
-Schedule (written into the function, which is marked `tir.is_scheduled`): row blocks x codebooks in parallel;
+Schedule (written into the function, which is marked `tirx.is_scheduled`): row blocks x codebooks in parallel;
 each task moves its `L x V` slice of x into a transposed local tile (rows in lanes, padded rows read as 0), then
 for every centroid accumulates the distances of all L rows with vector FMAs and updates the running minimum and
 its index with vector selects (no branches). The output is one L-byte vector of codes per task.
@@ -151,7 +151,7 @@ def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2co
                   minus_two_centroids: T.Buffer((padded, num_centroids, sub_len), "float32"),
                   norms: T.Buffer((padded, num_centroids), "float32"),
                   codes: T.Buffer(layout.codes_shape, "uint8")):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True, "tvm_lut.kernel": "pq_encode"})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "tvm_lut.kernel": "pq_encode"})
         for block in T.parallel(layout.row_blocks):
             for c in range(layout.codebooks):
                 tile = T.alloc_local((sub_len, lanes), "float32")

@@ -9,7 +9,7 @@ Layouts (packed once, at compile time, by `pack_table`; the codes come from `pq_
 Accumulation is exact: int8 entries are summed in int16 over blocks of CS <= 256 codebooks (256 * 127 < 2^15, so
 no int8 table can overflow them), the blocks in int32, then `float32(acc) * scale + bias`.
 
-Schedule (carried by the kernel; the function is marked `tir.is_scheduled` so CPU schedule rules skip it): row
+Schedule (carried by the kernel; the function is marked `tirx.is_scheduled` so CPU schedule rules skip it): row
 blocks x output tiles of `m_tile` outputs run in parallel; each tile keeps `m_tile` int16 accumulators of L lanes
 in registers while it walks the codebooks, loading each block of codes once per tile; the inner `L x 16`
 lookup is tensorized with the target's intrinsic (`schedules.intrin`).
@@ -112,7 +112,7 @@ def _tiled_lookup(layout: LookupLayout, scale: float, m_tile: int):
     @T.prim_func(s_tir=True)
     def pq_lookup(codes: T.Buffer(layout.codes_shape, "uint8"), table: T.Buffer(layout.table_shape, "int8"),
                   bias: T.Buffer((outputs,), "float32"), y: T.Buffer((num_rows, outputs), "float32")):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         for tile in T.parallel(row_blocks * m_tiles):
             with T.sblock("tile"):
                 nb = T.axis.spatial(row_blocks, tile // m_tiles)
@@ -173,4 +173,4 @@ def pq_lookup_func(layout: LookupLayout, scale: float, intrin: LookupIntrin, m_t
     out_i, out_m = sch.get_loops(epilogue)
     sch.unroll(out_i)
     sch.vectorize(out_m)
-    return sch.mod["main"].with_attr("tir.is_scheduled", True).with_attr("tvm_lut.kernel", "pq_lookup")
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("tvm_lut.kernel", "pq_lookup")

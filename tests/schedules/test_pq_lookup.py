@@ -65,3 +65,12 @@ def test_misuse_is_rejected():
         pq_lookup_func(LookupLayout(8, 4, 16, 8, 16), 1.0, INTRIN)
     with pytest.raises(ValueError, match="scale must be finite"):
         pq_lookup_func(layout, float("nan"), INTRIN)
+
+
+def test_kernels_are_marked_scheduled_so_rules_skip_them():
+    from schedules.kernels.pq_encode import pq_encode_func
+    from schedules.kernels.pq_lookup import pq_lookup_func
+
+    layout = LookupLayout(8, 4, 16, 8, INTRIN.lanes)
+    for func in (pq_lookup_func(layout, 1.0, INTRIN), pq_encode_func(layout, 4)):
+        assert func.attrs["tirx.is_scheduled"]

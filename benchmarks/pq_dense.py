@@ -84,8 +84,7 @@ def _lut_kernels(rows, features, outputs, sub_len, target, intrin, source=None):
     table = rng.integers(-127, 128, (layout.codebooks, 16, outputs)).astype(np.int8)
     built = [tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)["main"]
              for f in (pq_encode_func(layout, sub_len, source), pq_lookup_func(layout, 0.01, intrin))]
-    minus_two, norms = pack_centroids(centroids, layout)
-    operands = [tvm.runtime.tensor(a) for a in (minus_two, norms, np.zeros(layout.codes_shape, np.uint8),
+    operands = [tvm.runtime.tensor(a) for a in (pack_centroids(centroids, layout), np.zeros(layout.codes_shape, np.uint8),
                                                 pack_table(table, layout), np.zeros(outputs, np.float32),
                                                 np.zeros((rows, outputs), np.float32))]
     return built, operands
@@ -117,12 +116,12 @@ def _systems(row, x, weight, source, target, threads, intrin, tmp) -> dict:
         dense_args = [tvm.runtime.tensor(a) for a in (x[None], np.ascontiguousarray(weight.T)[None],
                                                       np.zeros((1, row["N"], row["M"]), np.float32))]
         systems["tvm_dense_ms"] = lambda: dense(*dense_args)
-    (encode, lookup), (minus_two, norms, codes, table, bias, out) = _lut_kernels(
+    (encode, lookup), (centroids, codes, table, bias, out) = _lut_kernels(
         row["N"], row["D"], row["M"], row["V"], target, intrin, source)
     lut_x = tvm.runtime.tensor(x)
-    systems["encode_ms"] = lambda: encode(lut_x, minus_two, norms, codes)
+    systems["encode_ms"] = lambda: encode(lut_x, centroids, codes)
     systems["lookup_ms"] = lambda: lookup(codes, table, bias, out)
-    systems["lut_ms"] = lambda: (encode(lut_x, minus_two, norms, codes), lookup(codes, table, bias, out))
+    systems["lut_ms"] = lambda: (encode(lut_x, centroids, codes), lookup(codes, table, bias, out))
     return systems
 
 

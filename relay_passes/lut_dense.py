@@ -5,7 +5,7 @@ Matches every form of dense and conv2d layers the torch.export and ONNX importer
 constant (bind parameters first), with or without a bias add. Each layer's bundle entry is found by the weight's
 fingerprint (`Bundle.find_pq`); the layer becomes two kernel calls with the entry's operands packed as constants:
 
-    codes = call_tir(pq_encode, x, -2 * centroids, ||centroids||^2)     # nearest centroid per sub-vector
+    codes = call_tir(pq_encode, x, centroids)                            # nearest centroid per sub-vector
     y     = call_tir(pq_lookup, codes, int8 table, bias)                # scale * sum of table rows + bias
 
 A conv2d's encode reads its im2col rows straight from the NCHW input; its rows come back (B*H'*W', O) and are
@@ -136,9 +136,8 @@ class _DenseRewriter(LUTRewriter):
             self._kernels[key] = (self.builder.add_func(encode, f"pq_encode_{name}"),
                                   self.builder.add_func(lookup, f"pq_lookup_{name}"))
         encode_gv, lookup_gv = self._kernels[key]
-        minus_two, norms = pack_centroids(table.centroids, layout)
         bias = np.zeros(table.M, np.float32) if bias is None else bias
-        codes = relax.call_tir(encode_gv, [x, relax.const(minus_two), relax.const(norms)],
+        codes = relax.call_tir(encode_gv, [x, relax.const(pack_centroids(table.centroids, layout))],
                                relax.TensorType(layout.codes_shape, "uint8"))
         y = relax.call_tir(lookup_gv, [codes, relax.const(pack_table(table.table, layout)), relax.const(bias)],
                            relax.TensorType((rows, table.M), "float32"))

@@ -1,19 +1,21 @@
 """LUT-NN encode kernel: the nearest centroid of every sub-vector, written in the lookup kernel's code layout.
 
-`codes[n, c] = argmin_k ||x[n, c*V:(c+1)*V] - centroids[c, k]||^2`, computed as `||c_k||^2 - 2 x . c_k` (the
-`||x||^2` term is the same for every k). Operands packed once at compile time by `pack_centroids`:
-`minus_two_centroids (CP, K, V) = -2 * centroids` and `norms (CP, K) = ||centroids||^2` (float32); codebooks past
-C (padding up to the lookup layout's CP) are zero, so their code is 0 and the zero table rows add nothing.
+`codes[n, c] = argmin_k ||x[n, c*V:(c+1)*V] - centroids[c, k]||^2`, summed as squared differences in float32.
+The expanded form `||c_k||^2 - 2 x . c_k` saves one subtraction per term but cancels badly when |x| is large
+against the distances between centroids: on MiniLM-L6 with learned tables it flipped enough near-tie codes that
+one sentence in 16 differed from the PyTorch reference by 4e-3; the direct form agrees with the reference's
+float64 distances except on ties closer than float32 rounding. Centroids are packed once at compile time by
+`pack_centroids` (zero-padded to the lookup layout's CP codebooks; padded codebooks get code 0 and zero tables).
 
-Semantics at the edges (also the NumPy reference's): ties go to the lowest k; a distance that is NaN, +inf or
--inf never wins, so a sub-vector holding NaN or +-inf gets code 0 (like the PyTorch reference, whose distances are
-then all inf or NaN). Distances are float32; if `|x| * |c|` overflows float32 (|x| > ~1e37 for unit centroids)
-that centroid cannot win either.
+Semantics at the edges (also the NumPy reference's): ties go to the lowest k; a distance that is NaN or +inf never
+wins, so a sub-vector holding NaN or +-inf gets code 0, as in the PyTorch reference. Squares are float32: when
+|x - c| exceeds ~1e19 a distance overflows to inf and cannot win either.
 
-Schedule (written into the function, which is marked `tirx.is_scheduled`): row blocks x codebooks in parallel;
-each task moves its `L x V` slice of x into a transposed local tile (rows in lanes, padded rows read as 0), then
-for every centroid accumulates the distances of all L rows with vector FMAs and updates the running minimum and
-its index with vector selects (no branches). The output is one L-byte vector of codes per task.
+Schedule (written into the function, which is marked `tirx.is_scheduled`): row blocks in parallel; per codebook,
+the `L x V` slice of x moves into a transposed local tile (rows in lanes; rows past N repeat row N-1), then every
+centroid's distances to the L rows are accumulated with vector FMAs, four centroids at a time (independent
+chains hide the FMA latency), and the running minimum and its index are updated with vector selects (no branches).
+The output is one L-byte vector of codes per row block and codebook.
 """
 
 from dataclasses import dataclass
@@ -85,8 +87,8 @@ class DenseRows:
         return x[row, feature]
 
 
-def pack_centroids(centroids: np.ndarray, layout: LookupLayout) -> tuple[np.ndarray, np.ndarray]:
-    """centroids (C, K, V) float32 -> (-2 * centroids, ||centroids||^2), zero-padded to CP codebooks."""
+def pack_centroids(centroids: np.ndarray, layout: LookupLayout) -> np.ndarray:
+    """centroids (C, K, V) -> float32 (CP, K, V), zero-padded to the layout's CP codebooks."""
     centroids = np.asarray(centroids)
     if centroids.ndim != 3 or centroids.shape[:2] != (layout.codebooks, layout.centroids):
         raise ValueError(f"centroids must be (C, K, V) with (C, K) = {(layout.codebooks, layout.centroids)}, "
@@ -96,15 +98,7 @@ def pack_centroids(centroids: np.ndarray, layout: LookupLayout) -> tuple[np.ndar
     centroids = centroids.astype(np.float32)
     padded = np.zeros((layout.padded_codebooks,) + centroids.shape[1:], np.float32)
     padded[:layout.codebooks] = centroids
-    return -2 * padded, _norms(padded)
-
-
-def _norms(centroids: np.ndarray) -> np.ndarray:
-    """`||c||^2` summed in the kernel's order (sequential over v, float32)."""
-    norms = np.zeros(centroids.shape[:2], np.float32)
-    for v in range(centroids.shape[2]):
-        norms += centroids[..., v] * centroids[..., v]
-    return norms
+    return padded
 
 
 def pq_encode_reference(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -113,24 +107,25 @@ def pq_encode_reference(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     Rounding can still differ from the kernel by an FMA; compare with a tolerance on near-ties (see the tests).
     """
     x = np.asarray(x, np.float32)
+    centroids = np.asarray(centroids, np.float32)
     num_codebooks, num_centroids, sub_len = centroids.shape
     subs = x.reshape(x.shape[0], num_codebooks, sub_len)
-    norms = _norms(np.asarray(centroids, np.float32))
     best = np.full(subs.shape[:2], np.inf, np.float32)
     codes = np.zeros(subs.shape[:2], np.int64)
     with np.errstate(invalid="ignore", over="ignore"):
         for k in range(num_centroids):
-            dist = np.broadcast_to(norms[:, k], subs.shape[:2]).copy()
+            dist = np.zeros(subs.shape[:2], np.float32)
             for v in range(sub_len):
-                dist += subs[:, :, v] * np.float32(-2 * centroids[:, k, v])
-            wins = (dist < best) & (dist > -np.inf)
+                diff = subs[:, :, v] - centroids[:, k, v]
+                dist += diff * diff
+            wins = dist < best
             best = np.where(wins, dist, best)
             codes = np.where(wins, k, codes)
     return codes
 
 
 def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2col | None = None) -> tvm.tirx.PrimFunc:
-    """The scheduled encode PrimFunc `(x, minus_two_centroids, norms) -> codes (NB, CP, L) uint8`.
+    """The scheduled encode PrimFunc `(x, centroids (CP, K, V)) -> codes (NB, CP, L) uint8`.
 
     `source` says how rows are read from `x`: `DenseRows` (the default, x is (N, C*V)) or `Im2col` (x is a conv's
     NCHW input); its rows and features must be the layout's N and C * V.
@@ -148,8 +143,7 @@ def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2co
 
     @T.prim_func
     def pq_encode(x: T.Buffer(source.input_shape, "float32"),
-                  minus_two_centroids: T.Buffer((padded, num_centroids, sub_len), "float32"),
-                  norms: T.Buffer((padded, num_centroids), "float32"),
+                  centroids: T.Buffer((padded, num_centroids, sub_len), "float32"),
                   codes: T.Buffer(layout.codes_shape, "uint8")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "tvm_lut.kernel": "pq_encode"})
         for block in T.parallel(layout.row_blocks):
@@ -168,18 +162,19 @@ def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2co
                 for k_outer in range(num_centroids // group):
                     for k_inner in T.unroll(group):
                         for i in T.vectorized(lanes):
-                            dist[k_inner, i] = norms[c, k_outer * group + k_inner]
+                            dist[k_inner, i] = T.float32(0)
                     for v in range(sub_len):
                         for k_inner in T.unroll(group):
                             for i in T.vectorized(lanes):
-                                dist[k_inner, i] = dist[k_inner, i] + tile[v, i] * minus_two_centroids[
-                                    c, k_outer * group + k_inner, v]
+                                # Written twice: bound to a name (a LetStmt in this vectorized loop) it gave wrong
+                                # codes in TVM 0.27. LLVM merges the two subtractions.
+                                dist[k_inner, i] = dist[k_inner, i] + (
+                                    tile[v, i] - centroids[c, k_outer * group + k_inner, v]) * (
+                                    tile[v, i] - centroids[c, k_outer * group + k_inner, v])
                     for k_inner in T.unroll(group):
                         for i in T.vectorized(lanes):
-                            best_k[i] = T.Select(dist[k_inner, i] < best[i] and dist[k_inner, i] > T.float32("-inf"),
-                                                 k_outer * group + k_inner, best_k[i])
-                            best[i] = T.Select(dist[k_inner, i] < best[i] and dist[k_inner, i] > T.float32("-inf"),
-                                               dist[k_inner, i], best[i])
+                            best_k[i] = T.Select(dist[k_inner, i] < best[i], k_outer * group + k_inner, best_k[i])
+                            best[i] = T.Select(dist[k_inner, i] < best[i], dist[k_inner, i], best[i])
                 for i in T.vectorized(lanes):
                     codes[block, c, i] = T.Cast("uint8", best_k[i])
             for c, i in T.grid(padded - layout.codebooks, lanes):

@@ -63,7 +63,8 @@ def _reference(bundle, x, image):
 
 def _run(mod, *inputs):
     vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET), tvm.cpu())
-    return [out.numpy() for out in vm["main"](*[tvm.runtime.tensor(a.numpy()) for a in inputs])]
+    outputs = vm["main"](*[tvm.runtime.tensor(a.numpy()) for a in inputs])
+    return [outputs.numpy()] if hasattr(outputs, "numpy") else [out.numpy() for out in outputs]
 
 
 @pytest.mark.parametrize("importer", ["torch", "onnx"])

@@ -50,6 +50,5 @@ def run_encode(x, centroids, lanes=None, source=None, execute=execute_here):
     num_codebooks, num_centroids, sub_len = centroids.shape
     rows = x.shape[0] if source is None else source.rows
     layout = LookupLayout(rows, num_codebooks, num_centroids, 1, lanes or INTRIN.lanes)
-    minus_two, norms = pack_centroids(centroids, layout)
-    arrays = [x, minus_two, norms, np.full(layout.codes_shape, 255, np.uint8)]
+    arrays = [x, pack_centroids(centroids, layout), np.full(layout.codes_shape, 255, np.uint8)]
     return unpack_codes(execute(pq_encode_func(layout, sub_len, source), arrays)[-1], rows, num_codebooks)

@@ -88,7 +88,8 @@ def pq_run(name: str, setting: str, task, config, fp32_acc: float, progress: boo
 
 
 def cnn_runs(args) -> list[dict]:
-    task = cnn_task(args.cnn_learn_size, train_epochs=args.cnn_train_epochs, progress=args.progress)
+    task = cnn_task(args.cnn_learn_size, train_epochs=args.cnn_train_epochs, weights=args.cnn_weights,
+                    progress=args.progress)
     config = PQConfig(V=args.cnn_V, epochs=args.cnn_epochs, lr=args.cnn_lr, trainable=args.cnn_trainable)
     setting = f"conv V=9/4, linear V={args.cnn_V}, train {args.cnn_trainable}"
     return [pq_run("cnn", setting, task, config, accuracy(task.model, task.test), args.progress)]
@@ -119,6 +120,7 @@ def main(argv=None) -> int:
                         help="what centroid learning trains in MiniLM (all: the encoder's weights too)")
     parser.add_argument("--cnn-V", type=int, default=16, help="sub-vector length of the CNN's linears")
     parser.add_argument("--cnn-train-epochs", type=int, default=2)
+    parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (safetensors) instead of training it")
     parser.add_argument("--cnn-learn-size", type=int, default=20480)
     parser.add_argument("--cnn-epochs", type=int, default=1)
     parser.add_argument("--cnn-lr", type=float, default=1e-3)

@@ -14,6 +14,7 @@ def linear_layer(seed=0, dtype=torch.float32, V=4):
     layer = PQLinear(nn.Linear(12, 5), K=16, V=V, temperature_logit=0.5).to(dtype)
     with torch.no_grad():
         layer.centroids.normal_()
+        layer.distance_scale.fill_(2.5)
     return layer
 
 
@@ -51,7 +52,7 @@ def explicit_ste(layer, x):
     """LUT-NN's formulation, dense: `(soft - (soft - hard).detach()) @ fake_quant(table)`."""
     subs = x.reshape(-1, layer.C, layer.V).transpose(0, 1)
     dist = ((subs[:, :, None, :] - layer.centroids[:, None]) ** 2).sum(-1)
-    soft = torch.softmax(-dist * layer.temperature, -1)
+    soft = torch.softmax(-dist * layer.temperature / layer.distance_scale, -1)
     hard = nn.functional.one_hot(dist.argmin(-1), layer.K).to(x.dtype)
     assign = (soft - (soft - hard).detach()).transpose(0, 1).reshape(x.shape[0], -1)
     weight = layer.weight.reshape(-1, layer.C, layer.V)
@@ -85,7 +86,7 @@ def test_soft_path_gradient_matches_finite_differences():
         subs = inputs.reshape(-1, layer.C, layer.V).transpose(0, 1)
         dist = ((subs[:, :, None, :] - layer.centroids.detach()[:, None]) ** 2).sum(-1)
         t = nn.functional.softplus(logit) + 1
-        soft = torch.softmax(-dist * t, -1).transpose(0, 1).reshape(inputs.shape[0], -1)
+        soft = torch.softmax(-dist * t / layer.distance_scale, -1).transpose(0, 1).reshape(inputs.shape[0], -1)
         return float(((soft @ table) * grad_out).sum())
 
     grad_x, grad_t = torch.autograd.grad((layer(x) * grad_out).sum(), [x, layer.temperature_logit])
@@ -119,6 +120,7 @@ def test_calibration_mode_is_exact_and_samples_rows():
     assert layer.calibrating.rows.shape == (10, 8)
     layer.finish_calibration(iters=5, seed=0)
     assert layer.calibrating is None and torch.isfinite(layer.centroids).all()
+    assert layer.distance_scale > 0
 
 
 def test_misuse():

@@ -5,8 +5,9 @@ sum of the chosen rows of the table `T = centroids x weight slices`, fake-quanti
 scale of `tvm_lut.pq.quantize` (what the compiled kernel computes, up to float rounding).
 
 Backward (LUT-NN's straight-through estimator): the hard one-hot is replaced in the gradient by the soft
-assignment `softmax(-dist * t)`, with the learned inverse temperature `t = softplus(logit) + 1`; the int8 rounding
-passes gradients straight through. Trainable: `centroids` and `temperature_logit` (the weight and bias are the
+assignment `softmax(-dist / s * t)`, with the learned inverse temperature `t = softplus(logit) + 1` and `s` the
+layer's mean squared k-means error (without it, post-ReLU activations of size 10 make every softmax one-hot and
+no gradient reaches the layers upstream); the int8 rounding passes gradients straight through. Trainable: `centroids` and `temperature_logit` (the weight and bias are the
 original layer's parameters, trained only with `PQConfig.trainable = "all"`).
 
 Before the centroids are initialised a layer is in `calibrating` mode: it computes exactly and records a uniform
@@ -83,6 +84,9 @@ class PQLayer(nn.Module):
         self.K, self.V, self.C = K, V, in_features // V
         self.centroids = nn.Parameter(torch.zeros(self.C, K, V))
         self.temperature_logit = nn.Parameter(torch.tensor(float(temperature_logit)))
+        # Distances in the soft assignment are divided by this (the mean k-means error on calibration rows), so
+        # one temperature suits layers of any activation scale; 1 until calibrated.
+        self.register_buffer("distance_scale", torch.tensor(1.0))
         self.calibrating: RowSample | None = None
 
     @property
@@ -101,6 +105,8 @@ class PQLayer(nn.Module):
         points = sample.rows.reshape(-1, self.C, self.V).transpose(0, 1)
         with torch.no_grad():
             self.centroids.copy_(kmeans(points, self.K, iters, seed))
+            nearest = distance_scores(points, self.centroids).min(-1).values + (points * points).sum(-1)
+            self.distance_scale.fill_(max(float(nearest.clamp(min=0).mean()), 1e-12))
 
     def pq_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """PQ of rows (N, D) -> (N, M), bias included; exact while calibrating."""
@@ -117,7 +123,7 @@ class PQLayer(nn.Module):
         offsets = torch.arange(self.C, device=codes.device)[:, None] * self.K
         out = F.embedding_bag((codes + offsets).T, flat_table, mode="sum")  # the hard lookup; its table gradient
         if torch.is_grad_enabled():
-            soft = torch.softmax(-scores * self.temperature, dim=-1)
+            soft = torch.softmax(-scores * (self.temperature / self.distance_scale), dim=-1)
             out = out + SoftPathGradient.apply(soft.transpose(0, 1).reshape(num_rows, -1), flat_table.detach())
         return out if self.bias is None else out + self.bias
 

@@ -58,10 +58,8 @@ def cnn_case(args):
 
     train_x, train_y = load_fashion_mnist("train")
     test_x, test_y = load_fashion_mnist("test")
-    torch.manual_seed(0)
-    model = train_cnn(train_x, train_y, epochs=1)
-    images = (test_x[: args.eval_images].astype("float32") / 255.0)[:, None]
-    labels = test_y[: args.eval_images]
+    model = train_cnn(train_x, train_y, epochs=1, seed=0)
+    images, labels = test_x[: args.eval_images], test_y[: args.eval_images]
 
     def score(encoder):
         logits = np.concatenate([encoder(images[i : i + 1]) for i in range(len(images))])

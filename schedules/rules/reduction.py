@@ -23,6 +23,18 @@ def _leading_spatial(info: SBlockInfo) -> int:
     return len(kinds) - len(kinds.lstrip("S"))
 
 
+def _reads_contiguously(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
+    """Whether every input of the block walks its last dimension with the reduction axis (a vector load per step).
+
+    A reduction over a strided axis (a column sum, `x @ w` with one row) would gather each lane: slower than the
+    scalar loop, so it is not rfactored.
+    """
+    block = sch.get(info.block_rv)
+    axis = info.iters[-1].var
+    inputs = [r for r in block.reads if not r.source.same_as(block.writes[0].source)]
+    return bool(inputs) and all(r.region and r.region[-1].min.same_as(axis) for r in inputs)
+
+
 class Reduction(CPURule):
     """Rows in parallel, reductions vectorized through rfactor, injective stages vectorized."""
 
@@ -68,7 +80,7 @@ class Reduction(CPURule):
         """rfactor the innermost reduction loop by the SIMD width; returns the partial-result block or None."""
         loops = sch.get_loops(info.block_rv)
         factor = largest_divisor(static_extent(sch, loops[-1]), lanes)
-        if info.dom_kind().count("R") != 1 or factor < 2:
+        if info.dom_kind().count("R") != 1 or factor < 2 or not _reads_contiguously(sch, info):
             return None
         _, inner = sch.split(loops[-1], factors=[None, factor])
         return sch.rfactor(inner, factor_axis=len(loops) - 1)

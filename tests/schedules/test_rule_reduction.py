@@ -75,3 +75,11 @@ def test_conv2d_rows_parallel_matches_numpy():
     func = scheduled(Reduction(), func)
     assert "parallel" in loop_kinds(func)
     np.testing.assert_allclose(run(func, data, weight), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_reduction_is_not_rfactored_into_gathers():
+    x = te.placeholder((512, 384), name="x")
+    func = scheduled(Reduction(), te.create_prim_func([x, topi.sum(x, axis=0)]))
+    assert "_rf" not in func.script() and "parallel" in loop_kinds(func)
+    data = RNG.standard_normal((512, 384), dtype="float32")
+    np.testing.assert_allclose(run(func, data), data.sum(0), rtol=1e-4, atol=1e-3)

@@ -1,6 +1,6 @@
 """GFLOPS of the `Matmul` schedule rule against PyTorch (oneDNN) on the matmul shapes of MiniLM-L6.
 
-    python -m benchmarks.matmul_rule [--repeat N] [--json PATH]
+    python -m benchmarks.matmul_rule [--repeat N] [--threads N] [--json PATH]
 
 Each row: one fp32 (batch) matmul, PyTorch with the same thread count, then our rule (untuned), same inputs.
 PyTorch is timed first for every shape, then TVM, so the two thread pools never spin against each other.
@@ -31,6 +31,7 @@ def matmul_func(batch: int, m: int, n: int, k: int):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
+    parser.add_argument("--threads", type=int, help="threads for both (default: the cores this process may use)")
     args = parser.parse_args(argv)
 
     import torch
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     from schedules.rules import Matmul
     from schedules.target import num_cores
 
-    target = host_target()
+    target = host_target(args.threads)
     torch.set_num_threads(num_cores(target))
     rng = np.random.default_rng(0)
     operands = {shape: (rng.standard_normal(shape[:2] + shape[3:]).astype("float32"),

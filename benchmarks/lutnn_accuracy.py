@@ -90,8 +90,10 @@ def pq_run(name: str, setting: str, task, config, fp32_acc: float, progress: boo
 def cnn_runs(args) -> list[dict]:
     task = cnn_task(args.cnn_learn_size, train_epochs=args.cnn_train_epochs, weights=args.cnn_weights,
                     progress=args.progress)
-    config = PQConfig(V=args.cnn_V, epochs=args.cnn_epochs, lr=args.cnn_lr, trainable=args.cnn_trainable)
-    setting = f"conv V=9/4, linear V={args.cnn_V}, train {args.cnn_trainable}"
+    config = PQConfig(V=args.cnn_V, epochs=args.cnn_epochs, lr=args.cnn_lr, trainable=args.cnn_trainable,
+                      exclude=tuple(args.cnn_exclude))
+    setting = (f"conv V=9/4, linear V={args.cnn_V}, train {args.cnn_trainable}, {args.cnn_epochs} ep"
+               + (f", exact: {' '.join(args.cnn_exclude)}" if args.cnn_exclude else ""))
     return [pq_run("cnn", setting, task, config, accuracy(task.model, task.test), args.progress)]
 
 
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cnn-learn-size", type=int, default=20480)
     parser.add_argument("--cnn-epochs", type=int, default=1)
     parser.add_argument("--cnn-lr", type=float, default=1e-3)
+    parser.add_argument("--cnn-exclude", nargs="*", default=[], metavar="LAYER",
+                        help="CNN layers to keep exact (e.g. conv1: one grayscale 3x3 patch is a single codebook)")
     parser.add_argument("--cnn-trainable", default="all", choices=["centroids", "all"],
                         help="what centroid learning trains in the CNN (all: weights too)")
     parser.add_argument("--threads", type=int, default=1)
@@ -138,7 +142,8 @@ def main(argv=None) -> int:
             row["targets"] = target_verdict(row)
             rows.append(row)
             print(format_table([row], COLUMNS), flush=True)
-            write_json(args.json, {"settings": vars(args) | {"json": str(args.json)}, "runs": rows})
+            settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+            write_json(args.json, {"settings": settings, "runs": rows})
     print("\n" + format_table(rows, COLUMNS))
     return 0
 

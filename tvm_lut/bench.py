@@ -1,0 +1,32 @@
+"""`tvm-lut bench NAME [ARGS ...]`: run one of the project's benchmarks by name.
+
+The benchmarks are products of the source tree (`benchmarks/<NAME>.py`, each with `main(argv)`), not library code,
+so this command needs the checkout the README installs in editable mode; `python -m benchmarks.<NAME>` is the same.
+"""
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+BENCHMARKS = {
+    "nonlinear": "NN-LUT kernels vs the exact op, FastMath and PyTorch",
+    "nonlinear_accuracy": "MiniLM-L6 on held-out tweets, FP32 vs every GELU/Softmax/LayerNorm on LUTs",
+    "lutnn_accuracy": "LUT-NN accuracy: FP32, k-means only and learned centroids, per V",
+    "pq_dense": "PQ encode + lookup vs PyTorch, ONNX Runtime fp32/int8 and TVM dense",
+    "matmul_rule": "the matmul schedule rule's GFLOPS vs PyTorch",
+    "end_to_end": "whole models: PyTorch, ONNX Runtime, stock TVM, our schedules, tuning, LUT passes",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (try `--help`)")
+
+
+def run(args) -> int:
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "benchmarks" / f"{args.name}.py").is_file():
+        raise SystemExit(f"tvm-lut bench needs the source checkout (benchmarks/ beside tvm_lut/); not found in {checkout}")
+    sys.path.insert(0, str(checkout))
+    return importlib.import_module(f"benchmarks.{args.name}").main(args.args)

@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--test-size", type=int, default=1000, help="held-out test tweets")
     parser.add_argument("--head-size", type=int, default=1500, help="training tweets for the FP32 head")
     parser.add_argument("--calib-size", type=int, default=256, help="calibration tweets for k-means")
-    parser.add_argument("--learn-size", type=int, default=1024, help="training tweets for centroid learning")
+    parser.add_argument("--learn-size", type=int, default=4096, help="training tweets for centroid learning")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=3e-3, help="centroid learning rate (MiniLM)")

@@ -12,7 +12,9 @@ wins, so a sub-vector holding NaN or +-inf gets code 0, as in the PyTorch refere
 |x - c| exceeds ~1e19 a distance overflows to inf and cannot win either.
 
 Schedule (written into the function, which is marked `tirx.is_scheduled`): row blocks in parallel; per codebook,
-the `L x V` slice of x moves into a transposed local tile (rows in lanes; rows past N repeat row N-1), then every
+the `L x V` slice of x moves into a transposed local tile (rows in lanes; rows past N repeat row N-1): for dense
+rows with V = 16 by 16 x 16 shuffle transposes of contiguous row loads (strided gathers cost 40% of the kernel),
+otherwise element by element (conv patches, other V). Then every
 centroid's distances to the L rows are accumulated with vector FMAs, four centroids at a time (independent
 chains hide the FMA latency), and the running minimum and its index are updated with vector selects (no branches).
 The output is one L-byte vector of codes per row block and codebook.
@@ -124,6 +126,32 @@ def pq_encode_reference(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return codes
 
 
+_SQUARE = 16  # V = 16 and 16-lane blocks of rows: the tile is filled by 16 x 16 transposes in registers
+
+
+def _swap_indices(h: int) -> tuple[list[int], list[int]]:
+    """Shuffle indices of one transpose stage: rows `lo` and `lo + h` (bit h of lo clear) of a 16 x 16 block
+    exchange the entries whose column has bit h opposite to the row's. After the stages h = 8, 4, 2, 1 every entry
+    (r, j) has moved to (j, r): 64 two-register shuffles per block instead of 256 strided loads."""
+    low = [j if j & h == 0 else _SQUARE + (j ^ h) for j in range(_SQUARE)]
+    high = [j | h if j & h == 0 else _SQUARE + j for j in range(_SQUARE)]
+    return low, high
+
+
+_SWAP = {h: _swap_indices(h) for h in (8, 4, 2, 1)}
+_ALL = T.ramp(0, 1, _SQUARE)
+
+
+def _low(pair, h):
+    """The lower row of pair number `pair` at stage h (the rows whose bit h is clear, in order)."""
+    return pair // h * 2 * h + pair % h
+
+
+def _swap(block, low, h, upper):
+    """Row `low` (upper=0) or `low + h` (upper=1) of `block` after the stage-h exchange."""
+    return T.Shuffle([block[low, _ALL], block[low + h, _ALL]], _SWAP[h][upper])
+
+
 def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2col | None = None) -> tvm.tirx.PrimFunc:
     """The scheduled encode PrimFunc `(x, centroids (CP, K, V)) -> codes (NB, CP, L) uint8`.
 
@@ -139,6 +167,7 @@ def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2co
         raise ValueError(f"{source} gives {source.rows} rows of {source.features} features; the layout needs "
                          f"{num_rows} rows of C * V = {features}")
     padded = layout.padded_codebooks
+    transpose_in_registers = (isinstance(source, DenseRows) and sub_len == _SQUARE and lanes % _SQUARE == 0)
     group = next(g for g in (4, 2, 1) if num_centroids % g == 0)
 
     @T.prim_func
@@ -153,8 +182,28 @@ def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2co
                 best = T.alloc_local((lanes,), "float32")
                 best_k = T.alloc_local((lanes,), "int32")
                 # Rows past N repeat row N-1: their codes are computed but never used.
-                for i, v in T.grid(lanes, sub_len):
-                    tile[v, i] = source.read(x, T.min(block * lanes + i, num_rows - 1), c * sub_len + v)
+                if transpose_in_registers:  # 16 x 16 blocks transposed by shuffles (see `_swap_indices`)
+                    for half in range(lanes // _SQUARE):
+                        rows = T.alloc_local((_SQUARE, _SQUARE), "float32")
+                        swapped = T.alloc_local((_SQUARE, _SQUARE), "float32")
+                        for r in T.unroll(_SQUARE):
+                            rows[r, _ALL] = x[T.min(block * lanes + half * _SQUARE + r, num_rows - 1),
+                                              T.ramp(c * _SQUARE, 1, _SQUARE)]
+                        for p in T.unroll(_SQUARE // 2):
+                            swapped[_low(p, 8), _ALL] = _swap(rows, _low(p, 8), 8, 0)
+                            swapped[_low(p, 8) + 8, _ALL] = _swap(rows, _low(p, 8), 8, 1)
+                        for p in T.unroll(_SQUARE // 2):
+                            rows[_low(p, 4), _ALL] = _swap(swapped, _low(p, 4), 4, 0)
+                            rows[_low(p, 4) + 4, _ALL] = _swap(swapped, _low(p, 4), 4, 1)
+                        for p in T.unroll(_SQUARE // 2):
+                            swapped[_low(p, 2), _ALL] = _swap(rows, _low(p, 2), 2, 0)
+                            swapped[_low(p, 2) + 2, _ALL] = _swap(rows, _low(p, 2), 2, 1)
+                        for p in T.unroll(_SQUARE // 2):
+                            tile[_low(p, 1), T.ramp(half * _SQUARE, 1, _SQUARE)] = _swap(swapped, _low(p, 1), 1, 0)
+                            tile[_low(p, 1) + 1, T.ramp(half * _SQUARE, 1, _SQUARE)] = _swap(swapped, _low(p, 1), 1, 1)
+                else:
+                    for i, v in T.grid(lanes, sub_len):
+                        tile[v, i] = source.read(x, T.min(block * lanes + i, num_rows - 1), c * sub_len + v)
                 for i in T.vectorized(lanes):
                     best[i] = T.float32("inf")
                     best_k[i] = 0

@@ -24,6 +24,8 @@ def assert_codes_nearest(x, centroids, codes, rtol=1e-5):
 
 @pytest.mark.parametrize("rows, codebooks, centroids, sub_len", [
     (1, 24, 16, 16),   # one token
+    (45, 3, 16, 16),   # V = 16 (rows transposed in registers), a partial last block
+    (96, 2, 12, 16),   # V = 16, three full blocks, K = 12
     (37, 5, 16, 9),    # odd rows, V = 9 (a 3x3 patch)
     (64, 7, 8, 3),     # K = 8, odd V, D = 21
     (100, 3, 7, 4),    # K = 7 (no group of 4 or 2 centroids)
@@ -38,14 +40,15 @@ def test_random_inputs(rows, codebooks, centroids, sub_len):
     assert (codes != reference).mean() < 0.01  # only near-ties may differ (an FMA rounds once)
 
 
-def test_edge_values_follow_the_reference():
+@pytest.mark.parametrize("sub_len", [4, 16])  # 16: the in-register transpose path
+def test_edge_values_follow_the_reference(sub_len):
     """NaN and +-inf sub-vectors get code 0; huge, tiny (subnormal) and zero inputs pick the nearest centroid."""
     rng = np.random.default_rng(5)
-    cents = rng.standard_normal((4, 16, 4)).astype(np.float32)
-    x = rng.standard_normal((8, 16)).astype(np.float32)
+    cents = rng.standard_normal((4, 16, sub_len)).astype(np.float32)
+    x = rng.standard_normal((8, 4 * sub_len)).astype(np.float32)
     x[0, 0] = np.nan
-    x[1, 5] = np.inf
-    x[2, 10] = -np.inf
+    x[1, sub_len + 1] = np.inf
+    x[2, 2 * sub_len + 2] = -np.inf
     x[3] = 1e30
     x[4] = -1e30
     x[5] = 1e-40
@@ -55,15 +58,16 @@ def test_edge_values_follow_the_reference():
     assert codes[0, 0] == codes[1, 1] == codes[2, 2] == 0
 
 
-def test_matches_the_pytorch_reference():
+@pytest.mark.parametrize("sub_len", [8, 16])
+def test_matches_the_pytorch_reference(sub_len):
     torch = pytest.importorskip("torch")
     from tvm_lut.pq.reference import encode
 
     rng = np.random.default_rng(6)
-    cents = rng.standard_normal((6, 16, 8)).astype(np.float32)
-    x = rng.standard_normal((45, 48)).astype(np.float32)
-    x[3, :8] = np.nan
-    x[4, 8:16] = np.inf
+    cents = rng.standard_normal((6, 16, sub_len)).astype(np.float32)
+    x = rng.standard_normal((45, 6 * sub_len)).astype(np.float32)
+    x[3, :sub_len] = np.nan
+    x[4, sub_len:2 * sub_len] = np.inf
     codes = run_encode(x, cents)
     reference = encode(torch.from_numpy(x), torch.from_numpy(cents)).numpy()
     assert (codes != reference).mean() < 0.01

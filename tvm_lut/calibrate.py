@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from tvm_lut.batches import split_batch
 from tvm_lut.functions import get_function
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def observe_ranges(model: torch.nn.Module, calib_batches, percentile: float = 99
     try:
         with torch.no_grad(), recorder:
             for batch in tqdm(calib_batches, desc="calibrating ranges", disable=not progress, leave=False):
-                model(*_inputs(batch))
+                model(*split_batch(batch)[0])
                 batches += 1
     finally:
         model.train(was_training)
@@ -165,14 +166,3 @@ def calibrate_ranges(model: torch.nn.Module, calib_batches, percentile: float = 
     """The robust input range `(lo, hi)` of every LUT function `model` calls on `calib_batches`."""
     return {name: seen.range for name, seen in observe_ranges(model, calib_batches, percentile, margin,
                                                                 progress).items()}
-
-
-def _inputs(batch) -> tuple:
-    """The positional inputs of a batch: a tensor, or a pair `(inputs, labels)` with inputs a tensor or a tuple
-    of tensors (the convention of `tvm_lut.learn`, shared with the PQ stage)."""
-    if isinstance(batch, torch.Tensor):
-        return (batch,)
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        inputs = batch[0]
-        return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-    raise TypeError(f"a calibration batch is a tensor or a pair (inputs, labels); got {type(batch).__name__}")

@@ -99,7 +99,7 @@ def test_attention_calibration_cannot_see_is_logged(caplog):
     ({}, [], "no calibration batches"),
     ({"percentile": 40}, [torch.zeros(1, 8)], "percentile must be in"),
     ({"margin": -1}, [torch.zeros(1, 8)], "margin must be >= 0"),
-    ({}, ["text"], "a calibration batch is a tensor or a pair"),
+    ({}, ["text"], "a batch is a tensor or a pair"),
 ])
 def test_misuse(kwargs, batches, match):
     with pytest.raises((ValueError, TypeError), match=match):

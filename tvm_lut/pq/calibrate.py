@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from tvm_lut.pq.batches import as_batch_list, split_batch
+from tvm_lut.batches import as_batch_list, split_batch
 from tvm_lut.pq.config import PQConfig
 from tvm_lut.pq.swap import pq_layers
 

@@ -46,12 +46,12 @@ def export_tables(model: "nn.Module", provenance: dict | None = None) -> Bundle:
 
 def learn_pq(model: "nn.Module", calib_batches, config: PQConfig, *, checkpoint: str | os.PathLike | None = None,
              progress: bool = True) -> PQLearnResult:
-    """Learn PQ tables for `model` on real batches (see `tvm_lut.pq.batches` for their form)."""
+    """Learn PQ tables for `model` on real batches (see `tvm_lut.batches` for their form)."""
     import copy
 
     import torch
 
-    from tvm_lut.pq.batches import as_batch_list
+    from tvm_lut.batches import as_batch_list
     from tvm_lut.pq.calibrate import init_centroids
     from tvm_lut.pq.swap import quantize_
     from tvm_lut.pq.train import train_centroids

@@ -6,7 +6,7 @@
   the first `head_size` training tweets, folded into an `nn.Linear` to 2 logits; k-means on the calibration
   split, learning on the next `learn_size` training tweets, test on the held-out test split.
 
-Batches follow `tvm_lut.pq.batches`: `((inputs...), labels)`.
+Batches follow `tvm_lut.batches`: `((inputs...), labels)`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The batch convention of the PQ training stage.
+"""The batch convention of `tvm_lut.learn`, shared by NN-LUT calibration and the PQ training stage.
 
 A batch is either the model's input (a tensor) or a pair `(inputs, labels)`, where `inputs` is a tensor or a
 tuple of tensors passed positionally (`model(*inputs)`) and `labels` a tensor of class indices or None. The
-model returns logits (..., classes). Without labels only distillation from the FP32 model drives learning.
+model returns logits (..., classes). Without labels only distillation from the FP32 model drives PQ learning; calibration ignores labels.
 """
 
 from __future__ import annotations
@@ -31,5 +31,5 @@ def as_batch_list(batches) -> list:
     """The batches as a list (they are iterated once per epoch and once for k-means); empty raises."""
     batches = list(batches) if not isinstance(batches, Sequence) else batches
     if len(batches) == 0:
-        raise ValueError("no calibration batches: PQ learning needs real activations")
+        raise ValueError("no calibration batches: learning needs real activations")
     return batches

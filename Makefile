@@ -16,7 +16,7 @@ install: system-deps
 	scripts/arm_device.sh install
 
 demo: install
-	tvm-lut demo
+	$(PYTHON) -m tvm_lut.cli demo
 
 test: install
 	$(PYTHON) -m pytest

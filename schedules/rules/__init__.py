@@ -5,13 +5,14 @@ returns a schedule wins.
 """
 
 from .common import CPURule
+from .conv2d import Conv2d
 from .elementwise import Elementwise
 from .matmul import Matmul
 from .reduction import Reduction
 
 
 def default_rules() -> tuple[CPURule, ...]:
-    return (Matmul(), Reduction(), Elementwise())
+    return (Matmul(), Conv2d(), Reduction(), Elementwise())
 
 
-__all__ = ["CPURule", "Elementwise", "Matmul", "Reduction", "default_rules"]
+__all__ = ["CPURule", "Conv2d", "Elementwise", "Matmul", "Reduction", "default_rules"]

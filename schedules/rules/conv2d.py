@@ -1,0 +1,131 @@
+"""Direct NCHW conv2d as Relax legalizes it: a padding stage, `conv2d_nchw`, and a fused epilogue (bias, ReLU).
+
+Fits a function with exactly one reduction block over (n, co, oh, ow | ci, kh, kw) that reads the input as
+`[n, ci, f(oh, kh), g(ow, kw)]` and the weight as `[co, ci, kh, kw]` (strides, dilation and padding are free;
+grouped and depthwise convs and other layouts do not fit). Schedule (a register-tiled direct convolution, as in
+oneDNN's NCHWc kernels): output channels are blocked by the SIMD width, which needs the weight repacked once per
+call to `[co/V, ci, kh, kw, V]` so one block of output channels is one vector load; an `R x V` tile of outputs
+(R along the output width) lives in registers; each step of the (ci, kh, kw) reduction broadcasts R input pixels
+into fused multiply-adds with one weight vector, kh and kw unrolled; rows (n, co block, oh) run in parallel and
+the epilogue is applied to each tile while it is hot.
+"""
+
+import math
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import SBlockInfo
+from tvm.target import Target
+
+from ..target import vector_lanes
+from .common import CPURule, inline_injective, largest_divisor, output_dtype, parallelize, static_extent
+from .common import vectorize_innermost
+
+# Output pixels per register tile, best first: R accumulator vectors plus a weight vector and a broadcast must
+# fit the 16 (AVX2) vector registers; 7 divides the widths of 28x28 and 14x14 maps.
+WIDTH_TILES = (8, 7, 6, 4, 5, 3, 2, 1)
+# Unroll the (kh, kw) window only while its body stays small: window x tile fused multiply-adds.
+MAX_UNROLLED_WINDOW = 25
+
+
+_AXES = ("n", "co", "oh", "ow", "ci", "kh", "kw")
+_REDUCED = {"ci", "kh", "kw"}
+
+
+def _indexed_by(expr, var: tirx.Var | None) -> bool:
+    """`expr` is `var`, or a constant where the axis has been dropped (extent 1)."""
+    return expr.same_as(var) if var is not None else isinstance(expr, tirx.IntImm)
+
+
+def _var(expr) -> tirx.Var | None:
+    return expr if isinstance(expr, tirx.Var) else None
+
+
+def _axes(sch: s_tir.Schedule, info: SBlockInfo) -> tuple[int, dict[str, int]] | None:
+    """(read index of the weight, loop position of each conv axis) if the block is a direct NCHW conv2d.
+
+    The block is normalized (dlight drops unit axes: a batch of 1 or a 1x1 window has no loop), so the axes are
+    found by how the operands are indexed: output `[n, co, oh, ow]`, weight `[co, ci, kh, kw]`, data
+    `[n, ci, f(oh, kh), g(ow, kw)]`, with n, kh and kw possibly constant; spatial axes come in that order, then
+    ci, kh, kw.
+    """
+    block = sch.get(info.block_rv)
+    out = [r.min for r in block.writes[0].region]
+    reads = [(i, [r.min for r in read.region]) for i, read in enumerate(block.reads)
+             if not read.source.same_as(block.writes[0].source)]
+    if len(reads) != 2 or len(out) != 4 or any(len(index) != 4 for _, index in reads):
+        return None
+    position = {it.var: k for k, it in enumerate(info.iters)}
+    for (weight_index, weight), (_, data) in (reads, reads[::-1]):
+        names = {"n": _var(out[0]), "co": _var(out[1]), "oh": _var(out[2]), "ow": _var(out[3]),
+                 "ci": _var(weight[1]), "kh": _var(weight[2]), "kw": _var(weight[3])}
+        named = {name: var for name, var in names.items() if var is not None}
+        if not all(name in named for name in ("co", "oh", "ow")) or not weight[0].same_as(named["co"]):
+            continue
+        if not all(isinstance(weight[k], tirx.IntImm) for k, name in ((1, "ci"), (2, "kh"), (3, "kw"))
+                   if name not in named) or not _REDUCED & set(named):
+            continue
+        if set(named.values()) != set(position) or len(named) != len(position):
+            continue
+        order = [name for name in _AXES if name in named]
+        kinds = "".join("R" if name in _REDUCED else "S" for name in order)
+        if [position[named[name]] for name in order] != list(range(len(order))) or info.dom_kind() != kinds:
+            continue
+        used = lambda expr: set(tirx.analysis.undefined_vars(expr))  # noqa: E731
+        window = lambda axis, tap: {named[axis]} | ({named[tap]} if tap in named else set())  # noqa: E731
+        if (all(_indexed_by(data[k], named.get(name)) for k, name in ((0, "n"), (1, "ci"))) and used(data[2]) == window("oh", "kh")
+                and used(data[3]) == window("ow", "kw")):
+            return weight_index, {name: position[var] for name, var in named.items()}
+    return None
+
+
+class Conv2d(CPURule):
+    """Output channels vectorized, output width register-tiled, rows parallel, epilogue per tile."""
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
+        reductions = [info for info in blocks if not info.is_injective()]
+        if len(reductions) != 1:
+            return None
+        conv = reductions[0]
+        matched = _axes(sch, conv)
+        if matched is None:
+            return None
+        weight_index, axes = matched
+        loops = dict(zip(axes, sch.get_loops(conv.block_rv)))  # axes are in loop order
+        extents = {name: static_extent(sch, loop) for name, loop in loops.items()}
+        if None in extents.values():
+            return None
+        position = blocks.index(conv)
+        epilogue = [info.block_rv for info in inline_injective(sch, blocks[position + 1 :])]
+        lanes = vector_lanes(target, output_dtype(sch, conv.block_rv))
+        block = largest_divisor(extents["co"], lanes)
+        tile = next(r for r in WIDTH_TILES if extents["ow"] % r == 0)
+
+        packed = sch.cache_read(conv.block_rv, weight_index, "global")
+        sch.transform_layout(packed, ("write", 0), lambda o, c, y, x: (o // block, c, y, x, o % block))
+
+        co_outer, co_inner = sch.split(loops["co"], [None, block])
+        ow_outer, ow_inner = sch.split(loops["ow"], [None, tile])
+        batch = [loops["n"]] if "n" in loops else []
+        reduced = [loops[name] for name in ("ci", "kh", "kw") if name in loops]
+        window = [loops[name] for name in ("kh", "kw") if name in loops]
+        sch.reorder(*batch, co_outer, loops["oh"], ow_outer, *reduced, ow_inner, co_inner)
+        rows = sch.fuse(*batch, co_outer, loops["oh"])
+        if not epilogue:  # write the output through a register tile
+            epilogue = [sch.cache_write(conv.block_rv, 0, "global")]
+        for consumer in epilogue:
+            sch.reverse_compute_at(consumer, ow_outer, preserve_unit_loops=True)
+            *_, channels, _, width = sch.get_loops(consumer)  # NCHW: the output is contiguous along the width
+            sch.unroll(vectorize_innermost(sch, width, lanes))
+            sch.unroll(channels)
+
+        parallelize(sch, rows, math.prod(extents.values()), target)
+        if block > 1:
+            sch.vectorize(co_inner)
+        sch.unroll(ow_inner)
+        if math.prod(extents.get(name, 1) for name in ("kh", "kw")) <= MAX_UNROLLED_WINDOW:
+            for loop in window:
+                sch.unroll(loop)
+        init = sch.decompose_reduction(conv.block_rv, reduced[0])
+        if block > 1:
+            sch.vectorize(sch.get_loops(init)[-1])
+        return sch

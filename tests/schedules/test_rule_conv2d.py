@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import tvm
+from numpy.lib.stride_tricks import sliding_window_view
+from tvm import relax, te, topi
+
+from relay_passes.pipeline import prepare
+from schedules.rules import Conv2d, default_rules
+from tests.schedules.rule_harness import TARGET, loop_kinds, run, scheduled
+
+RNG = np.random.default_rng(5)
+
+
+def _conv_ref(x, w, stride, padding, dilation):
+    """NCHW direct convolution in NumPy: pad, take the dilated windows, contract over (ci, kh, kw)."""
+    _, _, kh, kw = w.shape
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    span_h, span_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1
+    windows = sliding_window_view(x, (span_h, span_w), axis=(2, 3))[..., ::dilation, ::dilation]
+    windows = windows[:, :, ::stride, ::stride]
+    return np.einsum("nchwyx,ocyx->nohw", windows, w, optimize=True).astype(np.float32)
+
+
+def _conv_bias_relu(shape, co, k, stride=1, padding=0, dilation=1, epilogue=True):
+    x = te.placeholder(shape, name="x")
+    w = te.placeholder((co, shape[1], k, k), name="w")
+    out = topi.nn.conv2d_nchw(x, w, stride, padding, dilation)
+    if not epilogue:
+        return te.create_prim_func([x, w, out])
+    b = te.placeholder((1, co, 1, 1), name="b")
+    return te.create_prim_func([x, w, b, topi.nn.relu(topi.add(out, b))])
+
+
+# (input NCHW, output channels, kernel, stride, padding, dilation): the CNN's layers, then odd shapes, strides,
+# dilation, batches, 1x1 windows and a single input channel (dlight drops its unit axis).
+CASES = [
+    ((1, 1, 28, 28), 32, 3, 1, 1, 1),
+    ((1, 32, 14, 14), 64, 3, 1, 1, 1),
+    ((1, 64, 7, 7), 64, 1, 1, 0, 1),
+    ((2, 3, 9, 11), 5, 3, 2, 1, 1),
+    ((1, 4, 10, 13), 24, 3, 1, 2, 2),
+    ((3, 5, 8, 9), 7, 1, 1, 0, 1),
+    ((2, 6, 5, 17), 12, 5, 1, 2, 1),
+]
+
+
+@pytest.mark.parametrize("shape, co, k, stride, padding, dilation", CASES)
+def test_conv_bias_relu_matches_numpy(shape, co, k, stride, padding, dilation):
+    func = _conv_bias_relu(shape, co, k, stride, padding, dilation)
+    x = RNG.standard_normal(shape, dtype="float32")
+    w = RNG.standard_normal((co, shape[1], k, k), dtype="float32")
+    b = RNG.standard_normal((1, co, 1, 1), dtype="float32")
+    expected = np.maximum(_conv_ref(x, w, stride, padding, dilation) + b, 0)
+    np.testing.assert_allclose(run(scheduled(Conv2d(), func), x, w, b), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, co, k, stride, padding, dilation", CASES[1:4])
+def test_conv_without_epilogue_propagates_nan_and_inf(shape, co, k, stride, padding, dilation):
+    x = RNG.standard_normal(shape, dtype="float32") * 1e3
+    x[0, 0, 1, 2], x[-1, -1, -1, -1] = np.nan, np.inf
+    w = RNG.standard_normal((co, shape[1], k, k), dtype="float32")
+    with np.errstate(invalid="ignore"):
+        expected = _conv_ref(x, w, stride, padding, dilation)
+    out = run(scheduled(Conv2d(), _conv_bias_relu(shape, co, k, stride, padding, dilation, epilogue=False)), x, w)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-2)
+    assert np.isnan(out).any()
+
+
+def test_channels_vectorized_rows_parallel_window_unrolled():
+    kinds = loop_kinds(scheduled(Conv2d(), _conv_bias_relu((1, 32, 14, 14), 64, 3, padding=1)))
+    assert {"parallel", "vectorized", "unroll"} <= kinds
+
+
+def test_fits_the_conv_relax_legalizes_and_comes_before_reduction():
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 32, 14, 14), "float32"))
+    weight = relax.const(RNG.standard_normal((64, 32, 3, 3), dtype="float32"))
+    bias = relax.const(RNG.standard_normal((1, 64, 1, 1), dtype="float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            conv = builder.emit(relax.op.add(relax.op.nn.conv2d(x, weight, padding=1), bias))
+            out = builder.emit_output(builder.emit(relax.op.nn.relu(conv)))
+        builder.emit_func_output(out)
+    (func,) = [f for f in prepare(builder.get(), TARGET).functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert Conv2d().apply(func, TARGET, False) is not None
+    names = [type(rule).__name__ for rule in default_rules()]
+    assert names.index("Conv2d") < names.index("Reduction")
+
+
+def _not_convs():
+    x, y = te.placeholder((8, 16), name="x"), te.placeholder((16, 4), name="y")
+    r = te.reduce_axis((0, 16), "r")
+    yield te.create_prim_func([x, y, te.compute((8, 4), lambda i, j: te.sum(x[i, r] * y[r, j], axis=r))])
+    yield te.create_prim_func([x, topi.nn.softmax(x)])
+    yield te.create_prim_func([x, topi.nn.relu(x)])
+    image = te.placeholder((1, 4, 8, 8), name="image")
+    yield te.create_prim_func([image, topi.nn.pool2d(image, (2, 2), (2, 2), (1, 1), (0, 0, 0, 0), "max")])
+    depthwise = te.placeholder((4, 1, 3, 3), name="depthwise")
+    yield te.create_prim_func([image, depthwise, topi.nn.depthwise_conv2d_nchw(image, depthwise, 1, 1, 1)])
+    nhwc, hwio = te.placeholder((1, 8, 8, 4), name="nhwc"), te.placeholder((3, 3, 4, 6), name="hwio")
+    yield te.create_prim_func([nhwc, hwio, topi.nn.conv2d_nhwc(nhwc, hwio, 1, 1, 1)])
+
+
+@pytest.mark.parametrize("func", list(_not_convs()), ids=["matmul", "softmax", "relu", "pool", "depthwise", "nhwc"])
+def test_returns_none_on_other_functions(func):
+    assert Conv2d().apply(func, TARGET, False) is None

@@ -1,8 +1,9 @@
 """`layer_norm_func`: layer normalization with a table rsqrt (NN-LUT's LayerNorm).
 
 Stages, as TVM's own legalized LayerNorm so the same reduction rule schedules both: row sum and mean, the row sum of
-squared deviations (two passes, more accurate than E[x^2] - mean^2), then `(x - mean) * rsqrt(var + eps)` with the
-rsqrt from the table under power-of-four scaling (loop-invariant per row), and the affine map.
+squared deviations (two passes, more accurate than E[x^2] - mean^2), the row's `inv_std = rsqrt(var + eps)` from the
+table under power-of-four scaling (a stage of its own: the reduction rule computes it for a vector of rows at once),
+then `(x - mean) * inv_std` and the affine map.
 """
 
 import math
@@ -61,8 +62,11 @@ def layer_norm_func(rsqrt_spec: PWLSpec, shape, axes, eps: float = 1e-5, has_gam
 
     var_sum = row_sum(lambda i: centered(i) * centered(i), "var_sum")
 
+    inv_std = te.compute(row_shape, lambda *r: evaluate(table, var_sum[r] * inv_count + tirx.const(eps, "float32")),
+                         name="inv_std")
+
     def affine(*i):
-        y = centered(i) * evaluate(table, var_sum[row_of(i)] * inv_count + tirx.const(eps, "float32"))
+        y = centered(i) * inv_std[row_of(i)]
         norm_index = tuple(i[a] for a in axes)
         if gamma is not None:
             y = y * gamma[norm_index]

@@ -1,8 +1,8 @@
 """`softmax_func`: softmax with a table exp and a table reciprocal (NN-LUT's softmax).
 
 Stages, as TVM's own softmax so the same reduction rule schedules both: row max, `exp(x - max)` from the exp table,
-row sum, and the output `e * reciprocal(sum)` with the reciprocal table under power-of-two scaling. The reciprocal
-depends only on the row, so it is loop-invariant in the vectorized inner loop (once per row, not per element).
+row sum, the row's reciprocal from the table under power-of-two scaling (a stage of its own, once per row and not per
+element; the reduction rule computes it for a vector of rows where it can), and the output `e * recip`.
 """
 
 from tvm import te, tirx
@@ -36,5 +36,6 @@ def softmax_func(exp_spec: PWLSpec, recip_spec: PWLSpec, shape, axis: int = -1) 
     e = te.compute(shape, lambda *i: evaluate(exp_table, x[i] - row_max[drop(i)]), name="exp")
     k_sum = te.reduce_axis((0, shape[axis]), name="k")
     row_sum = te.compute(row_shape, lambda *r: te.sum(e[at(r, k_sum)], axis=k_sum), name="row_sum")
-    out = te.compute(shape, lambda *i: e[i] * evaluate(recip_table, row_sum[drop(i)]), name="softmax")
+    recip = te.compute(row_shape, lambda *r: evaluate(recip_table, row_sum[r]), name="recip")
+    out = te.compute(shape, lambda *i: e[i] * recip[drop(i)], name="softmax")
     return as_kernel(te.create_prim_func([x, out]), "softmax")

@@ -49,17 +49,17 @@ def output_dtype(sch: s_tir.Schedule, block) -> str:
     return str(writes[0].source.dtype) if writes else "float32"
 
 
-def inline_injective(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> list[SBlockInfo]:
+def inline_injective(sch: s_tir.Schedule, blocks: list[SBlockInfo], keep=()) -> list[SBlockInfo]:
     """Inline every injective block that can be (producers forward, then consumers backward); return the rest.
 
-    A producer is inlined only into a single consumer, so no element is computed twice.
+    A producer is inlined only into a single consumer, so no element is computed twice. Blocks in `keep` stay.
     """
     remaining = list(blocks)
     changed = True
     while changed:
         changed = False
         for info in list(remaining):
-            if not info.is_injective() or len(remaining) == 1:
+            if not info.is_injective() or len(remaining) == 1 or info in keep:
                 continue
             if _try(sch.compute_inline, info.block_rv, single_consumer=sch) or _try(
                 sch.reverse_compute_inline, info.block_rv

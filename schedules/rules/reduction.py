@@ -3,8 +3,10 @@
 Fits a function whose blocks (after inlining what can be inlined) share their leading spatial axes, with at least
 one reduction block: rows run in parallel over the fused leading axes, every block is computed at that row loop,
 injective blocks are vectorized on their inner axes, and each reduction over a single innermost axis is rfactored
-into a vector of partial results (one per SIMD lane) that a short scalar tail combines. Reductions over several
-axes (pooling windows, convolutions) get the parallel rows only.
+into a vector of partial results (one per SIMD lane, zeroed before the loop so it stays in a register) that a
+short scalar tail combines. A per-row value (a row's mean, LayerNorm's rsqrt, softmax's reciprocal) stays a stage
+of its own: rows then go in tiles of one vector, so it is computed for a vector of rows at once. Reductions over
+several axes (pooling windows, convolutions) get the parallel rows only.
 """
 
 import math
@@ -24,7 +26,8 @@ def _leading_spatial(info: SBlockInfo) -> int:
 
 
 def _reads_contiguously(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
-    """Whether every input of the block walks its last dimension with the reduction axis (a vector load per step).
+    """Whether every input that varies with the reduction axis walks its last dimension with it (a vector load per
+    step); inputs that do not depend on the axis (a row's mean) are loop-invariant and do not count.
 
     A reduction over a strided axis (a column sum, `x @ w` with one row) would gather each lane: slower than the
     scalar loop, so it is not rfactored.
@@ -32,7 +35,8 @@ def _reads_contiguously(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
     block = sch.get(info.block_rv)
     axis = info.iters[-1].var
     inputs = [r for r in block.reads if not r.source.same_as(block.writes[0].source)]
-    return bool(inputs) and all(r.region and r.region[-1].min.same_as(axis) for r in inputs)
+    varying = [r for r in inputs if any(v.same_as(axis) for d in r.region for v in tirx.analysis.undefined_vars(d.min))]
+    return bool(varying) and all(r.region[-1].min.same_as(axis) for r in varying)
 
 
 class Reduction(CPURule):
@@ -41,7 +45,10 @@ class Reduction(CPURule):
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
         if all(info.is_injective() for info in blocks):
             return None
-        blocks = inline_injective(sch, blocks)
+        # A per-row value computed from a reduction (LayerNorm's rsqrt, softmax's reciprocal) stays a stage of its
+        # own, once per row: inlined, it would sit in the per-element loop and rely on LLVM to hoist it.
+        width = _leading_spatial(blocks[-1])
+        blocks = inline_injective(sch, blocks, keep=[b for b in blocks if b.is_injective() and len(b.dom()) < width])
         rows = min(_leading_spatial(info) for info in blocks)
         if any(set(info.dom_kind().lstrip("S")) - {"R"} for info in blocks):  # spatial axes first, then reductions
             return None
@@ -52,7 +59,22 @@ class Reduction(CPURule):
             return None  # no rows to run in parallel and no single reduction axis to vectorize
         lanes = vector_lanes(target, output_dtype(sch, blocks[-1].block_rv))
 
-        # Split each innermost reduction into per-lane partial results before the blocks move under the row loop.
+        # With per-row values (LayerNorm's rsqrt, softmax's reciprocal), rows go in tiles of one vector: every stage
+        # but the output runs over the tile's rows, so a per-row value is computed for a vector of rows at once
+        # (a tile's rows stay in L1 for the output pass). Where the tiled form does not fit, rows go one by one.
+        if any(info.is_injective() and len(info.dom()) == rows for info in blocks[:-1]):
+            tiled = sch.copy()
+            try:
+                return self._place(tiled, blocks, rows, lanes, target, tile_rows=True)
+            except s_tir.ScheduleError:
+                pass
+        return self._place(sch, blocks, rows, lanes, target, tile_rows=False)
+
+    def _place(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], rows: int, lanes: int, target: Target,
+               tile_rows: bool) -> s_tir.Schedule:
+        """Rows in parallel (in tiles of one vector with `tile_rows`), every stage at the row loop, vectorized."""
+        # Split each innermost reduction into per-lane partial results before the blocks move under the row loop
+        # (rfactor under that loop would hoist the partials into a loop nest of their own, all rows first).
         stages = []  # (block, kind) in program order; kind: "injective", "partial", "reduce"
         for info in blocks:
             if info.is_injective():
@@ -63,16 +85,25 @@ class Reduction(CPURule):
                 stages.append((partial, "partial"))
             stages.append((info.block_rv, "reduce"))
 
+        anchor_depth, tile = 0, 1
         if rows:  # else a single row (unit dimensions are not iterated): every block stays where it is
             last, _ = stages[-1]
             loops = sch.get_loops(last)
             extents = [static_extent(sch, loop) for loop in loops]
+            tile = largest_divisor(extents[rows - 1], lanes) if tile_rows else 1
             row_loop = sch.fuse(*loops[:rows]) if rows > 1 else loops[0]
-            parallelize(sch, row_loop, None if None in extents else math.prod(extents), target)
+            if tile > 1:
+                anchor, row_loop = sch.split(row_loop, factors=[None, tile])
+            else:
+                anchor = row_loop
+            parallelize(sch, anchor, None if None in extents else math.prod(extents), target)
             for block, _ in reversed(stages[:-1]):
-                sch.compute_at(block, row_loop, preserve_unit_loops=True)
-        for block, kind in stages:
-            self._vectorize_row(sch, sch.get_loops(block)[1 if rows else 0 :], kind, lanes)
+                sch.compute_at(block, anchor, preserve_unit_loops=True)
+            anchor_depth = 1
+        for block, kind in stages[:-1]:
+            self._vectorize_row(sch, block, sch.get_loops(block)[anchor_depth:], kind, lanes)
+        last, kind = stages[-1]
+        self._vectorize_row(sch, last, sch.get_loops(last)[anchor_depth + (tile > 1) :], kind, lanes)
         return sch
 
     @staticmethod
@@ -86,13 +117,18 @@ class Reduction(CPURule):
         return sch.rfactor(inner, factor_axis=len(loops) - 1)
 
     @staticmethod
-    def _vectorize_row(sch: s_tir.Schedule, loops: list, kind: str, lanes: int) -> None:
+    def _vectorize_row(sch: s_tir.Schedule, block, loops: list, kind: str, lanes: int) -> None:
         """Vectorize what one row of a block computes (`loops`: its loops below the row loop)."""
         if kind == "injective" and loops:
+            row = static_extent(sch, loops[-1])
             inner = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-            vectorize_innermost(sch, inner, lanes, row=static_extent(sch, loops[-1]) if len(loops) == 1 else None)
+            vectorize_innermost(sch, inner, lanes, row=row)
         elif kind == "partial":
-            # compute_at orders the loops as the block's iters: (lane, outer reduction); the lane goes inside.
-            lane, outer = loops[-2:]
+            # compute_at makes one loop per block iter, in iter order, and rfactor puts the lane iter first:
+            # (lane, unit row loops, outer reduction). The lane goes innermost as one vector; its zero-init moves
+            # before the reduction loop, so the partial sums stay in a register for the whole row.
+            lane, outer = loops[0], loops[-1]
             sch.reorder(outer, lane)
             sch.vectorize(lane)
+            init = sch.decompose_reduction(block, outer)
+            sch.vectorize(sch.get_loops(init)[-1])

@@ -1,8 +1,11 @@
+import re
+
 import numpy as np
 import pytest
 from tvm import te, topi
 
 from schedules.rules import Reduction
+from schedules.target import vector_lanes
 from tests.schedules.rule_harness import TARGET, loop_kinds, run, scheduled
 
 RNG = np.random.default_rng(1)
@@ -83,3 +86,37 @@ def test_strided_reduction_is_not_rfactored_into_gathers():
     assert "_rf" not in func.script() and "parallel" in loop_kinds(func)
     data = RNG.standard_normal((512, 384), dtype="float32")
     np.testing.assert_allclose(run(func, data), data.sum(0), rtol=1e-4, atol=1e-3)
+
+
+def _layer_norm(shape):
+    x, gamma, beta = (te.placeholder(s, name=n) for s, n in ((shape, "x"), (shape[-1:], "gamma"), (shape[-1:], "beta")))
+    return te.create_prim_func([x, gamma, beta, topi.nn.layer_norm(x, gamma, beta, axis=[-1], epsilon=1e-5)])
+
+
+def test_every_row_reduction_accumulates_one_full_vector_per_step():
+    """Both LayerNorm reductions are rfactored (the variance also reads the row's mean, a loop-invariant input);
+    each lane partial starts at zero before its loop and is updated a whole SIMD vector per step."""
+    text = scheduled(Reduction(), _layer_norm((64, 384))).script()
+    lanes = vector_lanes(TARGET, "float32")
+    for reduction in ("x_sum", "x_var_sum"):
+        assert f'T.sblock("{reduction}_rf_init")' in text
+        assert re.search(rf'T\.vectorized\({lanes}\):\s*\n\s*with T\.sblock\("{reduction}_rf_update"\)', text)
+
+
+def test_a_per_row_value_is_computed_for_a_vector_of_rows():
+    """The row mean (a per-row stage) runs once per tile of `lanes` rows, as one vector, not once per row."""
+    lanes = vector_lanes(TARGET, "float32")
+    text = scheduled(Reduction(), _layer_norm((64, 384))).script()
+    assert re.search(rf'T\.vectorized\({lanes}\):\s*\n\s*with T\.sblock\("x_mean"\)', text)
+
+
+@pytest.mark.parametrize("shape", [(48, 96), (5, 33), (1, 1, 7)])
+def test_tiled_and_untiled_rows_match_numpy(shape):
+    """Row counts that a vector divides go in tiles, the others one by one; both compute the same LayerNorm."""
+    data = RNG.standard_normal(shape, dtype="float32") * 3 + 1
+    g, b = RNG.standard_normal(shape[-1:], dtype="float32"), RNG.standard_normal(shape[-1:], dtype="float32")
+    sch = Reduction().apply(_layer_norm(shape), TARGET, False)
+    func = _layer_norm(shape) if sch is None else sch.mod["main"]
+    mean, var = data.mean(-1, keepdims=True), data.var(-1, keepdims=True)
+    expected = (data - mean) / np.sqrt(var + 1e-5) * g + b
+    np.testing.assert_allclose(run(func, data, g, b), expected, rtol=1e-4, atol=1e-4)

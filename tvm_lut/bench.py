@@ -14,6 +14,7 @@ BENCHMARKS = {
     "nonlinear_accuracy": "MiniLM-L6 on held-out tweets, FP32 vs every GELU/Softmax/LayerNorm on LUTs",
     "lutnn_accuracy": "LUT-NN accuracy: FP32, k-means only and learned centroids, per V",
     "pq_dense": "PQ encode + lookup vs PyTorch, ONNX Runtime fp32/int8 and TVM dense",
+    "pq_compiled_accuracy": "MiniLM-L6 with learned PQ tables on tweets: PyTorch PQ vs LUTDense compiled",
     "matmul_rule": "the matmul schedule rule's GFLOPS vs PyTorch",
     "end_to_end": "whole models: PyTorch, ONNX Runtime, stock TVM, our schedules, tuning, LUT passes",
 }

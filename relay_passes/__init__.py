@@ -7,3 +7,5 @@ is a Relax pass (`tvm.ir.transform.Pass` over a Relax `IRModule`), usable in any
 from relay_passes.lut_dense import LUTDense
 from relay_passes.lut_nonlinear import LUTNonlinear
 from relay_passes.report import KeptExact, PassReport, Replaced
+
+__all__ = ["KeptExact", "LUTDense", "LUTNonlinear", "PassReport", "Replaced"]

@@ -3,3 +3,6 @@
 from .apply import ApplyCPUSchedules, ScheduleReport, UnscheduledWarning
 from .target import host_target
 from .kernels import PWLSpec, layer_norm_func, pwl_func, softmax_func
+
+__all__ = ["ApplyCPUSchedules", "PWLSpec", "ScheduleReport", "UnscheduledWarning", "host_target", "layer_norm_func",
+           "pwl_func", "softmax_func"]

@@ -55,7 +55,6 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
     rules: schedule rules to use instead of `schedules.rules.default_rules()`.
     """
     import tvm
-    from tvm import relax
 
     from relay_passes.pipeline import tvm_lut_pipeline
     from schedules import host_target

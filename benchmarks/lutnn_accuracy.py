@@ -91,7 +91,7 @@ def cnn_runs(args) -> list[dict]:
     task = cnn_task(args.cnn_learn_size, train_epochs=args.cnn_train_epochs, weights=args.cnn_weights,
                     progress=args.progress)
     config = PQConfig(V=args.cnn_V, epochs=args.cnn_epochs, lr=args.cnn_lr, trainable=args.cnn_trainable,
-                      exclude=tuple(args.cnn_exclude))
+                      weight_lr=args.cnn_weight_lr, exclude=tuple(args.cnn_exclude))
     setting = (f"conv V=9/4, linear V={args.cnn_V}, train {args.cnn_trainable}, {args.cnn_epochs} ep"
                + (f", exact: {' '.join(args.cnn_exclude)}" if args.cnn_exclude else ""))
     return [pq_run("cnn", setting, task, config, accuracy(task.model, task.test), args.progress)]
@@ -103,7 +103,9 @@ def minilm_runs(args):
     fp32 = accuracy(task.model, task.test)
     for sub_len in args.V:  # a generator: each row is reported (and saved) as soon as it is done
         config = PQConfig(V=sub_len, include=("encoder.*",), epochs=args.epochs, lr=args.lr,
-                          trainable=args.trainable)
+                          trainable=args.trainable, weight_lr=args.weight_lr,
+                          feature_distill=tuple(args.feature_distill), feature_weight=args.feature_weight,
+                          lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps)
         yield pq_run("minilm", f"V={sub_len}", task, config, fp32, args.progress)
 
 
@@ -119,7 +121,13 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=3e-3, help="centroid learning rate (MiniLM)")
     parser.add_argument("--trainable", default="centroids", choices=["centroids", "all"],
-                        help="what centroid learning trains in MiniLM (all: the encoder's weights too)")
+                        help="what centroid learning trains in MiniLM (all: the encoder's and head's weights too)")
+    parser.add_argument("--weight-lr", type=float, default=1e-4, help="learning rate of the non-PQ weights (all)")
+    parser.add_argument("--feature-distill", nargs="*", default=[], metavar="MODULE",
+                        help="modules (globs) whose outputs the PQ model matches to the FP32 model's (MiniLM)")
+    parser.add_argument("--feature-weight", type=float, default=1.0)
+    parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+    parser.add_argument("--warmup-steps", type=int, default=0)
     parser.add_argument("--cnn-V", type=int, default=16, help="sub-vector length of the CNN's linears")
     parser.add_argument("--cnn-train-epochs", type=int, default=2)
     parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (safetensors) instead of training it")
@@ -130,6 +138,7 @@ def main(argv=None) -> int:
                         help="CNN layers to keep exact (e.g. conv1: one grayscale 3x3 patch is a single codebook)")
     parser.add_argument("--cnn-trainable", default="all", choices=["centroids", "all"],
                         help="what centroid learning trains in the CNN (all: weights too)")
+    parser.add_argument("--cnn-weight-lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results to PATH as JSON")

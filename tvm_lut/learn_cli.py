@@ -2,6 +2,7 @@
 
     tvm-lut learn cnn --out cnn_pq.safetensors [--config pq.json] [--checkpoint ckpt.safetensors]
     tvm-lut learn minilm --out minilm_pq.safetensors --V 8
+    tvm-lut learn cnn --out small.safetensors --weights cnn.safetensors --learn-size 512 --test-size 1000
 
 Interrupted runs continue from `--checkpoint` (same config). For the CNN the FP32 weights the tables were
 learned against are written beside the bundle (`<out>.model.safetensors`; with `trainable: "all"` the trained
@@ -21,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--V", type=int, help="sub-vector length of linear layers (overrides the config)")
     parser.add_argument("--checkpoint", type=Path, help="resumable training checkpoint (.safetensors)")
     parser.add_argument("--weights", type=Path, help="CNN: FP32 weights to load instead of training the CNN")
+    for size in ("calib", "learn", "test"):
+        parser.add_argument(f"--{size}-size", type=int, help=f"{size} rows (images or tweets; task default if unset)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -41,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
         include=("encoder.*",) if args.task == "minilm" else ("*",))
     if args.V is not None:
         config = dataclasses.replace(config, V=args.V)
-    task = cnn_task(weights=args.weights, progress=args.progress) if args.task == "cnn" else minilm_task(
-        progress=args.progress)
+    sizes = {f"{size}_size": getattr(args, f"{size}_size") for size in ("calib", "learn", "test")}
+    sizes = {key: value for key, value in sizes.items() if value is not None}
+    task = (cnn_task(weights=args.weights, progress=args.progress, **sizes) if args.task == "cnn"
+            else minilm_task(progress=args.progress, **sizes))
     result = learn_pq(task.model, task.calib + task.learn, config, checkpoint=args.checkpoint,
                       progress=args.progress)
     print(result.report)

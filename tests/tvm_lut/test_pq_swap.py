@@ -1,5 +1,7 @@
 """The quantize_-style module swap and its config: what is replaced, what stays exact and why."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -72,8 +74,26 @@ def test_config_json_round_trip_and_validation():
         PQConfig(overrides={"fc": {"bits": 4}})
     with pytest.raises(ValueError, match="trainable"):
         PQConfig(trainable="weights")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        PQConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="weight_lr"):
+        PQConfig(weight_lr=0.0)
+    with pytest.raises(ValueError, match="feature_weight"):
+        PQConfig(feature_weight=-1.0, feature_distill=("encoder",))
+    with pytest.raises(ValueError, match="not all 0"):
+        PQConfig(task_weight=0.0, distill_weight=0.0)
+    assert PQConfig(task_weight=0.0, distill_weight=0.0, feature_distill=("encoder",)).feature_distill == ("encoder",)
     with pytest.raises(TypeError, match="PQConfig"):
         quantize_(nn.Linear(4, 4), {"V": 4})
+
+
+def test_version_1_json_reads_as_it_ran():
+    """Version 1 trained the other weights at `lr` (it had no `weight_lr`); so does its JSON read today."""
+    old = json.loads(PQConfig(lr=3e-3, trainable="all").to_json())
+    for key in ("weight_lr", "feature_distill", "feature_weight", "lr_schedule", "warmup_steps"):
+        del old[key]
+    config = PQConfig.from_json(json.dumps({**old, "version": 1}))
+    assert (config.weight_lr, config.version, config.lr_schedule) == (3e-3, 2, "constant")
 
 
 def test_learn_command_is_registered_and_parses():

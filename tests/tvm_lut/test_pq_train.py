@@ -14,7 +14,7 @@ from tvm_lut.pq.config import PQConfig
 from tvm_lut.pq.handler import learn_pq
 from tvm_lut.pq.reference import pq_forward
 from tvm_lut.pq.swap import quantize_, unswap_
-from tvm_lut.pq.train import train_centroids
+from tvm_lut.pq.train import FeatureTap, feature_loss, lr_factor, train_centroids
 
 
 def tiny_task(seed=0, n=256):
@@ -133,3 +133,37 @@ def test_learn_misuse():
         learn_pq(nn.Linear(5, 4), [torch.randn(2, 5)], PQConfig(V=2), progress=False)
     with pytest.raises(TypeError, match="a batch is a tensor"):
         learn_pq(nn.Sequential(nn.Linear(4, 4)), [{"x": 1}], PQConfig(V=2), progress=False)
+
+
+def test_feature_distillation_taps_the_named_modules_and_is_zero_on_equal_outputs():
+    model, batches = tiny_task()
+    tap = FeatureTap(model, ("1",))
+    model(batches[0][0])
+    assert set(tap.outputs) == {"1"} and tap.outputs["1"].shape == (32, 16)
+    tap.remove()
+    assert feature_loss(tap.outputs, tap.outputs).item() == 0
+    assert feature_loss({"1": 2 * tap.outputs["1"]}, tap.outputs).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="matches no module"):
+        FeatureTap(model, ("encoder",))
+    result = learn_pq(model, batches, PQConfig(V=4, epochs=2, lr=1e-2, feature_distill=("1",), feature_weight=5.0),
+                      progress=False)
+    assert np.mean(result.history.feature[-4:]) < result.history.feature[0]
+    assert not model._forward_hooks and not model[1]._forward_hooks and not result.model[1]._forward_hooks
+
+
+def test_learning_rate_schedule_warms_up_then_decays():
+    config = PQConfig(warmup_steps=4, lr_schedule="cosine")
+    factors = [lr_factor(step, 12, config) for step in range(12)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and all(a > b for a, b in zip(factors[4:], factors[5:])) and factors[-1] > 0
+    assert [lr_factor(step, 12, PQConfig()) for step in (0, 11)] == [1.0, 1.0]
+
+
+def test_weight_lr_is_the_step_of_the_non_pq_weights():
+    model, batches = tiny_task()
+    weights = {}
+    for weight_lr in (1e-6, 1e-2):
+        result = learn_pq(model, batches, PQConfig(V=4, epochs=1, lr=1e-2, trainable="all", weight_lr=weight_lr),
+                          progress=False)
+        weights[weight_lr] = (result.model[0].weight - model[0].weight).abs().max().item()
+    assert weights[1e-6] < 1e-4 < weights[1e-2]

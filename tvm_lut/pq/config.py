@@ -11,9 +11,10 @@ import fnmatch
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 TABLE_DTYPES = ("int8",)
 TRAINABLE = ("centroids", "all")
+LR_SCHEDULES = ("constant", "cosine")
 # The per-layer keys an override may set.
 OVERRIDE_KEYS = ("K", "V", "skip")
 
@@ -44,9 +45,14 @@ class PQConfig:
     - `overrides`: `{name or glob: {"K": .., "V": .., "skip": ..}}`.
     - Learning: `epochs` over the batches given, Adam with `lr` for centroids and `temperature_lr` for the
       inverse temperature `t = softplus(logit) + 1`, `logit` starting at `temperature_logit_init` (LUT-NN: 10 for
-      BERT). `trainable="all"` also trains every other parameter (weights, biases, norms) at `lr`.
+      BERT). `trainable="all"` also trains every other parameter (weights, biases, norms) at `weight_lr`:
+      pretrained weights need a far smaller step than centroids (1e-5..1e-4 for a transformer).
       Loss = `task_weight` * task loss (cross entropy, when labels are given) + `distill_weight` * KL to the
-      FP32 model's softened outputs at `distill_temperature`.
+      FP32 model's softened outputs at `distill_temperature` + `feature_weight` * the relative squared error
+      `|s - t|^2 / |t|^2` of the outputs of the modules named by the globs `feature_distill` (LUT-NN's
+      intermediate distillation: a sentence embedding says far more than two logits).
+    - Schedule: the learning rates rise linearly over the first `warmup_steps` steps, then stay (`lr_schedule`
+      "constant") or follow a cosine to zero at the last step ("cosine").
     - k-means: `kmeans_iters` Lloyd steps on at most `kmeans_rows` activation rows per layer.
     """
 
@@ -62,9 +68,14 @@ class PQConfig:
     temperature_lr: float = 1e-1
     temperature_logit_init: float = 10.0
     trainable: str = "centroids"
+    weight_lr: float = 1e-4
     task_weight: float = 1.0
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
+    feature_distill: tuple[str, ...] = ()
+    feature_weight: float = 1.0
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
     kmeans_iters: int = 20
     kmeans_rows: int = 4096
     seed: int = 0
@@ -73,11 +84,12 @@ class PQConfig:
     def __post_init__(self):
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "feature_distill", tuple(self.feature_distill))
         if self.version != CONFIG_VERSION:
             raise ValueError(f"PQConfig version {self.version} is not {CONFIG_VERSION}, the one this tvm-lut reads")
-        for name in ("K", "V", "epochs", "kmeans_iters", "kmeans_rows"):
+        for name in ("K", "V", "epochs", "kmeans_iters", "kmeans_rows", "warmup_steps"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name == "epochs" else 1):
+            if not isinstance(value, int) or value < (0 if name in ("epochs", "warmup_steps") else 1):
                 raise ValueError(f"PQConfig.{name} must be a positive int, got {value!r}")
         LayerSettings(self.K, self.V)  # the shared range checks
         if self.conv_V is not None and (not isinstance(self.conv_V, int) or self.conv_V < 1):
@@ -86,11 +98,14 @@ class PQConfig:
             raise ValueError(f"PQConfig.table_dtype {self.table_dtype!r}: the kernels read {TABLE_DTYPES} tables")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"PQConfig.trainable must be one of {TRAINABLE}, got {self.trainable!r}")
-        for name in ("lr", "temperature_lr", "distill_temperature"):
+        for name in ("lr", "temperature_lr", "weight_lr", "distill_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PQConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        if self.task_weight < 0 or self.distill_weight < 0 or self.task_weight + self.distill_weight == 0:
-            raise ValueError("PQConfig.task_weight and distill_weight must be >= 0 and not both 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"PQConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        weights = (self.task_weight, self.distill_weight, self.feature_weight)
+        if min(weights) < 0 or sum(weights[:2 + bool(self.feature_distill)]) == 0:
+            raise ValueError("PQConfig.task_weight, distill_weight and feature_weight must be >= 0 and not all 0")
         for pattern, override in self.overrides.items():
             unknown = set(override) - set(OVERRIDE_KEYS)
             if unknown:
@@ -116,7 +131,10 @@ class PQConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "PQConfig":
+        """A config written by `to_json`; version 1 (no `weight_lr`) reads as it ran: weights at `lr`."""
         raw = json.loads(text)
+        if raw.get("version") == 1 and "weight_lr" not in raw:
+            raw = {**raw, "version": CONFIG_VERSION, "weight_lr": raw.get("lr", cls.lr)}
         unknown = set(raw) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"PQConfig JSON has unknown fields {sorted(unknown)}")

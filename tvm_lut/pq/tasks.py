@@ -42,7 +42,7 @@ def _image_batches(images: np.ndarray, labels: np.ndarray, size: int) -> list:
 
 
 def cnn_task(learn_size: int = 20480, calib_size: int = 2048, train_epochs: int = 2, weights=None,
-             progress: bool = True) -> Task:
+             test_size: int = 10000, progress: bool = True) -> Task:
     from safetensors.torch import load_file
 
     from tvm_lut.datasets.fashion_mnist import load_fashion_mnist
@@ -58,7 +58,7 @@ def cnn_task(learn_size: int = 20480, calib_size: int = 2048, train_epochs: int 
         model = train_cnn(images, labels, epochs=train_epochs, progress=progress)
     return Task(model, _image_batches(images[:calib_size], labels[:calib_size], 256),
                 _image_batches(images[:learn_size], labels[:learn_size], 128),
-                _image_batches(test_images, test_labels, 1000))
+                _image_batches(test_images[:test_size], test_labels[:test_size], 1000))
 
 
 def length_batches(tweets, size: int, length: int = 64) -> list:

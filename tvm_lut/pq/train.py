@@ -1,7 +1,7 @@
 """Centroid learning (LUT-NN): task loss plus distillation from the FP32 model, resumable from a checkpoint.
 
 Trainable by default: every PQ layer's `centroids` (Adam, `PQConfig.lr`) and `temperature_logit`
-(`PQConfig.temperature_lr`); with `trainable="all"` also every other parameter of the model. The student runs
+(`PQConfig.temperature_lr`); with `trainable="all"` also every other parameter of the model (`PQConfig.weight_lr`). The student runs
 in eval mode (dropout off, batch-norm statistics frozen); its PQ layers use the straight-through soft
 assignment whenever gradients are on. The teacher is the FP32 model, never updated.
 
@@ -12,7 +12,9 @@ of each epoch; a run started with the same file and config continues where the l
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,7 @@ class TrainHistory:
     loss: list[float] = field(default_factory=list)
     task: list[float] = field(default_factory=list)
     distill: list[float] = field(default_factory=list)
+    feature: list[float] = field(default_factory=list)
     temperature: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -45,6 +48,45 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     log_teacher = F.log_softmax(teacher / temperature, dim=-1)
     return F.kl_div(log_student.flatten(0, -2), log_teacher.flatten(0, -2), log_target=True,
                     reduction="batchmean") * temperature ** 2
+
+
+class FeatureTap:
+    """Records the outputs of the modules of `model` whose names match `patterns`, at every forward."""
+
+    def __init__(self, model: nn.Module, patterns: tuple[str, ...]):
+        modules = {name: m for name, m in model.named_modules()
+                   if any(fnmatch.fnmatchcase(name, p) for p in patterns)}
+        if patterns and not modules:
+            raise ValueError(f"PQConfig.feature_distill {patterns} matches no module of the model")
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
+
+    def _hook(self, name: str):
+        def record(module, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"feature distillation needs a tensor output from {name!r}, got {type(output).__name__}")
+            self.outputs[name] = output
+        return record
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def feature_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over the tapped modules of the relative squared error |s - t|^2 / |t|^2 (scale-free per module)."""
+    terms = [(student[name] - t).pow(2).sum() / t.pow(2).sum().clamp(min=1e-12) for name, t in teacher.items()]
+    return torch.stack(terms).mean()
+
+
+def lr_factor(step: int, total: int, config: PQConfig) -> float:
+    """Multiplier of every learning rate at optimisation step `step` (0-based) of `total`."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        span = max(total - config.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - config.warmup_steps) / span))
+    return 1.0
 
 
 def _param_groups(model: nn.Module, config: PQConfig) -> list[dict]:
@@ -57,7 +99,7 @@ def _param_groups(model: nn.Module, config: PQConfig) -> list[dict]:
         param.requires_grad_(config.trainable == "all")
     groups = [{"params": centroids, "lr": config.lr}, {"params": temperatures, "lr": config.temperature_lr}]
     if config.trainable == "all":
-        groups.append({"params": rest, "lr": config.lr})
+        groups.append({"params": rest, "lr": config.weight_lr})
     return groups
 
 
@@ -123,6 +165,7 @@ def train_centroids(student: nn.Module, teacher: nn.Module, batches, config: PQC
         raise ValueError("the student has no PQ layers: run quantize_ and init_centroids first")
     batches = as_batch_list(batches)
     optimizer = torch.optim.Adam(_param_groups(student, config))
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint restores scaled ones
     store = Checkpoint(checkpoint) if checkpoint is not None else None
     done = {"epoch": 0, "step": 0, "history": TrainHistory().__dict__}
     if store is not None and store.path.exists():
@@ -130,38 +173,52 @@ def train_centroids(student: nn.Module, teacher: nn.Module, batches, config: PQC
     history = TrainHistory(**done["history"])
     student.eval()
     teacher.eval()
+    student_tap = FeatureTap(student, config.feature_distill)
+    teacher_tap = FeatureTap(teacher, config.feature_distill)
 
     def save(epoch: int, step: int) -> None:
         if store is not None:
             store.save(student, optimizer, {"config": json.loads(config.to_json()), "epoch": epoch, "step": step,
                                             "history": history.__dict__})
 
+    def learn_step(batch, global_step: int) -> float:
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * lr_factor(global_step, total, config)
+        inputs, labels = split_batch(batch)
+        with torch.no_grad():
+            target = teacher(*inputs)
+        logits = student(*inputs)
+        zero = logits.new_zeros(())
+        distill = distillation_loss(logits, target, config.distill_temperature)
+        task = F.cross_entropy(logits.flatten(0, -2), labels.flatten()) if labels is not None else zero
+        feature = feature_loss(student_tap.outputs, teacher_tap.outputs) if config.feature_distill else zero
+        loss = config.task_weight * task + config.distill_weight * distill + config.feature_weight * feature
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for values, term in ((history.loss, loss), (history.task, task), (history.distill, distill),
+                             (history.feature, feature)):
+            values.append(term.item())
+        for name, layer in layers.items():
+            history.temperature.setdefault(name, []).append(layer.temperature.item())
+        return loss.item()
+
     total = config.epochs * len(batches)
     bar = tqdm(total=total, initial=min(total, done["epoch"] * len(batches) + done["step"]),
                desc="PQ centroid learning", disable=not progress)
-    for epoch in range(done["epoch"], config.epochs):
-        order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        first = done["step"] if epoch == done["epoch"] else 0
-        for step in range(first, len(batches)):
-            inputs, labels = split_batch(batches[int(order[step])])
-            with torch.no_grad():
-                target = teacher(*inputs)
-            logits = student(*inputs)
-            distill = distillation_loss(logits, target, config.distill_temperature)
-            task = F.cross_entropy(logits.flatten(0, -2), labels.flatten()) if labels is not None else logits.new_zeros(())
-            loss = config.task_weight * task + config.distill_weight * distill
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            history.loss.append(loss.item())
-            history.task.append(task.item())
-            history.distill.append(distill.item())
-            for name, layer in layers.items():
-                history.temperature.setdefault(name, []).append(layer.temperature.item())
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if (step + 1) % checkpoint_every == 0 and step + 1 < len(batches):
-                save(epoch, step + 1)
-        save(epoch + 1, 0)
-    bar.close()
+    try:
+        for epoch in range(done["epoch"], config.epochs):
+            order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+            first = done["step"] if epoch == done["epoch"] else 0
+            for step in range(first, len(batches)):
+                loss = learn_step(batches[int(order[step])], epoch * len(batches) + step)
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if (step + 1) % checkpoint_every == 0 and step + 1 < len(batches):
+                    save(epoch, step + 1)
+            save(epoch + 1, 0)
+    finally:
+        bar.close()
+        student_tap.remove()
+        teacher_tap.remove()
     return history

@@ -11,9 +11,11 @@ schedule rules vectorize it like any arithmetic, and lowered after vectorization
   about 20 instructions per register for 16 segments. Fewer lanes are widened to one register, more are split;
 - scalars and other ISAs: a compare + two blends per breakpoint as a balanced tree (depth log2(S)), branch-free.
 
-The lowering callback sees the call, not the function's target: it asks `Target.current()` (else the host CPU) for
-AVX2 / AVX-512F. Risk: cross-compiling from an x86 host for an x86 CPU with 256-bit vectors but no AVX2 (AVX1 only)
-emits AVX2; compile inside `with target:` to make the check exact.
+The lowering callback sees the call, not the function's target, and `tvm.compile` lowers TIR outside any target
+scope. So the register width is an argument of the call, `pwl_segments(x, width, *table)`, fixed when the kernel is
+defined inside `with target:` (the `tvm_lut` pipeline defines its kernels there). A kernel defined outside any target
+scope is lowered for `Target.current()` at that time, else for the host CPU: an AVX-512 host cross-compiling such a
+kernel for an AVX2 or ARM CPU would emit instructions that target cannot run.
 
 Semantics (both forms): NaN compares false everywhere and stays NaN through the multiply-add; an infinite x on a
 flat outer segment (`0 * inf`) gives the intercept. Tables hold 1 to 16 segments (one 512-bit register).
@@ -36,11 +38,26 @@ _PURE = 1  # tirx.CallEffectKind.Pure
 _PERMUTES = {16: ("avx512f", "llvm.x86.avx512.permvar.sf.512"), 8: ("avx2", "llvm.x86.avx2.permps")}
 
 
+_UNBOUND, _PORTABLE = 0, 1  # register widths of a call besides 8 and 16: decided at lowering; no permutes
+
+
 def segments(breakpoints: Sequence[float], slopes: Sequence[float], intercepts: Sequence[float],
              x: PrimExpr) -> PrimExpr:
-    """The table applied to the float32 expression `x` (sizes S-1, S, S; validated by `pwl_expr.Table`)."""
+    """The table applied to the float32 expression `x` (sizes S-1, S, S; validated by `pwl_expr.Table`), for the
+    registers of the current target (unbound outside a target scope)."""
+    target = Target.current(allow_none=True)
+    width = _UNBOUND if target is None else register_width(target)
     constants = [*breakpoints, *slopes, *intercepts]
-    return tirx.call_intrin("float32", OP_NAME, x, *(_f32(v) for v in constants))
+    return tirx.call_intrin("float32", OP_NAME, x, _i32(width), *(_f32(v) for v in constants))
+
+
+def register_width(target: Target) -> int:
+    """Lanes of the widest register `target` can permute in (16: AVX-512F, 8: AVX2), else 1 (the portable form)."""
+    if target.kind.name == "llvm":
+        for width, (feature, _) in _PERMUTES.items():
+            if target_has_features([feature], target):
+                return width
+    return _PORTABLE
 
 
 def _f32(value) -> tirx.FloatImm:
@@ -55,12 +72,17 @@ def _splat(scalar: PrimExpr, lanes: int) -> PrimExpr:
     return scalar if lanes == 1 else tirx.Broadcast(scalar, lanes)
 
 
+def _immediate(arg):
+    return (arg.value if isinstance(arg, tirx.Broadcast) else arg).value
+
+
 def _unpack(call):
-    """(x, lanes, breakpoints, slopes, intercepts) of a (possibly vectorized) call."""
+    """(x, lanes, register width, breakpoints, slopes, intercepts) of a (possibly vectorized) call."""
     lanes = tvm.DataType(str(call.ty.dtype)).lanes
-    values = [float((a.value if isinstance(a, tirx.Broadcast) else a).value) for a in call.args[1:]]
+    values = [float(_immediate(a)) for a in call.args[2:]]
     size = (len(values) + 1) // 3
-    return call.args[0], lanes, values[:size - 1], values[size - 1:2 * size - 1], values[2 * size - 1:]
+    return (call.args[0], lanes, int(_immediate(call.args[1])), values[:size - 1], values[size - 1:2 * size - 1],
+            values[2 * size - 1:])
 
 
 def _let(name: str, value: PrimExpr, body) -> PrimExpr:
@@ -130,22 +152,18 @@ def _vector(values: Sequence[float], lanes: int) -> PrimExpr:
     return tirx.Shuffle([_f32(v) for v in padded], list(range(lanes)))
 
 
-def _has(feature: str) -> bool:
-    target = Target.current(allow_none=True) or _host()
-    return target.kind.name == "llvm" and bool(target_has_features([feature], target))
-
-
 @functools.cache
 def _host() -> Target:
     return Target({"kind": "llvm", "mcpu": llvm_get_system_cpu()})
 
 
 def _lower(call) -> PrimExpr:
-    x, lanes, breakpoints, slopes, intercepts = _unpack(call)
-    width = next((w for w, (feature, _) in _PERMUTES.items() if _has(feature)), None)
+    x, lanes, width, breakpoints, slopes, intercepts = _unpack(call)
+    if width == _UNBOUND:
+        width = register_width(Target.current(allow_none=True) or _host())
     # A scalar is mostly a row-invariant value (softmax's reciprocal, LayerNorm's rsqrt): LLVM hoists a select
     # tree out of the row loop whole, but only part of a register search.
-    if width is None or lanes == 1 or (lanes > width and lanes % width):
+    if width == _PORTABLE or lanes == 1 or (lanes > width and lanes % width):
         return _let("x", x, lambda x: _select_tree(x, lanes, breakpoints, slopes, intercepts))
 
     def search(x):
@@ -161,7 +179,7 @@ def _lower(call) -> PrimExpr:
 
 
 def _lower_portable(call) -> PrimExpr:
-    x, lanes, breakpoints, slopes, intercepts = _unpack(call)
+    x, lanes, _, breakpoints, slopes, intercepts = _unpack(call)
     return _let("x", x, lambda x: _select_tree(x, lanes, breakpoints, slopes, intercepts))
 
 

@@ -12,6 +12,8 @@ from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
+from .vector_math import vectorizable_math
+
 logger = logging.getLogger(__name__)
 
 # Below this many elements a parallel loop costs more to launch than it saves.
@@ -24,7 +26,7 @@ class CPURule(ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
-        sch = s_tir.Schedule(func)
+        sch = s_tir.Schedule(vectorizable_math(func))
         blocks = normalize_prim_func(sch)
         if not blocks:
             return None

@@ -8,7 +8,8 @@ schedule rules vectorize it like any arithmetic, and lowered after vectorization
 
 - AVX-512F (16-lane registers) or AVX2 (8): a branch-free binary search over the breakpoints (log2(S) rounds of
   compare + blend, probing with a permute from round 3 on), then two permutes for slope and intercept and an FMA:
-  about 20 instructions per register for 16 segments. Fewer lanes are widened to one register, more are split;
+  about 20 instructions per register for 16 segments. With 8 lanes a 16-entry table spans two registers (two
+  permutes and a blend per lookup), but the probes a round can reach fit one. Fewer lanes are widened to one register, more are split;
 - scalars and other ISAs: a compare + two blends per breakpoint as a balanced tree (depth log2(S)), branch-free.
 
 The lowering callback sees the call, not the function's target, and `tvm.compile` lowers TIR outside any target
@@ -135,7 +136,12 @@ def _binary_search(x, lanes, breakpoints, slopes, intercepts) -> PrimExpr:
             upper = x >= _splat(_f32(probes[size // 2 - 1]), lanes)
             return tirx.Select(upper, _splat(_f32(probes[size // 2 + step - 1]), lanes),
                                _splat(_f32(probes[step - 1]), lanes))
-        return lookup(probes, index + _splat(_i32(step - 1), lanes))
+        if len(probes) <= lanes:
+            return lookup(probes, index + _splat(_i32(step - 1), lanes))
+        # index is a multiple of 2*step here, so the probes this round can reach, probes[step - 1 :: 2 * step],
+        # fit one register (8 lanes, 16 entries): one permute by index / (2 * step) instead of two and a blend.
+        shift = _splat(_i32((2 * step).bit_length() - 1), lanes)
+        return lookup(probes[step - 1::2 * step], tirx.shift_right(index, shift))
 
     def search(index, step):
         if step == 0:

@@ -5,7 +5,8 @@ is contiguous along `j`, preceded by injective producers that can be inlined and
 Schedule (a register-tiled micro-kernel, as in BLIS/oneDNN): an `MR x NR` tile of C lives in vector registers
 (NR = two SIMD vectors along `j`); for each k one row of the B panel is loaded and each of the MR elements of A is
 broadcast into a fused multiply-add; k is unrolled; tiles run in parallel; the epilogue is applied to each tile
-while it is hot, so the intermediate C is never written to memory.
+while it is hot, so the intermediate C is never written to memory. A product with a single row of A (a dense layer
+at batch 1: the unit row axis is not iterated) gets one-row tiles of ROWLESS_VECTORS vectors instead.
 """
 
 from tvm import s_tir, tirx
@@ -19,6 +20,8 @@ from .common import CPURule, inline_injective, largest_divisor, output_dtype, pa
 # must fit the 16 (AVX2) or 32 (AVX-512) vector registers.
 ROW_TILES = (8, 6, 4, 7, 5, 3, 2, 1)
 K_UNROLL = 4
+# Vectors of C per tile of a one-row product: more independent accumulators hide the multiply-add latency.
+ROWLESS_VECTORS = 4
 
 
 def _index_vars(region) -> list:
@@ -30,55 +33,71 @@ class Matmul(CPURule):
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
         reductions = [info for info in blocks if not info.is_injective()]
-        if len(reductions) != 1 or not reductions[0].dom_kind().endswith("SSR"):
+        if len(reductions) != 1:
             return None
         matmul = reductions[0]
-        if not self._is_matmul(sch, matmul):
+        has_rows = self._has_rows(sch, matmul)
+        if has_rows is None:
             return None
         position = blocks.index(matmul)
         for producer in blocks[:position]:
             sch.compute_inline(producer.block_rv)
         epilogue = [info.block_rv for info in inline_injective(sch, blocks[position + 1 :])]
 
-        *batch, m, n, k = [static_extent(sch, loop) for loop in matmul.get_loops()]
-        if None in (m, n, k):
+        loops = sch.get_loops(matmul.block_rv)
+        extents = [static_extent(sch, loop) for loop in loops]
+        if None in extents:
             return None
+        # One row (a unit row axis is not iterated): a matrix-vector product, whose tile is one row of wider vectors.
+        *batch_loops, i, j, kk = loops if has_rows else [*loops[:-2], None, *loops[-2:]]
+        m, n, k = (extents[-3] if has_rows else 1), extents[-2], extents[-1]
         lanes = vector_lanes(target, output_dtype(sch, matmul.block_rv))
         row_tile = next(r for r in ROW_TILES if m % r == 0)
-        col_tile = largest_divisor(n, 2 * lanes)
+        col_tile = largest_divisor(n, (2 if has_rows else ROWLESS_VECTORS) * lanes)
         k_unroll = largest_divisor(k, K_UNROLL)
 
-        *batch_loops, i, j, kk = sch.get_loops(matmul.block_rv)
-        io, ii = sch.split(i, [None, row_tile])
+        row_outer, row_inner = ([loop] for loop in sch.split(i, [None, row_tile])) if has_rows else ([], [])
         jo, ji = sch.split(j, [None, col_tile])
         ko, ki = sch.split(kk, [None, k_unroll])
-        sch.reorder(*batch_loops, jo, io, ko, ki, ii, ji)
-        tile_loop = sch.fuse(*batch_loops, jo, io)
+        sch.reorder(*batch_loops, jo, *row_outer, ko, ki, *row_inner, ji)
+        tile_loops = [*batch_loops, jo, *row_outer]
+        tile_loop = sch.fuse(*tile_loops) if len(tile_loops) > 1 else jo
         if not epilogue:  # write C through a register tile
             epilogue = [sch.cache_write(matmul.block_rv, 0, "global")]
         for block in epilogue:
             sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
-            *_, rows, cols = sch.get_loops(block)
+            *rows, cols = sch.get_loops(block)[1:]
             vectorize_innermost(sch, cols, lanes)
-            sch.unroll(rows)
+            for row in rows:
+                sch.unroll(row)
 
         parallelize(sch, tile_loop, m * n * k, target)
         sch.vectorize(ji)
-        sch.unroll(ii)
+        for row in row_inner:
+            sch.unroll(row)
         sch.unroll(ki)
         init = sch.decompose_reduction(matmul.block_rv, ko)
         vectorize_innermost(sch, sch.get_loops(init)[-1], lanes)
         return sch
 
     @staticmethod
-    def _is_matmul(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
-        """Two operands: A indexed by (.., i, k) and B by (.., k, j) with j last (the vector axis)."""
+    def _has_rows(sch: s_tir.Schedule, info: SBlockInfo) -> bool | None:
+        """Whether a matmul iterates rows of A (None: not a matmul).
+
+        A matmul reads two operands: A indexed by (.., [i,] k) and B by (.., k, j) with j last (the vector axis).
+        """
         block = sch.get(info.block_rv)
         reads = [r for r in block.reads if not r.source.same_as(block.writes[0].source)]
-        if len(reads) != 2:
-            return False
-        i, j, k = (it.var for it in info.iters[-3:])
+        if len(reads) != 2 or not info.dom_kind().endswith("SR"):
+            return None
+        j, k = (it.var for it in info.iters[-2:])
         lhs, rhs = (_index_vars(r) for r in reads)
         if rhs[-1:] != [j]:
             lhs, rhs = rhs, lhs
-        return rhs[-1:] == [j] and k in rhs and j not in lhs and k in lhs and i in lhs
+        if rhs[-1:] != [j] or k not in rhs or j in lhs or k not in lhs:
+            return None
+        *batch, i = [None, *(it.var for it in info.iters[:-2])]
+        if i is not None and i in lhs and i not in rhs:
+            return True
+        # One row: every other axis must index both operands (a batch), or this is no matmul (e.g. a 1x1 conv).
+        return False if all(b in lhs and b in rhs for b in [*batch, i] if b is not None) else None

@@ -64,3 +64,25 @@ def test_declines_a_transposed_right_operand():
 def test_declines_a_plain_reduction():
     x = te.placeholder((16, 8), name="x")
     assert Matmul().apply(te.create_prim_func([x, topi.sum(x, axis=1)]), TARGET, False) is None
+
+
+@pytest.mark.parametrize("batch, n, k", [((), 128, 576), ((), 10, 128), ((), 5, 3), ((4,), 33, 17)])
+def test_one_row_matmul_bias_relu_matches_numpy(batch, n, k):
+    a, b = te.placeholder((*batch, 1, k), name="a"), te.placeholder((*batch, k, n), name="b")
+    bias = te.placeholder((n,), name="bias")
+    func = te.create_prim_func([a, b, bias, topi.nn.relu(topi.add(_matmul(a, b), bias))])
+    x, w, c = (RNG.standard_normal(s, dtype="float32") for s in ((*batch, 1, k), (*batch, k, n), (n,)))
+    w.flat[:2] = [np.nan, np.inf]  # column 0 NaN, column 1 +-inf; the others finite
+    with np.errstate(invalid="ignore"):
+        expected = np.fmax(x @ w + c, 0)  # TIR max is LLVM maxnum: max(NaN, 0) = 0
+    np.testing.assert_allclose(run(scheduled(Matmul(), func), x, w, c), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_one_row_matmul_is_vectorized():
+    a, b = te.placeholder((1, 576), name="a"), te.placeholder((576, 128), name="b")
+    assert "vectorized" in loop_kinds(scheduled(Matmul(), te.create_prim_func([a, b, _matmul(a, b)])))
+
+
+def test_declines_a_one_by_one_convolution():
+    x, w = te.placeholder((1, 64, 7, 7), name="x"), te.placeholder((64, 64, 1, 1), name="w")
+    assert Matmul().apply(te.create_prim_func([x, w, topi.nn.conv2d_nchw(x, w, 1, 0, 1)]), TARGET, False) is None

@@ -115,7 +115,7 @@ def reciprocal(table: Table, x: PrimExpr) -> PrimExpr:
     y = segments(table, mantissa) * _pow2(half) * _pow2(_i32(0) - exponent - half)
     y = tirx.Select(magnitude == _f32(np.inf), _f32(0.0), y)  # 0 -> inf comes out of 2^151 by itself
     y = _float(tirx.bitwise_or(_bits(y), tirx.bitwise_and(_bits(x), _i32(_SIGN_BITS))))
-    return tirx.Select(tirx.isnan(x), x, y)
+    return tirx.Select(magnitude >= _f32(0.0), y, x)  # false only for NaN (`isnan` stops TVM's vectorizer)
 
 
 def rsqrt(table: Table, x: PrimExpr) -> PrimExpr:
@@ -126,7 +126,8 @@ def rsqrt(table: Table, x: PrimExpr) -> PrimExpr:
     y = segments(table, mantissa) * _pow2(_i32(0) - k)
     y = tirx.Select(x == _f32(0.0), _f32(np.inf), y)
     y = tirx.Select(x == _f32(np.inf), _f32(0.0), y)
-    return tirx.Select(tirx.Or(x < _f32(0.0), tirx.isnan(x)), _f32(np.nan), y)
+    # one compare for both: negative and NaN inputs fail it (an `Or` of two conditions stops TVM's vectorizer)
+    return tirx.Select(x >= _f32(0.0), y, _f32(np.nan))
 
 
 def evaluate(table: Table, x: PrimExpr) -> PrimExpr:

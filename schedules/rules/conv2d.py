@@ -5,13 +5,15 @@ Fits a function with exactly one reduction block over (n, co, oh, ow | ci, kh, k
 grouped and depthwise convs and other layouts do not fit). Schedule (a register-tiled direct convolution, as in
 oneDNN's NCHWc kernels): output channels are blocked by the SIMD width, which needs the weight repacked once per
 call to `[co/V, ci, kh, kw, V]` so one block of output channels is one vector load; an `R x V` tile of outputs
-(R along the output width) lives in registers; each step of the (ci, kh, kw) reduction broadcasts R input pixels
+(R along the output width) lives in registers (accumulated in `[n, co/V, oh, ow, V]` order, so each accumulator is
+one contiguous vector); each step of the (ci, kh, kw) reduction broadcasts R input pixels
 into fused multiply-adds with one weight vector, kh and kw unrolled; rows (n, co block, oh) run in parallel and
 the epilogue is applied to each tile while it is hot.
 """
 
 import math
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
@@ -21,8 +23,10 @@ from .common import CPURule, inline_injective, largest_divisor, output_dtype, pa
 from .common import vectorize_innermost
 
 # Output pixels per register tile, best first: R accumulator vectors plus a weight vector and a broadcast must
-# fit the 16 (AVX2) vector registers; 7 divides the widths of 28x28 and 14x14 maps.
+# fit the 16 vector registers of AVX2, or the 32 of AVX-512 (its wider tile loads each weight vector half as
+# often); 7 and 14 divide the widths of 28x28 and 14x14 maps.
 WIDTH_TILES = (8, 7, 6, 4, 5, 3, 2, 1)
+WIDE_WIDTH_TILES = (14, 16, 12, 8, 7, 6, 4, 5, 3, 2, 1)
 # Unroll the (kh, kw) window only while its body stays small: window x tile fused multiply-adds.
 MAX_UNROLLED_WINDOW = 25
 
@@ -98,7 +102,8 @@ class Conv2d(CPURule):
         epilogue = [info.block_rv for info in inline_injective(sch, blocks[position + 1 :])]
         lanes = vector_lanes(target, output_dtype(sch, conv.block_rv))
         block = largest_divisor(extents["co"], lanes)
-        tile = next(r for r in WIDTH_TILES if extents["ow"] % r == 0)
+        tiles = WIDE_WIDTH_TILES if lanes * tvm.DataType(output_dtype(sch, conv.block_rv)).bits >= 512 else WIDTH_TILES
+        tile = next(r for r in tiles if extents["ow"] % r == 0)
 
         packed = sch.cache_read(conv.block_rv, weight_index, "global")
         sch.transform_layout(packed, ("write", 0), lambda o, c, y, x: (o // block, c, y, x, o % block))
@@ -112,6 +117,9 @@ class Conv2d(CPURule):
         rows = sch.fuse(*batch, co_outer, loops["oh"])
         if not epilogue:  # write the output through a register tile
             epilogue = [sch.cache_write(conv.block_rv, 0, "global")]
+        # The accumulators in channel-block-last order, so each is one contiguous vector (in NCHW a vector of
+        # channels is strided: every update would be a gather and a scatter, and none would stay in a register).
+        sch.transform_layout(conv.block_rv, ("write", 0), lambda n, c, y, x: (n, c // block, y, x, c % block))
         for consumer in epilogue:
             sch.reverse_compute_at(consumer, ow_outer, preserve_unit_loops=True)
             *_, channels, _, width = sch.get_loops(consumer)  # NCHW: the output is contiguous along the width

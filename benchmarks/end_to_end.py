@@ -1,12 +1,17 @@
 """Whole-model CPU latency, accuracy and size: PyTorch, ONNX Runtime (fp32, int8) and TVM builds, in one run.
 
-    python -m benchmarks.end_to_end [--models minilm-8x64 minilm-1x64 cnn] [--db DIR] [--json PATH]
+    python -m benchmarks.end_to_end [--models minilm-8x64 minilm-1x64 cnn] [--threads N] [--database DIR]
+        [--bundle minilm=PQ.safetensors] [--bundle cnn=PQ.safetensors --cnn-weights FP32.safetensors] [--json PATH]
 
 For MiniLM-L6 (batch 8 x 64 and 1 x 64 tokens) and the Fashion-MNIST CNN, each row is one engine on the same
-inputs and thread count: PyTorch fp32, ONNX Runtime fp32 and int8 (dynamic quantization), stock TVM (its default
-CPU pipeline, which schedules nothing), TVM with our schedule rules on the exact model, with tuning records
-(`--db`, written by `tvm-lut tune`), and with NN-LUT (the shipped tables). Latency is the median of `--repeat`
-calls; `vs_ort_fp32` is ONNX Runtime fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM embeddings
+inputs and thread count (`--threads`; 1 reads kernel quality on a busy machine): PyTorch fp32, ONNX Runtime fp32
+and int8 (dynamic quantization), stock TVM (its default CPU pipeline, which schedules nothing), TVM with our
+schedule rules on the exact model, with tuning records (`--database`, written by `tvm-lut tune`; only read here),
+with NN-LUT (the shipped tables), and with NN-LUT + PQ (`--bundle MODEL=PATH`, written by `tvm-lut learn`; its
+NN-LUT tables, or the shipped ones when it has none). A CNN bundle fits the weights it was learned against: pass
+them with `--cnn-weights` (`tvm-lut learn` writes them beside the bundle). Latency is the median of `--repeat`
+repetitions of >= 0.1 s of calls, taken in turn over the engines (A B C A B C ...); `vs_ort_fp32` is ONNX Runtime
+fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM embeddings
 feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on held-out
 tweets; the CNN is scored on Fashion-MNIST test images. Size: the file each engine loads (ONNX file, TVM shared
 library with its constants, PyTorch parameter bytes). Stock TVM is timed with one repetition (seconds per call)
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing import add_common_arguments, format_table, median_seconds, write_json
+from .timing import add_common_arguments, format_table, median_seconds, median_seconds_interleaved, write_json
 
 MODELS = ("minilm-8x64", "minilm-1x64", "cnn")
 
@@ -50,7 +55,8 @@ def minilm_case(batch: int, args):
 
 
 def cnn_case(args):
-    """(torch model, example input, accuracy function) for the Fashion-MNIST CNN, trained here for one epoch."""
+    """(torch model, example input, accuracy function) for the Fashion-MNIST CNN (trained here for one epoch, or
+    `--cnn-weights`)."""
     import torch
 
     from tvm_lut.datasets.fashion_mnist import load_fashion_mnist
@@ -58,7 +64,16 @@ def cnn_case(args):
 
     train_x, train_y = load_fashion_mnist("train")
     test_x, test_y = load_fashion_mnist("test")
-    model = train_cnn(train_x, train_y, epochs=1, seed=0)
+    if args.cnn_weights is None:
+        model = train_cnn(train_x, train_y, epochs=1, seed=0)
+    else:
+        from safetensors.torch import load_file
+
+        from tvm_lut.models.cnn import FashionCNN
+
+        model = FashionCNN()
+        model.load_state_dict(load_file(str(args.cnn_weights)))
+        model.eval()
     images, labels = test_x[: args.eval_images], test_y[: args.eval_images]
 
     def score(encoder):
@@ -68,7 +83,16 @@ def cnn_case(args):
     return model, (torch.from_numpy(images[:1].copy()),), score
 
 
-def engines(model, example, args, workdir: Path):
+def nnlut_pq_bundle(path: Path):
+    """The bundle of `tvm-lut learn` with NN-LUT tables: its own, or the shipped ones when it holds PQ tables only."""
+    from tvm_lut.bundle import Bundle
+    from tvm_lut.defaults import default_bundle
+
+    bundle = Bundle.load(path)
+    return bundle if any(entry.kind == "pwl" for _, entry in bundle.items()) else default_bundle().merged(bundle)
+
+
+def engines(model, example, bundle: Path | None, args, workdir: Path):
     """name -> (callable on numpy inputs, size in bytes): every engine of one model."""
     import onnxruntime as ort
     import torch
@@ -81,7 +105,7 @@ def engines(model, example, args, workdir: Path):
     from schedules.target import num_cores
     from tvm_lut.frontend import _torch_to_onnx, from_torch
 
-    target = host_target()
+    target = host_target(args.threads)
     threads = num_cores(target)
     torch.set_num_threads(threads)
     onnx_path, int8_path = workdir / "model.onnx", workdir / "model.int8.onnx"
@@ -113,9 +137,13 @@ def engines(model, example, args, workdir: Path):
     mod = from_torch(model, example)
     yield "tvm stock", *tvm_run(tvm.compile(mod, target=target), "stock")
     yield "tvm rules", *tvm_run(tvm_lut.compile(mod, target=target), "rules")
-    if args.db is not None:
-        yield "tvm tuned", *tvm_run(tvm_lut.compile(mod, target=target, database=args.db), "tuned")
+    if args.database is not None:
+        yield "tvm tuned", *tvm_run(tvm_lut.compile(mod, target=target, database=args.database), "tuned")
     yield "tvm nn-lut", *tvm_run(tvm_lut.compile(mod, target=target, nonlinear=True), "nnlut")
+    if bundle is not None:
+        executable = tvm_lut.compile(mod, nnlut_pq_bundle(bundle), target=target)
+        print(f"  nn-lut + pq: {executable.lut_report}", flush=True)
+        yield "tvm nn-lut + pq", *tvm_run(executable, "nnlut_pq")
 
 
 def measure(name: str, args) -> list[dict]:
@@ -125,37 +153,57 @@ def measure(name: str, args) -> list[dict]:
     else:
         model, example, score = cnn_case(args)
     arrays = [t.numpy() for t in example]
-    rows = []
+    rows, runs = [], {}
     with tempfile.TemporaryDirectory() as workdir:
-        for engine, run, size in engines(model, example, args, Path(workdir)):
+        bundle = args.bundle.get(name.split("-")[0])
+        for engine, run, size in engines(model, example, bundle, args, Path(workdir)):
             stock = engine == "tvm stock"
-            seconds = median_seconds(lambda: run(*arrays), 1 if stock else args.repeat, 0.0 if stock else 0.02)
-            accuracy = None if stock or args.eval_texts == 0 else score(run)
-            rows.append({"model": name, "engine": engine, "latency_ms": 1e3 * seconds, "accuracy": accuracy,
-                         "size_mb": size / 1e6})
-            print(f"  {name} {engine}: {1e3 * seconds:.2f} ms", flush=True)
+            row = {"model": name, "engine": engine, "size_mb": size / 1e6,
+                   "accuracy": None if stock or args.eval_texts == 0 else score(run)}
+            if stock:  # seconds per call: one repetition
+                row["latency_ms"] = 1e3 * median_seconds(lambda: run(*arrays), 1, 0.0)
+            else:
+                runs[engine] = lambda run=run: run(*arrays)
+            rows.append(row)
+            print(f"  {name} {engine}: built, accuracy {row['accuracy']}", flush=True)
+        # Repetitions taken in turn over the engines: the load of a shared machine hits all of them alike.
+        seconds = median_seconds_interleaved(runs, args.repeat, min_seconds=0.1)
+    for row in rows:
+        row.setdefault("latency_ms", 1e3 * seconds.get(row["engine"], float("nan")))
     baseline = next(r["latency_ms"] for r in rows if r["engine"] == "ort fp32")
     for row in rows:
         row["vs_ort_fp32"] = baseline / row["latency_ms"]
     return rows
 
 
+def _bundle_argument(text: str) -> tuple[str, Path]:
+    model, sep, path = text.partition("=")
+    if not sep or model not in ("minilm", "cnn") or not path:
+        raise argparse.ArgumentTypeError(f"expected minilm=PATH or cnn=PATH, got {text!r}")
+    return model, Path(path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--db", help="tuning database of `tvm-lut tune` (adds the 'tvm tuned' rows)")
+    parser.add_argument("--threads", type=int, help="threads for every engine (default: the cores this process may use)")
+    parser.add_argument("--database", "--db", help="tuning database of `tvm-lut tune` (adds the 'tvm tuned' rows)")
+    parser.add_argument("--bundle", action="append", default=[], metavar="MODEL=PATH", type=_bundle_argument,
+                        help="PQ bundle of `tvm-lut learn` for minilm or cnn (adds the 'tvm nn-lut + pq' rows)")
+    parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (those a CNN bundle was learned for)")
     parser.add_argument("--train-texts", type=int, default=1000, help="tweets for the MiniLM head (1000)")
     parser.add_argument("--eval-texts", type=int, default=500, help="held-out tweets scored (500; 0: no accuracy)")
     parser.add_argument("--eval-images", type=int, default=2000, help="Fashion-MNIST test images scored (2000)")
     args = parser.parse_args(argv)
+    args.bundle = dict(args.bundle)
 
     from schedules import host_target
 
     rows = [row for name in args.models for row in measure(name, args)]
-    print(f"target {host_target()}; median of {args.repeat}; vs_ort_fp32 > 1 means faster than ONNX Runtime fp32")
+    print(f"target {host_target(args.threads)}; median of {args.repeat}; vs_ort_fp32 > 1 means faster than ONNX Runtime fp32")
     print(format_table(rows, ["model", "engine", "latency_ms", "vs_ort_fp32", "accuracy", "size_mb"]))
-    write_json(args.json and Path(args.json), {"target": str(host_target()), "rows": rows})
+    write_json(args.json and Path(args.json), {"target": str(host_target(args.threads)), "rows": rows})
     return 0
 
 

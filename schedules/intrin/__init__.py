@@ -27,7 +27,7 @@ def lookup_accumulate_desc(lanes: int):
     def desc(
         table: T.Buffer((TABLE_ENTRIES,), "int8", offset_factor=1),
         codes: T.Buffer((lanes,), "uint8", offset_factor=1),
-        acc: T.Buffer((lanes,), "int16", offset_factor=1, scope="local"),
+        acc: T.Buffer((lanes,), "int16", offset_factor=1),
     ):
         with T.sblock("root"):
             T.reads(acc[0:lanes], codes[0:lanes], table[0:TABLE_ENTRIES])

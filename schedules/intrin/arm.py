@@ -16,7 +16,7 @@ NEON_LOOKUP = LookupIntrin("tvm_lut.pq_lookup_neon", 16, ("neon",), "aarch64")
 def neon_tbl_impl(
     table: T.Buffer((TABLE_ENTRIES,), "int8", offset_factor=1),
     codes: T.Buffer((16,), "uint8", offset_factor=1),
-    acc: T.Buffer((16,), "int16", offset_factor=1, scope="local"),
+    acc: T.Buffer((16,), "int16", offset_factor=1),
 ):
     with T.sblock("root"):
         T.reads(acc[0:16], codes[0:16], table[0:TABLE_ENTRIES])

@@ -19,7 +19,7 @@ def _pshufb_impl(lanes: int, llvm_intrinsic: str):
     def impl(
         table: T.Buffer((TABLE_ENTRIES,), "int8", offset_factor=1),
         codes: T.Buffer((lanes,), "uint8", offset_factor=1),
-        acc: T.Buffer((lanes,), "int16", offset_factor=1, scope="local"),
+        acc: T.Buffer((lanes,), "int16", offset_factor=1),
     ):
         with T.sblock("root"):
             T.reads(acc[0:lanes], codes[0:lanes], table[0:TABLE_ENTRIES])

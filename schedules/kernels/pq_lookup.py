@@ -15,6 +15,8 @@ in registers while it walks the codebooks, loading each block of codes once per 
 lookup is tensorized with the target's intrinsic (`schedules.intrin`).
 """
 
+import functools
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,11 +99,19 @@ def pq_lookup_reference(codes: np.ndarray, table: np.ndarray, scale: float, bias
     return out if bias is None else out + np.asarray(bias, np.float32)
 
 
+def _eight_rows(acc16, blocks: int, output, row):
+    """The int32 sums over the int16 blocks of one output's accumulators, for 8 rows from `row`."""
+    parts = [tvm.tirx.Cast("int32x8", acc16.vload([b, output, row], "int16x8")) for b in range(blocks)]
+    return functools.reduce(operator.add, parts)
+
+
 def _tiled_lookup(layout: LookupLayout, scale: float, m_tile: int):
     """The lookup stated as the intrinsics' one-hot select, in tiles of `lanes` rows x `m_tile` outputs.
 
     Each tile is a block that allocates its own accumulators, so they live in registers: TVM places a
-    buffer at the root of a function under a parallel loop whole, in memory, otherwise.
+    buffer at the root of a function under a parallel loop whole, in memory, otherwise. Their scope is "global":
+    TVM 0.27 gives a "local" buffer of any size a heap workspace (an allocation per tile), a small "global" one the
+    stack.
     """
     num_rows, outputs, lanes = layout.rows, layout.outputs, layout.lanes
     row_blocks, blocks, per_block = layout.row_blocks, layout.int16_blocks, layout.block_codebooks
@@ -119,8 +129,7 @@ def _tiled_lookup(layout: LookupLayout, scale: float, m_tile: int):
                 T.reads(codes[nb, 0:padded, 0:lanes], table[mo * m_tile:mo * m_tile + m_tile, 0:padded, 0:TABLE_ENTRIES],
                         bias[mo * m_tile:mo * m_tile + m_tile])
                 T.writes(y[nb * lanes:nb * lanes + lanes, mo * m_tile:mo * m_tile + m_tile])
-                acc16 = T.alloc_buffer((blocks, m_tile, lanes), "int16", scope="local")
-                acc32 = T.alloc_buffer((m_tile, lanes), "int32", scope="local")
+                acc16 = T.alloc_buffer((blocks, m_tile, lanes), "int16")
                 for cb, c, mi, i, k in T.grid(blocks, per_block, m_tile, lanes, TABLE_ENTRIES):
                     with T.sblock("lookup"):
                         vcb, vc, vmi, vi, vk = T.axis.remap("SRSSR", [cb, c, mi, i, k])
@@ -129,18 +138,17 @@ def _tiled_lookup(layout: LookupLayout, scale: float, m_tile: int):
                         acc16[vcb, vmi, vi] = acc16[vcb, vmi, vi] + T.Select(
                             T.Cast("int32", codes[nb, vcb * per_block + vc, vi]) == vk,
                             T.Cast("int16", table[mo * m_tile + vmi, vcb * per_block + vc, vk]), T.int16(0))
-                for mi, i, cb in T.grid(m_tile, lanes, blocks):
-                    with T.sblock("widen"):
-                        vmi, vi, vcb = T.axis.remap("SSR", [mi, i, cb])
-                        with T.init():
-                            acc32[vmi, vi] = 0
-                        acc32[vmi, vi] = acc32[vmi, vi] + T.Cast("int32", acc16[vcb, vmi, vi])
-                for i, mi in T.grid(lanes, m_tile):
+                # 8 rows of every output at a time: widened, transposed with shuffles, scaled, stored as rows
+                for ib, r in T.grid(lanes // 8, 8):
                     with T.sblock("scale"):
-                        vi, vmi = T.axis.remap("SS", [i, mi])
-                        T.where(nb * lanes + i < num_rows)
-                        y[nb * lanes + vi, mo * m_tile + vmi] = (
-                            T.Cast("float32", acc32[vmi, vi]) * scale + bias[mo * m_tile + vmi])
+                        vib, vr = T.axis.remap("SS", [ib, r])
+                        T.where(nb * lanes + ib * 8 + r < num_rows)
+                        T.reads(acc16[0:blocks, 0:m_tile, vib * 8:vib * 8 + 8], bias[mo * m_tile:mo * m_tile + m_tile])
+                        T.writes(y[nb * lanes + vib * 8 + vr, mo * m_tile:mo * m_tile + m_tile])
+                        y[nb * lanes + vib * 8 + vr, T.ramp(mo * m_tile, 1, m_tile)] = T.Shuffle(
+                            [T.Cast("float32x8", _eight_rows(acc16, blocks, j, vib * 8)) for j in range(m_tile)],
+                            [j * 8 + vr for j in range(m_tile)]
+                        ) * T.Broadcast(scale, m_tile) + bias[T.ramp(mo * m_tile, 1, m_tile)]
 
     return pq_lookup
 
@@ -161,15 +169,11 @@ def pq_lookup_func(layout: LookupLayout, scale: float, intrin: LookupIntrin, m_t
     if not np.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     sch = s_tir.Schedule(_tiled_lookup(layout, scale, _output_tile(layout.outputs, m_tile)))
-    lookup, widen, epilogue = (sch.get_sblock(name) for name in ("lookup", "widen", "scale"))
+    lookup, epilogue = sch.get_sblock("lookup"), sch.get_sblock("scale")
     _, c, m_inner, i, _ = sch.get_loops(lookup)
     sch.decompose_reduction(lookup, c)
     sch.tensorize(i, intrin.name)
     sch.unroll(m_inner)
-    widen_m, widen_i, _ = sch.get_loops(widen)
-    sch.unroll(widen_m)
-    sch.vectorize(widen_i)
-    out_i, out_m = sch.get_loops(epilogue)
-    sch.unroll(out_i)
-    sch.vectorize(out_m)
+    for loop in sch.get_loops(epilogue)[-2:]:  # constant shuffle indices
+        sch.unroll(loop)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("tvm_lut.kernel", "pq_lookup")

@@ -3,19 +3,19 @@
     python -m benchmarks.end_to_end [--models minilm-8x64 minilm-1x64 cnn] [--threads N] [--database DIR]
         [--bundle minilm=PQ.safetensors] [--bundle cnn=PQ.safetensors --cnn-weights FP32.safetensors] [--json PATH]
 
-For MiniLM-L6 (batch 8 x 64 and 1 x 64 tokens) and the Fashion-MNIST CNN, each row is one engine on the same
-inputs and thread count (`--threads`; 1 reads kernel quality on a busy machine): PyTorch fp32, ONNX Runtime fp32
-and int8 (dynamic quantization), stock TVM (its default CPU pipeline, which schedules nothing), TVM with our
-schedule rules on the exact model, with tuning records (`--database`, written by `tvm-lut tune`; only read here),
-with NN-LUT (the shipped tables), and with NN-LUT + PQ (`--bundle MODEL=PATH`, written by `tvm-lut learn`; its
-NN-LUT tables, or the shipped ones when it has none). A CNN bundle fits the weights it was learned against: pass
-them with `--cnn-weights` (`tvm-lut learn` writes them beside the bundle). Latency is the median of `--repeat`
-repetitions of >= 0.1 s of calls, taken in turn over the engines (A B C A B C ...); `vs_ort_fp32` is ONNX Runtime
-fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM embeddings
-feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on held-out
-tweets; the CNN is scored on Fashion-MNIST test images. Size: the file each engine loads (ONNX file, TVM shared
-library with its constants, PyTorch parameter bytes). Stock TVM is timed with one repetition (seconds per call)
-and not scored (its numerics are those of the exact TVM build).
+For MiniLM-L6 (batch 8 x 64 and 1 x 64 tokens) and the Fashion-MNIST CNN, each row is one engine on the same inputs
+and thread count (`--threads`, TVM's runtime pool included; 1 reads kernel quality on a busy machine): PyTorch fp32,
+ONNX Runtime fp32 and int8 (dynamic quantization), stock TVM (its default CPU pipeline, which schedules nothing),
+TVM with our schedule rules on the exact model, with tuning records (`--database`, written by `tvm-lut tune`; only
+read here), with NN-LUT (the shipped tables), and with NN-LUT + PQ (`--bundle MODEL=PATH`, written by `tvm-lut
+learn`; its NN-LUT tables, or the shipped ones when it has none). A CNN bundle fits the weights it was learned
+against: pass them with `--cnn-weights` (`tvm-lut learn` writes them beside the bundle). Latency is the median of
+`--repeat` repetitions of >= 0.1 s of calls (at 1 thread taken in turn over the engines: A B C A B C ...);
+`vs_ort_fp32` is ONNX Runtime fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM embeddings feed a
+logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on held-out tweets; the
+CNN is scored on Fashion-MNIST test images. Size: the file each engine loads (ONNX file, TVM shared library with its
+constants, PyTorch parameter bytes). Stock TVM is timed with one repetition (seconds per call) and not scored (its
+numerics are those of the exact TVM build).
 """
 
 import argparse
@@ -102,11 +102,11 @@ def engines(model, example, bundle: Path | None, args, workdir: Path):
 
     import tvm_lut
     from schedules import host_target
-    from schedules.target import num_cores
+    from schedules.target import use_runtime_threads
     from tvm_lut.frontend import _torch_to_onnx, from_torch
 
     target = host_target(args.threads)
-    threads = num_cores(target)
+    threads = use_runtime_threads(target)
     torch.set_num_threads(threads)
     onnx_path, int8_path = workdir / "model.onnx", workdir / "model.int8.onnx"
     import onnx
@@ -166,14 +166,22 @@ def measure(name: str, args) -> list[dict]:
                 runs[engine] = lambda run=run: run(*arrays)
             rows.append(row)
             print(f"  {name} {engine}: built, accuracy {row['accuracy']}", flush=True)
-        # Repetitions taken in turn over the engines: the load of a shared machine hits all of them alike.
-        seconds = median_seconds_interleaved(runs, args.repeat, min_seconds=0.1)
+        seconds = _median_seconds(runs, args)
     for row in rows:
         row.setdefault("latency_ms", 1e3 * seconds.get(row["engine"], float("nan")))
     baseline = next(r["latency_ms"] for r in rows if r["engine"] == "ort fp32")
     for row in rows:
         row["vs_ort_fp32"] = baseline / row["latency_ms"]
     return rows
+
+
+def _median_seconds(runs: dict, args) -> dict[str, float]:
+    """On one thread, repetitions taken in turn over the engines, so a busy machine's load hits all of them alike;
+    on several, one engine after the other (a runtime's idle workers spin for a while after each call and would
+    slow whichever engine runs next)."""
+    if args.threads == 1:
+        return median_seconds_interleaved(runs, args.repeat, min_seconds=0.1)
+    return {name: median_seconds(run, args.repeat, min_seconds=0.1) for name, run in runs.items()}
 
 
 def _bundle_argument(text: str) -> tuple[str, Path]:
@@ -187,7 +195,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--threads", type=int, help="threads for every engine (default: the cores this process may use)")
+    parser.add_argument("--threads", type=int,
+                        help="threads for every engine (default: the cores this process may use)")
     parser.add_argument("--database", "--db", help="tuning database of `tvm-lut tune` (adds the 'tvm tuned' rows)")
     parser.add_argument("--bundle", action="append", default=[], metavar="MODEL=PATH", type=_bundle_argument,
                         help="PQ bundle of `tvm-lut learn` for minilm or cnn (adds the 'tvm nn-lut + pq' rows)")

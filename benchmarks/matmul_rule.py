@@ -39,10 +39,10 @@ def main(argv=None) -> int:
 
     from schedules import host_target
     from schedules.rules import Matmul
-    from schedules.target import num_cores
+    from schedules.target import num_cores, use_runtime_threads
 
     target = host_target(args.threads)
-    torch.set_num_threads(num_cores(target))
+    torch.set_num_threads(use_runtime_threads(target))
     rng = np.random.default_rng(0)
     operands = {shape: (rng.standard_normal(shape[:2] + shape[3:]).astype("float32"),
                         rng.standard_normal((shape[0], shape[3], shape[2])).astype("float32")) for shape in SHAPES}

@@ -3,6 +3,10 @@
 TVM 0.27 accepts targets only in dict form. `host_target()` asks LLVM for the host CPU name (so the code uses every
 vector extension the CPU has) and counts the cores this process may run on (its affinity mask, not the machine's
 core count, so a pinned or containerised process does not oversubscribe).
+
+A target's `num-cores` does not reach TVM's runtime: its thread pool takes its size, once, from `TVM_NUM_THREADS`
+or else half the logical CPUs on x86 (it assumes hyper-threading), so a 2-vCPU machine runs every parallel loop on
+1 thread. `use_runtime_threads(target)` sizes the pool to the target before the first parallel kernel runs.
 """
 
 import os
@@ -33,3 +37,20 @@ def num_cores(target: Target) -> int:
     """The thread count a target asks for (its `num-cores`, else the cores this process may use)."""
     cores = target.attrs.get("num-cores")
     return int(cores) if cores else len(os.sched_getaffinity(0))
+
+
+def use_runtime_threads(target: Target) -> int:
+    """Size TVM's CPU thread pool to the target's `num_cores`; returns the threads it runs.
+
+    The pool is created once per process (on the first parallel call) and never grows afterwards: call this first.
+    Raises RuntimeError if the pool already exists with fewer threads.
+    """
+    threads = num_cores(target)
+    if int(os.environ.get("TVM_NUM_THREADS", "0") or 0) < threads:
+        os.environ["TVM_NUM_THREADS"] = str(threads)  # read when the pool is created
+    tvm.get_global_func("runtime.config_threadpool")(1, threads)  # 1: one worker per core, the fastest first
+    running = tvm.get_global_func("runtime.NumThreads")()
+    if running < threads:
+        raise RuntimeError(f"TVM's thread pool already runs {running} thread(s), {threads} asked: call "
+                           f"use_runtime_threads before any parallel kernel runs, or set TVM_NUM_THREADS={threads}")
+    return running

@@ -25,6 +25,10 @@ def _leading_spatial(info: SBlockInfo) -> int:
     return len(kinds) - len(kinds.lstrip("S"))
 
 
+def _is_unit(extent) -> bool:
+    return isinstance(extent, (int, tirx.IntImm)) and int(extent) == 1
+
+
 def _reads_contiguously(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
     """Whether every input that varies with the reduction axis walks its last dimension with it (a vector load per
     step); inputs that do not depend on the axis (a row's mean) are loop-invariant and do not count.
@@ -52,12 +56,16 @@ class Reduction(CPURule):
         rows = min(_leading_spatial(info) for info in blocks)
         if any(set(info.dom_kind().lstrip("S")) - {"R"} for info in blocks):  # spatial axes first, then reductions
             return None
+        lanes = vector_lanes(target, output_dtype(sch, blocks[-1].block_rv))
         if len({tuple(str(d) for d in info.dom()[:rows]) for info in blocks}) != 1:
-            return None
-        single_row = all(isinstance(d, (int, tirx.IntImm)) and int(d) == 1 for d in blocks[0].dom()[:rows])
+            # One row (a softmax over (1, n)): the reductions keep a unit row axis that the elementwise stages lack.
+            # Every stage runs once, in place; the elementwise ones vectorized, the reductions as scalar loops.
+            if not all(_is_unit(d) for info in blocks if not info.is_injective() for d in info.dom()[:rows]):
+                return None
+            return self._place(sch, blocks, 0, lanes, target, tile_rows=False, rfactor=False)
+        single_row = all(_is_unit(d) for d in blocks[0].dom()[:rows])
         if single_row and any(info.dom_kind().count("R") > 1 for info in blocks):
             return None  # no rows to run in parallel and no single reduction axis to vectorize
-        lanes = vector_lanes(target, output_dtype(sch, blocks[-1].block_rv))
 
         # With per-row values (LayerNorm's rsqrt, softmax's reciprocal), rows go in tiles of one vector: every stage
         # but the output runs over the tile's rows, so a per-row value is computed for a vector of rows at once
@@ -71,7 +79,7 @@ class Reduction(CPURule):
         return self._place(sch, blocks, rows, lanes, target, tile_rows=False)
 
     def _place(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], rows: int, lanes: int, target: Target,
-               tile_rows: bool) -> s_tir.Schedule:
+               tile_rows: bool, rfactor: bool = True) -> s_tir.Schedule:
         """Rows in parallel (in tiles of one vector with `tile_rows`), every stage at the row loop, vectorized."""
         # Split each innermost reduction into per-lane partial results before the blocks move under the row loop
         # (rfactor under that loop would hoist the partials into a loop nest of their own, all rows first).
@@ -80,7 +88,7 @@ class Reduction(CPURule):
             if info.is_injective():
                 stages.append((info.block_rv, "injective"))
                 continue
-            partial = self._rfactor(sch, info, lanes)
+            partial = self._rfactor(sch, info, lanes) if rfactor else None
             if partial is not None:
                 stages.append((partial, "partial"))
             stages.append((info.block_rv, "reduce"))

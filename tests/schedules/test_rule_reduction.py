@@ -24,6 +24,18 @@ def test_softmax_matches_numpy(shape):
     np.testing.assert_allclose(run(scheduled(Reduction(), func), data), _softmax_ref(data), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("shape", [(1, 64), (64,), (1, 1, 40), (1, 37)])
+def test_single_row_softmax_is_scheduled_and_matches_numpy(shape):
+    x = te.placeholder(shape, name="x")
+    func = scheduled(Reduction(), te.create_prim_func([x, topi.nn.softmax(x, axis=-1)]))
+    data = RNG.standard_normal(shape, dtype="float32") * 10
+    data.flat[0] = np.inf
+    with np.errstate(invalid="ignore"):
+        expected = _softmax_ref(data)
+    np.testing.assert_allclose(run(func, data), expected, rtol=1e-5, atol=1e-7)
+    assert shape[-1] % 2 or "vectorized" in loop_kinds(func)
+
+
 def test_softmax_propagates_nan_and_inf_like_numpy():
     x = te.placeholder((2, 32), name="x")
     func = te.create_prim_func([x, topi.nn.softmax(x, axis=-1)])

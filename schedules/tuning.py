@@ -9,13 +9,17 @@ that produces the same function finds them.
 commits it, so the database's best is never worse than the untuned build and the search starts from it; then it
 runs MetaSchedule (evolutionary search, XGBoost cost model) for the trials the task still lacks. Because every
 measured trial is committed at once, an interrupted run resumes where it stopped: trials already in the database
-count toward the budget.
+count toward the budget. Both the rule schedule (timed in this process) and MetaSchedule's candidates (timed in
+runner worker processes) run on the target's `num-cores` threads (TVM's runtime would otherwise take its own count).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +28,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from .rules import default_rules
-from .target import num_cores
+from .target import num_cores, use_runtime_threads
 
 
 _WORKLOADS = "database_workload.json"
@@ -74,19 +78,46 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
                  if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
     results = []
     work_dir = str(Path(root) / target_key(target))  # MetaSchedule keeps its per-task logs in work_dir/logs
-    for task in tqdm(extracted, desc="tuning", unit="task", disable=not progress):
-        func_mod = task.dispatched[0]
-        workload = database.commit_workload(func_mod)
-        rule_ms = None
-        if not database.get_top_k(workload, 1):
-            rule_ms = _commit_rule_schedule(database, workload, func_mod, target, rules)
-        remaining = trials_per_task - len(database.get_top_k(workload, trials_per_task))
-        if remaining > 0:
-            _search(task, database, target, remaining, min(num_trials_per_iter, remaining), work_dir)
-        best = database.get_top_k(workload, 1)
-        results.append(TaskResult(task.task_name, len(database.get_top_k(workload, 1 << 30)), rule_ms,
-                                  _median_ms(best[0].run_secs) if best else None))
+    with _timed_on_threads_of(target):
+        for task in tqdm(extracted, desc="tuning", unit="task", disable=not progress):
+            results.append(_tune_task(task, database, target, rules, trials_per_task, num_trials_per_iter, work_dir))
     return results
+
+
+def _tune_task(task, database, target: Target, rules, trials_per_task: int, num_trials_per_iter: int,
+               work_dir: str) -> TaskResult:
+    """The rule schedule first (if the task has no record yet), then the search for the trials still missing."""
+    func_mod = task.dispatched[0]
+    workload = database.commit_workload(func_mod)
+    rule_ms = None
+    if not database.get_top_k(workload, 1):
+        rule_ms = _commit_rule_schedule(database, workload, func_mod, target, rules)
+    remaining = trials_per_task - len(database.get_top_k(workload, trials_per_task))
+    if remaining > 0:
+        _search(task, database, target, remaining, min(num_trials_per_iter, remaining), work_dir)
+    best = database.get_top_k(workload, 1)
+    return TaskResult(task.task_name, len(database.get_top_k(workload, 1 << 30)), rule_ms,
+                      _median_ms(best[0].run_secs) if best else None)
+
+
+@contextlib.contextmanager
+def _timed_on_threads_of(target: Target):
+    """Within: this process's TVM thread pool and the runner workers it starts (they inherit `TVM_NUM_THREADS`)
+    run the target's thread count. A pool that already runs fewer cannot grow: the rule timings then use what it
+    has, and a warning says so."""
+    previous = os.environ.get("TVM_NUM_THREADS")
+    try:
+        use_runtime_threads(target)
+    except RuntimeError as err:
+        warnings.warn(f"rule schedules are timed on fewer threads than the candidates: {err}", stacklevel=3)
+    os.environ["TVM_NUM_THREADS"] = str(num_cores(target))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = previous
 
 
 def _search(task, database, target: Target, trials: int, per_iter: int, work_dir: str) -> None:

@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from benchmarks.timing import format_table, write_json
 from tvm_lut.pq.calibrate import init_centroids
 from tvm_lut.pq.config import PQConfig
 from tvm_lut.pq.swap import pq_layers, quantize_
-from tvm_lut.pq.tasks import accuracy, cnn_task, minilm_task
+from tvm_lut.pq.tasks import CNN_PQ, MINILM_PQ, accuracy, cnn_task, minilm_task
 from tvm_lut.pq.train import train_centroids
 
 COLUMNS = ["model", "setting", "fp32_acc", "kmeans_acc", "learned_acc", "drop_points", "table_kb",
@@ -87,14 +88,42 @@ def pq_run(name: str, setting: str, task, config, fp32_acc: float, progress: boo
     }
 
 
+# The PQConfig fields the command line may change, per task (`--lr`, `--cnn-lr`, ...); defaults: the task's config.
+TUNABLE = ("epochs", "lr", "trainable", "weight_lr", "feature_distill", "feature_weight", "lr_schedule",
+           "warmup_steps", "exclude", "overrides")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, prefix: str, base: PQConfig) -> None:
+    for name in TUNABLE:
+        default = getattr(base, name)
+        flag = f"--{prefix}{name.replace('_', '-')}"
+        if isinstance(default, tuple):
+            parser.add_argument(flag, nargs="*", default=list(default), metavar="GLOB")
+        elif isinstance(default, dict):
+            parser.add_argument(flag, type=json.loads, default=default, metavar="JSON")
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+
+
+def config_from(args, prefix: str, base: PQConfig, **fixed) -> PQConfig:
+    attr = prefix.replace("-", "_")
+    return replace(base, **{name: getattr(args, attr + name) for name in TUNABLE}, **fixed)
+
+
+def describe(config: PQConfig) -> str:
+    """The settings that differ from PQConfig's defaults, e.g. `V=8 lr=0.003 feature_distill=encoder`."""
+    plain = PQConfig()
+    changed = {f.name: getattr(config, f.name) for f in fields(config)
+               if f.name != "include" and getattr(config, f.name) != getattr(plain, f.name)}
+    return " ".join(f"{k}={','.join(v) if isinstance(v, tuple) else json.dumps(v) if isinstance(v, dict) else v}"
+                    for k, v in changed.items())
+
+
 def cnn_runs(args) -> list[dict]:
     task = cnn_task(args.cnn_learn_size, train_epochs=args.cnn_train_epochs, weights=args.cnn_weights,
                     progress=args.progress)
-    config = PQConfig(V=args.cnn_V, epochs=args.cnn_epochs, lr=args.cnn_lr, trainable=args.cnn_trainable,
-                      weight_lr=args.cnn_weight_lr, exclude=tuple(args.cnn_exclude))
-    setting = (f"conv V=9/4, linear V={args.cnn_V}, train {args.cnn_trainable}, {args.cnn_epochs} ep"
-               + (f", exact: {' '.join(args.cnn_exclude)}" if args.cnn_exclude else ""))
-    return [pq_run("cnn", setting, task, config, accuracy(task.model, task.test), args.progress)]
+    config = config_from(args, "cnn-", CNN_PQ, V=args.cnn_V)
+    return [pq_run("cnn", describe(config), task, config, accuracy(task.model, task.test), args.progress)]
 
 
 def minilm_runs(args):
@@ -102,11 +131,8 @@ def minilm_runs(args):
                        progress=args.progress)
     fp32 = accuracy(task.model, task.test)
     for sub_len in args.V:  # a generator: each row is reported (and saved) as soon as it is done
-        config = PQConfig(V=sub_len, include=("encoder.*",), epochs=args.epochs, lr=args.lr,
-                          trainable=args.trainable, weight_lr=args.weight_lr,
-                          feature_distill=tuple(args.feature_distill), feature_weight=args.feature_weight,
-                          lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps)
-        yield pq_run("minilm", f"V={sub_len}", task, config, fp32, args.progress)
+        config = config_from(args, "", MINILM_PQ, V=sub_len)
+        yield pq_run("minilm", describe(config), task, config, fp32, args.progress)
 
 
 def main(argv=None) -> int:
@@ -118,27 +144,12 @@ def main(argv=None) -> int:
     parser.add_argument("--calib-size", type=int, default=256, help="calibration tweets for k-means")
     parser.add_argument("--learn-size", type=int, default=4096, help="training tweets for centroid learning")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=3e-3, help="centroid learning rate (MiniLM)")
-    parser.add_argument("--trainable", default="centroids", choices=["centroids", "all"],
-                        help="what centroid learning trains in MiniLM (all: the encoder's and head's weights too)")
-    parser.add_argument("--weight-lr", type=float, default=1e-4, help="learning rate of the non-PQ weights (all)")
-    parser.add_argument("--feature-distill", nargs="*", default=[], metavar="MODULE",
-                        help="modules (globs) whose outputs the PQ model matches to the FP32 model's (MiniLM)")
-    parser.add_argument("--feature-weight", type=float, default=1.0)
-    parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
-    parser.add_argument("--warmup-steps", type=int, default=0)
-    parser.add_argument("--cnn-V", type=int, default=16, help="sub-vector length of the CNN's linears")
-    parser.add_argument("--cnn-train-epochs", type=int, default=2)
+    add_config_arguments(parser, "", MINILM_PQ)
+    parser.add_argument("--cnn-V", type=int, default=CNN_PQ.V, help="sub-vector length of the CNN's linears")
+    parser.add_argument("--cnn-train-epochs", type=int, default=5, help="epochs of FP32 training of the CNN")
     parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (safetensors) instead of training it")
     parser.add_argument("--cnn-learn-size", type=int, default=20480)
-    parser.add_argument("--cnn-epochs", type=int, default=1)
-    parser.add_argument("--cnn-lr", type=float, default=1e-3)
-    parser.add_argument("--cnn-exclude", nargs="*", default=[], metavar="LAYER",
-                        help="CNN layers to keep exact (e.g. conv1: one grayscale 3x3 patch is a single codebook)")
-    parser.add_argument("--cnn-trainable", default="all", choices=["centroids", "all"],
-                        help="what centroid learning trains in the CNN (all: weights too)")
-    parser.add_argument("--cnn-weight-lr", type=float, default=1e-3)
+    add_config_arguments(parser, "cnn-", CNN_PQ)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results to PATH as JSON")

@@ -18,7 +18,8 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=["cnn", "minilm"], help="Fashion-MNIST CNN or MiniLM on tweets")
     parser.add_argument("--out", type=Path, required=True, help="bundle file to write (.safetensors)")
-    parser.add_argument("--config", type=Path, help="PQConfig as JSON (defaults otherwise)")
+    parser.add_argument("--config", type=Path,
+                        help="PQConfig as JSON (otherwise the task's measured settings, tvm_lut.pq.tasks.TASK_CONFIGS)")
     parser.add_argument("--V", type=int, help="sub-vector length of linear layers (overrides the config)")
     parser.add_argument("--checkpoint", type=Path, help="resumable training checkpoint (.safetensors)")
     parser.add_argument("--weights", type=Path, help="CNN: FP32 weights to load instead of training the CNN")
@@ -37,11 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from tvm_lut.pq.config import PQConfig
     from tvm_lut.pq.handler import learn_pq
     from tvm_lut.pq.swap import unswap_
-    from tvm_lut.pq.tasks import accuracy, cnn_task, minilm_task
+    from tvm_lut.pq.tasks import TASK_CONFIGS, accuracy, cnn_task, minilm_task
 
     torch.set_num_threads(args.threads)
-    config = PQConfig.from_json(args.config.read_text()) if args.config else PQConfig(
-        include=("encoder.*",) if args.task == "minilm" else ("*",))
+    config = PQConfig.from_json(args.config.read_text()) if args.config else TASK_CONFIGS[args.task]
     if args.V is not None:
         config = dataclasses.replace(config, V=args.V)
     sizes = {f"{size}_size": getattr(args, f"{size}_size") for size in ("calib", "learn", "test")}

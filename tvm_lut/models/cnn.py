@@ -1,7 +1,7 @@
 """A small CNN for Fashion-MNIST with the layer kinds LUT-NN replaces: 3x3 convs, a 1x1 conv, linears.
 
 28x28 -> conv3x3(1->32) -> pool -> conv3x3(32->64) -> pool -> conv1x1(64->64) -> pool -> 576 -> 128 -> 10.
-About 90 % test accuracy after two epochs (a minute or two on one core).
+90.0 % test accuracy after five epochs (about 4.5 minutes on one busy core).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`ApplyCPUSchedules`: schedule every PrimFunc of a module with the CPU rules, and say which ones it could not.
 
 Runs after legalization and fusion (every Relax op is a PrimFunc by then) and before TIR lowering. Functions that
-carry `tirx.is_scheduled` (hand-scheduled kernels, tuned functions) are left as they are. A function no rule fits
+carry `tirx.is_scheduled` (hand-scheduled kernels, tuned functions) keep their schedule; only their float32 exp
+and erf become vector arithmetic, as in every rule (`rules/vector_math.py`). A function no rule fits
 stays naive; it is named in a warning and in `report.unscheduled`, never dropped silently.
 """
 
@@ -14,6 +15,7 @@ from tvm import tirx
 from tvm.target import Target
 
 from .rules import default_rules
+from .rules.vector_math import vectorizable_math
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,10 @@ class ApplyCPUSchedules:
             name = gvar.name_hint
             if is_scheduled(func):
                 self.report.already_scheduled.append(name)
+                # A tuning record replays its schedule on the function as legalized, libm exp and erf included.
+                rewritten = vectorizable_math(func)
+                if not rewritten.same_as(func):
+                    updates[gvar] = rewritten
                 continue
             target = self._target_of(func)
             for rule in self.rules:

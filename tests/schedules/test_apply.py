@@ -42,11 +42,23 @@ def test_names_what_it_leaves_unscheduled():
 
 
 def test_keeps_functions_already_scheduled():
-    func = _softmax((3, 5)).with_attr("tirx.is_scheduled", True)
+    func = _full_sum().with_attr("tirx.is_scheduled", True)
     apply = ApplyCPUSchedules(target=host_target())
     mod = apply(_module(done=func))
     assert apply.report.already_scheduled == ["done"]
     tvm.ir.assert_structural_equal(mod["done"], func.with_attr("global_symbol", "done"))
+
+
+def test_already_scheduled_functions_get_vector_exp():
+    # A tuning record replays on the legalized function: its exp is still a libm call per lane.
+    func = _softmax((3, 5)).with_attr("tirx.is_scheduled", True)
+    apply = ApplyCPUSchedules(target=host_target())
+    mod = apply(_module(tuned=func))
+    assert apply.report.already_scheduled == ["tuned"]
+    assert "T.exp(" in func.script() and "T.exp(" not in mod["tuned"].script()
+    data = np.random.default_rng(1).standard_normal((3, 5), dtype="float32")
+    expected = np.exp(data) / np.exp(data).sum(-1, keepdims=True)
+    np.testing.assert_allclose(run(mod["tuned"], data), expected, rtol=1e-5)
 
 
 def test_uses_the_target_in_scope():

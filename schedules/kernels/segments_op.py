@@ -166,12 +166,14 @@ def _host() -> Target:
 
 def _lower(call) -> PrimExpr:
     x, lanes, width, breakpoints, slopes, intercepts = _unpack(call)
+    guessed = width == _UNBOUND and Target.current(allow_none=True) is None
     if width == _UNBOUND:
         width = register_width(Target.current(allow_none=True) or _host())
     # A scalar too (a per-row value such as softmax's reciprocal, one row at a time) is widened to one register:
     # it sits on every row's critical path, and the register search is shorter than a scalar select tree
-    # (LUT softmax 8x12x64x64 at one thread: 0.40 -> 0.32 ms).
-    if width == _PORTABLE or (lanes > width and lanes % width):
+    # (LUT softmax 8x12x64x64 at one thread: 0.40 -> 0.32 ms). Not on a guess of the target, though: scalar code
+    # is what an unscheduled kernel built for any CPU is made of, so it stays portable there.
+    if width == _PORTABLE or (lanes > width and lanes % width) or (lanes == 1 and guessed):
         return _let("x", x, lambda x: _select_tree(x, lanes, breakpoints, slopes, intercepts))
 
     def search(x):

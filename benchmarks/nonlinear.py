@@ -172,10 +172,11 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
     from schedules import host_target
-    from schedules.target import num_cores
+    from schedules.target import num_cores, use_runtime_threads
 
     target = host_target(args.threads)
     torch.set_num_threads(num_cores(target))
+    use_runtime_threads(target)  # TVM's own default is half the logical CPUs
     tables = fit_tables()
     torch_ms = [1e3 * time_torch(op, shape, args.repeat, np.random.default_rng(0))
                 for op, shape in tqdm(CASES, desc="timing PyTorch", leave=False)]

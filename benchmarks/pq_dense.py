@@ -132,10 +132,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="threads for every system (default: the cores this process "
                         "may use); on a loaded machine 1 gives the steadiest ratios")
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be at least 1")
-        os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
 
     import torch
     from tqdm import tqdm
@@ -143,10 +141,10 @@ def main(argv=None) -> int:
     from schedules import host_target
     from schedules.intrin import lookup_intrin
     from schedules.kernels.pq_encode import Im2col
-    from schedules.target import num_cores
+    from schedules.target import use_runtime_threads
 
     target = host_target(args.threads)
-    threads = num_cores(target)
+    threads = use_runtime_threads(target)  # TVM's own default is half the logical CPUs
     intrin = lookup_intrin(target)
     if intrin is None:
         print(f"target {target} has no lookup intrinsic (AVX2 / AVX-512BW / NEON): nothing to measure")

@@ -53,11 +53,17 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
     target: a `tvm.target.Target` or its dict; None means `schedules.host_target()`.
     database: a directory written by `tvm-lut tune` (records of this target are applied first).
     rules: schedule rules to use instead of `schedules.rules.default_rules()`.
+
+    It also sizes this process's TVM thread pool to the target's cores (`schedules.target.use_runtime_threads`:
+    left alone, TVM runs half the logical CPUs of an x86 host); if the pool already runs fewer, it warns.
     """
+    import warnings
+
     import tvm
 
     from relay_passes.pipeline import tvm_lut_pipeline
     from schedules import host_target
+    from schedules.target import use_runtime_threads
 
     if not isinstance(mod, tvm.IRModule):
         raise TypeError(f"mod must be a Relax tvm.IRModule, got {type(mod).__name__}")
@@ -68,6 +74,10 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
     target = host_target() if target is None else tvm.target.Target(target)
     if target.kind.name != "llvm":
         raise ValueError(f"tvm_lut.compile targets CPUs (kind llvm), got kind {target.kind.name!r}")
+    try:
+        use_runtime_threads(target)
+    except RuntimeError as error:
+        warnings.warn(str(error), RuntimeWarning, stacklevel=2)
     pipeline = tvm_lut_pipeline(bundle=bundle, nonlinear=nonlinear, database=database, target=target, rules=rules)
     executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     report = pipeline.report

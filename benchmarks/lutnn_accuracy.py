@@ -27,7 +27,9 @@ tweets, centroids + temperatures only (lr 3e-3), loss CE + logit KL + sentence-e
 (+1.3 MB fp32 centroids at every V; MB = 2^20 bytes). An int8 table is (D/V)*K*M = 16*D*M/V bytes against
 4*D*M bytes of fp32 weight, V/4 times smaller: 4x at V=16, so the issue's "8x at V=16" cannot be met with K=16
 int8 tables (8x needs V=32).
-CNN: see README "Measured here".
+CNN (conv2, conv3, fc1, fc2 PQ; 3 epochs on 20,480 training images, everything trainable, cosine schedule):
+FP32 90.0 %, k-means 70.1 %, learned 83.5 % (drop 6.5), tables 121 KB (+66 KB centroids) for 381 KB of fp32
+weights, 341 s. With conv1 PQ too (V=3 for it) the drop was 8.0.
 """
 
 from __future__ import annotations

@@ -132,9 +132,8 @@ def run_case(op: str, shape, tables: dict, target, repeat: int, check: bool, rng
     fns = {}
     for variant in VARIANTS:
         if not (variant == "fastmath" and op == "layer_norm"):
-            with target:  # kernels defined for the target's registers (schedules.kernels.segments_op)
-                mod = relax_module(op, shape, variant, tables)
-            fns[variant] = functools.partial(compile_vm(mod, target)["main"], *args)
+            vm = compile_vm(relax_module(op, shape, variant, tables), target)
+            fns[variant] = functools.partial(vm["main"], *args)
     seconds = median_seconds_interleaved(fns, repeat)
     row = {"op": op, "shape": "x".join(map(str, shape))}
     row.update({f"{variant}_ms": 1e3 * s for variant, s in seconds.items()})

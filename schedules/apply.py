@@ -2,7 +2,8 @@
 
 Runs after legalization and fusion (every Relax op is a PrimFunc by then) and before TIR lowering. Functions that
 carry `tirx.is_scheduled` (hand-scheduled kernels, tuned functions) keep their schedule; only their float32 exp
-and erf become vector arithmetic, as in every rule (`rules/vector_math.py`). A function no rule fits
+and erf become vector arithmetic and their table lookups get the target's registers, as in every rule
+(`rules.common.for_target`). A function no rule fits
 stays naive; it is named in a warning and in `report.unscheduled`, never dropped silently.
 """
 
@@ -15,7 +16,7 @@ from tvm import tirx
 from tvm.target import Target
 
 from .rules import default_rules
-from .rules.vector_math import vectorizable_math
+from .rules.common import for_target
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +57,15 @@ class ApplyCPUSchedules:
             if not isinstance(func, tirx.PrimFunc):
                 continue
             name = gvar.name_hint
+            target = self._target_of(func)
             if is_scheduled(func):
                 self.report.already_scheduled.append(name)
-                # A tuning record replays its schedule on the function as legalized, libm exp and erf included.
-                rewritten = vectorizable_math(func)
+                # A tuning record replays its schedule on the function as legalized (libm exp and erf, unbound
+                # table lookups included).
+                rewritten = for_target(func, target)
                 if not rewritten.same_as(func):
                     updates[gvar] = rewritten
                 continue
-            target = self._target_of(func)
             for rule in self.rules:
                 sch = rule.apply(func, target, False)
                 if sch is not None:

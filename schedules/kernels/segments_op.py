@@ -14,24 +14,24 @@ schedule rules vectorize it like any arithmetic, and lowered after vectorization
 - other ISAs: a compare + two blends per breakpoint as a balanced tree (depth log2(S)), branch-free.
 
 The lowering callback sees the call, not the function's target, and `tvm.compile` lowers TIR outside any target
-scope. So the register width is an argument of the call, `pwl_segments(x, width, *table)`, fixed when the kernel is
-defined inside `with target:` (the `tvm_lut` pipeline defines its kernels there). A kernel defined outside any target
-scope is lowered for `Target.current()` at that time, else for the host CPU: an AVX-512 host cross-compiling such a
-kernel for an AVX2 or ARM CPU would emit instructions that target cannot run.
+scope. So the register width is an argument of the call, `pwl_segments(x, width, *table)`, 0 (unbound) when a kernel
+is defined; `bind_register_width(func, target)` fixes it where the target is known: every schedule rule and
+`ApplyCPUSchedules` call it. An unbound call is lowered for `Target.current()`, else in the portable form, never
+for a guess of the CPU (an AVX-512 host building for an AVX2 or ARM CPU would emit what that CPU cannot run).
 
 Semantics (both forms): NaN compares false everywhere and stays NaN through the multiply-add; an infinite x on a
 flat outer segment (`0 * inf`) gives the intercept. Tables hold 1 to 16 segments (one 512-bit register).
 """
 
-import functools
 from collections.abc import Sequence
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import tirx
 from tvm.ir import Expr as PrimExpr
 from tvm.target import Target
-from tvm.target.codegen import llvm_get_system_cpu, target_has_features
+from tvm.target.codegen import target_has_features
 
 OP_NAME = "tvm_lut.pwl_segments"
 MAX_SEGMENTS = 16
@@ -45,12 +45,10 @@ _UNBOUND, _PORTABLE = 0, 1  # register widths of a call besides 8 and 16: decide
 
 def segments(breakpoints: Sequence[float], slopes: Sequence[float], intercepts: Sequence[float],
              x: PrimExpr) -> PrimExpr:
-    """The table applied to the float32 expression `x` (sizes S-1, S, S; validated by `pwl_expr.Table`), for the
-    registers of the current target (unbound outside a target scope)."""
-    target = Target.current(allow_none=True)
-    width = _UNBOUND if target is None else register_width(target)
+    """The table applied to the float32 expression `x` (sizes S-1, S, S; validated by `pwl_expr.Table`), its
+    register width unbound."""
     constants = [*breakpoints, *slopes, *intercepts]
-    return tirx.call_intrin("float32", OP_NAME, x, _i32(width), *(_f32(v) for v in constants))
+    return tirx.call_intrin("float32", OP_NAME, x, _i32(_UNBOUND), *(_f32(v) for v in constants))
 
 
 def register_width(target: Target) -> int:
@@ -60,6 +58,19 @@ def register_width(target: Target) -> int:
             if target_has_features([feature], target):
                 return width
     return _PORTABLE
+
+
+def bind_register_width(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
+    """`func` with every unbound `pwl_segments` call lowered for `target`'s registers (unchanged if it has none)."""
+    op = tvm.ir.Op.get(OP_NAME)
+    width = _i32(register_width(target))
+
+    def bind(call):
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(op)) or _immediate(call.args[1]) != _UNBOUND:
+            return call
+        return tirx.call_intrin(str(call.ty.dtype), OP_NAME, call.args[0], width, *call.args[2:])
+
+    return tvm_ffi.structural_map(func, (tvm.ir.Call, bind), order="post")
 
 
 def _f32(value) -> tirx.FloatImm:
@@ -159,21 +170,15 @@ def _vector(values: Sequence[float], lanes: int) -> PrimExpr:
     return tirx.Shuffle([_f32(v) for v in padded], list(range(lanes)))
 
 
-@functools.cache
-def _host() -> Target:
-    return Target({"kind": "llvm", "mcpu": llvm_get_system_cpu()})
-
-
 def _lower(call) -> PrimExpr:
     x, lanes, width, breakpoints, slopes, intercepts = _unpack(call)
-    guessed = width == _UNBOUND and Target.current(allow_none=True) is None
     if width == _UNBOUND:
-        width = register_width(Target.current(allow_none=True) or _host())
+        target = Target.current(allow_none=True)
+        width = _PORTABLE if target is None else register_width(target)
     # A scalar too (a per-row value such as softmax's reciprocal, one row at a time) is widened to one register:
     # it sits on every row's critical path, and the register search is shorter than a scalar select tree
-    # (LUT softmax 8x12x64x64 at one thread: 0.40 -> 0.32 ms). Not on a guess of the target, though: scalar code
-    # is what an unscheduled kernel built for any CPU is made of, so it stays portable there.
-    if width == _PORTABLE or (lanes > width and lanes % width) or (lanes == 1 and guessed):
+    # (LUT softmax 8x12x64x64 at one thread: 0.40 -> 0.32 ms).
+    if width == _PORTABLE or (lanes > width and lanes % width):
         return _let("x", x, lambda x: _select_tree(x, lanes, breakpoints, slopes, intercepts))
 
     def search(x):

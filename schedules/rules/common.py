@@ -12,6 +12,7 @@ from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
+from ..kernels.segments_op import bind_register_width
 from .vector_math import vectorizable_math
 
 logger = logging.getLogger(__name__)
@@ -20,13 +21,19 @@ logger = logging.getLogger(__name__)
 MIN_PARALLEL_WORK = 4096
 
 
+def for_target(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
+    """`func` as the CPU rules compile it for `target`: float32 exp and erf as vector arithmetic
+    (`vector_math`), table lookups bound to the target's registers (`segments_op.bind_register_width`)."""
+    return bind_register_width(vectorizable_math(func), target)
+
+
 class CPURule(ScheduleRule):
     """A schedule rule for LLVM (CPU) targets; see the module docstring for the contract."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
-        sch = s_tir.Schedule(vectorizable_math(func))
+        sch = s_tir.Schedule(for_target(func, target))
         blocks = normalize_prim_func(sch)
         if not blocks:
             return None

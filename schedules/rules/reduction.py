@@ -99,11 +99,10 @@ class Reduction(CPURule):
             loops = sch.get_loops(last)
             extents = [static_extent(sch, loop) for loop in loops]
             tile = largest_divisor(extents[rows - 1], lanes) if tile_rows else 1
-            row_loop = sch.fuse(*loops[:rows]) if rows > 1 else loops[0]
-            if tile > 1:
-                anchor, row_loop = sch.split(row_loop, factors=[None, tile])
-            else:
-                anchor = row_loop
+            row_loops = loops[:rows]
+            if tile > 1:  # the tile splits the last row axis alone: fused first, the bindings would not stay affine
+                *row_loops, _ = row_loops[:-1] + sch.split(row_loops[-1], factors=[None, tile])
+            anchor = sch.fuse(*row_loops) if len(row_loops) > 1 else row_loops[0]
             parallelize(sch, anchor, None if None in extents else math.prod(extents), target)
             for block, _ in reversed(stages[:-1]):
                 sch.compute_at(block, anchor, preserve_unit_loops=True)
@@ -133,10 +132,11 @@ class Reduction(CPURule):
             vectorize_innermost(sch, inner, lanes, row=row)
         elif kind == "partial":
             # compute_at makes one loop per block iter, in iter order, and rfactor puts the lane iter first:
-            # (lane, unit row loops, outer reduction). The lane goes innermost as one vector; its zero-init moves
-            # before the reduction loop, so the partial sums stay in a register for the whole row.
+            # (lane, row loops, outer reduction); the row loops are unit ones, or a tile's rows. The lane goes
+            # innermost as one vector; its zero-init moves before the reduction loop, so the partial sums stay in a
+            # register for the whole row.
             lane, outer = loops[0], loops[-1]
-            sch.reorder(outer, lane)
+            sch.reorder(*loops[1:], lane)
             sch.vectorize(lane)
             init = sch.decompose_reduction(block, outer)
             sch.vectorize(sch.get_loops(init)[-1])

@@ -122,6 +122,29 @@ def test_a_per_row_value_is_computed_for_a_vector_of_rows():
     assert re.search(rf'T\.vectorized\({lanes}\):\s*\n\s*with T\.sblock\("x_mean"\)', text)
 
 
+def _softmax_with_row_reciprocal(shape):
+    """Softmax as the LUT kernel computes it: a per-row reciprocal stage, then one multiply per element."""
+    x = te.placeholder(shape, name="x")
+    k_max, k_sum = te.reduce_axis((0, shape[-1]), "k_max"), te.reduce_axis((0, shape[-1]), "k_sum")
+    row_max = te.compute(shape[:-1], lambda *r: te.max(x[r + (k_max,)], axis=k_max), name="row_max")
+    e = te.compute(shape, lambda *i: te.exp(x[i] - row_max[i[:-1]]), name="e")
+    row_sum = te.compute(shape[:-1], lambda *r: te.sum(e[r + (k_sum,)], axis=k_sum), name="row_sum")
+    recip = te.compute(shape[:-1], lambda *r: 1.0 / row_sum[r], name="recip")
+    return te.create_prim_func([x, te.compute(shape, lambda *i: e[i] * recip[i[:-1]], name="out")])
+
+
+def test_rows_over_several_axes_with_a_reduction_go_in_tiles():
+    """A per-row stage after rfactored reductions, rows over three axes: the reciprocal runs once per tile of
+    `lanes` rows, as one vector (the tile splits the last row axis; fused first, rfactor's lanes would not
+    vectorize), and the result is NumPy's."""
+    lanes = vector_lanes(TARGET, "float32")
+    shape = (2, 3, 2 * lanes, 48)
+    func = scheduled(Reduction(), _softmax_with_row_reciprocal(shape))
+    assert re.search(rf'T\.vectorized\({lanes}\):\s*\n\s*with T\.sblock\("recip"\)', func.script())
+    data = RNG.standard_normal(shape, dtype="float32") * 5
+    np.testing.assert_allclose(run(func, data), _softmax_ref(data), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("shape", [(48, 96), (5, 33), (1, 1, 7)])
 def test_tiled_and_untiled_rows_match_numpy(shape):
     """Row counts that a vector divides go in tiles, the others one by one; both compute the same LayerNorm."""

@@ -2,8 +2,9 @@
 
 - `cnn_task`: `FashionCNN` trained on the Fashion-MNIST training split (or loaded from safetensors weights);
   calibration and learning images come from the training split, test images from the 10,000 held-out ones.
-- `minilm_task`: all-MiniLM-L6-v2 (frozen) + a logistic-regression head trained on FP32 sentence embeddings of
-  the first `head_size` training tweets, folded into an `nn.Linear` to 2 logits; k-means on the calibration
+- `minilm_task`: all-MiniLM-L6-v2 (frozen) + a logistic-regression head trained on the live features (see
+  `DEAD_FEATURE`) of FP32 sentence embeddings of the first `head_size` training tweets, folded into an
+  `nn.Linear` to 2 logits; k-means on the calibration
   split, learning on the next `learn_size` training tweets, test on the held-out test split.
 
 Batches follow `tvm_lut.batches`: `((inputs...), labels)`.
@@ -96,13 +97,32 @@ class TweetClassifier(nn.Module):
         return self.head(self.encoder(input_ids, attention_mask))
 
 
-def linear_from_logistic(pipeline) -> nn.Linear:
+# An embedding feature whose spread over the head's training tweets is below this fraction of the median feature's
+# is dead: MiniLM's final LayerNorm has gains of ~1e-9 (std 1e-33 over tweets in two features). StandardScaler
+# divides by that std, giving weights up to 1e30 that turn any change of those features (a PQ error, a LayerNorm
+# step of 1e-4 when all weights are trained) into logits of 1e4. Dead features get weight 0.
+DEAD_FEATURE = 1e-4
+
+
+def live_features(embeddings: np.ndarray) -> np.ndarray:
+    """Boolean mask (H,) of the embedding features that vary over `embeddings` (N, H)."""
+    spread = embeddings.std(axis=0)
+    return spread > DEAD_FEATURE * np.median(spread)
+
+
+def linear_from_logistic(pipeline, live: np.ndarray | None = None) -> nn.Linear:
     """A scikit-learn StandardScaler + binary LogisticRegression as `nn.Linear` to logits (-z/2, z/2), whose
-    softmax is the regression's sigmoid(z)."""
+    softmax is the regression's sigmoid(z). `live` (H,): the features the pipeline was fitted on (all if None);
+    the others get weight 0."""
     scaler, logistic = pipeline[0], pipeline[-1]
-    w = logistic.coef_[0] / scaler.scale_
-    b = logistic.intercept_[0] - scaler.mean_ @ w
-    head = nn.Linear(w.shape[0], 2)
+    w_live = logistic.coef_[0] / scaler.scale_
+    b = logistic.intercept_[0] - scaler.mean_ @ w_live
+    live = np.ones(len(w_live), bool) if live is None else np.asarray(live, bool)
+    if live.sum() != len(w_live):
+        raise ValueError(f"the pipeline has {len(w_live)} features, the mask selects {live.sum()}")
+    w = np.zeros(len(live))
+    w[live] = w_live
+    head = nn.Linear(len(live), 2)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(np.stack([-w / 2, w / 2])))
         head.bias.copy_(torch.tensor([-b / 2, b / 2]))
@@ -120,7 +140,9 @@ def minilm_task(head_size: int = 1500, calib_size: int = 256, learn_size: int = 
     head_set = splits.train.head(head_size)
     embeddings = embed(torch_encoder(encoder), *head_set.tokens(64), batch_size=32, desc="FP32 embeddings",
                        progress=progress)
-    model = TweetClassifier(encoder, linear_from_logistic(train_head(embeddings, head_set.labels))).eval()
+    live = live_features(embeddings)
+    head = linear_from_logistic(train_head(embeddings[:, live], head_set.labels), live)
+    model = TweetClassifier(encoder, head).eval()
     pool = splits.train.head(head_size + learn_size)
     learn_set = TweetSet(pool.texts[head_size:], pool.labels[head_size:])
     return Task(model, length_batches(splits.calibration.head(calib_size), 64),

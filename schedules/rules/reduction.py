@@ -5,13 +5,15 @@ one reduction block: rows run in parallel over the fused leading axes, every blo
 injective blocks are vectorized on their inner axes, and each reduction over a single innermost axis is rfactored
 into a vector of partial results (one per SIMD lane, zeroed before the loop so it stays in a register) that a
 short scalar tail combines. A per-row value (a row's mean, LayerNorm's rsqrt, softmax's reciprocal) stays a stage
-of its own: rows then go in tiles of one vector, so it is computed for a vector of rows at once. Reductions over
-several axes (pooling windows, convolutions) get the parallel rows only.
+of its own: rows then go in tiles of one vector, so it is computed for a vector of rows at once. A reduction over
+several axes alone (a pooling window, a direct convolution) runs its window for a vector of outputs along the last
+spatial axis.
 """
 
 import math
 
 from tvm import s_tir, tirx
+from tvm.sym import detect_linear_equation
 from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
 
@@ -27,6 +29,20 @@ def _leading_spatial(info: SBlockInfo) -> int:
 
 def _is_unit(extent) -> bool:
     return isinstance(extent, (int, tirx.IntImm)) and int(extent) == 1
+
+
+def _read_stride(sch: s_tir.Schedule, info: SBlockInfo, var: tirx.Var) -> int | None:
+    """The largest step the inputs' last index takes per step of `var` (None if not a constant)."""
+    block = sch.get(info.block_rv)
+    steps = []
+    for read in block.reads:
+        if read.source.same_as(block.writes[0].source):
+            continue
+        coefficient = detect_linear_equation(read.region[-1].min, [var])
+        if len(coefficient) != 2 or not isinstance(coefficient[0], tirx.IntImm):
+            return None
+        steps.append(abs(int(coefficient[0])))
+    return max(steps, default=0)
 
 
 def _reads_contiguously(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
@@ -64,6 +80,8 @@ class Reduction(CPURule):
                 return None
             return self._place(sch, blocks, 0, lanes, target, tile_rows=False, rfactor=False)
         single_row = all(_is_unit(d) for d in blocks[0].dom()[:rows])
+        if len(blocks) == 1 and blocks[0].dom_kind().count("R") > 1 and rows >= 2:
+            return self._window(sch, blocks[0], rows, lanes, target)
         if single_row and any(info.dom_kind().count("R") > 1 for info in blocks):
             return None  # no rows to run in parallel and no single reduction axis to vectorize
 
@@ -111,6 +129,33 @@ class Reduction(CPURule):
             self._vectorize_row(sch, block, sch.get_loops(block)[anchor_depth:], kind, lanes)
         last, kind = stages[-1]
         self._vectorize_row(sch, last, sch.get_loops(last)[anchor_depth + (tile > 1) :], kind, lanes)
+        return sch
+
+    @staticmethod
+    def _window(sch: s_tir.Schedule, info: SBlockInfo, rows: int, lanes: int, target: Target) -> s_tir.Schedule:
+        """A window reduction (pooling): every spatial axis but the last in parallel; the window's loops go outside
+        the last one, so each step updates a row of outputs. That row is one vector where it fits one register;
+        a longer row read with a stride is left to LLVM's loop vectorizer, whose wide loads and shuffles beat
+        TVM's lane-by-lane strided loads (max pool 2x2 at one thread, outputs 32x14x14: naive 10.3 us, TVM vector
+        3.7, LLVM 1.6; 64x7x7: naive 6.0, TVM vector 1.9, LLVM 6.2)."""
+        loops = sch.get_loops(info.block_rv)
+        extents = [static_extent(sch, loop) for loop in loops]  # the work: outputs times window
+        anchor = sch.fuse(*loops[: rows - 1]) if rows > 2 else loops[0]
+        parallelize(sch, anchor, None if None in extents else math.prod(extents), target)
+        spatial, *window = loops[rows - 1 :]
+        sch.reorder(*window, spatial)
+        extent = extents[rows - 1]
+        if extent is None or (extent > lanes and _read_stride(sch, info, info.iters[rows - 1].var) != 1):
+            sch.decompose_reduction(info.block_rv, window[0])
+            return sch
+        outer = vectorize_innermost(sch, spatial, lanes) if extent > lanes else sch.vectorize(spatial)
+        if outer is not None and not outer.same_as(spatial):
+            sch.reorder(outer, *window)
+        init = sch.decompose_reduction(info.block_rv, window[0])
+        if extent <= lanes:
+            sch.vectorize(sch.get_loops(init)[-1])
+        else:
+            vectorize_innermost(sch, sch.get_loops(init)[-1], lanes)
         return sch
 
     @staticmethod

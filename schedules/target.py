@@ -13,7 +13,7 @@ import os
 
 import tvm
 from tvm.target import Target
-from tvm.target.codegen import llvm_get_system_cpu, llvm_get_vector_width
+from tvm.target.codegen import llvm_get_system_cpu, llvm_get_vector_width, target_has_features
 
 
 def host_target(num_cores: int | None = None) -> Target:
@@ -25,12 +25,25 @@ def host_target(num_cores: int | None = None) -> Target:
     return Target({"kind": "llvm", "mcpu": llvm_get_system_cpu(), "num-cores": int(num_cores)})
 
 
+# x86 register widths by the feature that brings them, widest first. TVM 0.27's `llvm_get_vector_width` answers
+# 512 for every x86 CPU on an AVX-512 host (znver3, haswell, plain x86-64 alike), so x86 is read from features.
+_X86_REGISTER_BITS = ((512, "avx512f"), (256, "avx"), (128, "sse2"))
+
+
+def vector_bits(target: Target) -> int:
+    """The SIMD register width of `target` in bits (128 for a target that is not LLVM or says nothing)."""
+    if target.kind.name != "llvm":
+        return 128
+    for bits, feature in _X86_REGISTER_BITS:
+        if target_has_features([feature], target):
+            return bits
+    bits = llvm_get_vector_width(target)
+    return bits if bits > 0 else 128
+
+
 def vector_lanes(target: Target, dtype: str) -> int:
     """How many `dtype` elements fit one SIMD register of `target` (at least 1; 4 for 32-bit on a plain x86-64)."""
-    bits = llvm_get_vector_width(target) if target.kind.name == "llvm" else -1
-    if bits <= 0:
-        bits = 128
-    return max(bits // tvm.DataType(dtype).bits, 1)
+    return max(vector_bits(target) // tvm.DataType(dtype).bits, 1)
 
 
 def num_cores(target: Target) -> int:

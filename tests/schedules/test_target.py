@@ -4,7 +4,10 @@ import sys
 
 import pytest
 
+from tvm.target import Target
+
 from schedules import host_target
+from schedules.target import vector_lanes
 
 # TVM's thread pool is created once per process: each case runs in a fresh interpreter.
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,3 +38,17 @@ def test_a_pool_already_too_small_is_an_error():
 def test_host_target_needs_a_core():
     with pytest.raises(ValueError, match="num_cores must be at least 1"):
         host_target(0)
+
+
+@pytest.mark.parametrize("target, lanes", [
+    ({"kind": "llvm", "mcpu": "znver4"}, 16),
+    ({"kind": "llvm", "mcpu": "znver3"}, 8),
+    ({"kind": "llvm", "mcpu": "haswell"}, 8),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"}, 4),
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, 4),
+])
+def test_vector_lanes_follow_the_target_not_the_host(target, lanes):
+    """float32 lanes of one register of the target CPU, whatever CPU builds (TVM's own query answers 512 bits for
+    every x86 CPU on an AVX-512 host)."""
+    assert vector_lanes(Target(target), "float32") == lanes
+    assert vector_lanes(Target(target), "int8") == lanes * 4

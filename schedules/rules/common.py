@@ -10,6 +10,7 @@ import logging
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.sym import detect_linear_equation
 from tvm.target import Target
 
 from ..kernels.segments_op import bind_register_width
@@ -86,6 +87,20 @@ def _try(primitive, block, single_consumer: s_tir.Schedule | None = None) -> boo
     except s_tir.ScheduleError:
         return False
     return True
+
+
+def read_stride(sch: s_tir.Schedule, block_rv, var: tirx.Var) -> int | None:
+    """The largest step the inputs' last index takes per step of `var` (None if not a constant)."""
+    block = sch.get(block_rv)
+    steps = []
+    for read in block.reads:
+        if read.source.same_as(block.writes[0].source):
+            continue
+        coefficient = detect_linear_equation(read.region[-1].min, [var])
+        if len(coefficient) != 2 or not isinstance(coefficient[0], tirx.IntImm):
+            return None
+        steps.append(abs(int(coefficient[0])))
+    return max(steps, default=0)
 
 
 def largest_divisor(extent: int | None, limit: int) -> int:

@@ -13,12 +13,11 @@ spatial axis.
 import math
 
 from tvm import s_tir, tirx
-from tvm.sym import detect_linear_equation
 from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
 
 from ..target import vector_lanes
-from .common import CPURule, inline_injective, largest_divisor, output_dtype, parallelize, static_extent
+from .common import CPURule, inline_injective, largest_divisor, output_dtype, parallelize, read_stride, static_extent
 from .common import vectorize_innermost
 
 
@@ -29,20 +28,6 @@ def _leading_spatial(info: SBlockInfo) -> int:
 
 def _is_unit(extent) -> bool:
     return isinstance(extent, (int, tirx.IntImm)) and int(extent) == 1
-
-
-def _read_stride(sch: s_tir.Schedule, info: SBlockInfo, var: tirx.Var) -> int | None:
-    """The largest step the inputs' last index takes per step of `var` (None if not a constant)."""
-    block = sch.get(info.block_rv)
-    steps = []
-    for read in block.reads:
-        if read.source.same_as(block.writes[0].source):
-            continue
-        coefficient = detect_linear_equation(read.region[-1].min, [var])
-        if len(coefficient) != 2 or not isinstance(coefficient[0], tirx.IntImm):
-            return None
-        steps.append(abs(int(coefficient[0])))
-    return max(steps, default=0)
 
 
 def _reads_contiguously(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
@@ -145,7 +130,7 @@ class Reduction(CPURule):
         spatial, *window = loops[rows - 1 :]
         sch.reorder(*window, spatial)
         extent = extents[rows - 1]
-        if extent is None or (extent > lanes and _read_stride(sch, info, info.iters[rows - 1].var) != 1):
+        if extent is None or (extent > lanes and read_stride(sch, info.block_rv, info.iters[rows - 1].var) != 1):
             sch.decompose_reduction(info.block_rv, window[0])
             return sch
         outer = vectorize_innermost(sch, spatial, lanes) if extent > lanes else sch.vectorize(spatial)

@@ -3,6 +3,8 @@ import pytest
 import tvm
 from numpy.lib.stride_tricks import sliding_window_view
 from tvm import relax, te, topi
+from tvm.target import Target
+from tvm.target.codegen import target_has_features
 
 from relay_passes.pipeline import prepare
 from schedules.rules import Conv2d, default_rules
@@ -69,6 +71,27 @@ def test_conv_without_epilogue_propagates_nan_and_inf(shape, co, k, stride, padd
 def test_channels_vectorized_rows_parallel_window_unrolled():
     kinds = loop_kinds(scheduled(Conv2d(), _conv_bias_relu((1, 32, 14, 14), 64, 3, padding=1)))
     assert {"parallel", "vectorized", "unroll"} <= kinds
+
+
+AVX2 = Target({"kind": "llvm", "mcpu": "znver3"})
+AVX512 = Target({"kind": "llvm", "mcpu": "znver4"})
+
+
+@pytest.mark.parametrize("target, form", [(AVX2, "channel block"), (AVX512, "row")], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("shape, co, k, stride, padding, dilation", CASES[:4])
+def test_the_tile_form_follows_the_target(target, form, shape, co, k, stride, padding, dilation):
+    """AVX-512 takes row tiles where the width is read with stride 1 (no repacked weight), AVX2 channel blocks
+    (the weight repacked); both compute the conv (run where this CPU can run the target's code)."""
+    func = scheduled(Conv2d(), _conv_bias_relu(shape, co, k, stride, padding, dilation), target)
+    repacked = "w_global" in func.script()
+    assert repacked == (form == "channel block" or stride > 1)
+    if not target_has_features(["avx512f"], TARGET) and target is AVX512:
+        return
+    x = RNG.standard_normal(shape, dtype="float32")
+    w = RNG.standard_normal((co, shape[1], k, k), dtype="float32")
+    b = RNG.standard_normal((1, co, 1, 1), dtype="float32")
+    expected = np.maximum(_conv_ref(x, w, stride, padding, dilation) + b, 0)
+    np.testing.assert_allclose(run(func, x, w, b, target=target), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_fits_the_conv_relax_legalizes_and_comes_before_reduction():

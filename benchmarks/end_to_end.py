@@ -129,7 +129,7 @@ def engines(model, example, bundle: Path | None, args, workdir: Path):
         path = workdir / f"{name}.so"
         executable.export_library(str(path))
         function = relax.VirtualMachine(executable, tvm.cpu())["main"]
-        return (lambda *arrays: function(*[_tvm_input(a) for a in arrays]).numpy()), path.stat().st_size
+        return (lambda *arrays: np.from_dlpack(function(*[_tvm_input(a) for a in arrays]))), path.stat().st_size
 
     yield "pytorch fp32", torch_run, sum(p.numel() * p.element_size() for p in model.parameters())
     yield "ort fp32", ort_run(onnx_path), onnx_path.stat().st_size
@@ -150,11 +150,13 @@ def _tvm_input(array: np.ndarray):
     """A TVM tensor viewing `array` through DLPack when TVM accepts it (C-contiguous, 64-byte aligned), else a copy.
 
     Engines get the same numpy arrays (timed ones aligned); `tvm.runtime.tensor` copies through the FFI, 16 us per
-    call here (a tenth of the CNN's latency), where a DLPack view costs 0.3 us.
+    call here (a tenth of the CNN's latency), where a DLPack view costs 0.4 us. (The address comes from
+    `__array_interface__`: `array.ctypes` alone costs 1.3 us.) Outputs come back the same way, `np.from_dlpack`
+    (0.2 us) rather than `.numpy()` (a copy, 5.8 us for the CNN's 10 logits).
     """
     import tvm
 
-    if array.flags.c_contiguous and array.ctypes.data % 64 == 0:
+    if array.flags.c_contiguous and array.__array_interface__["data"][0] % 64 == 0:
         return tvm.runtime.from_dlpack(array)
     return tvm.runtime.tensor(array)
 

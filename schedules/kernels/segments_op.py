@@ -149,7 +149,9 @@ def _binary_search(x, lanes, breakpoints, slopes, intercepts) -> PrimExpr:
             return tirx.Select(upper, _splat(_f32(probes[size // 2 + step - 1]), lanes),
                                _splat(_f32(probes[step - 1]), lanes))
         if len(probes) <= lanes:
-            return lookup(probes, index + _splat(_i32(step - 1), lanes))
+            # index is a multiple of 2*step here: a table whose entry `index` is probes[index + step - 1] is
+            # permuted by the index itself (no add per round).
+            return lookup([probes[j - j % (2 * step) + step - 1] for j in range(size)], index)
         # index is a multiple of 2*step here, so the probes this round can reach, probes[step - 1 :: 2 * step],
         # fit one register (8 lanes, 16 entries): one permute by index / (2 * step) instead of two and a blend.
         shift = _splat(_i32((2 * step).bit_length() - 1), lanes)

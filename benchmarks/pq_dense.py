@@ -83,9 +83,10 @@ def _lut_kernels(rows, features, outputs, sub_len, target, intrin, source=None):
     centroids = rng.standard_normal((layout.codebooks, 16, sub_len)).astype(np.float32)
     table = rng.integers(-127, 128, (layout.codebooks, 16, outputs)).astype(np.int8)
     built = [tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)["main"]
-             for f in (pq_encode_func(layout, sub_len, source), pq_lookup_func(layout, 0.01, intrin))]
+             for f in (pq_encode_func(layout, sub_len, source), pq_lookup_func(layout, intrin))]
     operands = [tvm.runtime.tensor(a) for a in (pack_centroids(centroids, layout), np.zeros(layout.codes_shape, np.uint8),
-                                                pack_table(table, layout), np.zeros(outputs, np.float32),
+                                                pack_table(table, layout), np.full(outputs, 0.01, np.float32),
+                                                np.zeros(outputs, np.float32),
                                                 np.zeros((rows, outputs), np.float32))]
     return built, operands
 
@@ -116,12 +117,12 @@ def _systems(row, x, weight, source, target, threads, intrin, tmp) -> dict:
         dense_args = [tvm.runtime.tensor(a) for a in (x[None], np.ascontiguousarray(weight.T)[None],
                                                       np.zeros((1, row["N"], row["M"]), np.float32))]
         systems["tvm_dense_ms"] = lambda: dense(*dense_args)
-    (encode, lookup), (centroids, codes, table, bias, out) = _lut_kernels(
+    (encode, lookup), (centroids, codes, table, scale, bias, out) = _lut_kernels(
         row["N"], row["D"], row["M"], row["V"], target, intrin, source)
     lut_x = tvm.runtime.tensor(x)
     systems["encode_ms"] = lambda: encode(lut_x, centroids, codes)
-    systems["lookup_ms"] = lambda: lookup(codes, table, bias, out)
-    systems["lut_ms"] = lambda: (encode(lut_x, centroids, codes), lookup(codes, table, bias, out))
+    systems["lookup_ms"] = lambda: lookup(codes, table, scale, bias, out)
+    systems["lut_ms"] = lambda: (encode(lut_x, centroids, codes), lookup(codes, table, scale, bias, out))
     return systems
 
 

@@ -6,7 +6,7 @@ constant (bind parameters first), with or without a bias add. Each layer's bundl
 fingerprint (`Bundle.find_pq`); the layer becomes two kernel calls with the entry's operands packed as constants:
 
     codes = call_tir(pq_encode, x, centroids)                            # nearest centroid per sub-vector
-    y     = call_tir(pq_lookup, codes, int8 table, bias)                # scale * sum of table rows + bias
+    y     = call_tir(pq_lookup, codes, int8 table, scale, bias)          # scale * sum of table rows + bias
 
 A conv2d's encode reads its im2col rows straight from the NCHW input; its rows come back (B*H'*W', O) and are
 reshaped and transposed to NCHW. The kernels carry their own schedule (`tirx.is_scheduled`), tensorized with the
@@ -132,15 +132,15 @@ class _DenseRewriter(LUTRewriter):
         key = (name, rows, source)
         if key not in self._kernels:
             encode = pq_encode_func(layout, table.V, source).without_attr("global_symbol")
-            lookup = pq_lookup_func(layout, table.scale, self.intrin).without_attr("global_symbol")
+            lookup = pq_lookup_func(layout, self.intrin).without_attr("global_symbol")
             self._kernels[key] = (self.builder.add_func(encode, f"pq_encode_{name}"),
                                   self.builder.add_func(lookup, f"pq_lookup_{name}"))
         encode_gv, lookup_gv = self._kernels[key]
         bias = np.zeros(table.M, np.float32) if bias is None else bias
         codes = relax.call_tir(encode_gv, [x, relax.const(pack_centroids(table.centroids, layout))],
                                relax.TensorType(layout.codes_shape, "uint8"))
-        y = relax.call_tir(lookup_gv, [codes, relax.const(pack_table(table.table, layout)), relax.const(bias)],
-                           relax.TensorType((rows, table.M), "float32"))
+        y = relax.call_tir(lookup_gv, [codes, relax.const(pack_table(table.table, layout)), relax.const(table.scale),
+                                       relax.const(bias)], relax.TensorType((rows, table.M), "float32"))
         return y, lookup_gv.name_hint
 
 

@@ -1,4 +1,4 @@
-"""LUT-NN lookup-accumulate kernel: `y[n, m] = scale * sum_c table[c, codes[n, c], m] + bias[m]`, tensorized.
+"""LUT-NN lookup-accumulate kernel: `y[n, m] = scale[m] * sum_c table[c, codes[n, c], m] + bias[m]`, tensorized.
 
 Layouts (packed once, at compile time, by `pack_table`; the codes come from `pq_encode` already packed):
 - codes  (NB, CP, L) uint8: row block, codebook, row within the block; L = the intrinsic's lanes (rows per
@@ -7,7 +7,8 @@ Layouts (packed once, at compile time, by `pack_table`; the codes come from `pq_
   zeros, and codebooks past C (CP = CB * CS) are all-zero so they add nothing.
 
 Accumulation is exact: int8 entries are summed in int16 over blocks of CS <= 256 codebooks (256 * 127 < 2^15, so
-no int8 table can overflow them), the blocks in int32, then `float32(acc) * scale + bias`.
+no int8 table can overflow them), the blocks in int32, then `float32(acc) * scale + bias`, both per output (scale:
+one per table column, so an outlier column does not round the others to zero; a vector multiply per 8 rows).
 
 Schedule (carried by the kernel; the function is marked `tirx.is_scheduled` so CPU schedule rules skip it): row
 blocks x output tiles of `m_tile` outputs run in parallel; each tile keeps `m_tile` int16 accumulators of L lanes
@@ -86,8 +87,9 @@ def pack_table(table: np.ndarray, layout: LookupLayout) -> np.ndarray:
     return packed
 
 
-def pq_lookup_reference(codes: np.ndarray, table: np.ndarray, scale: float, bias: np.ndarray | None) -> np.ndarray:
-    """NumPy reference on unpacked operands: codes (N, C) ints, table (C, K, M) int8 -> (N, M) float32.
+def pq_lookup_reference(codes: np.ndarray, table: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """NumPy reference on unpacked operands: codes (N, C) ints, table (C, K, M) int8, scale (M,) (or one for
+    all) -> (N, M) float32.
 
     The sum is exact (int64); the epilogue is the kernel's: `float32(acc) * float32(scale) + bias` in float32.
     """
@@ -95,7 +97,7 @@ def pq_lookup_reference(codes: np.ndarray, table: np.ndarray, scale: float, bias
     acc = np.zeros((codes.shape[0], table.shape[2]), np.int64)
     for c in range(table.shape[0]):
         acc += table[c, codes[:, c]].astype(np.int64)
-    out = acc.astype(np.float32) * np.float32(scale)
+    out = acc.astype(np.float32) * np.asarray(scale, np.float32)
     return out if bias is None else out + np.asarray(bias, np.float32)
 
 
@@ -105,7 +107,7 @@ def _eight_rows(acc16, blocks: int, output, row):
     return functools.reduce(operator.add, parts)
 
 
-def _tiled_lookup(layout: LookupLayout, scale: float, m_tile: int):
+def _tiled_lookup(layout: LookupLayout, m_tile: int):
     """The lookup stated as the intrinsics' one-hot select, in tiles of `lanes` rows x `m_tile` outputs.
 
     Each tile is a block that allocates its own accumulators, so they live in registers: TVM places a
@@ -116,18 +118,18 @@ def _tiled_lookup(layout: LookupLayout, scale: float, m_tile: int):
     num_rows, outputs, lanes = layout.rows, layout.outputs, layout.lanes
     row_blocks, blocks, per_block = layout.row_blocks, layout.int16_blocks, layout.block_codebooks
     m_tiles, padded = outputs // m_tile, layout.padded_codebooks
-    scale = T.float32(scale)
 
     @T.prim_func(s_tir=True)
     def pq_lookup(codes: T.Buffer(layout.codes_shape, "uint8"), table: T.Buffer(layout.table_shape, "int8"),
-                  bias: T.Buffer((outputs,), "float32"), y: T.Buffer((num_rows, outputs), "float32")):
+                  scale: T.Buffer((outputs,), "float32"), bias: T.Buffer((outputs,), "float32"),
+                  y: T.Buffer((num_rows, outputs), "float32")):
         T.func_attr({"tirx.noalias": True})
         for tile in T.parallel(row_blocks * m_tiles):
             with T.sblock("tile"):
                 nb = T.axis.spatial(row_blocks, tile // m_tiles)
                 mo = T.axis.spatial(m_tiles, tile % m_tiles)
                 T.reads(codes[nb, 0:padded, 0:lanes], table[mo * m_tile:mo * m_tile + m_tile, 0:padded, 0:TABLE_ENTRIES],
-                        bias[mo * m_tile:mo * m_tile + m_tile])
+                        scale[mo * m_tile:mo * m_tile + m_tile], bias[mo * m_tile:mo * m_tile + m_tile])
                 T.writes(y[nb * lanes:nb * lanes + lanes, mo * m_tile:mo * m_tile + m_tile])
                 acc16 = T.alloc_buffer((blocks, m_tile, lanes), "int16")
                 for cb, c, mi, i, k in T.grid(blocks, per_block, m_tile, lanes, TABLE_ENTRIES):
@@ -143,12 +145,13 @@ def _tiled_lookup(layout: LookupLayout, scale: float, m_tile: int):
                     with T.sblock("scale"):
                         vib, vr = T.axis.remap("SS", [ib, r])
                         T.where(nb * lanes + ib * 8 + r < num_rows)
-                        T.reads(acc16[0:blocks, 0:m_tile, vib * 8:vib * 8 + 8], bias[mo * m_tile:mo * m_tile + m_tile])
+                        T.reads(acc16[0:blocks, 0:m_tile, vib * 8:vib * 8 + 8], scale[mo * m_tile:mo * m_tile + m_tile],
+                                bias[mo * m_tile:mo * m_tile + m_tile])
                         T.writes(y[nb * lanes + vib * 8 + vr, mo * m_tile:mo * m_tile + m_tile])
                         y[nb * lanes + vib * 8 + vr, T.ramp(mo * m_tile, 1, m_tile)] = T.Shuffle(
                             [T.Cast("float32x8", _eight_rows(acc16, blocks, j, vib * 8)) for j in range(m_tile)],
                             [j * 8 + vr for j in range(m_tile)]
-                        ) * T.Broadcast(scale, m_tile) + bias[T.ramp(mo * m_tile, 1, m_tile)]
+                        ) * scale[T.ramp(mo * m_tile, 1, m_tile)] + bias[T.ramp(mo * m_tile, 1, m_tile)]
 
     return pq_lookup
 
@@ -158,17 +161,15 @@ def _output_tile(outputs: int, preferred: int) -> int:
     return max(t for t in range(1, min(preferred, outputs) + 1) if outputs % t == 0)
 
 
-def pq_lookup_func(layout: LookupLayout, scale: float, intrin: LookupIntrin, m_tile: int = 8) -> tvm.tirx.PrimFunc:
-    """The scheduled, tensorized lookup-accumulate PrimFunc `(codes, table, bias) -> y` for `layout`.
+def pq_lookup_func(layout: LookupLayout, intrin: LookupIntrin, m_tile: int = 8) -> tvm.tirx.PrimFunc:
+    """The scheduled, tensorized lookup-accumulate PrimFunc `(codes, table, scale, bias) -> y` for `layout`.
 
     `layout.lanes` must be `intrin.lanes`. `m_tile` outputs share one load of the codes; their accumulators must fit
     the registers (8 for AVX2's 16 ymm registers at 32 lanes). An M it does not divide uses its largest divisor.
     """
     if layout.lanes != intrin.lanes:
         raise ValueError(f"layout has {layout.lanes} lanes but {intrin.name} looks up {intrin.lanes} rows at once")
-    if not np.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    sch = s_tir.Schedule(_tiled_lookup(layout, scale, _output_tile(layout.outputs, m_tile)))
+    sch = s_tir.Schedule(_tiled_lookup(layout, _output_tile(layout.outputs, m_tile)))
     lookup, epilogue = sch.get_sblock("lookup"), sch.get_sblock("scale")
     _, c, m_inner, i, _ = sch.get_loops(lookup)
     sch.decompose_reduction(lookup, c)

@@ -37,12 +37,14 @@ def execute_here(func: tvm.tirx.PrimFunc, arrays: list[np.ndarray]) -> list[np.n
 
 
 def run_lookup(codes, table, scale, bias, intrin=INTRIN, execute=execute_here):
-    """The compiled lookup kernel on unpacked operands: codes (N, C), table (C, K, M) -> (N, M) float32."""
+    """The compiled lookup kernel on unpacked operands: codes (N, C), table (C, K, M), scale (M,) or one for all
+    -> (N, M) float32."""
     layout = LookupLayout(codes.shape[0], table.shape[0], table.shape[1], table.shape[2], intrin.lanes)
     bias = np.zeros(table.shape[2], np.float32) if bias is None else bias
-    arrays = [pack_codes(codes, layout), pack_table(table, layout), bias,
+    scale = np.broadcast_to(np.asarray(scale, np.float32), (table.shape[2],))
+    arrays = [pack_codes(codes, layout), pack_table(table, layout), scale, bias,
               np.zeros((codes.shape[0], layout.outputs), np.float32)]
-    return execute(pq_lookup_func(layout, scale, intrin), arrays)[-1]
+    return execute(pq_lookup_func(layout, intrin), arrays)[-1]
 
 
 def run_encode(x, centroids, lanes=None, source=None, execute=execute_here):

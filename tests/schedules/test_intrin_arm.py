@@ -21,7 +21,7 @@ def test_registered_and_chosen_for_aarch64():
 
 
 def test_kernel_is_tensorized_and_the_asm_has_tbl():
-    func = pq_lookup_func(LookupLayout(40, 4, 16, 8, NEON_LOOKUP.lanes), 1.0, NEON_LOOKUP)
+    func = pq_lookup_func(LookupLayout(40, 4, 16, 8, NEON_LOOKUP.lanes), NEON_LOOKUP)
     assert "llvm.aarch64.neon.tbl1" in func.script()
     asm = build(func, rpc.ARM_TARGET).mod.inspect_source("asm")
     assert any(line.split()[:1] == ["tbl"] for line in asm.splitlines())

@@ -32,7 +32,7 @@ def test_chosen_per_target():
 
 @pytest.mark.parametrize("target, intrin, register", [(AVX2, AVX2_LOOKUP, "%ymm"), (AVX512, AVX512_LOOKUP, "%zmm")])
 def test_kernel_is_tensorized_and_the_asm_has_vpshufb(target, intrin, register):
-    func = pq_lookup_func(LookupLayout(64, 4, 16, 8, intrin.lanes), 1.0, intrin)
+    func = pq_lookup_func(LookupLayout(64, 4, 16, 8, intrin.lanes), intrin)
     assert "pshuf.b" in func.script()
     asm = build(func, target).mod.inspect_source("asm")
     shuffles = [line for line in asm.splitlines() if "vpshufb" in line]

@@ -1,4 +1,4 @@
-"""int8 PQ tables: round trip error, and no int16/int32 overflow whatever the input."""
+"""int8 PQ tables with a scale per output column: round trip error, and no int16/int32 overflow whatever the input."""
 
 import numpy as np
 import pytest
@@ -13,21 +13,35 @@ from tvm_lut.pq.table import PQTable
 def test_round_trip_error_is_half_a_step(shape):
     table = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 3
     q, scale = quantize_table(table)
-    assert q.dtype == np.int8 and q.min() >= -127 and np.abs(q).max() == 127
-    np.testing.assert_allclose(q.astype(np.float32) * scale, table, atol=scale / 2 * (1 + 1e-6))
+    assert q.dtype == np.int8 and q.min() >= -127 and scale.shape == (shape[2],) and scale.dtype == np.float32
+    assert (np.abs(q).max(axis=(0, 1)) == 127).all()
+    assert np.all(np.abs(q.astype(np.float32) * scale - table) <= scale / 2 * (1 + 1e-6))
+
+
+def test_each_column_gets_its_own_scale():
+    """An outlier column (MiniLM's FFN outputs: 325x the median) no longer rounds the other columns to 0."""
+    table = np.random.default_rng(1).standard_normal((48, 16, 4)).astype(np.float32)
+    table[..., 0] *= 325
+    q, scale = quantize_table(table)
+    np.testing.assert_allclose(scale[0] / scale[1:], 325, rtol=0.3)
+    assert (q[..., 1:] != 0).mean() > 0.9
 
 
 def test_zero_and_empty_tables():
     q, scale = quantize_table(np.zeros((2, 4, 3)))
-    assert scale == 1.0 and not q.any()
+    assert (scale == 1.0).all() and not q.any()
     q, scale = quantize_table(np.zeros((0, 16, 3)))
-    assert q.shape == (0, 16, 3) and scale == 1.0
+    assert q.shape == (0, 16, 3) and (scale == 1.0).all()
+    table = np.zeros((2, 4, 2), np.float32)
+    table[..., 1] = 1e-30  # tiny, not zero: its own scale, not 1.0
+    q, scale = quantize_table(table)
+    assert scale[0] == 1.0 and 0 < scale[1] < 1e-30 and np.abs(q[..., 1]).max() == 127
 
 
 def test_wide_blocks_raise_the_scale_so_int16_sums_fit():
     table = np.full((1024, 2, 3), 5.0, np.float32)
     q, scale = quantize_table(table, block=1024)
-    assert scale > 5.0 / 127
+    assert (scale > 5.0 / 127).all()
     assert accumulator_bound(q, 1024) <= np.iinfo(np.int16).max
 
 

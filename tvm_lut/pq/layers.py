@@ -2,7 +2,7 @@
 
 Forward (training and eval): each input sub-vector takes its nearest centroid (hard argmin), and the output is the
 sum of the chosen rows of the table `T = centroids x weight slices`, fake-quantized to int8 with the overflow-safe
-scale of `tvm_lut.pq.quantize` (what the compiled kernel computes, up to float rounding).
+per-column scales of `tvm_lut.pq.quantize` (what the compiled kernel computes, up to float rounding).
 
 Backward (LUT-NN's straight-through estimator): the hard one-hot is replaced in the gradient by the soft
 assignment `softmax(-dist / s * t)`, with the learned inverse temperature `t = softplus(logit) + 1` and `s` the
@@ -27,8 +27,8 @@ from tvm_lut.pq.table import PQTable
 
 
 def fake_quantize_table(table: torch.Tensor) -> torch.Tensor:
-    """int8 rounding of a float table (C, K, M) in the forward, identity in the backward."""
-    scale = overflow_safe_scale(table.detach().abs().amax(dim=1).cpu().numpy())
+    """int8 rounding of a float table (C, K, M) with per-column scales in the forward, identity in the backward."""
+    scale = torch.from_numpy(overflow_safe_scale(table.detach().abs().amax(dim=1).cpu().numpy())).to(table.device)
     quantized = torch.clamp(torch.round(table / scale), -127, 127) * scale
     return table + (quantized - table).detach()
 

@@ -1,11 +1,16 @@
-"""Symmetric int8 quantization of a PQ table with an overflow-safe scale.
+"""Symmetric int8 quantization of a PQ table with an overflow-safe scale per output column.
+
+One scale per output m, not per tensor: a transformer's tables have outlier columns (MiniLM's FFN output
+projections: the largest column 325x the median one), and one shared scale rounded every other entry of such
+a table to 0. The kernels multiply by the column's scale in their epilogue (a vector load of the scales
+where one constant was broadcast).
 
 The kernels add int8 table rows in int16 over blocks of up to `INT16_BLOCK` codebooks, then in int32. Whatever
 the input, the codes only pick table entries, so the worst partial sum of output m over a block is
-`sum_c max_k |q[c, k, m]|`. The scale is the larger of `max|T| / 127` (entries fit int8, -128 unused) and the
-value that keeps that worst sum within int16 (and the full sum within int32), like FAISS fast-scan's shared
-scale. With per-tensor `max|T| / 127` alone, blocks of 256 codebooks can reach 256 * 127 = 32512 < 32767, so
-the second term only bites for wider blocks; it is checked, not assumed.
+`sum_c max_k |q[c, k, m]|`. The scale of column m is the larger of `max|T[:, :, m]| / 127` (entries fit int8,
+-128 unused) and the value that keeps that worst sum within int16 (and the full sum within int32), like FAISS
+fast-scan's scale. With `max / 127` alone, blocks of 256 codebooks can reach 256 * 127 = 32512 < 32767, so the
+second term only bites for wider blocks; it is checked, not assumed.
 
 Works on NumPy arrays; the training loop passes the detached table's per-(c, m) maxima.
 """
@@ -30,34 +35,37 @@ def _block_sums(max_abs: np.ndarray, block: int) -> np.ndarray:
     return padded.reshape(-1, block, out).sum(axis=1)
 
 
-def overflow_safe_scale(max_abs: np.ndarray, block: int = INT16_BLOCK) -> float:
-    """The per-tensor scale for a float table whose `max_k |T[c, k, m]|` is `max_abs` (C, M).
+def overflow_safe_scale(max_abs: np.ndarray, block: int = INT16_BLOCK) -> np.ndarray:
+    """The per-column scales (M,) float32 for a float table whose `max_k |T[c, k, m]|` is `max_abs` (C, M).
 
     Rounding may add half a step per codebook, so the bounds leave `block / 2` (and `C / 2`) of headroom.
-    An all-zero table gets scale 1.0 (every entry quantizes to 0).
+    An all-zero column gets scale 1.0 (its entries quantize to 0).
     """
     max_abs = np.asarray(max_abs, dtype=np.float64)
     if max_abs.ndim != 2:
         raise ValueError(f"max_abs must be (C, M), got shape {max_abs.shape}")
     if not np.isfinite(max_abs).all():
         raise ValueError("the PQ table contains NaN or inf; its layer's weights or centroids have diverged")
-    if max_abs.size == 0 or max_abs.max() == 0:
-        return 1.0
     if block > 2 * _INT16_MAX:
         raise ValueError(f"block {block} leaves no int16 headroom")
-    scale = max_abs.max() / INT8_MAX
-    scale = max(scale, _block_sums(max_abs, block).max() / (_INT16_MAX - block / 2))
-    scale = max(scale, max_abs.sum(axis=0).max() / (_INT32_MAX - max_abs.shape[0] / 2))
-    return float(scale)
+    scale = max_abs.max(axis=0, initial=0.0) / INT8_MAX
+    if max_abs.size:
+        scale = np.maximum(scale, _block_sums(max_abs, block).max(axis=0) / (_INT16_MAX - block / 2))
+        scale = np.maximum(scale, max_abs.sum(axis=0) / (_INT32_MAX - max_abs.shape[0] / 2))
+    # float32 rounding must not shrink a scale below its bound: round up where it would.
+    scale32 = scale.astype(np.float32)
+    scale32 = np.where(scale32 < scale, np.nextafter(scale32, np.float32(np.inf)), scale32)
+    return np.where(scale32 > 0, scale32, np.float32(1.0)).astype(np.float32)
 
 
-def quantize_table(table: np.ndarray, block: int = INT16_BLOCK) -> tuple[np.ndarray, float]:
-    """float (C, K, M) -> (int8 (C, K, M), scale) with `table ~= scale * q` and no accumulator overflow."""
+def quantize_table(table: np.ndarray, block: int = INT16_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """float (C, K, M) -> (int8 (C, K, M), scales (M,) float32) with `table ~= q * scale` and no accumulator
+    overflow."""
     table = np.asarray(table, dtype=np.float32)
     if table.ndim != 3:
         raise ValueError(f"a PQ table is (C, K, M), got shape {table.shape}")
     scale = overflow_safe_scale(np.abs(table).max(axis=1, initial=0.0), block)
-    q = np.clip(np.rint(table / np.float32(scale)), -INT8_MAX, INT8_MAX).astype(np.int8)
+    q = np.clip(np.rint(table / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
     return q, scale
 
 

@@ -2,7 +2,7 @@
 
 Exactly the semantics of `PQTable`: hard nearest-centroid codes (squared distance in float64, ties -> the lowest
 k, a NaN distance never wins, so a row of NaN or a sub-vector whose distances are all inf gets code 0), int8
-table rows summed exactly in integers, then `scale * sum + bias` in float32. Slow and plain on purpose.
+table rows summed exactly in integers, then `scale * sum + bias` (both per output) in float32. Slow and plain on purpose.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def pq_rows(rows: torch.Tensor, entry: PQTable) -> torch.Tensor:
     """PQ inference of rows (N, D) -> (N, M) float32."""
     codes = encode(rows, torch.from_numpy(entry.centroids))
     acc = accumulate(codes, torch.from_numpy(entry.table))
-    out = acc.to(torch.float64) * entry.scale
+    out = acc.to(torch.float64) * torch.from_numpy(entry.scale).to(torch.float64)
     if entry.bias is not None:
         out = out + torch.from_numpy(entry.bias).to(torch.float64)
     return out.to(torch.float32)

@@ -5,10 +5,10 @@ im2col patch in the weight's `(I, kh, kw)` order) is cut into C = D / V sub-vect
 of its nearest centroid, and the output is a sum of precomputed int8 table rows:
 
     code_c = argmin_k ||x_c - centroids[c, k]||^2          (ties -> lowest k)
-    y      = scale * sum_c int32(table[c, code_c, :]) + bias
+    y      = scale * sum_c int32(table[c, code_c, :]) + bias            (scale, bias: one per output)
 
 `tvm_lut.pq.reference` evaluates exactly this in PyTorch; the compiled kernels are tested against it.
-`scale` is chosen (see `tvm_lut.pq.quantize`) so that int16 partial sums over blocks of up to `INT16_BLOCK`
+`scale` (M,) is chosen per output column (see `tvm_lut.pq.quantize`) so that int16 partial sums over blocks of up to `INT16_BLOCK`
 codebooks and the int32 total cannot overflow, whatever the input: entries lie in [-127, 127] (-128 is
 rejected) and 256 * 127 < 32767.
 """
@@ -24,8 +24,10 @@ from tvm_lut.bundle import BundleError, fingerprint, register_kind
 from tvm_lut.pq.quantize import quantize_table
 
 LAYERS = ("linear", "conv2d")
-# The memory layouts of the two tensors; recorded in the manifest so a future layout change fails loudly.
-LAYOUT = "centroids:CKV,table:CKM"
+# The memory layouts of the tensors; recorded in the manifest so a layout change fails loudly.
+LAYOUT = "centroids:CKV,table:CKM,scale:M"
+# Files of tvm-lut before per-column scales: one scale in the manifest; their tables are not re-quantized here.
+PER_TENSOR_LAYOUT = "centroids:CKV,table:CKM"
 
 
 class PQTableError(ValueError):
@@ -46,7 +48,7 @@ def _pair(value, name: str) -> tuple[int, int]:
 @register_kind
 @dataclass(frozen=True, eq=False)
 class PQTable:
-    """A learned PQ layer: centroids (C, K, V) float32, table (C, K, M) int8, per-tensor `scale`, bias (M,).
+    """A learned PQ layer: centroids (C, K, V) float32, table (C, K, M) int8, `scale` (M,) float32, bias (M,).
 
     For `layer == "conv2d"` the conv geometry is kept (`kernel_size`, `stride`, `padding`, `dilation`,
     `in_channels`); `in_features == in_channels * kh * kw`. Groups are not supported (they stay exact).
@@ -57,7 +59,7 @@ class PQTable:
 
     centroids: np.ndarray
     table: np.ndarray
-    scale: float
+    scale: np.ndarray
     bias: np.ndarray | None
     weight_fingerprint: dict
     layer: str = "linear"
@@ -84,11 +86,13 @@ class PQTable:
         if not np.isfinite(self.centroids).all():
             raise PQTableError("centroids contain NaN or inf", "centroids")
         try:
-            scale = float(self.scale)
+            scale = np.ascontiguousarray(self.scale, dtype=np.float32)
         except (TypeError, ValueError):
-            scale = float("nan")
-        if not (np.isfinite(scale) and scale > 0):
-            raise PQTableError(f"scale must be a positive finite float, got {self.scale!r}", "scale")
+            raise PQTableError(f"scale must be a float32 array ({self.M},), got {self.scale!r}", "scale") from None
+        if scale.shape != (self.M,):
+            raise PQTableError(f"scale must have shape ({self.M},) (one per output), got {scale.shape}", "scale")
+        if not (np.isfinite(scale).all() and (scale > 0).all()):
+            raise PQTableError("scale must be positive and finite in every output", "scale")
         set_(self, "scale", scale)
         if self.bias is not None:
             set_(self, "bias", np.ascontiguousarray(self.bias, dtype=np.float32))
@@ -176,8 +180,8 @@ class PQTable:
         return self.table.nbytes + self.centroids.nbytes + bias
 
     def dequantized(self) -> np.ndarray:
-        """The table as float32 (C, K, M): `scale * table`."""
-        return self.table.astype(np.float32) * np.float32(self.scale)
+        """The table as float32 (C, K, M): `table * scale` (scale per output)."""
+        return self.table.astype(np.float32) * self.scale
 
     # -- bundle record -------------------------------------------------------------------------------------
     def to_record(self) -> tuple[dict, dict]:
@@ -189,14 +193,13 @@ class PQTable:
             "C": self.C,
             "in_features": self.D,
             "out_features": self.M,
-            "scale": self.scale,
             "has_bias": self.bias is not None,
             "weight_fingerprint": dict(self.weight_fingerprint),
         }
         if self.layer == "conv2d":
             meta.update({name: list(getattr(self, name)) for name in ("kernel_size", "stride", "padding", "dilation")})
             meta["in_channels"] = self.in_channels
-        tensors = {"centroids": self.centroids, "table": self.table}
+        tensors = {"centroids": self.centroids, "table": self.table, "scale": self.scale}
         if self.bias is not None:
             tensors["bias"] = self.bias
         return meta, tensors
@@ -204,9 +207,13 @@ class PQTable:
     @classmethod
     def from_record(cls, name: str, meta: dict, tensors: dict) -> "PQTable":
         """Rebuild and validate an entry; any inconsistency raises `BundleError` naming the entry and field."""
+        if meta.get("layout") == PER_TENSOR_LAYOUT:
+            raise BundleError("was written by an older tvm-lut with one per-tensor scale; the kernels now read one "
+                              "scale per output: learn the tables again (tvm-lut learn)", entry=name, field="layout")
         sizes = {key: meta.get(key) for key in ("C", "K", "V", "out_features")}
         expected = {"centroids": ((sizes["C"], sizes["K"], sizes["V"]), np.float32),
-                    "table": ((sizes["C"], sizes["K"], sizes["out_features"]), np.int8)}
+                    "table": ((sizes["C"], sizes["K"], sizes["out_features"]), np.int8),
+                    "scale": ((sizes["out_features"],), np.float32)}
         if meta.get("has_bias"):
             expected["bias"] = ((sizes["out_features"],), np.float32)
         for field_name, (shape, dtype) in expected.items():
@@ -220,7 +227,7 @@ class PQTable:
             raise BundleError(f"{meta.get('in_features')} != C * V", entry=name, field="in_features")
         conv = {key: meta.get(key) for key in ("kernel_size", "stride", "padding", "dilation", "in_channels")}
         try:
-            return cls(centroids=tensors["centroids"], table=np.asarray(tensors["table"]), scale=meta.get("scale"),
+            return cls(centroids=tensors["centroids"], table=np.asarray(tensors["table"]), scale=tensors["scale"],
                        bias=tensors.get("bias") if meta.get("has_bias") else None,
                        weight_fingerprint=meta.get("weight_fingerprint"), layer=meta.get("layer"),
                        layout=meta.get("layout"), **conv)

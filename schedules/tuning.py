@@ -7,10 +7,15 @@ that produces the same function finds them.
 
 `tune()` works task by task (one task per distinct PrimFunc): it first measures the CPU rules' own schedule and
 commits it, so the database's best is never worse than the untuned build and the search starts from it; then it
-runs MetaSchedule (evolutionary search, XGBoost cost model) for the trials the task still lacks. Because every
-measured trial is committed at once, an interrupted run resumes where it stopped: trials already in the database
-count toward the budget. Both the rule schedule (timed in this process) and MetaSchedule's candidates (timed in
-runner worker processes) run on the target's `num-cores` threads (TVM's runtime would otherwise take its own count).
+runs MetaSchedule (evolutionary search, XGBoost cost model) for the trials the task still lacks; then it confirms the
+search's best against the rule schedule, both timed in this process with repetitions interleaved, and commits those
+timings. The search's own trials go to a second database beside the first (`search/`): MetaSchedule's runner times
+each candidate once, in a worker process, and those timings are not comparable with the rule's (a MiniLM matmul
+recorded at 1.34 ms ran at 2.14 ms against the rule's 1.36 ms, and made the tuned model slower than the untuned
+one). Compiling reads only the confirmed records. Every search trial is committed at once, so an interrupted run
+resumes where it stopped: trials already in the search database count toward the budget. Both the rule schedule
+and MetaSchedule's candidates run on the target's `num-cores` threads (TVM's runtime would otherwise take its own
+count).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import tvm
+from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
@@ -33,11 +39,14 @@ from .target import num_cores, use_runtime_threads
 
 _WORKLOADS = "database_workload.json"
 _RECORDS = "database_tuning_record.json"
+_SEARCH = "search"  # subdirectory: MetaSchedule's own trials (resume and budget), never read by compiling
 # Builder/runner workers import TVM first: on a busy 2-core machine that alone can take half a minute.
 _TIMEOUT_SECONDS = 300
-# Timing of the rule schedule, like MetaSchedule's runner: a few repetitions of at least this many milliseconds.
+# In-process timing (rule schedule, confirmation): repetitions of at least this many milliseconds each.
 _REPEAT = 3
 _MIN_REPEAT_MS = 20
+# Confirmation: the search's best and the rule schedule timed alternately, this many times each.
+_CONFIRM_ROUNDS = 5
 
 
 def target_key(target: Target) -> str:
@@ -47,9 +56,11 @@ def target_key(target: Target) -> str:
     return f"{target.kind.name}-{cpu}-{num_cores(target)}c-{digest}"
 
 
-def open_database(root: str | Path, target: Target, create: bool = False) -> ms.database.JSONDatabase:
-    """The database of `target` under `root`; with `create=False` a missing one is an error (compiling reads only)."""
-    directory = Path(root) / target_key(target)
+def open_database(root: str | Path, target: Target, create: bool = False,
+                  search: bool = False) -> ms.database.JSONDatabase:
+    """The database of `target` under `root` (with `search`, the one of MetaSchedule's own trials); with
+    `create=False` a missing one is an error (compiling reads only)."""
+    directory = Path(root) / target_key(target) / (_SEARCH if search else "")
     if not create and not (directory / _RECORDS).is_file():
         raise FileNotFoundError(f"no tuning database for target {target} under {root} (expected {directory}); "
                                 "run `tvm-lut tune` first, or compile without a database")
@@ -60,7 +71,7 @@ def open_database(root: str | Path, target: Target, create: bool = False) -> ms.
 @dataclasses.dataclass
 class TaskResult:
     name: str
-    trials: int  # measured records in the database after this run
+    trials: int  # trials of this task (the rule schedule and the search's) after this run
     rule_ms: float | None  # the CPU rules' schedule, None if no rule fits
     best_ms: float | None
 
@@ -73,6 +84,7 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
     from tqdm import tqdm
 
     database = open_database(root, target, create=True)
+    search_database = open_database(root, target, create=True, search=True)
     rules = tuple(default_rules() if rules is None else rules)
     extracted = [t for t in ms.relax_integration.extract_tasks(mod, target)
                  if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
@@ -80,24 +92,48 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
     work_dir = str(Path(root) / target_key(target))  # MetaSchedule keeps its per-task logs in work_dir/logs
     with _timed_on_threads_of(target):
         for task in tqdm(extracted, desc="tuning", unit="task", disable=not progress):
-            results.append(_tune_task(task, database, target, rules, trials_per_task, num_trials_per_iter, work_dir))
+            results.append(_tune_task(task, database, search_database, target, rules, trials_per_task,
+                                      num_trials_per_iter, work_dir))
     return results
 
 
-def _tune_task(task, database, target: Target, rules, trials_per_task: int, num_trials_per_iter: int,
-               work_dir: str) -> TaskResult:
-    """The rule schedule first (if the task has no record yet), then the search for the trials still missing."""
+def _tune_task(task, database, search_database, target: Target, rules, trials_per_task: int,
+               num_trials_per_iter: int, work_dir: str) -> TaskResult:
+    """The rule schedule first (if the task has no record yet), then the search for the trials still missing,
+    then the search's best confirmed against the rule schedule."""
     func_mod = task.dispatched[0]
-    workload = database.commit_workload(func_mod)
+    workload, search_workload = database.commit_workload(func_mod), search_database.commit_workload(func_mod)
+    rule = _rule_schedule(func_mod["main"], target, rules)
     rule_ms = None
-    if not database.get_top_k(workload, 1):
-        rule_ms = _commit_rule_schedule(database, workload, func_mod, target, rules)
-    remaining = trials_per_task - len(database.get_top_k(workload, trials_per_task))
+    if rule is not None and not database.get_top_k(workload, 1):
+        run_secs = _time_in_process({"rule": rule}, target, func_mod, rounds=1)["rule"]
+        for db, key in ((database, workload), (search_database, search_workload)):  # the search starts from it
+            db.commit_tuning_record(_record(rule, key, run_secs, target, func_mod))
+        rule_ms = _median_ms(run_secs)
+    remaining = trials_per_task - len(search_database.get_top_k(search_workload, trials_per_task))
     if remaining > 0:
-        _search(task, database, target, remaining, min(num_trials_per_iter, remaining), work_dir)
+        _search(task, search_database, target, remaining, min(num_trials_per_iter, remaining), work_dir)
+    if rule is not None:
+        _confirm(database, workload, search_database.get_top_k(search_workload, 1), rule, target, func_mod)
     best = database.get_top_k(workload, 1)
-    return TaskResult(task.task_name, len(database.get_top_k(workload, 1 << 30)), rule_ms,
+    return TaskResult(task.task_name, len(search_database.get_top_k(search_workload, 1 << 30)), rule_ms,
                       _median_ms(best[0].run_secs) if best else None)
+
+
+def _confirm(database, workload, searched: list, rule: s_tir.Schedule, target: Target, func_mod) -> None:
+    """Time the search's best and the rule schedule alternately in this process and commit both timings, unless
+    the best is the rule's own trace or was confirmed before. The compiled model then uses whichever ran faster
+    under the same conditions."""
+    if not searched:
+        return
+    candidate = s_tir.Schedule(func_mod)
+    searched[0].trace.apply_to_schedule(candidate, remove_postproc=False)
+    known = {str(record.trace) for record in database.get_top_k(workload, 1 << 30)}
+    if str(searched[0].trace) in known or str(candidate.trace) in known:
+        return
+    timings = _time_in_process({"rule": rule, "candidate": candidate}, target, func_mod, rounds=_CONFIRM_ROUNDS)
+    for name, schedule in (("rule", rule), ("candidate", candidate)):
+        database.commit_tuning_record(_record(schedule, workload, timings[name], target, func_mod))
 
 
 @contextlib.contextmanager
@@ -134,25 +170,38 @@ def _search(task, database, target: Target, trials: int, per_iter: int, work_dir
                   cost_model=ms.cost_model.XGBModel(num_tuning_cores=threads))
 
 
-def _commit_rule_schedule(database, workload, func_mod: tvm.IRModule, target: Target, rules) -> float | None:
-    """Measure the first fitting rule's schedule of the function and commit it as a tuning record.
+def _rule_schedule(func: tvm.tirx.PrimFunc, target: Target, rules) -> s_tir.Schedule | None:
+    """The first fitting rule's schedule of `func`."""
+    return next((s for s in (rule.apply(func, target, False) for rule in rules) if s is not None), None)
 
-    Measured in this process (build, then `time_evaluator`): MetaSchedule's builder and runner start worker
-    processes that import TVM, which costs more than the measurement itself.
+
+def _record(schedule: s_tir.Schedule, workload, run_secs: list[float], target: Target, func_mod):
+    return ms.database.TuningRecord(schedule.trace, workload, run_secs, target,
+                                    ms.arg_info.ArgInfo.from_prim_func(func_mod["main"]))
+
+
+def _time_in_process(schedules: dict, target: Target, func_mod, rounds: int) -> dict[str, list[float]]:
+    """Seconds per run of each schedule: built here, timed with `time_evaluator` (`_REPEAT` repetitions per
+    round), the schedules taking turns each round so a shared machine's load hits them alike.
+
+    In this process: MetaSchedule's builder and runner start worker processes that import TVM, which costs more
+    than the measurement itself.
     """
-    func = func_mod["main"]
-    sch = next((s for s in (rule.apply(func, target, False) for rule in rules) if s is not None), None)
-    if sch is None:
-        return None
-    args_info = ms.arg_info.ArgInfo.from_prim_func(func)
-    kernel = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target=target)
+    args_info = ms.arg_info.ArgInfo.from_prim_func(func_mod["main"])
     rng = np.random.default_rng(0)
     args = [tvm.runtime.tensor(rng.uniform(-1, 1, [int(d) for d in info.shape]).astype(info.dtype))
             for info in args_info]
-    timer = kernel.jit().time_evaluator("main", tvm.cpu(), number=1, repeat=_REPEAT, min_repeat_ms=_MIN_REPEAT_MS)
-    run_secs = list(timer(*args).results)
-    database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, run_secs, target, args_info))
-    return _median_ms(run_secs)
+    timers = {}
+    for name, schedule in schedules.items():
+        kernel = tvm.compile(tvm.IRModule({"main": schedule.mod["main"].with_attr("global_symbol", "main")}),
+                             target=target)
+        timers[name] = kernel.jit().time_evaluator("main", tvm.cpu(), number=1, repeat=_REPEAT,
+                                                   min_repeat_ms=_MIN_REPEAT_MS)
+    run_secs = {name: [] for name in schedules}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            run_secs[name] += list(timer(*args).results)
+    return run_secs
 
 
 def _median_ms(run_secs) -> float:

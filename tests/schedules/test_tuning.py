@@ -2,18 +2,20 @@ import numpy as np
 import pytest
 import tvm
 from tvm import relax
+from tvm.s_tir import meta_schedule as ms
 
 from relay_passes.pipeline import prepare, tvm_lut_pipeline
-from schedules import host_target
+from schedules import host_target, tuning
+from schedules.rules import default_rules
 from schedules.tuning import open_database, target_key, tune
 
 TARGET = host_target()
 
 
-def _matmul_relu() -> tvm.IRModule:
+def _matmul_relu(rows: int = 16, inner: int = 32, cols: int = 48) -> tvm.IRModule:
     builder = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((16, 32), "float32"))
-    weight = relax.const(np.random.default_rng(0).standard_normal((32, 48)).astype("float32"))
+    x = relax.Var("x", relax.TensorType((rows, inner), "float32"))
+    weight = relax.const(np.random.default_rng(0).standard_normal((inner, cols)).astype("float32"))
     with builder.function("main", [x]):
         with builder.dataflow():
             out = builder.emit_output(builder.emit(relax.op.nn.relu(relax.op.matmul(x, weight))))
@@ -58,3 +60,25 @@ def test_metaschedule_search_adds_trials(tmp_path):
     (result,) = tune(prepare(_matmul_relu(), TARGET), TARGET, tmp_path, trials_per_task=3, num_trials_per_iter=2,
                      progress=False)
     assert result.trials >= 2 and result.best_ms <= result.rule_ms
+
+
+def test_a_searched_record_must_beat_the_rule_in_process(tmp_path):
+    """MetaSchedule's runner times a candidate once, in a worker: a record claiming 1 ns for the unscheduled loop
+    nest (50x slower than the rule here) is timed again beside the rule schedule, and the rule stays what compiling
+    applies. One thread: on a shared machine a parallel launch alone can cost more than a small kernel."""
+    target = host_target(1)
+    (func_mod,) = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")})
+                   for f in prepare(_matmul_relu(64, 128, 256), target).functions.values()
+                   if isinstance(f, tvm.tirx.PrimFunc)]
+    database, search = open_database(tmp_path, target, create=True), ms.database.MemoryDatabase()
+    workload, search_workload = database.commit_workload(func_mod), search.commit_workload(func_mod)
+    rule = tuning._rule_schedule(func_mod["main"], target, default_rules())
+    naive = tvm.s_tir.Schedule(func_mod)
+    naive.get_loops(naive.get_child_blocks(naive.get_sblock("root"))[0])  # databases never return an empty trace
+    search.commit_tuning_record(tuning._record(naive, search_workload, [1e-9], target, func_mod))
+    tuning._confirm(database, workload, search.get_top_k(search_workload, 1), rule, target, func_mod)
+    records = database.get_top_k(workload, 10)
+    assert len(records) == 2 and all(len(r.run_secs) == 3 * tuning._CONFIRM_ROUNDS for r in records)
+    assert str(records[0].trace) == str(rule.trace)
+    tuning._confirm(database, workload, search.get_top_k(search_workload, 1), rule, target, func_mod)
+    assert len(database.get_top_k(workload, 10)) == 2  # confirmed once

@@ -107,8 +107,8 @@ def pq_run(name: str, setting: str, task, config, fp32_acc: float, progress: boo
 
 
 # The PQConfig fields the command line may change, per task (`--lr`, `--cnn-lr`, ...); defaults: the task's config.
-TUNABLE = ("epochs", "lr", "trainable", "weight_lr", "feature_distill", "feature_weight", "lr_schedule",
-           "warmup_steps", "exclude", "overrides")
+TUNABLE = ("epochs", "lr", "trainable", "weight_lr", "input_gradient", "feature_distill", "feature_weight",
+           "lr_schedule", "warmup_steps", "exclude", "overrides")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, prefix: str, base: PQConfig) -> None:

@@ -72,6 +72,24 @@ def test_gradients_equal_lut_nn_dense_formulation():
     assert ours[2].abs() > 0 and ours[0].abs().sum() > 0
 
 
+def test_exact_input_gradient_is_the_exact_layers():
+    """input_gradient="exact": the input gets `grad_out @ W`; centroids, weight and temperature get what the soft
+    estimator gives them; the forward value is unchanged."""
+    soft = linear_layer(dtype=torch.float64)
+    exact = linear_layer(dtype=torch.float64)
+    exact.input_gradient = "exact"
+    x = torch.randn(6, 12, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(6, 5, dtype=torch.float64)
+    torch.testing.assert_close(exact(x), soft(x))
+    grads = {}
+    for name, layer in (("soft", soft), ("exact", exact)):
+        params = [x, layer.centroids, layer.weight, layer.temperature_logit]
+        grads[name] = torch.autograd.grad((layer(x) * grad_out).sum(), params)
+    torch.testing.assert_close(grads["exact"][0], grad_out @ exact.weight.detach())
+    for a, b in zip(grads["exact"][1:], grads["soft"][1:]):
+        torch.testing.assert_close(a, b)
+
+
 def test_soft_path_gradient_matches_finite_differences():
     """Input and temperature reach the loss only through the soft path: their STE gradient is the exact
     gradient of `softmax(-dist * t) @ table` with the (fixed) quantized table, checked by central differences."""
@@ -128,6 +146,8 @@ def test_misuse():
         PQLinear(nn.Linear(10, 3), K=16, V=4)
     with pytest.raises(ValueError, match="groups=1"):
         PQConv2d(nn.Conv2d(4, 4, 3, groups=2), K=16, V=9)
+    with pytest.raises(ValueError, match="input_gradient must be one of"):
+        PQLinear(nn.Linear(8, 3), K=4, V=2, input_gradient="hard")
     layer = PQLinear(nn.Linear(8, 3), K=4, V=2)
     with pytest.raises(RuntimeError, match="no calibration rows"):
         layer.finish_calibration(iters=5, seed=0)

@@ -59,6 +59,12 @@ def test_swapped_model_shares_the_original_parameters_and_runs():
     assert model(torch.randn(2, 8)).shape == (2, 4)
 
 
+def test_layers_get_the_configured_input_gradient():
+    model = nn.Sequential(nn.Linear(8, 4), nn.Conv2d(4, 4, 1))
+    quantize_(model, PQConfig(V=4, input_gradient="exact"))
+    assert [layer.input_gradient for layer in pq_layers(model).values()] == ["exact", "exact"]
+
+
 def test_config_json_round_trip_and_validation():
     config = PQConfig(V=8, include=("encoder.*",), overrides={"x": {"V": 4}}, trainable="all")
     assert PQConfig.from_json(config.to_json()) == config
@@ -74,6 +80,8 @@ def test_config_json_round_trip_and_validation():
         PQConfig(overrides={"fc": {"bits": 4}})
     with pytest.raises(ValueError, match="trainable"):
         PQConfig(trainable="weights")
+    with pytest.raises(ValueError, match="input_gradient"):
+        PQConfig(input_gradient="hard")
     with pytest.raises(ValueError, match="lr_schedule"):
         PQConfig(lr_schedule="step")
     with pytest.raises(ValueError, match="weight_lr"):

@@ -15,6 +15,7 @@ CONFIG_VERSION = 2
 TABLE_DTYPES = ("int8",)
 TRAINABLE = ("centroids", "all")
 LR_SCHEDULES = ("constant", "cosine")
+INPUT_GRADIENTS = ("soft", "exact")
 # The per-layer keys an override may set.
 OVERRIDE_KEYS = ("K", "V", "skip")
 
@@ -45,7 +46,9 @@ class PQConfig:
     - `overrides`: `{name or glob: {"K": .., "V": .., "skip": ..}}`.
     - Learning: `epochs` over the batches given, Adam with `lr` for centroids and `temperature_lr` for the
       inverse temperature `t = softplus(logit) + 1`, `logit` starting at `temperature_logit_init` (LUT-NN: 10 for
-      BERT). `trainable="all"` also trains every other parameter (weights, biases, norms) at `weight_lr`:
+      BERT). `input_gradient`: what a PQ layer's input gets in the backward, "soft" (LUT-NN: the gradient of the
+      soft assignment) or "exact" (the exact layer's `grad_out @ W`, straight through the quantization).
+      `trainable="all"` also trains every other parameter (weights, biases, norms) at `weight_lr`:
       pretrained weights need a far smaller step than centroids (1e-5..1e-4 for a transformer).
       Loss = `task_weight` * task loss (cross entropy, when labels are given) + `distill_weight` * KL to the
       FP32 model's softened outputs at `distill_temperature` + `feature_weight` * the relative squared error
@@ -67,6 +70,7 @@ class PQConfig:
     lr: float = 1e-3
     temperature_lr: float = 1e-1
     temperature_logit_init: float = 10.0
+    input_gradient: str = "soft"
     trainable: str = "centroids"
     weight_lr: float = 1e-4
     task_weight: float = 1.0
@@ -101,6 +105,8 @@ class PQConfig:
         for name in ("lr", "temperature_lr", "weight_lr", "distill_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PQConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.input_gradient not in INPUT_GRADIENTS:
+            raise ValueError(f"PQConfig.input_gradient must be one of {INPUT_GRADIENTS}, got {self.input_gradient!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"PQConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         weights = (self.task_weight, self.distill_weight, self.feature_weight)

@@ -7,7 +7,11 @@ per-column scales of `tvm_lut.pq.quantize` (what the compiled kernel computes, u
 Backward (LUT-NN's straight-through estimator): the hard one-hot is replaced in the gradient by the soft
 assignment `softmax(-dist / s * t)`, with the learned inverse temperature `t = softplus(logit) + 1` and `s` the
 layer's mean squared k-means error (without it, post-ReLU activations of size 10 make every softmax one-hot and
-no gradient reaches the layers upstream); the int8 rounding passes gradients straight through. Trainable: `centroids` and `temperature_logit` (the weight and bias are the
+no gradient reaches the layers upstream); the int8 rounding passes gradients straight through. With
+`input_gradient="exact"` the input instead gets the exact layer's gradient `grad_out @ W` (the straight-through
+estimator of VQ-VAE: the quantized row stands for the row), and the soft assignment trains only the centroids and
+the temperature: the layers upstream learn as in the FP32 model, where the soft path gives them little
+gradient once the assignment is nearly one-hot. Trainable: `centroids` and `temperature_logit` (the weight and bias are the
 original layer's parameters, trained only with `PQConfig.trainable = "all"`).
 
 Before the centroids are initialised a layer is in `calibrating` mode: it computes exactly and records a uniform
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tvm_lut.pq.config import INPUT_GRADIENTS
 from tvm_lut.pq.kmeans import distance_scores, kmeans
 from tvm_lut.pq.quantize import overflow_safe_scale
 from tvm_lut.pq.reference import im2col, rows_to_image
@@ -74,8 +79,12 @@ class RowSample:
 class PQLayer(nn.Module):
     """What PQLinear and PQConv2d share: centroids, temperature, the PQ matmul of input rows (N, D) -> (N, M)."""
 
-    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, K: int, V: int, temperature_logit: float):
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, K: int, V: int, temperature_logit: float,
+                 input_gradient: str = "soft"):
         super().__init__()
+        if input_gradient not in INPUT_GRADIENTS:
+            raise ValueError(f"input_gradient must be one of {INPUT_GRADIENTS}, got {input_gradient!r}")
+        self.input_gradient = input_gradient
         in_features = weight[0].numel()
         if in_features % V:
             raise ValueError(f"sub-vector length V={V} does not divide the input length {in_features}")
@@ -116,7 +125,8 @@ class PQLayer(nn.Module):
             return F.linear(rows, flat_weight, self.bias)
         num_rows = rows.shape[0]
         subs = rows.reshape(num_rows, self.C, self.V).transpose(0, 1)  # (C, N, V)
-        scores = distance_scores(subs, self.centroids)
+        exact_input = self.input_gradient == "exact"
+        scores = distance_scores(subs.detach() if exact_input else subs, self.centroids)
         codes = scores.argmin(-1)  # (C, N)
         table = fake_quantize_table(torch.einsum("ckv,mcv->ckm", self.centroids, flat_weight.reshape(-1, self.C, self.V)))
         flat_table = table.reshape(self.C * self.K, -1)
@@ -125,6 +135,9 @@ class PQLayer(nn.Module):
         if torch.is_grad_enabled():
             soft = torch.softmax(-scores * (self.temperature / self.distance_scale), dim=-1)
             out = out + SoftPathGradient.apply(soft.transpose(0, 1).reshape(num_rows, -1), flat_table.detach())
+            if exact_input:
+                exact = F.linear(rows, flat_weight.detach())
+                out = out + (exact - exact.detach())  # zero in the forward; grad_out @ W to the input
         return out if self.bias is None else out + self.bias
 
     def _table_kwargs(self) -> dict:
@@ -140,8 +153,9 @@ class PQLayer(nn.Module):
 class PQLinear(PQLayer):
     """`nn.Linear` computed by product quantization; inputs (..., D) -> (..., M)."""
 
-    def __init__(self, linear: nn.Linear, K: int, V: int, temperature_logit: float = 10.0):
-        super().__init__(linear.weight, linear.bias, K, V, temperature_logit)
+    def __init__(self, linear: nn.Linear, K: int, V: int, temperature_logit: float = 10.0,
+                 input_gradient: str = "soft"):
+        super().__init__(linear.weight, linear.bias, K, V, temperature_logit, input_gradient)
 
     @property
     def in_features(self) -> int:
@@ -161,10 +175,11 @@ class PQLinear(PQLayer):
 class PQConv2d(PQLayer):
     """`nn.Conv2d` (groups=1, zero padding) as PQ over im2col patches in the weight's (I, kh, kw) order."""
 
-    def __init__(self, conv: nn.Conv2d, K: int, V: int, temperature_logit: float = 10.0):
+    def __init__(self, conv: nn.Conv2d, K: int, V: int, temperature_logit: float = 10.0,
+                 input_gradient: str = "soft"):
         if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError("PQConv2d needs groups=1, padding_mode='zeros' and numeric padding")
-        super().__init__(conv.weight, conv.bias, K, V, temperature_logit)
+        super().__init__(conv.weight, conv.bias, K, V, temperature_logit, input_gradient)
         self.kernel_size, self.stride = conv.kernel_size, conv.stride
         self.padding, self.dilation = conv.padding, conv.dilation
 

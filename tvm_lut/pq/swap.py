@@ -84,7 +84,7 @@ def quantize_(model: nn.Module, config: PQConfig) -> SwapReport:
             report.kept[name] = f"V={sub_len} does not divide the input length {in_features}"
             continue
         cls = PQLinear if layer == "linear" else PQConv2d
-        setattr(parent, attr, cls(module, settings.K, sub_len, config.temperature_logit_init))
+        setattr(parent, attr, cls(module, settings.K, sub_len, config.temperature_logit_init, config.input_gradient))
         report.replaced[name] = f"{layer} K={settings.K} V={sub_len} C={in_features // sub_len}"
     for name, reason in report.kept.items():
         log.info("PQ keeps %s exact: %s", name, reason)

@@ -1,21 +1,23 @@
 """Whole-model CPU latency, accuracy and size: PyTorch, ONNX Runtime (fp32, int8) and TVM builds, in one run.
 
     python -m benchmarks.end_to_end [--models minilm-8x64 minilm-1x64 cnn] [--threads N] [--database DIR]
-        [--bundle minilm=PQ.safetensors] [--bundle cnn=PQ.safetensors --cnn-weights FP32.safetensors] [--json PATH]
+        [--bundle minilm=PQ.safetensors --minilm-weights FP32.safetensors]
+        [--bundle cnn=PQ.safetensors --cnn-weights FP32.safetensors] [--json PATH]
 
 For MiniLM-L6 (batch 8 x 64 and 1 x 64 tokens) and the Fashion-MNIST CNN, each row is one engine on the same inputs
 and thread count (`--threads`, TVM's runtime pool included; 1 reads kernel quality on a busy machine): PyTorch fp32,
 ONNX Runtime fp32 and int8 (dynamic quantization), stock TVM (its default CPU pipeline, which schedules nothing),
 TVM with our schedule rules on the exact model, with tuning records (`--database`, written by `tvm-lut tune`; only
 read here), with NN-LUT (the shipped tables), and with NN-LUT + PQ (`--bundle MODEL=PATH`, written by `tvm-lut
-learn`; its NN-LUT tables, or the shipped ones when it has none). A CNN bundle fits the weights it was learned
-against: pass them with `--cnn-weights` (`tvm-lut learn` writes them beside the bundle). Latency is the median of
-`--repeat` repetitions of >= 0.1 s of calls (at 1 thread taken in turn over the engines: A B C A B C ...);
-`vs_ort_fp32` is ONNX Runtime fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM embeddings feed a
-logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on held-out tweets; the
-CNN is scored on Fashion-MNIST test images. Size: the file each engine loads (ONNX file, TVM shared library with its
-constants, PyTorch parameter bytes). Stock TVM is timed with one repetition (seconds per call) and not scored (its
-numerics are those of the exact TVM build).
+learn`; its NN-LUT tables, or the shipped ones when it has none). A bundle fits the weights it was learned against
+(`tvm-lut learn` writes them beside it): `--cnn-weights` makes every engine run the CNN's; `--minilm-weights` gives
+MiniLM's (trained with the tables) to the NN-LUT + PQ engine alone, the others running the pretrained model.
+Latency is the median of `--repeat` repetitions of >= 0.1 s of calls (at 1 thread taken in turn over the engines:
+A B C A B C ...); `vs_ort_fp32` is ONNX Runtime fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM
+embeddings feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on
+held-out tweets; the CNN is scored on Fashion-MNIST test images. Size: the file each engine loads (ONNX file, TVM shared
+library with its constants, PyTorch parameter bytes). Stock TVM is timed with one repetition (seconds per call) and
+not scored (its numerics are those of the exact TVM build).
 """
 
 import argparse
@@ -37,18 +39,22 @@ def minilm_case(batch: int, args):
     from tvm_lut import sentiment
     from tvm_lut.datasets.tweets import load_tweets
     from tvm_lut.models.minilm import load_minilm
+    from tvm_lut.pq.tasks import live_features
 
     model = load_minilm()
     splits = load_tweets()
     train, test = splits.train.head(args.train_texts), splits.test.head(args.eval_texts)
     train_ids, train_mask = train.tokens(64)
-    head = sentiment.train_head(sentiment.embed(sentiment.torch_encoder(model), train_ids, train_mask, batch,
-                                                desc="head features"), train.labels)
+    features = sentiment.embed(sentiment.torch_encoder(model), train_ids, train_mask, batch, desc="head features")
+    # The head sees the live features only: a few are constant (spread 1e-33), and standardizing them gives weights
+    # of 1e30 that turn any change there (the LayerNorms `tvm-lut learn` trains) into huge logits.
+    live = live_features(features)
+    head = sentiment.train_head(features[:, live], train.labels)
     test_ids, test_mask = test.tokens(64)
 
     def score(encoder):
         embeddings = sentiment.embed(encoder, test_ids, test_mask, batch, desc="scoring")
-        return sentiment.accuracy(head, embeddings, test.labels)
+        return sentiment.accuracy(head, embeddings[:, live], test.labels)
 
     example = (torch.from_numpy(test_ids[:batch].copy()), torch.from_numpy(test_mask[:batch].copy()))
     return model, example, score
@@ -92,7 +98,18 @@ def nnlut_pq_bundle(path: Path):
     return bundle if any(entry.kind == "pwl" for _, entry in bundle.items()) else default_bundle().merged(bundle)
 
 
-def engines(model, example, bundle: Path | None, args, workdir: Path):
+def learned_minilm(path: Path):
+    """MiniLM with the weights a bundle was learned with (`tvm-lut learn` trains them with the tables)."""
+    from safetensors.torch import load_file
+
+    from tvm_lut.models.minilm import load_minilm
+
+    model = load_minilm()
+    model.load_state_dict(load_file(str(path)))
+    return model
+
+
+def engines(model, example, bundle: Path | None, args, workdir: Path, bundle_model=None):
     """name -> (callable on numpy inputs, size in bytes): every engine of one model."""
     import onnxruntime as ort
     import torch
@@ -141,7 +158,8 @@ def engines(model, example, bundle: Path | None, args, workdir: Path):
         yield "tvm tuned", *tvm_run(tvm_lut.compile(mod, target=target, database=args.database), "tuned")
     yield "tvm nn-lut", *tvm_run(tvm_lut.compile(mod, target=target, nonlinear=True), "nnlut")
     if bundle is not None:
-        executable = tvm_lut.compile(mod, nnlut_pq_bundle(bundle), target=target)
+        pq_mod = mod if bundle_model is None else from_torch(bundle_model, example)
+        executable = tvm_lut.compile(pq_mod, nnlut_pq_bundle(bundle), target=target)
         print(f"  nn-lut + pq: {executable.lut_report}", flush=True)
         yield "tvm nn-lut + pq", *tvm_run(executable, "nnlut_pq")
 
@@ -180,7 +198,9 @@ def measure(name: str, args) -> list[dict]:
     rows, runs = [], {}
     with tempfile.TemporaryDirectory() as workdir:
         bundle = args.bundle.get(name.split("-")[0])
-        for engine, run, size in engines(model, example, bundle, args, Path(workdir)):
+        learned = name.startswith("minilm") and args.minilm_weights is not None
+        bundle_model = learned_minilm(args.minilm_weights) if learned else None
+        for engine, run, size in engines(model, example, bundle, args, Path(workdir), bundle_model):
             stock = engine == "tvm stock"
             row = {"model": name, "engine": engine, "size_mb": size / 1e6,
                    "accuracy": None if stock or args.eval_texts == 0 else score(run)}
@@ -225,6 +245,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bundle", action="append", default=[], metavar="MODEL=PATH", type=_bundle_argument,
                         help="PQ bundle of `tvm-lut learn` for minilm or cnn (adds the 'tvm nn-lut + pq' rows)")
     parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (those a CNN bundle was learned for)")
+    parser.add_argument("--minilm-weights", type=Path,
+                        help="MiniLM encoder weights a MiniLM bundle was learned with (NN-LUT + PQ engine only)")
     parser.add_argument("--train-texts", type=int, default=1000, help="tweets for the MiniLM head (1000)")
     parser.add_argument("--eval-texts", type=int, default=500, help="held-out tweets scored (500; 0: no accuracy)")
     parser.add_argument("--eval-images", type=int, default=2000, help="Fashion-MNIST test images scored (2000)")

@@ -4,9 +4,9 @@
     tvm-lut learn minilm --out minilm_pq.safetensors --V 8
     tvm-lut learn cnn --out small.safetensors --weights cnn.safetensors --learn-size 512 --test-size 1000
 
-Interrupted runs continue from `--checkpoint` (same config). For the CNN the FP32 weights the tables were
-learned against are written beside the bundle (`<out>.model.safetensors`; with `trainable: "all"` the trained
-ones), since the bundle's fingerprints identify exactly those weights.
+Interrupted runs continue from `--checkpoint` (same config). The FP32 weights the tables were learned against
+(the CNN's, or MiniLM's encoder) are written beside the bundle (`<out>.model.safetensors`; with `trainable: "all"`
+the trained ones), since the bundle's fingerprints identify exactly those weights.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.bundle.save(args.out)
     print(f"wrote {len(result.bundle)} PQ tables to {args.out}")
-    if args.task == "cnn":
-        model_path = args.out.with_suffix(".model.safetensors")
-        save_file(unswap_(result.model).state_dict(), str(model_path))
-        print(f"wrote the matching FP32 weights to {model_path}")
+    model_path = args.out.with_suffix(".model.safetensors")
+    model = unswap_(result.model)
+    save_file((model if args.task == "cnn" else model.encoder).state_dict(), str(model_path))
+    print(f"wrote the matching FP32 weights to {model_path}")
     return 0

@@ -116,49 +116,49 @@ class Conv2d(CPURule):
         lanes = vector_lanes(target, dtype)
         wide = lanes * tvm.DataType(dtype).bits >= 512
         row = _divisor(extents["ow"], range(2 * lanes, MIN_ROW_VECTOR - 1, -1)) if wide else None
-        if row and read_stride(sch, conv.block_rv, conv.iters[axes["ow"]].var) == 1:
+        row_form = bool(row) and read_stride(sch, conv.block_rv, conv.iters[axes["ow"]].var) == 1
+        if row_form:  # a vector along the row, up to ROW_ACCUMULATORS registers of channels
+            width = row
             channels = _divisor(extents["co"], range(max(ROW_ACCUMULATORS // -(-row // lanes), 1), 0, -1))
-            tile = (channels, row, "row")
-        else:
-            block = largest_divisor(extents["co"], lanes)
-            tile = (block, next(r for r in (WIDE_WIDTH_TILES if wide else WIDTH_TILES) if extents["ow"] % r == 0),
-                    "channel block")
+            vector_size = width
+        else:  # a vector of channels, `width` pixels unrolled
+            width = _divisor(extents["ow"], WIDE_WIDTH_TILES if wide else WIDTH_TILES)
+            channels = vector_size = largest_divisor(extents["co"], lanes)
             packed = sch.cache_read(conv.block_rv, weight_index, "global")
-            sch.transform_layout(packed, ("write", 0), lambda o, c, y, x: (o // block, c, y, x, o % block))
-        channels, width, kind = tile
+            sch.transform_layout(packed, ("write", 0), lambda o, c, y, x: (o // channels, c, y, x, o % channels))
 
         co_outer, co_inner = sch.split(loops["co"], [None, channels])
         ow_outer, ow_inner = sch.split(loops["ow"], [None, width])
         batch = [loops["n"]] if "n" in loops else []
         reduced = [loops[name] for name in ("ci", "kh", "kw") if name in loops]
         window = [loops[name] for name in ("kh", "kw") if name in loops]
-        vector, unrolled = (ow_inner, co_inner) if kind == "row" else (co_inner, ow_inner)
+        vector, unrolled = (ow_inner, co_inner) if row_form else (co_inner, ow_inner)
         sch.reorder(*batch, co_outer, loops["oh"], ow_outer, *reduced, unrolled, vector)
         rows = sch.fuse(*batch, co_outer, loops["oh"])
         if not epilogue:  # write the output through a register tile
             epilogue = [sch.cache_write(conv.block_rv, 0, "global")]
-        if kind == "channel block":
+        if not row_form:
             # The accumulators in channel-block-last order, so each is one contiguous vector (in NCHW a vector of
             # channels is strided: every update would be a gather and a scatter, and none would stay in a register).
             sch.transform_layout(conv.block_rv, ("write", 0), lambda n, c, y, x: (n, c // channels, y, x, c % channels))
         for consumer in epilogue:
             sch.reverse_compute_at(consumer, ow_outer, preserve_unit_loops=True)
             *_, consumer_channels, _, consumer_width = sch.get_loops(consumer)  # NCHW: contiguous along the width
-            if kind == "row":
+            if row_form:
                 sch.vectorize(consumer_width)
             else:
                 sch.unroll(vectorize_innermost(sch, consumer_width, lanes))
             sch.unroll(consumer_channels)
 
         parallelize(sch, rows, math.prod(extents.values()), target)
-        if (channels if kind == "channel block" else width) > 1:
+        if vector_size > 1:
             sch.vectorize(vector)
         sch.unroll(unrolled)
         if math.prod(extents.get(name, 1) for name in ("kh", "kw")) <= MAX_UNROLLED_WINDOW:
             for loop in window:
                 sch.unroll(loop)
         init = sch.decompose_reduction(conv.block_rv, reduced[0])
-        if (channels if kind == "channel block" else width) > 1:
+        if vector_size > 1:
             sch.vectorize(sch.get_loops(init)[-1])
         return sch
 

@@ -130,17 +130,18 @@ class Reduction(CPURule):
         spatial, *window = loops[rows - 1 :]
         sch.reorder(*window, spatial)
         whole = extents[rows - 1] is not None and extents[rows - 1] <= 2 * lanes
-        if whole:
-            sch.vectorize(spatial)
-        else:
-            outer = vectorize_innermost(sch, spatial, lanes)
-            if not outer.same_as(spatial):
-                sch.reorder(outer, *window)
+
+        def vectorize_row(loop):  # returns the loop left outside the vector (the row itself when whole)
+            if whole:
+                sch.vectorize(loop)
+                return loop
+            return vectorize_innermost(sch, loop, lanes)
+
+        outer = vectorize_row(spatial)
+        if not outer.same_as(spatial):
+            sch.reorder(outer, *window)
         init = sch.decompose_reduction(info.block_rv, window[0])
-        if whole:
-            sch.vectorize(sch.get_loops(init)[-1])
-        else:
-            vectorize_innermost(sch, sch.get_loops(init)[-1], lanes)
+        vectorize_row(sch.get_loops(init)[-1])
         return sch
 
     @staticmethod

@@ -39,16 +39,14 @@ def minilm_case(batch: int, args):
     from tvm_lut import sentiment
     from tvm_lut.datasets.tweets import load_tweets
     from tvm_lut.models.minilm import load_minilm
-    from tvm_lut.pq.tasks import live_features
 
     model = load_minilm()
     splits = load_tweets()
     train, test = splits.train.head(args.train_texts), splits.test.head(args.eval_texts)
     train_ids, train_mask = train.tokens(64)
     features = sentiment.embed(sentiment.torch_encoder(model), train_ids, train_mask, batch, desc="head features")
-    # The head sees the live features only: a few are constant (spread 1e-33), and standardizing them gives weights
-    # of 1e30 that turn any change there (the LayerNorms `tvm-lut learn` trains) into huge logits.
-    live = live_features(features)
+    # The live features only (`sentiment.DEAD_FEATURE`): the LayerNorms `tvm-lut learn` trains move the dead ones.
+    live = sentiment.live_features(features)
     head = sentiment.train_head(features[:, live], train.labels)
     test_ids, test_mask = test.tokens(64)
 

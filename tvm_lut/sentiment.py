@@ -120,6 +120,19 @@ def train_head(embeddings: np.ndarray, labels: np.ndarray, C: float = HEAD_C, se
     return head.fit(embeddings, labels)
 
 
+# An embedding feature whose spread over the head's training tweets is below this fraction of the median feature's
+# is dead: MiniLM's final LayerNorm has gains of ~1e-9 (std 1e-33 over tweets in two features). StandardScaler
+# divides by that std, giving weights up to 1e30 that turn any change of those features (a PQ error, a LayerNorm
+# step of 1e-4 when all weights are trained) into logits of 1e4. Dead features get weight 0.
+DEAD_FEATURE = 1e-4
+
+
+def live_features(embeddings: np.ndarray) -> np.ndarray:
+    """Boolean mask (H,) of the embedding features that vary over `embeddings` (N, H): fit `train_head` on those."""
+    spread = embeddings.std(axis=0)
+    return spread > DEAD_FEATURE * np.median(spread)
+
+
 def accuracy(head, embeddings: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of rows the head labels correctly (a non-finite embedding counts as wrong)."""
     if len(embeddings) != len(labels) or len(labels) == 0:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from tvm_lut.pq.tasks import linear_from_logistic, live_features
-from tvm_lut.sentiment import train_head
+from tvm_lut.pq.tasks import linear_from_logistic
+from tvm_lut.sentiment import live_features, train_head
 
 
 def embeddings_with_dead_features(n=200, seed=0):

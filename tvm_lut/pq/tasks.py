@@ -2,10 +2,10 @@
 
 - `cnn_task`: `FashionCNN` trained on the Fashion-MNIST training split (or loaded from safetensors weights);
   calibration and learning images come from the training split, test images from the 10,000 held-out ones.
-- `minilm_task`: all-MiniLM-L6-v2 (frozen) + a logistic-regression head trained on the live features (see
-  `DEAD_FEATURE`) of FP32 sentence embeddings of the first `head_size` training tweets, folded into an
-  `nn.Linear` to 2 logits; k-means on the calibration
-  split, learning on the next `learn_size` training tweets, test on the held-out test split.
+- `minilm_task`: all-MiniLM-L6-v2 (frozen) + a logistic-regression head trained on the live features
+  (`tvm_lut.sentiment.live_features`) of FP32 sentence embeddings of the first `head_size` training tweets, folded
+  into an `nn.Linear` to 2 logits; k-means on the calibration split, learning on the next `learn_size` training
+  tweets, test on the held-out test split.
 
 Batches follow `tvm_lut.batches`: `((inputs...), labels)`.
 """
@@ -25,7 +25,8 @@ from tvm_lut.pq.config import PQConfig
 # (`input_gradient="exact"`; with LUT-NN's soft-path gradient MiniLM V=8 learned to 81.4 % instead of 86.0 %, the
 # CNN to 87.3 % instead of 88.3 %, same settings), every weight trained (cosine schedule, 20 warm-up steps), and
 # each block's output distilled as well as the logits.
-# MiniLM: weights at 2e-5 (1e-4 exploded only through the head's dead features, see `DEAD_FEATURE`).
+# MiniLM: weights at 2e-5 (1e-4 exploded only through the head's dead features, see
+# `tvm_lut.sentiment.DEAD_FEATURE`).
 # CNN: all 60,000 training images; conv1 stays exact (one grayscale 3x3 patch is a single 9-long codebook; V=3
 # for it measured 1.5 points worse); the linears at V=4, LUT-NN's choice for a 1x1 conv (a linear is one), fc2
 # (128 -> 10) at V=2: k-means alone cost 4.7 points at fc1 V=16 and 1.1 at V=4, 1.9 at fc2 V=16 and 0.2 at V=2
@@ -106,19 +107,6 @@ class TweetClassifier(nn.Module):
         return self.head(self.encoder(input_ids, attention_mask))
 
 
-# An embedding feature whose spread over the head's training tweets is below this fraction of the median feature's
-# is dead: MiniLM's final LayerNorm has gains of ~1e-9 (std 1e-33 over tweets in two features). StandardScaler
-# divides by that std, giving weights up to 1e30 that turn any change of those features (a PQ error, a LayerNorm
-# step of 1e-4 when all weights are trained) into logits of 1e4. Dead features get weight 0.
-DEAD_FEATURE = 1e-4
-
-
-def live_features(embeddings: np.ndarray) -> np.ndarray:
-    """Boolean mask (H,) of the embedding features that vary over `embeddings` (N, H)."""
-    spread = embeddings.std(axis=0)
-    return spread > DEAD_FEATURE * np.median(spread)
-
-
 def linear_from_logistic(pipeline, live: np.ndarray | None = None) -> nn.Linear:
     """A scikit-learn StandardScaler + binary LogisticRegression as `nn.Linear` to logits (-z/2, z/2), whose
     softmax is the regression's sigmoid(z). `live` (H,): the features the pipeline was fitted on (all if None);
@@ -142,7 +130,7 @@ def minilm_task(head_size: int = 1500, calib_size: int = 256, learn_size: int = 
                 batch_size: int = 32, progress: bool = True) -> Task:
     from tvm_lut.datasets.tweets import TweetSet, load_tweets
     from tvm_lut.models.minilm import load_minilm
-    from tvm_lut.sentiment import embed, torch_encoder, train_head
+    from tvm_lut.sentiment import embed, live_features, torch_encoder, train_head
 
     splits = load_tweets()
     encoder = load_minilm()

@@ -38,23 +38,24 @@ def fake_quantize_table(table: torch.Tensor) -> torch.Tensor:
     return table + (quantized - table).detach()
 
 
-class SoftPathGradient(torch.autograd.Function):
-    """The straight-through soft path: adds zero in the forward; in the backward, the gradient the soft
-    assignment (N, C*K) would get from `soft @ table`, i.e. `grad_out @ table.T`.
+class StraightThroughLinear(torch.autograd.Function):
+    """Adds zero in the forward; in the backward, `x` gets the gradient it would get from `x @ matrix`, i.e.
+    `grad_out @ matrix.T`, without the dense forward matmul.
 
-    Together with the hard lookup this equals LUT-NN's `(soft - (soft - hard).detach()) @ table` in value and in
-    every gradient, without the dense forward matmul.
+    The soft path: `x` the soft assignment (N, C*K), `matrix` the table; with the hard lookup this equals LUT-NN's
+    `(soft - (soft - hard).detach()) @ table` in value and in every gradient. The exact input gradient: `x` the
+    input rows (N, D), `matrix` the weight transposed (D, M).
     """
 
     @staticmethod
-    def forward(ctx, soft: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(table)
-        return soft.new_zeros(soft.shape[0], table.shape[1])
+    def forward(ctx, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(matrix)
+        return x.new_zeros(x.shape[0], matrix.shape[1])
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        (table,) = ctx.saved_tensors
-        return grad_out @ table.T, None
+        (matrix,) = ctx.saved_tensors
+        return grad_out @ matrix.T, None
 
 
 class RowSample:
@@ -134,10 +135,9 @@ class PQLayer(nn.Module):
         out = F.embedding_bag((codes + offsets).T, flat_table, mode="sum")  # the hard lookup; its table gradient
         if torch.is_grad_enabled():
             soft = torch.softmax(-scores * (self.temperature / self.distance_scale), dim=-1)
-            out = out + SoftPathGradient.apply(soft.transpose(0, 1).reshape(num_rows, -1), flat_table.detach())
-            if exact_input:
-                exact = F.linear(rows, flat_weight.detach())
-                out = out + (exact - exact.detach())  # zero in the forward; grad_out @ W to the input
+            out = out + StraightThroughLinear.apply(soft.transpose(0, 1).reshape(num_rows, -1), flat_table.detach())
+            if exact_input:  # grad_out @ W to the input
+                out = out + StraightThroughLinear.apply(rows, flat_weight.detach().T)
         return out if self.bias is None else out + self.bias
 
     def _table_kwargs(self) -> dict:

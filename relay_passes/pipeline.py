@@ -8,7 +8,8 @@ Phases, in order:
    the shipped default tables) and `LUTDense` (when the bundle holds `pq` entries).
 2. Legalize and fuse: every op becomes a PrimFunc; constant weights are folded (transposes of weights vanish).
 3. Schedules: records of a tuning database when one is given (only read, never written here), then the CPU rules
-   (`schedules.ApplyCPUSchedules`) for every function still unscheduled; what no rule fits is reported.
+   (`schedules.ApplyCPUSchedules`) for every function still unscheduled; what no rule fits is reported. Weight
+   repacking a schedule marked as layout-rewrite preprocessing becomes its own function, folded on constants.
 4. Lowering to the VM (as TVM's CPU pipeline does).
 
 Every parameter has a default, so the registered name alone works. After a run, `pipeline.report` holds the pass
@@ -78,6 +79,15 @@ def legalize_passes() -> list:
     ]
 
 
+def weight_prepack_passes() -> list:
+    """Phase 3's end: repacking of weights (a conv's channel blocks) split out and computed once on constants."""
+    return [
+        relax.transform.SplitLayoutRewritePreproc(),
+        relax.transform.FoldConstant(),
+        relax.transform.DeadCodeElimination(),
+    ]
+
+
 def lowering_passes(target) -> list:
     """Phase 4: dataflow to VM instructions, memory planning (TVM's CPU pipeline)."""
     return cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
@@ -112,7 +122,7 @@ class LUTPipeline:
                 with _open_database(self.database, target):
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             mod = self.scheduler(mod)
-            return tvm.transform.Sequential(lowering_passes(target))(mod)
+            return tvm.transform.Sequential(weight_prepack_passes() + lowering_passes(target))(mod)
 
     @property
     def report(self) -> dict:

@@ -7,16 +7,20 @@ register tile of outputs whose (ci, kh, kw) reduction runs with kh and kw unroll
 each tile while it is hot. The tile takes one of two forms:
 
 - channel block (as oneDNN's NCHWc kernels): output channels blocked by the SIMD width, which needs the weight
-  repacked once per call to `[co/V, ci, kh, kw, V]` so one block of output channels is one vector load; `R` pixels
-  along the output width are accumulated in `[n, co/V, oh, ow, V]` order (each accumulator one contiguous vector),
-  each reduction step broadcasting R input pixels into fused multiply-adds with one weight vector; the epilogue
-  writes NCHW back.
-- row (AVX-512, stride 1 along the width): a vector along the output row (up to two registers, masked lanes where
-  the row is not a multiple of 16) for each of up to 16 output channels; each step loads one input vector and
-  broadcasts one weight per channel. No repacking and no transposes; NCHW stays NCHW. Faster on the CNN's convs
-  at one thread (1->32 28x28 3x3: 9.1 -> 5.9 us; 32->64 14x14 3x3: 79 -> 72; 64->64 7x7 1x1: 6.2 -> 5.5), but
-  slower on AVX2, whose partial vectors have no masks (32->64 14x14 3x3: 82 -> 104 us at best), so AVX2 keeps the
-  channel block.
+  repacked to `[co/V, ci, kh, kw, V]` so one block of output channels is one vector load. The repacking is a
+  separate block marked as MetaSchedule's layout-rewrite preprocessing: the `tvm_lut` pipeline splits it into its
+  own function (`SplitLayoutRewritePreproc`) and folds it at compile time when the weight is a constant, as it is
+  in imported models (a weight passed at run time is repacked on every call). `R` pixels along the output width
+  are accumulated in `[n, co/V, oh, ow, V]` order (each accumulator one contiguous vector), each reduction step
+  broadcasting R input pixels into fused multiply-adds with one weight vector; the epilogue writes NCHW back.
+- row (AVX-512, one input channel, stride 1 along the width): a vector along the output row (up to two registers,
+  masked lanes where the row is not a multiple of 16) for each of up to 16 output channels; each step loads one
+  input vector and broadcasts one weight per channel. No repacking and no transposes. With one input channel a
+  channel block has only kh*kw multiply-adds per output to pay for its transposes (1->32 28x28 3x3: row 5.9 us,
+  channel block 9.4 us); with more, rows lose (masked lanes, and accumulators LLVM spills on two-register rows):
+  measured at one thread on znver4, weights folded, row vs channel block: 32->64 14x14 3x3 72.3 vs 65.9 us,
+  64->64 7x7 1x1 5.5 vs 4.3, 3->32 28x28 3x3 51.4 vs 17.1, 64->64 56x56 1x1 2822 vs 286. AVX2 has no masks, so
+  it always takes the channel block.
 """
 
 import math
@@ -116,7 +120,8 @@ class Conv2d(CPURule):
         lanes = vector_lanes(target, dtype)
         wide = lanes * tvm.DataType(dtype).bits >= 512
         row = _divisor(extents["ow"], range(2 * lanes, MIN_ROW_VECTOR - 1, -1)) if wide else None
-        row_form = bool(row) and read_stride(sch, conv.block_rv, conv.iters[axes["ow"]].var) == 1
+        row_form = (bool(row) and "ci" not in extents  # one input channel: dlight dropped its unit axis
+                    and read_stride(sch, conv.block_rv, conv.iters[axes["ow"]].var) == 1)
         if row_form:  # a vector along the row, up to ROW_ACCUMULATORS registers of channels
             width = row
             channels = _divisor(extents["co"], range(max(ROW_ACCUMULATORS // -(-row // lanes), 1), 0, -1))
@@ -126,6 +131,7 @@ class Conv2d(CPURule):
             channels = vector_size = largest_divisor(extents["co"], lanes)
             packed = sch.cache_read(conv.block_rv, weight_index, "global")
             sch.transform_layout(packed, ("write", 0), lambda o, c, y, x: (o // channels, c, y, x, o % channels))
+            sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", 1)
 
         co_outer, co_inner = sch.split(loops["co"], [None, channels])
         ow_outer, ow_inner = sch.split(loops["ow"], [None, width])

@@ -77,14 +77,16 @@ AVX2 = Target({"kind": "llvm", "mcpu": "znver3"})
 AVX512 = Target({"kind": "llvm", "mcpu": "znver4"})
 
 
-@pytest.mark.parametrize("target, form", [(AVX2, "channel block"), (AVX512, "row")], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("target", [AVX2, AVX512], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("shape, co, k, stride, padding, dilation", CASES[:4])
-def test_the_tile_form_follows_the_target(target, form, shape, co, k, stride, padding, dilation):
-    """AVX-512 takes row tiles where the width is read with stride 1 (no repacked weight), AVX2 channel blocks
-    (the weight repacked); both compute the conv (run where this CPU can run the target's code)."""
+def test_the_tile_form_follows_the_target_and_the_input_channels(target, shape, co, k, stride, padding, dilation):
+    """AVX-512 takes row tiles for one input channel read with stride 1 along the width (no repacked weight); every
+    other conv takes channel blocks, whose weight repacking is marked for the pipeline to fold; both compute the
+    conv (run where this CPU can run the target's code)."""
     func = scheduled(Conv2d(), _conv_bias_relu(shape, co, k, stride, padding, dilation), target)
-    repacked = "w_global" in func.script()
-    assert repacked == (form == "channel block" or stride > 1)
+    row_form = target is AVX512 and shape[1] == 1 and stride == 1
+    assert ("w_global" in func.script()) == (not row_form)
+    assert ("layout_rewrite_preproc" in func.script()) == (not row_form)
     if not target_has_features(["avx512f"], TARGET) and target is AVX512:
         return
     x = RNG.standard_normal(shape, dtype="float32")
@@ -108,6 +110,35 @@ def test_fits_the_conv_relax_legalizes_and_comes_before_reduction():
     assert Conv2d().apply(func, TARGET, False) is not None
     names = [type(rule).__name__ for rule in default_rules()]
     assert names.index("Conv2d") < names.index("Reduction")
+
+
+def _conv_module(weight_as_input: bool):
+    """Relax conv + bias + ReLU whose weight is a constant (as imported models have it) or a parameter."""
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 32, 14, 14), "float32"))
+    w = relax.Var("w", relax.TensorType((64, 32, 3, 3), "float32"))
+    weight = RNG.standard_normal((64, 32, 3, 3), dtype="float32")
+    bias = RNG.standard_normal((1, 64, 1, 1), dtype="float32")
+    with builder.function("main", [x, w] if weight_as_input else [x]):
+        with builder.dataflow():
+            conv = relax.op.nn.conv2d(x, w if weight_as_input else relax.const(weight), padding=1)
+            out = builder.emit_output(builder.emit(relax.op.nn.relu(relax.op.add(conv, relax.const(bias)))))
+        builder.emit_func_output(out)
+    return builder.get(), weight, bias
+
+
+@pytest.mark.parametrize("weight_as_input", [False, True], ids=["constant weight", "weight at run time"])
+def test_the_pipeline_repacks_a_constant_weight_once_at_compile_time(weight_as_input):
+    mod, weight, bias = _conv_module(weight_as_input)
+    executable = tvm.compile(mod, target=TARGET, relax_pipeline=relax.get_pipeline("tvm_lut", target=TARGET))
+    calls = executable.as_text().split("@main:")[1].split("\n\n")[0]
+    assert "_prepacked" in calls
+    assert ("_weight_prepack" in calls) == weight_as_input
+    x = RNG.standard_normal((1, 32, 14, 14), dtype="float32")
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    args = [tvm.runtime.tensor(x)] + ([tvm.runtime.tensor(weight)] if weight_as_input else [])
+    expected = np.maximum(_conv_ref(x, weight, 1, 1, 1) + bias, 0)
+    np.testing.assert_allclose(vm["main"](*args).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 def _not_convs():

@@ -98,7 +98,7 @@ def test_conv2d_rows_parallel_matches_numpy():
                                                              ((1, 2, 4, 70), 2, 2, 0), ((1, 1, 4, 134), 2, 2, 0)])
 def test_pooling_updates_a_vector_of_outputs_and_matches_numpy(kind, shape, kernel, stride, padding):
     """Max pooling: the window loops run outside the output's last axis, one vector up to two registers long,
-    else split in power-of-two vectors."""
+    else split in power-of-two vectors; a window strided along the row reads it through a contiguous copy."""
     x = te.placeholder(shape, name="x")
     pool = topi.nn.pool2d(x, (kernel, kernel), (stride, stride), (1, 1), (padding,) * 4, kind, layout="NCHW",
                           count_include_pad=True)
@@ -112,6 +112,7 @@ def test_pooling_updates_a_vector_of_outputs_and_matches_numpy(kind, shape, kern
     if kind == "max":  # average pooling's division is a stage of its own: rows in parallel only, for now
         width, lanes = expected.shape[-1], vector_lanes(TARGET, "float32")
         assert ("vectorized" in loop_kinds(func)) == (width <= 2 * lanes or width % 2 == 0)
+        assert ('scope="local"' in func.script()) == (stride > 1 and padding == 0 and width <= 2 * lanes)
 
 
 def test_strided_reduction_is_not_rfactored_into_gathers():

@@ -1,6 +1,7 @@
 """`tvm-lut tune`: tune a model's functions for this CPU into a database that later compiles read.
 
     tvm-lut tune minilm-l6 --db tuning/ --trials 64          # the built-in MiniLM-L6 (batch 8 x 64 tokens)
+    tvm-lut tune fashion-cnn --batch 1 --db tuning/          # the Fashion-MNIST CNN (batch x 1 x 28 x 28)
     tvm-lut tune model.onnx --db tuning/ --trials 32 --nonlinear
 
 Interrupt it at any time: every measured trial is already in the database, and running the same command again
@@ -9,7 +10,7 @@ continues with what each function still lacks. `import_model` is shared with `tv
 
 import argparse
 
-BUILTIN_MODELS = ("minilm-l6",)
+BUILTIN_MODELS = ("minilm-l6", "fashion-cnn")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,12 +23,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def import_model(spec: str, batch: int = 8, length: int = 64):
-    """A Relax module for a built-in model name or an ONNX path (static shapes)."""
+    """A Relax module for a built-in model name or an ONNX path (static shapes; `length` only for MiniLM).
+
+    The functions to tune depend on shapes, not on weights: the CNN's are those of any trained `FashionCNN`.
+    """
     from tvm_lut.frontend import from_onnx, from_torch
 
-    if spec == "minilm-l6":
+    if spec in BUILTIN_MODELS:
         import torch
 
+        if spec == "fashion-cnn":
+            from tvm_lut.models.cnn import FashionCNN
+
+            return from_torch(FashionCNN().eval(), (torch.zeros((batch, 1, 28, 28)),))
         from tvm_lut.models.minilm import load_minilm
 
         ids = torch.zeros((batch, length), dtype=torch.int64)

@@ -50,3 +50,11 @@ def test_learn_cnn_writes_a_bundle_that_matches_its_weights(tmp_path, capsys):
     for name in bundle:
         assert bundle[name].weight_fingerprint == fingerprint(trained[f"{name}.weight"].numpy()), name
     assert bundle.provenance["pq_config"]["trainable"] == "all"
+
+
+def test_compile_builds_the_builtin_cnn_and_rejects_unknown_models(tmp_path, capsys):
+    library = tmp_path / "cnn.so"
+    assert cli.main(["compile", "fashion-cnn", "--batch", "1", "-o", str(library)]) == 0
+    assert library.stat().st_size > 0
+    with pytest.raises(SystemExit, match="unknown model 'resnet'"):
+        cli.main(["compile", "resnet", "-o", str(tmp_path / "x.so")])

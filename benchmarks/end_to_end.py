@@ -1,17 +1,18 @@
 """Whole-model CPU latency, accuracy and size: PyTorch, ONNX Runtime (fp32, int8) and TVM builds, in one run.
 
     python -m benchmarks.end_to_end [--models minilm-8x64 minilm-1x64 cnn] [--threads N] [--database DIR]
-        [--bundle minilm=PQ.safetensors --minilm-weights FP32.safetensors]
-        [--bundle cnn=PQ.safetensors --cnn-weights FP32.safetensors] [--json PATH]
+        [--bundle minilm=PQ.safetensors --pq-weights minilm=PQ.model.safetensors]
+        [--cnn-weights FP32.safetensors --bundle cnn=PQ.safetensors --pq-weights cnn=PQ.model.safetensors] [--json PATH]
 
 For MiniLM-L6 (batch 8 x 64 and 1 x 64 tokens) and the Fashion-MNIST CNN, each row is one engine on the same inputs
 and thread count (`--threads`, TVM's runtime pool included; 1 reads kernel quality on a busy machine): PyTorch fp32,
 ONNX Runtime fp32 and int8 (dynamic quantization), stock TVM (its default CPU pipeline, which schedules nothing),
 TVM with our schedule rules on the exact model, with tuning records (`--database`, written by `tvm-lut tune`; only
 read here), with NN-LUT (the shipped tables), and with NN-LUT + PQ (`--bundle MODEL=PATH`, written by `tvm-lut
-learn`; its NN-LUT tables, or the shipped ones when it has none). A bundle fits the weights it was learned against
-(`tvm-lut learn` writes them beside it): `--cnn-weights` makes every engine run the CNN's; `--minilm-weights` gives
-MiniLM's (trained with the tables) to the NN-LUT + PQ engine alone, the others running the pretrained model.
+learn`; its NN-LUT tables, or the shipped ones when it has none). A bundle fits the weights it was learned with
+(`tvm-lut learn` trains them with the tables and writes them beside it): `--pq-weights MODEL=PATH` gives them to
+the NN-LUT + PQ engine alone, while the others run the FP32 model (MiniLM's pretrained weights; the CNN trained here
+for one epoch, or `--cnn-weights`, the FP32 CNN the bundle was learned from).
 Latency is the median of `--repeat` repetitions of >= 0.1 s of calls (at 1 thread taken in turn over the engines:
 A B C A B C ...); `vs_ort_fp32` is ONNX Runtime fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM
 embeddings feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on
@@ -96,15 +97,17 @@ def nnlut_pq_bundle(path: Path):
     return bundle if any(entry.kind == "pwl" for _, entry in bundle.items()) else default_bundle().merged(bundle)
 
 
-def learned_minilm(path: Path):
-    """MiniLM with the weights a bundle was learned with (`tvm-lut learn` trains them with the tables)."""
+def learned_model(name: str, path: Path):
+    """The model (`minilm` or `cnn`) with the weights a bundle was learned with (`tvm-lut learn` trains them with the
+    tables), in eval mode."""
     from safetensors.torch import load_file
 
+    from tvm_lut.models.cnn import FashionCNN
     from tvm_lut.models.minilm import load_minilm
 
-    model = load_minilm()
+    model = load_minilm() if name == "minilm" else FashionCNN()
     model.load_state_dict(load_file(str(path)))
-    return model
+    return model.eval()
 
 
 def engines(model, example, bundle: Path | None, args, workdir: Path, bundle_model=None):
@@ -195,9 +198,10 @@ def measure(name: str, args) -> list[dict]:
     arrays = [_aligned(t.numpy()) for t in example]
     rows, runs = [], {}
     with tempfile.TemporaryDirectory() as workdir:
-        bundle = args.bundle.get(name.split("-")[0])
-        learned = name.startswith("minilm") and args.minilm_weights is not None
-        bundle_model = learned_minilm(args.minilm_weights) if learned else None
+        family = name.split("-")[0]
+        bundle = args.bundle.get(family)
+        learned = args.pq_weights.get(family)
+        bundle_model = learned_model(family, learned) if learned is not None else None
         for engine, run, size in engines(model, example, bundle, args, Path(workdir), bundle_model):
             stock = engine == "tvm stock"
             row = {"model": name, "engine": engine, "size_mb": size / 1e6,
@@ -226,7 +230,7 @@ def _median_seconds(runs: dict, args) -> dict[str, float]:
     return {name: median_seconds(run, args.repeat, min_seconds=0.1) for name, run in runs.items()}
 
 
-def _bundle_argument(text: str) -> tuple[str, Path]:
+def _model_path(text: str) -> tuple[str, Path]:
     model, sep, path = text.partition("=")
     if not sep or model not in ("minilm", "cnn") or not path:
         raise argparse.ArgumentTypeError(f"expected minilm=PATH or cnn=PATH, got {text!r}")
@@ -240,16 +244,18 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int,
                         help="threads for every engine (default: the cores this process may use)")
     parser.add_argument("--database", "--db", help="tuning database of `tvm-lut tune` (adds the 'tvm tuned' rows)")
-    parser.add_argument("--bundle", action="append", default=[], metavar="MODEL=PATH", type=_bundle_argument,
+    parser.add_argument("--bundle", action="append", default=[], metavar="MODEL=PATH", type=_model_path,
                         help="PQ bundle of `tvm-lut learn` for minilm or cnn (adds the 'tvm nn-lut + pq' rows)")
-    parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (those a CNN bundle was learned for)")
-    parser.add_argument("--minilm-weights", type=Path,
-                        help="MiniLM encoder weights a MiniLM bundle was learned with (NN-LUT + PQ engine only)")
+    parser.add_argument("--pq-weights", action="append", default=[], metavar="MODEL=PATH", type=_model_path,
+                        help="weights a bundle was learned with (`<bundle>.model.safetensors`; NN-LUT + PQ engine only)")
+    parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (the CNN a bundle was learned from)")
     parser.add_argument("--train-texts", type=int, default=1000, help="tweets for the MiniLM head (1000)")
     parser.add_argument("--eval-texts", type=int, default=500, help="held-out tweets scored (500; 0: no accuracy)")
     parser.add_argument("--eval-images", type=int, default=2000, help="Fashion-MNIST test images scored (2000)")
     args = parser.parse_args(argv)
-    args.bundle = dict(args.bundle)
+    args.bundle, args.pq_weights = dict(args.bundle), dict(args.pq_weights)
+    if set(args.pq_weights) - set(args.bundle):
+        parser.error(f"--pq-weights for {', '.join(sorted(set(args.pq_weights) - set(args.bundle)))} needs --bundle")
 
     from schedules import host_target
 

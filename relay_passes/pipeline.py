@@ -79,13 +79,22 @@ def legalize_passes() -> list:
     ]
 
 
+@tvm.transform.module_pass(opt_level=0, name="SplitWeightPrepack")
+def split_weight_prepack(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """TVM's `SplitLayoutRewritePreproc` on the functions it can read: it stops at any PrimFunc whose body is not a
+    root block (the hand-written LUT kernels), which has no layout rewrite to split anyway, so those sit out."""
+    apart = {gv: f for gv, f in mod.functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and not isinstance(f.body, tvm.s_tir.SBlockRealize)}
+    readable = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv not in apart}, attrs=mod.attrs)
+    split = relax.transform.SplitLayoutRewritePreproc()(readable)
+    for gv, func in apart.items():
+        split[gv] = func
+    return split
+
+
 def weight_prepack_passes() -> list:
     """Phase 3's end: repacking of weights (a conv's channel blocks) split out and computed once on constants."""
-    return [
-        relax.transform.SplitLayoutRewritePreproc(),
-        relax.transform.FoldConstant(),
-        relax.transform.DeadCodeElimination(),
-    ]
+    return [split_weight_prepack, relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
 
 
 def lowering_passes(target) -> list:

@@ -155,3 +155,23 @@ def test_minilm_with_learned_tables_equals_the_pytorch_pq_model():
     with torch.no_grad():
         want = learned.model(ids[:16], mask[:16]).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_tvm_lut_pipeline_builds_lut_kernels_beside_an_exact_conv_with_a_folded_weight(net_and_bundle):
+    """The pipeline splits the exact conv's weight repacking out and folds it; the hand-written LUT kernels, which
+    TVM's splitting pass cannot read, are left as they are."""
+    from relay_passes.pipeline import tvm_lut_pipeline
+
+    net, bundle = net_and_bundle
+    partial = Bundle({"fc1": bundle["fc1"], "conv1": bundle["conv1"]})  # conv3 and fc2 stay exact
+    x, image = torch.randn(2, 3, 8), torch.randn(1, 3, 6, 6)
+    pipeline = tvm_lut_pipeline(bundle=partial, target=TARGET)
+    executable = tvm.compile(from_torch(net, (x, image)), target=TARGET, relax_pipeline=pipeline)
+    calls = executable.as_text().split("@main:")[1].split("\n\n")[0]
+    assert "_prepacked" in calls and "_weight_prepack" not in calls
+    outputs = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()),
+                                                                 tvm.runtime.tensor(image.numpy()))
+    with torch.no_grad():
+        want = net.fc2(pq_forward(x, bundle["fc1"])).numpy(), pq_forward(net.conv3(image), bundle["conv1"]).numpy()
+    for got, expected in zip(outputs, want):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)

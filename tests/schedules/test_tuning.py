@@ -82,3 +82,21 @@ def test_a_searched_record_must_beat_the_rule_in_process(tmp_path):
     assert str(records[0].trace) == str(rule.trace)
     tuning._confirm(database, workload, search.get_top_k(search_workload, 1), rule, target, func_mod)
     assert len(database.get_top_k(workload, 10)) == 2  # confirmed once
+
+
+def test_timing_leaves_out_the_weight_repacking_compiled_models_fold():
+    """A conv's channel-block schedule repacks its weight in a preprocessing block that the pipeline folds at
+    compile time: the tuned timing covers the rest, with the packed weight as an input; other functions as they are."""
+    from tvm import te, topi
+
+    from schedules.rules import Conv2d
+
+    x, w = te.placeholder((1, 8, 6, 6), name="x"), te.placeholder((16, 8, 3, 3), name="w")
+    conv = Conv2d().apply(te.create_prim_func([x, w, topi.nn.conv2d_nchw(x, w, 1, 1, 1)]), TARGET, False)
+    timed = tuning._without_weight_prepack(conv.mod["main"])
+    shapes = [tuple(int(d) for d in info.shape) for info in ms.arg_info.ArgInfo.from_prim_func(timed)]
+    lanes = shapes[1][-1]
+    assert shapes == [(1, 8, 6, 6), (16 // lanes, 8, 3, 3, lanes), (1, 16, 6, 6)]
+    assert "layout_rewrite_preproc" not in timed.script()
+    plain = te.create_prim_func([x, topi.nn.relu(x)])
+    assert tuning._without_weight_prepack(plain).same_as(plain)

@@ -8,8 +8,9 @@ fingerprint (`Bundle.find_pq`); the layer becomes two kernel calls with the entr
     codes = call_tir(pq_encode, x, centroids)                            # nearest centroid per sub-vector
     y     = call_tir(pq_lookup, codes, int8 table, scale, bias)          # scale * sum of table rows + bias
 
-A conv2d's encode reads its im2col rows straight from the NCHW input; its rows come back (B*H'*W', O) and are
-reshaped and transposed to NCHW. The kernels carry their own schedule (`tirx.is_scheduled`), tensorized with the
+A conv2d's encode reads its im2col rows from the NCHW input; its lookup writes (O, B*H'*W'), output channels by
+pixels, which is NCHW for one image (a reshape) and needs only the (O, B) axes swapped for a batch (a dense layer's
+(rows, O) would need a transpose of the whole activation). The kernels carry their own schedule (`tirx.is_scheduled`), tensorized with the
 target's lookup intrinsic (`schedules.intrin`: AVX2 / AVX-512BW `vpshufb`, NEON `tbl`).
 
 Precondition: high-level Relax ops, as imported; the pass sits before LegalizeOps (phase 1 of the `tvm_lut`
@@ -90,8 +91,9 @@ class _DenseRewriter(LUTRewriter):
             source = Im2col(x_shape, table.kernel_size, match.stride, match.padding, match.dilation)
             y, kernel = self._call(name, table, match.x, source.rows, match.bias, source)
             batch, out_channels, out_h, out_w = out_shape
-            nhwc = relax.op.reshape(y, (batch, out_h, out_w, out_channels))
-            return relax.op.permute_dims(nhwc, [0, 3, 1, 2]), kernel
+            if batch == 1:
+                return relax.op.reshape(y, out_shape), kernel
+            return relax.op.permute_dims(relax.op.reshape(y, (out_channels, batch, out_h, out_w)), [1, 0, 2, 3]), kernel
         rows = int(np.prod(x_shape[:-1]))
         x2d = match.x if len(x_shape) == 2 else relax.op.reshape(match.x, (rows, table.D))
         y, kernel = self._call(name, table, x2d, rows, match.bias, source=None)
@@ -124,7 +126,8 @@ class _DenseRewriter(LUTRewriter):
         return match, name, table
 
     def _call(self, name, table, x, rows, bias, source):
-        """encode + lookup calls on `x`: the (rows, M) output and the lookup kernel's name."""
+        """encode + lookup calls on `x`: the output, (rows, M) for a dense layer and (M, rows) for a conv (`source`),
+        and the lookup kernel's name."""
         from schedules.kernels.pq_encode import pack_centroids, pq_encode_func
         from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
 
@@ -132,7 +135,7 @@ class _DenseRewriter(LUTRewriter):
         key = (name, rows, source)
         if key not in self._kernels:
             encode = pq_encode_func(layout, table.V, source).without_attr("global_symbol")
-            lookup = pq_lookup_func(layout, self.intrin).without_attr("global_symbol")
+            lookup = pq_lookup_func(layout, self.intrin, columns=source is not None).without_attr("global_symbol")
             self._kernels[key] = (self.builder.add_func(encode, f"pq_encode_{name}"),
                                   self.builder.add_func(lookup, f"pq_lookup_{name}"))
         encode_gv, lookup_gv = self._kernels[key]
@@ -140,7 +143,8 @@ class _DenseRewriter(LUTRewriter):
         codes = relax.call_tir(encode_gv, [x, relax.const(pack_centroids(table.centroids, layout))],
                                relax.TensorType(layout.codes_shape, "uint8"))
         y = relax.call_tir(lookup_gv, [codes, relax.const(pack_table(table.table, layout)), relax.const(table.scale),
-                                       relax.const(bias)], relax.TensorType((rows, table.M), "float32"))
+                                       relax.const(bias)],
+                           relax.TensorType((table.M, rows) if source is not None else (rows, table.M), "float32"))
         return y, lookup_gv.name_hint
 
 

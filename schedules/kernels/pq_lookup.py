@@ -5,6 +5,9 @@ Layouts (packed once, at compile time, by `pack_table`; the codes come from `pq_
   shuffle), NB = ceil(N / L). Rows past N are padding and never stored.
 - table  (M, CP, 16) int8: per output and codebook one 16-entry table (one shuffle register); K < 16 is padded with
   zeros, and codebooks past C (CP = CB * CS) are all-zero so they add nothing.
+- y      (N, M) float32, or (M, N) with `columns` (a conv: output channels by pixels, NCHW for one image). The
+  accumulators hold 8 rows of one output per vector, so columns are stored as they are; rows are first
+  transposed with shuffles.
 
 Accumulation is exact: int8 entries are summed in int16 over blocks of CS <= 256 codebooks (256 * 127 < 2^15, so
 no int8 table can overflow them), the blocks in int32, then `float32(acc) * scale + bias`, both per output (scale:
@@ -107,8 +110,9 @@ def _eight_rows(acc16, blocks: int, output, row):
     return functools.reduce(operator.add, parts)
 
 
-def _tiled_lookup(layout: LookupLayout, m_tile: int):
-    """The lookup stated as the intrinsics' one-hot select, in tiles of `lanes` rows x `m_tile` outputs.
+def _tiled_lookup(layout: LookupLayout, m_tile: int, columns: bool):
+    """The lookup stated as the intrinsics' one-hot select, in tiles of `lanes` rows x `m_tile` outputs; `y` is
+    (N, M), or (M, N) with `columns`.
 
     Each tile is a block that allocates its own accumulators, so they live in registers: TVM places a
     buffer at the root of a function under a parallel loop whole, in memory, otherwise. Their scope is "global":
@@ -122,7 +126,7 @@ def _tiled_lookup(layout: LookupLayout, m_tile: int):
     @T.prim_func(s_tir=True)
     def pq_lookup(codes: T.Buffer(layout.codes_shape, "uint8"), table: T.Buffer(layout.table_shape, "int8"),
                   scale: T.Buffer((outputs,), "float32"), bias: T.Buffer((outputs,), "float32"),
-                  y: T.Buffer((num_rows, outputs), "float32")):
+                  y: T.Buffer((outputs, num_rows) if columns else (num_rows, outputs), "float32")):
         T.func_attr({"tirx.noalias": True})
         for tile in T.parallel(row_blocks * m_tiles):
             with T.sblock("tile"):
@@ -130,7 +134,10 @@ def _tiled_lookup(layout: LookupLayout, m_tile: int):
                 mo = T.axis.spatial(m_tiles, tile % m_tiles)
                 T.reads(codes[nb, 0:padded, 0:lanes], table[mo * m_tile:mo * m_tile + m_tile, 0:padded, 0:TABLE_ENTRIES],
                         scale[mo * m_tile:mo * m_tile + m_tile], bias[mo * m_tile:mo * m_tile + m_tile])
-                T.writes(y[nb * lanes:nb * lanes + lanes, mo * m_tile:mo * m_tile + m_tile])
+                if columns:
+                    T.writes(y[mo * m_tile:mo * m_tile + m_tile, nb * lanes:nb * lanes + lanes])
+                else:
+                    T.writes(y[nb * lanes:nb * lanes + lanes, mo * m_tile:mo * m_tile + m_tile])
                 acc16 = T.alloc_buffer((blocks, m_tile, lanes), "int16")
                 for cb, c, mi, i, k in T.grid(blocks, per_block, m_tile, lanes, TABLE_ENTRIES):
                     with T.sblock("lookup"):
@@ -140,18 +147,36 @@ def _tiled_lookup(layout: LookupLayout, m_tile: int):
                         acc16[vcb, vmi, vi] = acc16[vcb, vmi, vi] + T.Select(
                             T.Cast("int32", codes[nb, vcb * per_block + vc, vi]) == vk,
                             T.Cast("int16", table[mo * m_tile + vmi, vcb * per_block + vc, vk]), T.int16(0))
-                # 8 rows of every output at a time: widened, transposed with shuffles, scaled, stored as rows
-                for ib, r in T.grid(lanes // 8, 8):
-                    with T.sblock("scale"):
-                        vib, vr = T.axis.remap("SS", [ib, r])
-                        T.where(nb * lanes + ib * 8 + r < num_rows)
-                        T.reads(acc16[0:blocks, 0:m_tile, vib * 8:vib * 8 + 8], scale[mo * m_tile:mo * m_tile + m_tile],
-                                bias[mo * m_tile:mo * m_tile + m_tile])
-                        T.writes(y[nb * lanes + vib * 8 + vr, mo * m_tile:mo * m_tile + m_tile])
-                        y[nb * lanes + vib * 8 + vr, T.ramp(mo * m_tile, 1, m_tile)] = T.Shuffle(
-                            [T.Cast("float32x8", _eight_rows(acc16, blocks, j, vib * 8)) for j in range(m_tile)],
-                            [j * 8 + vr for j in range(m_tile)]
-                        ) * scale[T.ramp(mo * m_tile, 1, m_tile)] + bias[T.ramp(mo * m_tile, 1, m_tile)]
+                if columns:  # 8 rows of one output at a time: widened, scaled, stored along the output's row
+                    for j, ib in T.grid(m_tile, lanes // 8):
+                        with T.sblock("scale"):
+                            vj, vib = T.axis.remap("SS", [j, ib])
+                            T.where(nb * lanes + ib * 8 < num_rows)
+                            T.reads(acc16[0:blocks, vj, vib * 8:vib * 8 + 8], scale[mo * m_tile + vj],
+                                    bias[mo * m_tile + vj])
+                            T.writes(y[mo * m_tile + vj, nb * lanes + vib * 8:nb * lanes + vib * 8 + 8])
+                            row = nb * lanes + vib * 8
+                            values = T.Cast("float32x8", _eight_rows(acc16, blocks, vj, vib * 8)) * T.Broadcast(
+                                scale[mo * m_tile + vj], 8) + T.Broadcast(bias[mo * m_tile + vj], 8)
+                            if row + 8 <= num_rows:
+                                y[mo * m_tile + vj, T.ramp(row, 1, 8)] = values
+                            else:  # the last rows: lane by lane, none past N
+                                for r in T.unroll(8):  # constant lane indices for the shuffle
+                                    if row + r < num_rows:
+                                        y[mo * m_tile + vj, row + r] = T.Shuffle([values], [r])
+                else:
+                    # 8 rows of every output at a time: widened, transposed with shuffles, scaled, stored as rows
+                    for ib, r in T.grid(lanes // 8, 8):
+                        with T.sblock("scale"):
+                            vib, vr = T.axis.remap("SS", [ib, r])
+                            T.where(nb * lanes + ib * 8 + r < num_rows)
+                            T.reads(acc16[0:blocks, 0:m_tile, vib * 8:vib * 8 + 8], scale[mo * m_tile:mo * m_tile + m_tile],
+                                    bias[mo * m_tile:mo * m_tile + m_tile])
+                            T.writes(y[nb * lanes + vib * 8 + vr, mo * m_tile:mo * m_tile + m_tile])
+                            y[nb * lanes + vib * 8 + vr, T.ramp(mo * m_tile, 1, m_tile)] = T.Shuffle(
+                                [T.Cast("float32x8", _eight_rows(acc16, blocks, j, vib * 8)) for j in range(m_tile)],
+                                [j * 8 + vr for j in range(m_tile)]
+                            ) * scale[T.ramp(mo * m_tile, 1, m_tile)] + bias[T.ramp(mo * m_tile, 1, m_tile)]
 
     return pq_lookup
 
@@ -161,15 +186,17 @@ def _output_tile(outputs: int, preferred: int) -> int:
     return max(t for t in range(1, min(preferred, outputs) + 1) if outputs % t == 0)
 
 
-def pq_lookup_func(layout: LookupLayout, intrin: LookupIntrin, m_tile: int = 8) -> tvm.tirx.PrimFunc:
-    """The scheduled, tensorized lookup-accumulate PrimFunc `(codes, table, scale, bias) -> y` for `layout`.
+def pq_lookup_func(layout: LookupLayout, intrin: LookupIntrin, m_tile: int = 8,
+                   columns: bool = False) -> tvm.tirx.PrimFunc:
+    """The scheduled, tensorized lookup-accumulate PrimFunc `(codes, table, scale, bias) -> y` for `layout`: y is
+    (N, M), or (M, N) with `columns` (a conv's output channels by pixels: NCHW for one image, no transpose).
 
     `layout.lanes` must be `intrin.lanes`. `m_tile` outputs share one load of the codes; their accumulators must fit
     the registers (8 for AVX2's 16 ymm registers at 32 lanes). An M it does not divide uses its largest divisor.
     """
     if layout.lanes != intrin.lanes:
         raise ValueError(f"layout has {layout.lanes} lanes but {intrin.name} looks up {intrin.lanes} rows at once")
-    sch = s_tir.Schedule(_tiled_lookup(layout, _output_tile(layout.outputs, m_tile)))
+    sch = s_tir.Schedule(_tiled_lookup(layout, _output_tile(layout.outputs, m_tile), columns))
     lookup, epilogue = sch.get_sblock("lookup"), sch.get_sblock("scale")
     _, c, m_inner, i, _ = sch.get_loops(lookup)
     sch.decompose_reduction(lookup, c)

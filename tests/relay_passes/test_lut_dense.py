@@ -67,10 +67,11 @@ def _run(mod, *inputs):
     return [outputs.numpy()] if hasattr(outputs, "numpy") else [out.numpy() for out in outputs]
 
 
+@pytest.mark.parametrize("images", [1, 2])  # a conv's (O, pixels) output: reshaped for one image, permuted for more
 @pytest.mark.parametrize("importer", ["torch", "onnx"])
-def test_every_layer_is_replaced_and_equals_the_reference(net_and_bundle, importer):
+def test_every_layer_is_replaced_and_equals_the_reference(net_and_bundle, importer, images):
     net, bundle = net_and_bundle
-    x, image = torch.randn(2, 3, 8), torch.randn(1, 3, 6, 6)
+    x, image = torch.randn(2, 3, 8), torch.randn(images, 3, 6, 6)
     mod = from_torch(net, (x, image)) if importer == "torch" else from_onnx(net, example_args=(x, image))
     lut = LUTDense(bundle, target=TARGET)
     rewritten = lut(mod)

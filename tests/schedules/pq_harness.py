@@ -36,15 +36,16 @@ def execute_here(func: tvm.tirx.PrimFunc, arrays: list[np.ndarray]) -> list[np.n
     return [t.numpy() for t in tensors]
 
 
-def run_lookup(codes, table, scale, bias, intrin=INTRIN, execute=execute_here):
+def run_lookup(codes, table, scale, bias, intrin=INTRIN, execute=execute_here, columns=False):
     """The compiled lookup kernel on unpacked operands: codes (N, C), table (C, K, M), scale (M,) or one for all
-    -> (N, M) float32."""
+    -> (N, M) float32 (written (M, N) by the kernel with `columns`, returned transposed)."""
     layout = LookupLayout(codes.shape[0], table.shape[0], table.shape[1], table.shape[2], intrin.lanes)
     bias = np.zeros(table.shape[2], np.float32) if bias is None else bias
     scale = np.broadcast_to(np.asarray(scale, np.float32), (table.shape[2],))
-    arrays = [pack_codes(codes, layout), pack_table(table, layout), scale, bias,
-              np.zeros((codes.shape[0], layout.outputs), np.float32)]
-    return execute(pq_lookup_func(layout, intrin), arrays)[-1]
+    out_shape = (layout.outputs, codes.shape[0]) if columns else (codes.shape[0], layout.outputs)
+    arrays = [pack_codes(codes, layout), pack_table(table, layout), scale, bias, np.zeros(out_shape, np.float32)]
+    out = execute(pq_lookup_func(layout, intrin, columns=columns), arrays)[-1]
+    return out.T if columns else out
 
 
 def run_encode(x, centroids, lanes=None, source=None, execute=execute_here):

@@ -23,20 +23,22 @@ def _random(rng, rows, codebooks, centroids, outputs):
     (33, 2, 16, 9),
     (40, 300, 16, 8),    # two int16 blocks of 150 codebooks
 ])
-def test_integer_sums_are_exact(rows, codebooks, centroids, outputs):
+@pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
+def test_integer_sums_are_exact(rows, codebooks, centroids, outputs, columns):
     codes, table = _random(np.random.default_rng(rows), rows, codebooks, centroids, outputs)
-    got = run_lookup(codes, table, 1.0, None)
+    got = run_lookup(codes, table, 1.0, None, columns=columns)
     np.testing.assert_array_equal(got, pq_lookup_reference(codes, table, 1.0, None))
 
 
+@pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
 @pytest.mark.parametrize("outputs", [24, 7])  # whole output tiles, one tile of 7
-def test_per_output_scale_and_bias_match_the_reference(outputs):
+def test_per_output_scale_and_bias_match_the_reference(outputs, columns):
     rng = np.random.default_rng(1)
     codes, table = _random(rng, 50, 12, 16, outputs)
     bias = rng.standard_normal(outputs).astype(np.float32) * 10
     # one scale per output, over many magnitudes (an outlier column beside tiny ones)
     scale = (10.0 ** rng.uniform(-30, 3, outputs)).astype(np.float32)
-    got = run_lookup(codes, table, scale, bias)
+    got = run_lookup(codes, table, scale, bias, columns=columns)
     np.testing.assert_allclose(got, pq_lookup_reference(codes, table, scale, bias), rtol=1e-6, atol=1e-6)
 
 

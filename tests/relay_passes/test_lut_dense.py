@@ -176,3 +176,18 @@ def test_the_tvm_lut_pipeline_builds_lut_kernels_beside_an_exact_conv_with_a_fol
         want = net.fc2(pq_forward(x, bundle["fc1"])).numpy(), pq_forward(net.conv3(image), bundle["conv1"]).numpy()
     for got, expected in zip(outputs, want):
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("importer", ["torch", "onnx"])
+def test_a_dense_layer_with_a_few_rows_takes_the_few_row_kernels(net_and_bundle, importer):
+    """One row would fill one of the lookup's 32 or 64 lanes: such a layer gets the kernels that vectorize across
+    centroids and outputs instead, with the same results."""
+    net, bundle = net_and_bundle
+    x, image = torch.randn(1, 1, 8), torch.randn(1, 3, 6, 6)
+    mod = from_torch(net, (x, image)) if importer == "torch" else from_onnx(net, example_args=(x, image))
+    rewritten = LUTDense(bundle, target=TARGET)(mod)
+    kernels = {str(f.attrs["tvm_lut.kernel"]) for f in rewritten.functions.values()
+               if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "tvm_lut.kernel" in f.attrs}
+    assert kernels == {"pq_encode_rows", "pq_lookup_rows", "pq_encode", "pq_lookup"}  # dense: few rows; conv: lanes
+    for got, want in zip(_run(rewritten, x, image), _reference(bundle, x, image)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -14,14 +14,14 @@ learn`; its NN-LUT tables, or the shipped ones when it has none). A bundle fits 
 the NN-LUT + PQ engine alone, while the others run the FP32 model (MiniLM's pretrained weights; the CNN trained here
 for one epoch, or `--cnn-weights`, the FP32 CNN the bundle was learned from).
 
-Latency is the median of `--repeat` repetitions of >= 0.1 s of calls (at 1 thread taken in turn over the engines:
-A B C A B C ...); `vs_ort_fp32` is ONNX Runtime fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM
-embeddings feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on
-held-out tweets; an engine running other weights (NN-LUT + PQ with `--pq-weights minilm=...`) is another model,
-whose head is fitted the same way on its own embeddings of the same training tweets (its accuracy with the FP32
-model's head is kept as `accuracy_fp32_head`). The CNN is scored on Fashion-MNIST test images. Size: the file each engine loads (ONNX file, TVM shared
-library with its constants, PyTorch parameter bytes). Stock TVM is timed with one repetition (seconds per call) and
-not scored (its numerics are those of the exact TVM build).
+Latency is the median of `--repeat` repetitions of >= 0.1 s of calls (at 1 thread taken in turn over the engines: A
+B C A B C ...); `vs_ort_fp32` is ONNX Runtime fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM
+embeddings feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on held-
+out tweets; an engine running other weights (NN-LUT + PQ with `--pq-weights minilm=...`) is another model, whose
+head is fitted the same way on its own embeddings of the same training tweets (its accuracy with the FP32 model's
+head is kept as `accuracy_fp32_head`). The CNN is scored on Fashion-MNIST test images. Size: the file each engine
+loads (ONNX file, TVM shared library with its constants, PyTorch parameter bytes). Stock TVM is timed with one
+repetition (seconds per call) and not scored (its numerics are those of the exact TVM build).
 """
 
 import argparse
@@ -223,7 +223,8 @@ def measure(name: str, args) -> list[dict]:
             else:
                 runs[engine] = lambda run=run: run(*arrays)
             rows.append(row)
-            fp32_head = f" (with the FP32 model's head: {row['accuracy_fp32_head']})" if "accuracy_fp32_head" in row else ""
+            fp32_head = row.get("accuracy_fp32_head")
+            fp32_head = "" if fp32_head is None else f" (with the FP32 model's head: {fp32_head})"
             print(f"  {name} {engine}: built, accuracy {row['accuracy']}{fp32_head}", flush=True)
         seconds = _median_seconds(runs, args)
     for row in rows:
@@ -260,7 +261,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bundle", action="append", default=[], metavar="MODEL=PATH", type=_model_path,
                         help="PQ bundle of `tvm-lut learn` for minilm or cnn (adds the 'tvm nn-lut + pq' rows)")
     parser.add_argument("--pq-weights", action="append", default=[], metavar="MODEL=PATH", type=_model_path,
-                        help="weights a bundle was learned with (`<bundle>.model.safetensors`; NN-LUT + PQ engine only)")
+                        help="weights a bundle was learned with (<bundle>.model.safetensors; NN-LUT + PQ engine only)")
     parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (the CNN a bundle was learned from)")
     parser.add_argument("--train-texts", type=int, default=1000, help="tweets for the MiniLM head (1000)")
     parser.add_argument("--eval-texts", type=int, default=500, help="held-out tweets scored (500; 0: no accuracy)")

@@ -10,8 +10,9 @@ fingerprint (`Bundle.find_pq`); the layer becomes two kernel calls with the entr
 
 A conv2d's encode reads its im2col rows from the NCHW input; its lookup writes (O, B*H'*W'), output channels by
 pixels, which is NCHW for one image (a reshape) and needs only the (O, B) axes swapped for a batch (a dense layer's
-(rows, O) would need a transpose of the whole activation). The kernels carry their own schedule (`tirx.is_scheduled`), tensorized with the
-target's lookup intrinsic (`schedules.intrin`: AVX2 / AVX-512BW `vpshufb`, NEON `tbl`).
+(rows, O) would need a transpose of the whole activation). A dense layer with a few rows takes the few-row kernels
+(`FEW_ROWS`). The kernels carry their own schedule (`tirx.is_scheduled`), tensorized with the target's lookup
+intrinsic (`schedules.intrin`: AVX2 / AVX-512BW `vpshufb`, NEON `tbl`).
 
 Precondition: high-level Relax ops, as imported; the pass sits before LegalizeOps (phase 1 of the `tvm_lut`
 pipeline), like `LUTNonlinear`. Served: float32, static shapes, K <= 16, a target with a lookup intrinsic. A layer
@@ -36,7 +37,7 @@ from .report import PassReport
 logger = logging.getLogger(__name__)
 
 # A dense layer of at most lanes / FEW_ROWS rows (4 of 32 lanes) takes `schedules.kernels.pq_rows`: the lane
-# kernels would compute all 32 rows (the CNN's fc1 at one row: 13.7 us, the few-row kernels 2.4 us).
+# kernels would compute all 32 rows (the CNN's fc1 at one row: 13.7 us, the few-row kernels 2.2 us).
 FEW_ROWS = 8
 
 _SERVED_DTYPE = "float32"
@@ -97,7 +98,8 @@ class _DenseRewriter(LUTRewriter):
             batch, out_channels, out_h, out_w = out_shape
             if batch == 1:
                 return relax.op.reshape(y, out_shape), kernel
-            return relax.op.permute_dims(relax.op.reshape(y, (out_channels, batch, out_h, out_w)), [1, 0, 2, 3]), kernel
+            by_channel = relax.op.reshape(y, (out_channels, batch, out_h, out_w))
+            return relax.op.permute_dims(by_channel, [1, 0, 2, 3]), kernel
         rows = int(np.prod(x_shape[:-1]))
         x2d = match.x if len(x_shape) == 2 else relax.op.reshape(match.x, (rows, table.D))
         y, kernel = self._call(name, table, x2d, rows, match.bias, source=None)

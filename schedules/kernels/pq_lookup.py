@@ -170,8 +170,8 @@ def _tiled_lookup(layout: LookupLayout, m_tile: int, columns: bool):
                         with T.sblock("scale"):
                             vib, vr = T.axis.remap("SS", [ib, r])
                             T.where(nb * lanes + ib * 8 + r < num_rows)
-                            T.reads(acc16[0:blocks, 0:m_tile, vib * 8:vib * 8 + 8], scale[mo * m_tile:mo * m_tile + m_tile],
-                                    bias[mo * m_tile:mo * m_tile + m_tile])
+                            T.reads(acc16[0:blocks, 0:m_tile, vib * 8:vib * 8 + 8],
+                                    scale[mo * m_tile:mo * m_tile + m_tile], bias[mo * m_tile:mo * m_tile + m_tile])
                             T.writes(y[nb * lanes + vib * 8 + vr, mo * m_tile:mo * m_tile + m_tile])
                             y[nb * lanes + vib * 8 + vr, T.ramp(mo * m_tile, 1, m_tile)] = T.Shuffle(
                                 [T.Cast("float32x8", _eight_rows(acc16, blocks, j, vib * 8)) for j in range(m_tile)],

@@ -16,12 +16,12 @@ for one epoch, or `--cnn-weights`, the FP32 CNN the bundle was learned from).
 
 Latency is the median of `--repeat` repetitions of >= 0.1 s of calls (at 1 thread taken in turn over the engines: A
 B C A B C ...); `vs_ort_fp32` is ONNX Runtime fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM
-embeddings feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on held-
-out tweets; an engine running other weights (NN-LUT + PQ with `--pq-weights minilm=...`) is another model, whose
-head is fitted the same way on its own embeddings of the same training tweets (its accuracy with the FP32 model's
-head is kept as `accuracy_fp32_head`). The CNN is scored on Fashion-MNIST test images. Size: the file each engine
-loads (ONNX file, TVM shared library with its constants, PyTorch parameter bytes). Stock TVM is timed with one
-repetition (seconds per call) and not scored (its numerics are those of the exact TVM build).
+embeddings feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on
+held-out tweets; an engine running other weights (NN-LUT + PQ with `--pq-weights minilm=...`) is another model,
+whose head is fitted the same way on its own embeddings of the same training tweets (its accuracy with the FP32
+model's head is kept as `accuracy_fp32_head`). The CNN is scored on Fashion-MNIST test images. Size: the file each
+engine loads (ONNX file, TVM shared library with its constants, PyTorch parameter bytes). Stock TVM is timed with
+one repetition (seconds per call) and not scored (its numerics are those of the exact TVM build).
 """
 
 import argparse

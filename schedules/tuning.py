@@ -34,6 +34,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from .rules import default_rules
+from .rules.common import WEIGHT_PREPACK
 from .target import num_cores, use_runtime_threads
 
 
@@ -208,7 +209,7 @@ def _without_weight_prepack(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     """`func` as compiled models run it: a weight repacking that a rule marked as layout-rewrite preprocessing is
     split off by the pipeline and folded on the constant weight, so it must not be timed (counted on every call,
     it made the CNN's second conv 80 us against the 66 us it runs at)."""
-    if "meta_schedule.layout_rewrite_preproc" not in func.script():
+    if WEIGHT_PREPACK not in func.script():
         return func
     from tvm import relax
 

@@ -169,6 +169,7 @@ def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2co
                   centroids: T.Buffer((padded, num_centroids, sub_len), "float32"),
                   codes: T.Buffer(layout.codes_shape, "uint8")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "tvm_lut.kernel": "pq_encode"})
+        # The transposed patch matrix (one element, unused, for dense rows: the main loop reads it at function scope)
         patches = T.alloc_buffer((features if im2col else 1, layout.row_blocks * lanes if im2col else 1), "float32")
         if im2col:  # the patch matrix, transposed: one row per feature, contiguous over output pixels
             padded_x = T.alloc_buffer(padded_shape, "float32")

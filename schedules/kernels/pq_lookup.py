@@ -181,7 +181,7 @@ def _tiled_lookup(layout: LookupLayout, m_tile: int, columns: bool):
     return pq_lookup
 
 
-def _output_tile(outputs: int, preferred: int) -> int:
+def output_tile(outputs: int, preferred: int) -> int:
     """The largest divisor of `outputs` not above `preferred` (M need not be a power of two)."""
     return max(t for t in range(1, min(preferred, outputs) + 1) if outputs % t == 0)
 
@@ -196,7 +196,7 @@ def pq_lookup_func(layout: LookupLayout, intrin: LookupIntrin, m_tile: int = 8,
     """
     if layout.lanes != intrin.lanes:
         raise ValueError(f"layout has {layout.lanes} lanes but {intrin.name} looks up {intrin.lanes} rows at once")
-    sch = s_tir.Schedule(_tiled_lookup(layout, _output_tile(layout.outputs, m_tile), columns))
+    sch = s_tir.Schedule(_tiled_lookup(layout, output_tile(layout.outputs, m_tile), columns))
     lookup, epilogue = sch.get_sblock("lookup"), sch.get_sblock("scale")
     _, c, m_inner, i, _ = sch.get_loops(lookup)
     sch.decompose_reduction(lookup, c)

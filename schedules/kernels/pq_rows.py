@@ -13,6 +13,8 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from .pq_lookup import output_tile
+
 # The lookup's accumulators: the largest divisor of M up to this many int32 lanes (four AVX-512 registers).
 MAX_OUTPUT_VECTOR = 64
 
@@ -56,7 +58,7 @@ def pq_encode_rows_func(rows: int, codebooks: int, centroids: int, sub_len: int)
 
 def pq_lookup_rows_func(rows: int, codebooks: int, centroids: int, outputs: int) -> tvm.tirx.PrimFunc:
     """`(codes (N, C) int32, table (C, K, M) int8, scale (M,), bias (M,)) -> y (N, M)`, scheduled."""
-    chunk = max(d for d in range(1, MAX_OUTPUT_VECTOR + 1) if outputs % d == 0)
+    chunk = output_tile(outputs, MAX_OUTPUT_VECTOR)
 
     @T.prim_func
     def pq_lookup_rows(codes: T.Buffer((rows, codebooks), "int32"),

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 # Below this many elements a parallel loop costs more to launch than it saves.
 MIN_PARALLEL_WORK = 4096
+# A block a rule marks with this (MetaSchedule's key) repacks a weight: the `tvm_lut` pipeline splits it into a
+# function of its own and folds it on constant weights, so it is not part of what a model runs.
+WEIGHT_PREPACK = "meta_schedule.layout_rewrite_preproc"
 
 
 def for_target(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:

@@ -31,8 +31,8 @@ from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
 
 from ..target import vector_lanes
-from .common import CPURule, inline_injective, largest_divisor, output_dtype, parallelize, read_stride, static_extent
-from .common import vectorize_innermost
+from .common import CPURule, WEIGHT_PREPACK, inline_injective, largest_divisor, output_dtype, parallelize, read_stride
+from .common import static_extent, vectorize_innermost
 
 # Output pixels per register tile, best first: R accumulator vectors plus a weight vector and a broadcast must
 # fit the 16 vector registers of AVX2, or the 32 of AVX-512 (its wider tile loads each weight vector half as
@@ -131,7 +131,7 @@ class Conv2d(CPURule):
             channels = vector_size = largest_divisor(extents["co"], lanes)
             packed = sch.cache_read(conv.block_rv, weight_index, "global")
             sch.transform_layout(packed, ("write", 0), lambda o, c, y, x: (o // channels, c, y, x, o % channels))
-            sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", 1)
+            sch.annotate(packed, WEIGHT_PREPACK, 1)
 
         co_outer, co_inner = sch.split(loops["co"], [None, channels])
         ow_outer, ow_inner = sch.split(loops["ow"], [None, width])

@@ -54,8 +54,7 @@ def minilm_case(batch: int, args):
         """A head on the live features of `encoder`'s embeddings of the training tweets (`sentiment.DEAD_FEATURE`:
         a constant feature got a weight of 1e30)."""
         features = sentiment.embed(encoder, train_ids, train_mask, batch, desc="head features")
-        live = sentiment.live_features(features)
-        return live, sentiment.train_head(features[:, live], train.labels)
+        return sentiment.train_live_head(features, train.labels)
 
     fp32_head = fit_head(sentiment.torch_encoder(model))
 
@@ -90,7 +89,7 @@ def cnn_case(args):
         model.eval()
     images, labels = test_x[: args.eval_images], test_y[: args.eval_images]
 
-    def score(encoder, own_head: bool = False):  # the CNN's classifier is its last layer, learned with it
+    def score(encoder):  # the classifier is the CNN's last layer (no head to fit, `own_head` is MiniLM's)
         logits = np.concatenate([encoder(images[i : i + 1]) for i in range(len(images))])
         return float((logits.argmax(1) == labels).mean())
 

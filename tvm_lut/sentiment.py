@@ -133,6 +133,12 @@ def live_features(embeddings: np.ndarray) -> np.ndarray:
     return spread > DEAD_FEATURE * np.median(spread)
 
 
+def train_live_head(embeddings: np.ndarray, labels: np.ndarray):
+    """(live feature mask, `train_head` on those features): apply the head to `embeddings[:, live]`."""
+    live = live_features(embeddings)
+    return live, train_head(embeddings[:, live], labels)
+
+
 def accuracy(head, embeddings: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of rows the head labels correctly (a non-finite embedding counts as wrong)."""
     if len(embeddings) != len(labels) or len(labels) == 0:

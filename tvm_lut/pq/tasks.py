@@ -131,15 +131,15 @@ def minilm_task(head_size: int = 1500, calib_size: int = 256, learn_size: int = 
                 batch_size: int = 32, progress: bool = True) -> Task:
     from tvm_lut.datasets.tweets import TweetSet, load_tweets
     from tvm_lut.models.minilm import load_minilm
-    from tvm_lut.sentiment import embed, live_features, torch_encoder, train_head
+    from tvm_lut.sentiment import embed, torch_encoder, train_live_head
 
     splits = load_tweets()
     encoder = load_minilm()
     head_set = splits.train.head(head_size)
     embeddings = embed(torch_encoder(encoder), *head_set.tokens(64), batch_size=32, desc="FP32 embeddings",
                        progress=progress)
-    live = live_features(embeddings)
-    head = linear_from_logistic(train_head(embeddings[:, live], head_set.labels), live)
+    live, logistic = train_live_head(embeddings, head_set.labels)
+    head = linear_from_logistic(logistic, live)
     model = TweetClassifier(encoder, head).eval()
     pool = splits.train.head(head_size + learn_size)
     learn_set = TweetSet(pool.texts[head_size:], pool.labels[head_size:])

@@ -7,5 +7,6 @@ is a Relax pass (`tvm.ir.transform.Pass` over a Relax `IRModule`), usable in any
 from relay_passes.lut_dense import LUTDense
 from relay_passes.lut_nonlinear import LUTNonlinear
 from relay_passes.report import KeptExact, PassReport, Replaced
+from relay_passes.winograd_conv2d import WinogradConv2d
 
-__all__ = ["KeptExact", "LUTDense", "LUTNonlinear", "PassReport", "Replaced"]
+__all__ = ["KeptExact", "LUTDense", "LUTNonlinear", "PassReport", "Replaced", "WinogradConv2d"]

@@ -4,8 +4,9 @@
     tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("tvm_lut", bundle=bundle, database=db_dir))
 
 Phases, in order:
-1. LUT rewrites on high-level Relax: `LUTNonlinear` (when `bundle` is given or `nonlinear=True`; no bundle means
-   the shipped default tables) and `LUTDense` (when the bundle holds `pq` entries).
+1. Rewrites on high-level Relax: `LUTNonlinear` (when `bundle` is given or `nonlinear=True`; no bundle means
+   the shipped default tables) and `LUTDense` (when the bundle holds `pq` entries); then, for the convs that stay
+   exact, `WinogradConv2d` (3x3 stride 1; `winograd=False` keeps every conv direct).
 2. Legalize and fuse: every op becomes a PrimFunc; constant weights are folded (transposes of weights vanish).
 3. Schedules: records of a tuning database when one is given (only read, never written here), then the CPU rules
    (`schedules.ApplyCPUSchedules`) for every function still unscheduled; what no rule fits is reported. Weight
@@ -28,6 +29,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from schedules import ApplyCPUSchedules
 
 from .lut_nonlinear import LUTNonlinear
+from .winograd_conv2d import WinogradConv2d
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,11 @@ def keep_int32_kernels_unfused(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         ):
             mod[gvar] = func.with_attr("op_pattern", _OPAQUE)
     return mod
+
+
+def exact_passes(winograd: bool = True) -> list:
+    """Phase 1, after the LUT rewrites: algorithm choices for the ops that stay exact (3x3 convs to Winograd)."""
+    return [WinogradConv2d()] if winograd else []
 
 
 def legalize_passes() -> list:
@@ -102,9 +109,10 @@ def lowering_passes(target) -> list:
     return cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
 
 
-def prepare(mod: tvm.IRModule, target, bundle=None, nonlinear: bool = False, lut: list | None = None) -> tvm.IRModule:
+def prepare(mod: tvm.IRModule, target, bundle=None, nonlinear: bool = False, lut: list | None = None,
+            winograd: bool = True) -> tvm.IRModule:
     """Phases 1 and 2: the module whose PrimFuncs get scheduled (and tuned: `tvm-lut tune` starts from here)."""
-    passes = lut_passes(bundle, nonlinear) if lut is None else lut
+    passes = lut_passes(bundle, nonlinear) + exact_passes(winograd) if lut is None else lut
     with target:
         return tvm.transform.Sequential(passes + legalize_passes())(mod)
 
@@ -113,8 +121,10 @@ def prepare(mod: tvm.IRModule, target, bundle=None, nonlinear: bool = False, lut
 class LUTPipeline:
     """The four phases above as one pass; `report` describes its last run."""
 
-    def __init__(self, bundle=None, nonlinear: bool = False, database=None, target=None, rules=None):
+    def __init__(self, bundle=None, nonlinear: bool = False, database=None, target=None, rules=None,
+                 winograd: bool = True):
         self.lut = lut_passes(bundle, nonlinear)
+        self.exact = exact_passes(winograd)
         if database is not None and target is not None:  # fail here, not inside the pass (TVM rewraps errors)
             database = _open_database(database, target)
         self.database = database
@@ -125,7 +135,7 @@ class LUTPipeline:
         target = self.target or tvm.target.Target.current(allow_none=True)
         if target is None:
             raise ValueError("the tvm_lut pipeline needs a target: tvm.compile(mod, target=...) or target=...")
-        mod = prepare(mod, target, lut=self.lut)
+        mod = prepare(mod, target, lut=self.lut + self.exact)
         with target:
             if self.database is not None:
                 with _open_database(self.database, target):
@@ -135,10 +145,12 @@ class LUTPipeline:
 
     @property
     def report(self) -> dict:
-        """JSON-ready: each LUT pass's report, the rule that scheduled each function, and what stayed unscheduled."""
+        """JSON-ready: each LUT pass's report, the exact-algorithm passes' ones, the rule that scheduled each function,
+        and what stayed unscheduled."""
         schedules = self.scheduler.report
         return {
             "passes": [p.report.to_dict() for p in self.lut if getattr(p, "report", None) is not None],
+            "exact_passes": [p.report.to_dict() for p in self.exact if p.report is not None],
             "scheduled": dict(schedules.scheduled),
             "already_scheduled": list(schedules.already_scheduled),
             "unscheduled": list(schedules.unscheduled),
@@ -155,6 +167,8 @@ def _open_database(database, target):
 
 
 @relax.register_pipeline("tvm_lut")
-def tvm_lut_pipeline(bundle=None, nonlinear: bool = False, database=None, target=None, rules=None) -> LUTPipeline:
+def tvm_lut_pipeline(bundle=None, nonlinear: bool = False, database=None, target=None, rules=None,
+                     winograd: bool = True) -> LUTPipeline:
     """The `tvm_lut` pipeline (see the module docstring); every argument is optional."""
-    return LUTPipeline(bundle=bundle, nonlinear=nonlinear, database=database, target=target, rules=rules)
+    return LUTPipeline(bundle=bundle, nonlinear=nonlinear, database=database, target=target, rules=rules,
+                       winograd=winograd)

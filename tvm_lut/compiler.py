@@ -21,10 +21,11 @@ class CompileReport:
     """What one `tvm_lut.compile` did; `str()` is a short human summary, `to_dict()` is JSON-ready."""
 
     target: str
-    passes: list[dict]
+    passes: list[dict]  # LUT passes: what became a table lookup, what stayed exact and why
     scheduled: dict[str, str]  # PrimFunc -> the rule that scheduled it
     tuned: list[str]  # PrimFuncs scheduled from the tuning database (or already scheduled kernels)
     unscheduled: list[str]  # PrimFuncs no rule fitted: naive loops, named here and in a warning
+    exact_passes: list[dict] = dataclasses.field(default_factory=list)  # algorithm choices (Winograd convs)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -36,6 +37,10 @@ class CompileReport:
             for entry in report["replaced"]:
                 counts[entry["op"]] = counts.get(entry["op"], 0) + 1
             lines.append(f"{report['pass']}: replaced {counts or 'nothing'}, kept exact {len(report['kept'])}")
+        for report in self.exact_passes:
+            if report["replaced"] or report["kept"]:
+                lines.append(f"{report['pass']}: {len(report['replaced'])} rewritten, {len(report['kept'])} not "
+                             f"({', '.join(sorted({entry['reason'] for entry in report['kept']})) or 'none'})")
         rules = {}
         for rule in self.scheduled.values():
             rules[rule] = rules.get(rule, 0) + 1
@@ -45,7 +50,7 @@ class CompileReport:
 
 
 def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database: str | os.PathLike | None = None,
-            rules=None):  # noqa: A001 - the public name is tvm_lut.compile
+            rules=None, winograd: bool = True):  # noqa: A001 - the public name is tvm_lut.compile
     """Compile a Relax module for the CPU: LUT passes (with `bundle`), schedules, tuning records.
 
     mod: a Relax `IRModule` (e.g. from `tvm_lut.frontend.from_torch` / `from_onnx`), weights bound as constants.
@@ -53,6 +58,8 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
     target: a `tvm.target.Target` or its dict; None means `schedules.host_target()`.
     database: a directory written by `tvm-lut tune` (records of this target are applied first).
     rules: schedule rules to use instead of `schedules.rules.default_rules()`.
+    winograd: exact 3x3 stride-1 convs as Winograd F(2x2, 3x3) kernels (`relay_passes.WinogradConv2d`); False
+        keeps every conv direct.
 
     It also sizes this process's TVM thread pool to the target's cores (`schedules.target.use_runtime_threads`:
     left alone, TVM runs half the logical CPUs of an x86 host); if the pool already runs fewer, it warns.
@@ -79,13 +86,15 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
         use_runtime_threads(target)
     except RuntimeError as error:
         warnings.warn(str(error), RuntimeWarning, stacklevel=2)
-    pipeline = tvm_lut_pipeline(bundle=bundle, nonlinear=nonlinear, database=database, target=target, rules=rules)
+    pipeline = tvm_lut_pipeline(bundle=bundle, nonlinear=nonlinear, database=database, target=target, rules=rules,
+                                winograd=winograd)
     # "compiled": the VM's instruction sequence becomes native code instead of interpreted bytecode (the CNN's 35
     # instructions: 90.1 -> 88.4 us a call at one thread), the same kernels.
     executable = relax.build(mod, target=target, relax_pipeline=pipeline, exec_mode="compiled")
     report = pipeline.report
     executable.lut_report = CompileReport(target=str(target), passes=report["passes"], scheduled=report["scheduled"],
-                                          tuned=report["already_scheduled"], unscheduled=report["unscheduled"])
+                                          tuned=report["already_scheduled"], unscheduled=report["unscheduled"],
+                                          exact_passes=report["exact_passes"])
     return executable
 
 

@@ -1,4 +1,4 @@
-"""2-D convolutions in the forms the importers produce, for `LUTDense`.
+"""2-D convolutions in the forms the importers produce, for `LUTDense` and `WinogradConv2d`.
 
 Both torch.export and ONNX give `R.nn.conv2d(x, W)` (NCHW data, OIHW kernel) with the bias added as
 `R.add(conv, R.reshape(b, (1, O, 1, 1)))` (or an already reshaped constant), in either operand order. Served:
@@ -32,7 +32,7 @@ class ConvMatch:
 
 def _unsupported(attrs) -> str | None:
     if int(attrs.groups) != 1:
-        return f"groups={int(attrs.groups)}: only groups=1 convolutions have PQ kernels"
+        return f"groups={int(attrs.groups)}: only groups=1 convolutions are served"
     layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout or attrs.data_layout)
     if tuple(str(v) for v in layouts) != ("NCHW", "OIHW", "NCHW"):
         return f"layouts {tuple(str(v) for v in layouts)}: only NCHW data with OIHW kernels is served"

@@ -9,10 +9,11 @@ from .conv2d import Conv2d
 from .elementwise import Elementwise
 from .matmul import Matmul
 from .reduction import Reduction
+from .winograd import Winograd
 
 
 def default_rules() -> tuple[CPURule, ...]:
-    return (Matmul(), Conv2d(), Reduction(), Elementwise())
+    return (Winograd(), Matmul(), Conv2d(), Reduction(), Elementwise())
 
 
-__all__ = ["CPURule", "Conv2d", "Elementwise", "Matmul", "Reduction", "default_rules"]
+__all__ = ["CPURule", "Conv2d", "Elementwise", "Matmul", "Reduction", "Winograd", "default_rules"]

@@ -44,40 +44,9 @@ class Matmul(CPURule):
             sch.compute_inline(producer.block_rv)
         epilogue = [info.block_rv for info in inline_injective(sch, blocks[position + 1 :])]
 
-        loops = sch.get_loops(matmul.block_rv)
-        extents = [static_extent(sch, loop) for loop in loops]
-        if None in extents:
+        if any(static_extent(sch, loop) is None for loop in sch.get_loops(matmul.block_rv)):
             return None
-        # One row (a unit row axis is not iterated): a matrix-vector product, whose tile is one row of wider vectors.
-        *batch_loops, i, j, kk = loops if has_rows else [*loops[:-2], None, *loops[-2:]]
-        m, n, k = (extents[-3] if has_rows else 1), extents[-2], extents[-1]
-        lanes = vector_lanes(target, output_dtype(sch, matmul.block_rv))
-        row_tile = next(r for r in ROW_TILES if m % r == 0)
-        col_tile = largest_divisor(n, (2 if has_rows else ROWLESS_VECTORS) * lanes)
-        k_unroll = largest_divisor(k, K_UNROLL)
-
-        row_outer, row_inner = ([loop] for loop in sch.split(i, [None, row_tile])) if has_rows else ([], [])
-        jo, ji = sch.split(j, [None, col_tile])
-        ko, ki = sch.split(kk, [None, k_unroll])
-        sch.reorder(*batch_loops, jo, *row_outer, ko, ki, *row_inner, ji)
-        tile_loops = [*batch_loops, jo, *row_outer]
-        tile_loop = sch.fuse(*tile_loops) if len(tile_loops) > 1 else jo
-        if not epilogue:  # write C through a register tile
-            epilogue = [sch.cache_write(matmul.block_rv, 0, "global")]
-        for block in epilogue:
-            sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
-            *rows, cols = sch.get_loops(block)[1:]
-            vectorize_innermost(sch, cols, lanes)
-            for row in rows:
-                sch.unroll(row)
-
-        parallelize(sch, tile_loop, m * n * k, target)
-        sch.vectorize(ji)
-        for row in row_inner:
-            sch.unroll(row)
-        sch.unroll(ki)
-        init = sch.decompose_reduction(matmul.block_rv, ko)
-        vectorize_innermost(sch, sch.get_loops(init)[-1], lanes)
+        register_tile(sch, matmul.block_rv, epilogue, has_rows, target)
         return sch
 
     @staticmethod
@@ -101,3 +70,41 @@ class Matmul(CPURule):
             return True
         # One row: every other axis must index both operands (a batch), or this is no matmul (e.g. a 1x1 conv).
         return False if all(b in lhs and b in rhs for b in [*batch, i] if b is not None) else None
+
+
+def register_tile(sch: s_tir.Schedule, block, epilogue: list, has_rows: bool, target: Target) -> None:
+    """Schedule the matmul `block` (loops `[batch.., [i,] j, k]`, static extents) as the module docstring says:
+    MR x NR register tiles in parallel, `epilogue` (blocks consuming C, or none: C is written through a tile)
+    computed per tile."""
+    loops = sch.get_loops(block)
+    extents = [static_extent(sch, loop) for loop in loops]
+    # One row (a unit row axis is not iterated): a matrix-vector product, whose tile is one row of wider vectors.
+    *batch_loops, i, j, kk = loops if has_rows else [*loops[:-2], None, *loops[-2:]]
+    m, n, k = (extents[-3] if has_rows else 1), extents[-2], extents[-1]
+    lanes = vector_lanes(target, output_dtype(sch, block))
+    row_tile = next(r for r in ROW_TILES if m % r == 0)
+    col_tile = largest_divisor(n, (2 if has_rows else ROWLESS_VECTORS) * lanes)
+    k_unroll = largest_divisor(k, K_UNROLL)
+
+    row_outer, row_inner = ([loop] for loop in sch.split(i, [None, row_tile])) if has_rows else ([], [])
+    jo, ji = sch.split(j, [None, col_tile])
+    ko, ki = sch.split(kk, [None, k_unroll])
+    sch.reorder(*batch_loops, jo, *row_outer, ko, ki, *row_inner, ji)
+    tile_loops = [*batch_loops, jo, *row_outer]
+    tile_loop = sch.fuse(*tile_loops) if len(tile_loops) > 1 else jo
+    if not epilogue:  # write C through a register tile
+        epilogue = [sch.cache_write(block, 0, "global")]
+    for consumer in epilogue:
+        sch.reverse_compute_at(consumer, tile_loop, preserve_unit_loops=True)
+        *rows, cols = sch.get_loops(consumer)[1:]
+        vectorize_innermost(sch, cols, lanes)
+        for row in rows:
+            sch.unroll(row)
+
+    parallelize(sch, tile_loop, m * n * k, target)
+    sch.vectorize(ji)
+    for row in row_inner:
+        sch.unroll(row)
+    sch.unroll(ki)
+    init = sch.decompose_reduction(block, ko)
+    vectorize_innermost(sch, sch.get_loops(init)[-1], lanes)

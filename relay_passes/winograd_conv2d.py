@@ -8,9 +8,9 @@ direct conv; the CNN's 32->64 14x14 conv measured 42.8 -> 29 us at one thread (s
 
 Matched in every form the importers give (`relay_passes.patterns.conv2d`: the bare `R.nn.conv2d`; a bias add stays
 a separate op and fuses later). Served: float32, static shapes, groups 1, NCHW / OIHW, 3x3, stride 1, dilation 1,
-at least `MIN_CHANNELS` input channels (with fewer, the transforms cost more than the multiply-adds they save). The
-report lists the others with the reason they keep the direct conv; they are logged at INFO, not as warnings, since
-a direct conv is exact too.
+at least `MIN_CHANNELS` input channels (with fewer, the transforms cost more than the multiply-adds they save),
+at least 2 output channels and two output tiles. The report lists the others with the reason they keep the direct
+conv; they are logged at INFO, not as warnings, since a direct conv is exact too.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def _unserved(match, matched) -> str | None:
                 f"{match.dilation}: Winograd F(2x2, 3x3) serves 3x3, stride 1, dilation 1")
     if match.weight.shape[1] < MIN_CHANNELS:
         return f"{match.weight.shape[1]} input channel(s): below {MIN_CHANNELS} the transforms cost more than they save"
-    if 0 in static_shape(matched):
-        return "empty output: nothing to compute"
+    batch, out_channels, out_h, out_w = static_shape(matched)
+    if min(out_channels, out_h, out_w) < 2 or batch * out_h * out_w <= 4:
+        return f"output {static_shape(matched)}: too small to tile (needs 2 channels and two 2x2 tiles)"
     return None

@@ -7,7 +7,8 @@
 For MiniLM-L6 (batch 8 x 64 and 1 x 64 tokens) and the Fashion-MNIST CNN, each row is one engine on the same inputs
 and thread count (`--threads`, TVM's runtime pool included; 1 reads kernel quality on a busy machine): PyTorch fp32,
 ONNX Runtime fp32 and int8 (dynamic quantization), stock TVM (its default CPU pipeline, which schedules nothing),
-TVM with our schedule rules on the exact model, with tuning records (`--database`, written by `tvm-lut tune`; only
+TVM with our schedule rules on the exact model (3x3 convs as Winograd kernels; for a model that has them, also
+with every conv direct: `tvm rules direct conv`), with tuning records (`--database`, written by `tvm-lut tune`; only
 read here), with NN-LUT (the shipped tables), and with NN-LUT + PQ (`--bundle MODEL=PATH`, written by `tvm-lut
 learn`; its NN-LUT tables, or the shipped ones when it has none). A bundle fits the weights it was learned with
 (`tvm-lut learn` trains them with the tables and writes them beside it): `--pq-weights MODEL=PATH` gives them to
@@ -162,7 +163,10 @@ def engines(model, example, bundle: Path | None, args, workdir: Path, bundle_mod
     yield "ort int8", ort_run(int8_path), int8_path.stat().st_size
     mod = from_torch(model, example)
     yield "tvm stock", *tvm_run(tvm.compile(mod, target=target), "stock")
-    yield "tvm rules", *tvm_run(tvm_lut.compile(mod, target=target), "rules")
+    rules = tvm_lut.compile(mod, target=target)
+    yield "tvm rules", *tvm_run(rules, "rules")
+    if any(report["replaced"] for report in rules.lut_report.exact_passes):  # Winograd convs: the direct ones too
+        yield "tvm rules direct conv", *tvm_run(tvm_lut.compile(mod, target=target, winograd=False), "direct")
     if args.database is not None:
         yield "tvm tuned", *tvm_run(tvm_lut.compile(mod, target=target, database=args.database), "tuned")
     yield "tvm nn-lut", *tvm_run(tvm_lut.compile(mod, target=target, nonlinear=True), "nnlut")

@@ -116,7 +116,8 @@ def run(args) -> int:
     from tvm_lut.tune import import_model
 
     mod = import_model(args.model, args.batch, args.length)
-    executable = compile(mod, args.bundle, host_target(args.threads), nonlinear=args.nonlinear, database=args.db)
+    executable = compile(mod, args.bundle, host_target(args.threads), nonlinear=args.nonlinear, database=args.db,
+                         winograd=args.winograd)
     executable.export_library(args.output)
     print(executable.lut_report)
     print(f"wrote {args.output}")

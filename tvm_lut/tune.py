@@ -20,6 +20,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", help="a LUT bundle (.safetensors): compile with its tables")
     parser.add_argument("--nonlinear", action="store_true", help="NN-LUT with the shipped tables (no bundle)")
     parser.add_argument("--threads", type=int, help="threads of the target (default: the cores this process may use)")
+    parser.add_argument("--no-winograd", dest="winograd", action="store_false",
+                        help="keep 3x3 convs direct (default: Winograd F(2x2, 3x3) kernels, relay_passes.WinogradConv2d)")
 
 
 def import_model(spec: str, batch: int = 8, length: int = 64):
@@ -61,7 +63,8 @@ def run(args) -> int:
 
     target = host_target(args.threads)
     bundle = Bundle.load(args.bundle) if args.bundle else None
-    mod = prepare(import_model(args.model, args.batch, args.length), target, bundle=bundle, nonlinear=args.nonlinear)
+    mod = prepare(import_model(args.model, args.batch, args.length), target, bundle=bundle, nonlinear=args.nonlinear,
+                  winograd=args.winograd)
     results = tune(mod, target, args.db, trials_per_task=args.trials, num_trials_per_iter=args.trials_per_iter)
     for result in results:
         gain = f"{result.rule_ms / result.best_ms:.2f}x vs rules" if result.rule_ms and result.best_ms else ""

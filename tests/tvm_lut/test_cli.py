@@ -56,5 +56,8 @@ def test_compile_builds_the_builtin_cnn_and_rejects_unknown_models(tmp_path, cap
     library = tmp_path / "cnn.so"
     assert cli.main(["compile", "fashion-cnn", "--batch", "1", "-o", str(library)]) == 0
     assert library.stat().st_size > 0
+    assert "WinogradConv2d: 1 rewritten" in capsys.readouterr().out
+    assert cli.main(["compile", "fashion-cnn", "--batch", "1", "--no-winograd", "-o", str(library)]) == 0
+    assert "Winograd" not in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown model 'resnet'"):
         cli.main(["compile", "resnet", "-o", str(tmp_path / "x.so")])

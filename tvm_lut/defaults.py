@@ -5,7 +5,7 @@ over its generic default range (`tvm_lut.functions`), learned by the same traine
 Regenerate them with `python -m tvm_lut.defaults` (about 10 s); `--check` refits and compares without writing.
 
 The fit is deterministic on one platform (float64, one thread, fixed seed), so a refit reproduces the shipped
-file bit for bit when the torch build and CPU capability match those recorded in its provenance. Elsewhere,
+file bit for bit when the torch build, CPU capability and CPU match those recorded in its provenance. Elsewhere,
 float64 kernels may round differently and the optimizer, which has many near-equal optima, can end elsewhere;
 there a refit is only required to be as accurate (every table within its function's threshold).
 """
@@ -28,10 +28,23 @@ def default_bundle() -> Bundle:
 
 
 def fit_platform() -> dict[str, str]:
-    """What a bit-for-bit reproduction of a fit needs to share: the torch build and its CPU kernels."""
+    """What a bit-for-bit reproduction of a fit needs to share: the torch build, its CPU kernels and the CPU
+    (an Intel and an AMD CPU with the same capability ran different kernels and fitted different tables)."""
+    import platform
+
     import torch
 
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu": _cpu_model() or platform.machine()}
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name as Linux reports it (None elsewhere)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def fit_default_bundle(progress: bool = True) -> Bundle:

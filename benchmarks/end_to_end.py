@@ -64,7 +64,8 @@ def minilm_case(batch: int, args):
         embeddings = sentiment.embed(encoder, test_ids, test_mask, batch, desc="scoring")
         return sentiment.accuracy(head, embeddings[:, live], test.labels)
 
-    example = (torch.from_numpy(test_ids[:batch].copy()), torch.from_numpy(test_mask[:batch].copy()))
+    example_ids, example_mask = splits.test.head(batch).tokens(64)  # held-out tweets, also with --eval-texts 0
+    example = (torch.from_numpy(example_ids.copy()), torch.from_numpy(example_mask.copy()))
     return model, example, score
 
 

@@ -14,7 +14,7 @@ from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
 
 from ..target import vector_lanes
-from .common import CPURule, inline_injective, largest_divisor, output_dtype, parallelize, static_extent, vectorize_innermost
+from .common import WEIGHT_PREPACK, CPURule, inline_injective, largest_divisor, output_dtype, parallelize, static_extent, vectorize_innermost
 
 # Rows of C per register tile, best first: MR x 2 vectors of accumulators, plus 2 B vectors and a broadcast,
 # must fit the 16 (AVX2) or 32 (AVX-512) vector registers.
@@ -22,6 +22,8 @@ ROW_TILES = (8, 6, 4, 7, 5, 3, 2, 1)
 K_UNROLL = 4
 # Vectors of C per tile of a one-row product: more independent accumulators hide the multiply-add latency.
 ROWLESS_VECTORS = 4
+# Right operands of at least this many elements (256 KiB of float32) are repacked into panels (`_prepack_weight`).
+PREPACK_MIN_ELEMENTS = 64 * 1024
 
 
 def _index_vars(region) -> list:
@@ -46,7 +48,8 @@ class Matmul(CPURule):
 
         if any(static_extent(sch, loop) is None for loop in sch.get_loops(matmul.block_rv)):
             return None
-        register_tile(sch, matmul.block_rv, epilogue, has_rows, target)
+        col_tile = register_tile(sch, matmul.block_rv, epilogue, has_rows, target)
+        _prepack_weight(sch, matmul.block_rv, col_tile)
         return sch
 
     @staticmethod
@@ -72,10 +75,10 @@ class Matmul(CPURule):
         return False if all(b in lhs and b in rhs for b in [*batch, i] if b is not None) else None
 
 
-def register_tile(sch: s_tir.Schedule, block, epilogue: list, has_rows: bool, target: Target) -> None:
+def register_tile(sch: s_tir.Schedule, block, epilogue: list, has_rows: bool, target: Target) -> int:
     """Schedule the matmul `block` (loops `[batch.., [i,] j, k]`, static extents) as the module docstring says:
     MR x NR register tiles in parallel, `epilogue` (blocks consuming C, or none: C is written through a tile)
-    computed per tile."""
+    computed per tile. Returns NR."""
     loops = sch.get_loops(block)
     extents = [static_extent(sch, loop) for loop in loops]
     # One row (a unit row axis is not iterated): a matrix-vector product, whose tile is one row of wider vectors.
@@ -108,3 +111,27 @@ def register_tile(sch: s_tir.Schedule, block, epilogue: list, has_rows: bool, ta
     sch.unroll(ki)
     init = sch.decompose_reduction(block, ko)
     vectorize_innermost(sch, sch.get_loops(init)[-1], lanes)
+    return col_tile
+
+
+def _prepack_weight(sch: s_tir.Schedule, block, col_tile: int) -> None:
+    """Lay a 2-D right operand (a dense layer's weight) out as `[N / NR, K, NR]` panels, in a block marked as
+    weight repacking that the pipeline folds at compile time on a constant weight.
+
+    A tile reads its `K x NR` panel of B one row of NR floats at a time; in `(K, N)` order those rows lie N floats
+    apart, a new page every few rows, which the hardware prefetcher does not follow: with the weights out of cache
+    (a whole model's do not fit), MiniLM's 64x384x1536 layer took 912 us instead of 595. A panel in one contiguous
+    run streams. Small weights (under PREPACK_MIN_ELEMENTS, which stay in cache) and batched ones are left alone.
+    """
+    reads = sch.get(block).reads
+    index = next((k for k, read in enumerate(reads) if _index_vars(read)[-1:] == [sch.get(block).iter_vars[-2].var]
+                  and not read.source.same_as(sch.get(block).writes[0].source)), None)
+    if index is None or col_tile < 2:
+        return
+    weight = reads[index].source
+    shape = [int(d) for d in weight.shape]
+    if len(shape) != 2 or shape[0] * shape[1] < PREPACK_MIN_ELEMENTS:
+        return
+    packed = sch.cache_read(block, index, "global")
+    sch.transform_layout(packed, ("write", 0), lambda k, n: (n // col_tile, k, n % col_tile))
+    sch.annotate(packed, WEIGHT_PREPACK, 1)

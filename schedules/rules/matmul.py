@@ -7,6 +7,8 @@ Schedule (a register-tiled micro-kernel, as in BLIS/oneDNN): an `MR x NR` tile o
 broadcast into a fused multiply-add; k is unrolled; tiles run in parallel; the epilogue is applied to each tile
 while it is hot, so the intermediate C is never written to memory. A product with a single row of A (a dense layer
 at batch 1: the unit row axis is not iterated) gets one-row tiles of ROWLESS_VECTORS vectors instead.
+A large 2-D right operand (a dense layer's weight) is read as `[N / NR, K, NR]` panels, repacked in a block the
+`tvm_lut` pipeline folds at compile time on a constant weight (`_prepack_weight`).
 """
 
 from tvm import s_tir, tirx

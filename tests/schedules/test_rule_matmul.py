@@ -1,8 +1,11 @@
 import numpy as np
 import pytest
-from tvm import te, topi
+import tvm
+from tvm import relax, te, topi
 
+from relay_passes.pipeline import tvm_lut_pipeline
 from schedules.rules import Matmul
+from schedules.rules.common import WEIGHT_PREPACK
 from tests.schedules.rule_harness import TARGET, loop_kinds, run, scheduled
 
 RNG = np.random.default_rng(2)
@@ -86,3 +89,34 @@ def test_one_row_matmul_is_vectorized():
 def test_declines_a_one_by_one_convolution():
     x, w = te.placeholder((1, 64, 7, 7), name="x"), te.placeholder((64, 64, 1, 1), name="w")
     assert Matmul().apply(te.create_prim_func([x, w, topi.nn.conv2d_nchw(x, w, 1, 0, 1)]), TARGET, False) is None
+
+
+@pytest.mark.parametrize("a_shape, b_shape, packed", [
+    ((64, 384), (384, 1536), True),  # a dense layer's weight: panels
+    ((1, 576), (576, 128), True),  # one row: panels of the wider one-row tile
+    ((64, 96), (96, 128), False),  # 12Ki elements: stays in cache, left alone
+    ((12, 64, 32), (12, 32, 256), False),  # batched right operand (attention): left alone
+])
+def test_repacks_only_large_two_dimensional_weights(a_shape, b_shape, packed):
+    a, b = te.placeholder(a_shape, name="a"), te.placeholder(b_shape, name="b")
+    func = scheduled(Matmul(), te.create_prim_func([a, b, _matmul(a, b)]))
+    assert (WEIGHT_PREPACK in func.script()) == packed
+    x, w = RNG.standard_normal(a_shape, dtype="float32"), RNG.standard_normal(b_shape, dtype="float32")
+    np.testing.assert_allclose(run(func, x, w), x @ w, rtol=1e-4, atol=1e-4)
+
+
+def test_the_pipeline_folds_a_constant_weight_into_panels():
+    """Through the `tvm_lut` pipeline a constant weight is repacked once at compile time: no repacking call runs."""
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((64, 384), "float32"))
+    weight = RNG.standard_normal((384, 1536), dtype="float32")
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            out = builder.emit_output(builder.emit(relax.op.nn.relu(relax.op.matmul(x, relax.const(weight)))))
+        builder.emit_func_output(out)
+    executable = tvm.compile(builder.get(), target=TARGET, relax_pipeline=tvm_lut_pipeline(target=TARGET))
+    calls = executable.as_text().split("@main:")[1].split("\n\n")[0]
+    assert "_prepacked" in calls and "_weight_prepack" not in calls
+    data = RNG.standard_normal((64, 384), dtype="float32")
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    np.testing.assert_allclose(got, np.maximum(data @ weight, 0), rtol=1e-4, atol=1e-4)

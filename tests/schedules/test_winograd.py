@@ -1,11 +1,14 @@
 """The Winograd F(2x2, 3x3) kernel, unscheduled and under the `Winograd` rule, against a direct NumPy conv on odd
-shapes, both x86 vector widths and edge inputs; the rule declines what is not one Winograd conv."""
+shapes, both x86 vector widths, NEON (on the emulated aarch64 device) and edge inputs; the rule declines what is
+not one Winograd conv."""
 
 import numpy as np
 import pytest
+import tvm
 from tvm import te, topi
 from tvm.target import Target
 
+from schedules import rpc
 from schedules.kernels.winograd import winograd_conv2d_func, winograd_weight
 from schedules.rules import Conv2d, Winograd, default_rules
 from tests.schedules.rule_harness import TARGET, loop_kinds, run, scheduled
@@ -109,3 +112,25 @@ def test_declines_what_is_not_one_winograd_conv():
     assert Conv2d().apply(winograd_conv2d_func((1, 8, 6, 6), 4, (0, 0, 0, 0)), TARGET, False) is None
     # a single tile: no pixel axis to tile (WinogradConv2d leaves such convs direct)
     assert Winograd().apply(winograd_conv2d_func((1, 8, 4, 4), 4, (0, 0, 0, 0)), TARGET, False) is None
+
+
+def test_neon_build_uses_vector_fma():
+    func = scheduled(Winograd(), winograd_conv2d_func((1, 16, 8, 8), 8, (1, 1, 1, 1)), rpc.ARM_TARGET)
+    asm = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=rpc.ARM_TARGET)
+    assert "fmla" in asm.mod.inspect_source("asm")
+
+
+@pytest.mark.arm
+def test_on_the_aarch64_device():
+    reason = rpc.missing()
+    if reason:
+        pytest.skip(reason)
+    shape, co, padding = (1, 16, 7, 9), 12, (1, 1, 1, 1)
+    x = RNG.standard_normal(shape, dtype="float32")
+    w = RNG.standard_normal((co, shape[1], 3, 3), dtype="float32")
+    expected = _reference(x, w, padding)
+    func = scheduled(Winograd(), winograd_conv2d_func(shape, co, padding), rpc.ARM_TARGET)
+    with rpc.emulated_device() as session:
+        *_, out = rpc.run_remote(session, tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), "main",
+                                 [x, winograd_weight(w), np.zeros(expected.shape, np.float32)])
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

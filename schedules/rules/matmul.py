@@ -16,7 +16,8 @@ from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
 
 from ..target import vector_lanes
-from .common import WEIGHT_PREPACK, CPURule, inline_injective, largest_divisor, output_dtype, parallelize, static_extent, vectorize_innermost
+from .common import WEIGHT_PREPACK, CPURule, inline_injective, largest_divisor, output_dtype, parallelize, static_extent
+from .common import vectorize_innermost
 
 # Rows of C per register tile, best first: MR x 2 vectors of accumulators, plus 2 B vectors and a broadcast,
 # must fit the 16 (AVX2) or 32 (AVX-512) vector registers.
@@ -125,13 +126,13 @@ def _prepack_weight(sch: s_tir.Schedule, block, col_tile: int) -> None:
     (a whole model's do not fit), MiniLM's 64x384x1536 layer took 912 us instead of 595. A panel in one contiguous
     run streams. Small weights (under PREPACK_MIN_ELEMENTS, which stay in cache) and batched ones are left alone.
     """
-    reads = sch.get(block).reads
-    index = next((k for k, read in enumerate(reads) if _index_vars(read)[-1:] == [sch.get(block).iter_vars[-2].var]
-                  and not read.source.same_as(sch.get(block).writes[0].source)), None)
+    stmt = sch.get(block)
+    j = stmt.iter_vars[-2].var  # iterators (.., j, k): B is the operand read along j
+    index = next((k for k, read in enumerate(stmt.reads)
+                  if _index_vars(read)[-1:] == [j] and not read.source.same_as(stmt.writes[0].source)), None)
     if index is None or col_tile < 2:
         return
-    weight = reads[index].source
-    shape = [int(d) for d in weight.shape]
+    shape = [int(d) for d in stmt.reads[index].source.shape]
     if len(shape) != 2 or shape[0] * shape[1] < PREPACK_MIN_ELEMENTS:
         return
     packed = sch.cache_read(block, index, "global")

@@ -81,3 +81,20 @@ def test_cli_tune_then_compile_an_onnx_file(head, tmp_path, capsys):
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(tmp_path / "head.so")), tvm.cpu())
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x.numpy())).numpy(), expected, rtol=1e-4, atol=1e-6)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_an_empty_batch_compiles_and_runs():
+    """Zero rows: no rule schedules an empty function (splitting a loop of extent 0 divided by zero); they stay
+    naive, are reported, and run zero times."""
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((0, 384), "float32"))
+    weight = relax.const(np.ones((384, 384), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            out = builder.emit_output(builder.emit(relax.op.nn.gelu(relax.op.matmul(x, weight))))
+        builder.emit_func_output(out)
+    with pytest.warns(UserWarning, match="left naive"):
+        executable = tvm_lut.compile(builder.get(), target=host_target())
+    assert executable.lut_report.unscheduled
+    result = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(np.zeros((0, 384), "float32")))
+    assert result.numpy().shape == (0, 384)

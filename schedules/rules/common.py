@@ -1,9 +1,9 @@
 """What every CPU rule shares: the rule base class, block analysis, and the loop moves (vectorize, parallel).
 
 `CPURule.apply` follows dlight's contract: it returns a `Schedule`, or `None` when the rule does not fit the
-function (an empty one, with a loop of extent 0, fits none: its naive loops run zero times). Subclasses implement
-`schedule(sch, blocks, target)`; a schedule primitive that refuses (a `ScheduleError`) also means "does not fit", so
-no rule ever raises on a function it cannot handle.
+function. Subclasses implement `schedule(sch, blocks, target)`; a schedule primitive that refuses (a
+`ScheduleError`) also means "does not fit", so no rule ever raises on a function it cannot handle. Rules that
+tile decline an empty function (`has_empty_loop`): its naive loops run zero times.
 """
 
 import logging
@@ -40,7 +40,7 @@ class CPURule(ScheduleRule):
             return None
         sch = s_tir.Schedule(for_target(func, target))
         blocks = normalize_prim_func(sch)
-        if not blocks or _empty(sch, blocks):
+        if not blocks:
             return None
         try:
             return self.schedule(sch, blocks, target)
@@ -52,7 +52,7 @@ class CPURule(ScheduleRule):
         raise NotImplementedError
 
 
-def _empty(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> bool:
+def has_empty_loop(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> bool:
     """A loop of extent 0: nothing to compute, and splitting or fusing it would divide by zero."""
     return any(static_extent(sch, loop) == 0 for info in blocks for loop in sch.get_loops(info.block_rv))
 

@@ -4,8 +4,8 @@ import tvm
 from tvm import te, topi
 
 from schedules import ApplyCPUSchedules, UnscheduledWarning, host_target
-from schedules.rules import Elementwise
-from tests.schedules.rule_harness import run
+from schedules.rules import Elementwise, default_rules
+from tests.schedules.rule_harness import TARGET, run
 
 
 def _module(**funcs) -> tvm.IRModule:
@@ -81,3 +81,23 @@ def test_a_single_row_softmax_is_scheduled_and_still_correct():
     with np.errstate(invalid="ignore"):
         expected = np.exp(data - data.max()) / np.exp(data - data.max()).sum()
     np.testing.assert_allclose(run(mod["single_row"], data), expected)
+
+
+def _empty_functions():
+    """Zero-size functions of every op class: a matmul with no rows, a conv with no images, a softmax and an
+    add with no rows."""
+    a, b = te.placeholder((0, 64), name="a"), te.placeholder((64, 32), name="b")
+    r = te.reduce_axis((0, 64), "r")
+    yield te.create_prim_func([a, b, te.compute((0, 32), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r))])
+    x, w = te.placeholder((0, 8, 6, 6), name="x"), te.placeholder((4, 8, 3, 3), name="w")
+    yield te.create_prim_func([x, w, topi.nn.conv2d_nchw(x, w, 1, 1, 1)])
+    yield te.create_prim_func([a, topi.nn.softmax(a)])
+    yield te.create_prim_func([a, topi.add(a, a)])
+
+
+@pytest.mark.parametrize("func", list(_empty_functions()), ids=["matmul", "conv2d", "softmax", "add"])
+def test_no_rule_raises_on_an_empty_function(func):
+    for rule in default_rules():
+        sch = rule.apply(func, TARGET, False)
+        if sch is not None:  # a rule that serves it builds it
+            tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target=TARGET)

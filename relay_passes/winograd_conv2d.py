@@ -77,15 +77,15 @@ def _unserved(match, matched) -> str | None:
     """Why the conv keeps the direct algorithm, or None when the Winograd kernel serves it."""
     if str(getattr(matched.ty, "dtype", "")) != "float32" or str(match.x.ty.dtype) != "float32":
         return f"dtype {matched.ty.dtype}: the Winograd kernel computes in float32"
-    x_shape = static_shape(match.x)
-    if x_shape is None or static_shape(matched) is None:
+    out_shape = static_shape(matched)
+    if static_shape(match.x) is None or out_shape is None:
         return "dynamic shape: the Winograd kernel needs static shapes"
     if match.weight.shape[2:] != (3, 3) or match.stride != (1, 1) or match.dilation != (1, 1):
         return (f"{match.weight.shape[2]}x{match.weight.shape[3]} kernel, stride {match.stride}, dilation "
                 f"{match.dilation}: Winograd F(2x2, 3x3) serves 3x3, stride 1, dilation 1")
     if match.weight.shape[1] < MIN_CHANNELS:
         return f"{match.weight.shape[1]} input channel(s): below {MIN_CHANNELS} the transforms cost more than they save"
-    batch, out_channels, out_h, out_w = static_shape(matched)
+    batch, out_channels, out_h, out_w = out_shape
     if min(out_channels, out_h, out_w) < 2 or batch * out_h * out_w <= 4:
-        return f"output {static_shape(matched)}: too small to tile (needs 2 channels and two 2x2 tiles)"
+        return f"output {out_shape}: too small to tile (needs 2 channels and two 2x2 tiles)"
     return None

@@ -40,11 +40,6 @@ def winograd_weight(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(transformed.reshape(_INPUT * _INPUT, weight.shape[1], weight.shape[0]), np.float32)
 
 
-def tiles(out_h: int, out_w: int) -> tuple[int, int]:
-    """Output tiles along the height and the width (a last, partial tile is computed and cut)."""
-    return -(-out_h // TILE), -(-out_w // TILE)
-
-
 def _int64(*dims: int) -> tuple:
     """int64 extents, as legalized ops have: FuseTIR merges only functions that index alike."""
     return tuple(tirx.IntImm("int64", d) for d in dims)
@@ -74,7 +69,7 @@ def winograd_conv2d_func(input_shape: tuple[int, int, int, int], out_channels: i
     out_h, out_w = height + top + bottom - 2, width + left + right - 2
     if min(n, channels, out_channels, out_h, out_w) < 1:
         raise ValueError(f"empty Winograd conv: input {input_shape}, padding {padding}, {out_channels} filters")
-    tiles_h, tiles_w = tiles(out_h, out_w)
+    tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)  # a last, partial tile is computed and cut
     pixels = n * tiles_h * tiles_w
     x = te.placeholder(_int64(n, channels, height, width), "float32", name="x")
     u = te.placeholder(_int64(_INPUT * _INPUT, channels, out_channels), "float32", name="u")

@@ -2,8 +2,9 @@
 
 `CPURule.apply` follows dlight's contract: it returns a `Schedule`, or `None` when the rule does not fit the
 function. Subclasses implement `schedule(sch, blocks, target)`; a schedule primitive that refuses (a
-`ScheduleError`) also means "does not fit", so no rule ever raises on a function it cannot handle. Rules that
-tile decline an empty function (`has_empty_loop`): its naive loops run zero times.
+`ScheduleError`) also means "does not fit", so no rule ever raises on a function it cannot handle. An empty
+function (a loop of extent 0) fits only rules that say `serves_empty`: splitting or fusing an empty loop divides by
+zero, and its naive loops run zero times anyway.
 """
 
 import logging
@@ -35,12 +36,14 @@ def for_target(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
 class CPURule(ScheduleRule):
     """A schedule rule for LLVM (CPU) targets; see the module docstring for the contract."""
 
+    serves_empty = False  # whether `schedule` handles loops of extent 0
+
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
         sch = s_tir.Schedule(for_target(func, target))
         blocks = normalize_prim_func(sch)
-        if not blocks:
+        if not blocks or (not self.serves_empty and _has_empty_loop(sch, blocks)):
             return None
         try:
             return self.schedule(sch, blocks, target)
@@ -52,8 +55,8 @@ class CPURule(ScheduleRule):
         raise NotImplementedError
 
 
-def has_empty_loop(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> bool:
-    """A loop of extent 0: nothing to compute, and splitting or fusing it would divide by zero."""
+def _has_empty_loop(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> bool:
+    """A loop of extent 0 in any block."""
     return any(static_extent(sch, loop) == 0 for info in blocks for loop in sch.get_loops(info.block_rv))
 
 

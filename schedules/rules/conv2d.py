@@ -32,7 +32,7 @@ from tvm.target import Target
 
 from ..target import vector_lanes
 from .common import CPURule, WEIGHT_PREPACK, inline_injective, largest_divisor, output_dtype, parallelize, read_stride
-from .common import has_empty_loop, static_extent, vectorize_innermost
+from .common import static_extent, vectorize_innermost
 
 # Output pixels per register tile, best first: R accumulator vectors plus a weight vector and a broadcast must
 # fit the 16 vector registers of AVX2, or the 32 of AVX-512 (its wider tile loads each weight vector half as
@@ -103,7 +103,7 @@ class Conv2d(CPURule):
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
         reductions = [info for info in blocks if not info.is_injective()]
-        if len(reductions) != 1 or has_empty_loop(sch, blocks):
+        if len(reductions) != 1:
             return None
         conv = reductions[0]
         matched = _axes(sch, conv)

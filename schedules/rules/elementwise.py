@@ -18,6 +18,8 @@ from .common import CPURule, inline_injective, output_dtype, parallelize, static
 class Elementwise(CPURule):
     """Injective functions: fuse the spatial loops, vectorize the inner part, parallelize the outer part."""
 
+    serves_empty = True  # its vector split falls back to scalar on an extent of 0
+
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
         if not all(info.is_injective() for info in blocks):
             return None

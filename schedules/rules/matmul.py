@@ -17,7 +17,7 @@ from tvm.target import Target
 
 from ..target import vector_lanes
 from .common import WEIGHT_PREPACK, CPURule, inline_injective, largest_divisor, output_dtype, parallelize, static_extent
-from .common import has_empty_loop, vectorize_innermost
+from .common import vectorize_innermost
 
 # Rows of C per register tile, best first: MR x 2 vectors of accumulators, plus 2 B vectors and a broadcast,
 # must fit the 16 (AVX2) or 32 (AVX-512) vector registers.
@@ -38,7 +38,7 @@ class Matmul(CPURule):
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
         reductions = [info for info in blocks if not info.is_injective()]
-        if len(reductions) != 1 or has_empty_loop(sch, blocks):
+        if len(reductions) != 1:
             return None
         matmul = reductions[0]
         has_rows = self._has_rows(sch, matmul)

@@ -17,7 +17,7 @@ from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
 
 from ..target import vector_lanes
-from .common import CPURule, has_empty_loop, inline_injective, largest_divisor, parallelize, static_extent
+from .common import CPURule, inline_injective, largest_divisor, parallelize, static_extent
 from .matmul import register_tile
 
 STAGES = ("winograd_data", "winograd_input", "winograd_product", "winograd_output")
@@ -30,12 +30,8 @@ class Winograd(CPURule):
         names = [sch.get(info.block_rv).name_hint for info in blocks]
         if len(blocks) < len(STAGES) or not all(name.startswith(stage) for name, stage in zip(names, STAGES)):
             return None
-        if has_empty_loop(sch, blocks):
-            return None
         if any(name.startswith(STAGES) for name in names[len(STAGES) :]):
             return None  # a second Winograd conv fused in: not one this rule knows how to order
-        if any(static_extent(sch, loop) is None for info in blocks for loop in sch.get_loops(info.block_rv)):
-            return None
         output = blocks[len(STAGES) - 1]
         if inline_injective(sch, blocks[len(STAGES) - 1 :], keep=(output,)) != [output]:
             return None  # an epilogue that does not inline into the output transform

@@ -55,14 +55,18 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
 
     mod: a Relax `IRModule` (e.g. from `tvm_lut.frontend.from_torch` / `from_onnx`), weights bound as constants.
     bundle: a `tvm_lut.Bundle`, or a path to one; None means an exact model unless `nonlinear=True`.
-    target: a `tvm.target.Target` or its dict; None means `schedules.host_target()`.
+    target: "host" (the default: this CPU), a preset ("x86-64-v3", "x86-64-v4", "aarch64"), a TVM target dict or
+        its JSON, or a `tvm.target.Target` (`schedules.target.resolve_target`). Rules, lookup intrinsics, Winograd,
+        vector widths and thread counts follow it; export a library for another architecture with
+        `schedules.target.export_library(executable, path, target)` (its cross compiler).
     database: a directory written by `tvm-lut tune` (records of this target are applied first).
     rules: schedule rules to use instead of `schedules.rules.default_rules()`.
     winograd: exact 3x3 stride-1 convs as Winograd F(2x2, 3x3) kernels (`relay_passes.WinogradConv2d`); False
         keeps every conv direct.
 
-    It also sizes this process's TVM thread pool to the target's cores (`schedules.target.use_runtime_threads`:
-    left alone, TVM runs half the logical CPUs of an x86 host); if the pool already runs fewer, it warns.
+    For a target that runs here it also sizes this process's TVM thread pool to the target's cores
+    (`schedules.target.use_runtime_threads`: left alone, TVM runs half the logical CPUs of an x86 host); if the pool
+    already runs fewer, it warns.
     """
     import warnings
 
@@ -70,8 +74,7 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
     from tvm import relax
 
     from relay_passes.pipeline import tvm_lut_pipeline
-    from schedules import host_target
-    from schedules.target import use_runtime_threads
+    from schedules.target import resolve_target, runs_on_host, use_runtime_threads
 
     if not isinstance(mod, tvm.IRModule):
         raise TypeError(f"mod must be a Relax tvm.IRModule, got {type(mod).__name__}")
@@ -79,13 +82,12 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
         from tvm_lut.bundle import Bundle
 
         bundle = Bundle.load(Path(bundle))
-    target = host_target() if target is None else tvm.target.Target(target)
-    if target.kind.name != "llvm":
-        raise ValueError(f"tvm_lut.compile targets CPUs (kind llvm), got kind {target.kind.name!r}")
-    try:
-        use_runtime_threads(target)
-    except RuntimeError as error:
-        warnings.warn(str(error), RuntimeWarning, stacklevel=2)
+    target = resolve_target(target)
+    if runs_on_host(target):
+        try:
+            use_runtime_threads(target)
+        except RuntimeError as error:
+            warnings.warn(str(error), RuntimeWarning, stacklevel=2)
     pipeline = tvm_lut_pipeline(bundle=bundle, nonlinear=nonlinear, database=database, target=target, rules=rules,
                                 winograd=winograd)
     # "compiled": the VM's instruction sequence becomes native code instead of interpreted bytecode (the CNN's 35

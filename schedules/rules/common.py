@@ -20,8 +20,6 @@ from .vector_math import vectorizable_math
 
 logger = logging.getLogger(__name__)
 
-# Below this many elements a parallel loop costs more to launch than it saves.
-MIN_PARALLEL_WORK = 4096
 # A block a rule marks with this (MetaSchedule's key) repacks a weight: the `tvm_lut` pipeline splits it into a
 # function of its own and folds it on constant weights, so it is not part of what a model runs.
 WEIGHT_PREPACK = "meta_schedule.layout_rewrite_preproc"
@@ -143,9 +141,10 @@ def vectorize_innermost(sch: s_tir.Schedule, loop, lanes: int, row: int | None =
 
 
 def parallelize(sch: s_tir.Schedule, loop, work: int | None, target: Target) -> None:
-    """Mark `loop` parallel if the function does enough work to pay for the thread launch."""
-    from ..target import num_cores
+    """Mark `loop` parallel if the function does enough work to pay for the thread launch (the target's
+    `CPUParams.min_parallel_work`)."""
+    from ..target import cpu_params, num_cores
 
     extent = static_extent(sch, loop)
-    if num_cores(target) > 1 and (work is None or work >= MIN_PARALLEL_WORK) and (extent is None or extent > 1):
+    if num_cores(target) > 1 and (work is None or work >= cpu_params(target).min_parallel_work) and (extent is None or extent > 1):
         sch.parallel(loop)

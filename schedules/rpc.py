@@ -143,9 +143,10 @@ def emulated_device(port: int | None = None):
 
 
 @contextlib.contextmanager
-def emulated_pool(devices: int = 2, key: str = "aarch64-emulated"):
+def emulated_pool(devices: int = 2, key: str = "aarch64-emulated", threads: int | None = None):
     """A tracker on a free port with `devices` emulated aarch64 servers registered under `key`; yields the
-    `Tracker` (its servers' ports in `Tracker.server_ports`) and stops everything it started on exit."""
+    `Tracker` (sessions on `threads` threads; its servers' ports in `Tracker.server_ports`) and stops everything
+    it started on exit."""
     started = []
     try:
         tracker_port = free_port()
@@ -154,7 +155,7 @@ def emulated_pool(devices: int = 2, key: str = "aarch64-emulated"):
         for _ in range(devices):
             ports.append(free_port())
             started.append(start_server(ports[-1], tracker=f"127.0.0.1:{tracker_port}", key=key))
-        tracker = Tracker("127.0.0.1", tracker_port, key, server_ports=tuple(ports))
+        tracker = Tracker("127.0.0.1", tracker_port, key, threads=threads, server_ports=tuple(ports))
         tracker.wait_for_devices(devices)
         yield tracker
     finally:
@@ -196,6 +197,7 @@ class Tracker:
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(CONNECT_SECONDS)
         try:
+            socket.create_connection((self.host, self.port)).close()  # TVM's client retries a refusal for 60 s
             client = rpc.connect_tracker(self.host, self.port)
             try:
                 return client.summary()

@@ -11,8 +11,8 @@ import sys
 # subcommand -> (command module, one-line help)
 COMMANDS = {
     "demo": ("tvm_lut.demo", "NN-LUT end to end on MiniLM-L6 and real tweets: learn tables, compile, compare"),
-    "compile": ("tvm_lut.compiler", "compile a model for this CPU (schedules, tuning records, LUT tables) to a .so"),
-    "tune": ("tvm_lut.tune", "tune a model's functions for this CPU into a resumable database"),
+    "compile": ("tvm_lut.compiler", "compile a model for a CPU (--target; schedules, tuning records, LUT tables) to a .so"),
+    "tune": ("tvm_lut.tune", "tune a model's functions for a CPU, here or on RPC devices, into a resumable database"),
     "learn": ("tvm_lut.learn_cli", "learn LUT-NN product-quantization tables (CNN or MiniLM), resumable"),
     "bench": ("tvm_lut.bench", "run one of the benchmarks (baseline and result from the same run, as ratios)"),
 }

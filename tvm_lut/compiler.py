@@ -102,9 +102,11 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
 
 def add_arguments(parser) -> None:
     """`tvm-lut compile MODEL -o lib.so`: compile with the rules (and tuning records, LUT tables) and print the report."""
+    from tvm_lut.target_args import add_target_arguments
     from tvm_lut.tune import add_model_arguments
 
     add_model_arguments(parser)
+    add_target_arguments(parser)
     parser.add_argument("-o", "--output", required=True, help="the shared library to write (load it with "
                         "tvm.runtime.load_module and run it with relax.VirtualMachine)")
     parser.add_argument("--db", help="a tuning database written by `tvm-lut tune` (read only)")
@@ -114,13 +116,15 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from schedules import host_target
+    from schedules.target import export_library
+    from tvm_lut.target_args import resolve_target
     from tvm_lut.tune import import_model
 
+    target = resolve_target(args)
     mod = import_model(args.model, args.batch, args.length)
-    executable = compile(mod, args.bundle, host_target(args.threads), nonlinear=args.nonlinear, database=args.db,
+    executable = compile(mod, args.bundle, target, nonlinear=args.nonlinear, database=args.db,
                          winograd=args.winograd)
-    executable.export_library(args.output)
+    export_library(executable, args.output, target)
     print(executable.lut_report)
     print(f"wrote {args.output}")
     if args.json:

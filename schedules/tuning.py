@@ -56,6 +56,8 @@ _REPEAT = 3
 _MIN_REPEAT_MS = 20
 # Confirmation: the search's best and the rule schedule timed alternately, this many times each.
 _CONFIRM_ROUNDS = 5
+# Libraries of the search's candidates, as a device receives them (a server logs `load_module <name>` per trial).
+TRIAL_PREFIX = "trial_"
 
 
 def target_key(target: Target) -> str:
@@ -231,8 +233,10 @@ def _create_session(rpc_config, threads: int):
 def _export_for(mod, target: str) -> str:
     """The builder's export: a shared library linked for `target` here (the device needs no compiler)."""
     import tempfile
+    import uuid
 
-    path = os.path.join(tempfile.mkdtemp(), "tuned.so")
+    # A name of its own: the runner uploads under the file's name, and a device log then tells trials apart.
+    path = os.path.join(tempfile.mkdtemp(), f"{TRIAL_PREFIX}{uuid.uuid4().hex}.so")
     export_library(mod, path, resolve_target(target))
     return path
 

@@ -221,14 +221,12 @@ class Tracker:
         return count
 
     def wait_for_devices(self, count: int, seconds: float = STARTUP_SECONDS) -> None:
+        """Until `count` devices registered under the key (a server registers a moment after it listens)."""
         deadline = time.monotonic() + seconds
         while True:
-            try:
+            with contextlib.suppress(RuntimeError):
                 if self.check() >= count:
                     return
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
             if time.monotonic() > deadline:
                 raise RuntimeError(f"fewer than {count} devices registered under {self.key!r} at {self.address}")
             time.sleep(0.5)

@@ -7,7 +7,7 @@ listening on the port), connects, and stops what it started on exit. `start_trac
 and clients ask the tracker for any free one (`Tracker`). The same path serves a real board. Timings under
 emulation mean nothing; results do.
 
-`python -m schedules.rpc` serves in the foreground (for interactive use).
+`python -m schedules.rpc [--pool N]` serves in the foreground (for interactive use).
 """
 
 from __future__ import annotations
@@ -275,10 +275,35 @@ def run_remote(session, mod: tvm.IRModule, func_name: str, arrays: list[np.ndarr
     return [t.numpy() for t in tensors]
 
 
-if __name__ == "__main__":
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def _serve(argv=None) -> None:
+    """`python -m schedules.rpc`: one emulated device on `device_port()`, or with `--pool N` a tracker and N devices
+    under `--key`, until Ctrl-C or SIGTERM."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m schedules.rpc", description=_serve.__doc__.splitlines()[0])
+    parser.add_argument("--pool", type=int, metavar="N", help="a tracker on a free port with N emulated devices")
+    parser.add_argument("--key", default="aarch64-emulated", help="the devices' key at the tracker")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop what was started on `kill` too
+    if args.pool:
+        with emulated_pool(args.pool, args.key) as tracker:
+            logs = ", ".join(str(server_log(port)) for port in tracker.server_ports)
+            print(f"tracker {tracker.address}, {args.pool} devices under key {args.key!r} (logs: {logs}); "
+                  "Ctrl-C stops them", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.pause()
+        return
     server = start_server()
-    print(f"serving the emulated aarch64 device on 127.0.0.1:{device_port()} (Ctrl-C stops it)")
+    print(f"serving the emulated aarch64 device on 127.0.0.1:{device_port()} (Ctrl-C stops it)", flush=True)
     try:
         server.wait()
     except KeyboardInterrupt:
         stop_server(server)
+
+
+if __name__ == "__main__":
+    _serve()

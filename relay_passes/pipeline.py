@@ -26,7 +26,8 @@ import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-from schedules import ApplyCPUSchedules
+from schedules import ApplyCPUSchedules, ScheduleReport
+from schedules.apply import REPORT_ATTR
 
 from .lut_nonlinear import LUTNonlinear
 from .winograd_conv2d import WinogradConv2d
@@ -130,6 +131,7 @@ class LUTPipeline:
         self.database = database
         self.target = target
         self.scheduler = ApplyCPUSchedules(rules=rules, target=target)
+        self.schedules = ScheduleReport()  # the schedule report of the last run (`report`)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         target = self.target or tvm.target.Target.current(allow_none=True)
@@ -141,19 +143,22 @@ class LUTPipeline:
                 with _open_database(self.database, target):
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             mod = self.scheduler(mod)
+            self.schedules = ScheduleReport.of(mod)
+            mod = mod.without_attr(REPORT_ATTR)
             return tvm.transform.Sequential(weight_prepack_passes() + lowering_passes(target))(mod)
 
     @property
     def report(self) -> dict:
         """JSON-ready: each LUT pass's report, the exact-algorithm passes' ones, the rule that scheduled each function,
-        and what stayed unscheduled."""
-        schedules = self.scheduler.report
+        what stayed unscheduled, and the rules that raised on a function (tried the next rule instead)."""
+        schedules = self.schedules
         return {
             "passes": [p.report.to_dict() for p in self.lut if getattr(p, "report", None) is not None],
             "exact_passes": [p.report.to_dict() for p in self.exact if p.report is not None],
             "scheduled": dict(schedules.scheduled),
             "already_scheduled": list(schedules.already_scheduled),
             "unscheduled": list(schedules.unscheduled),
+            "rule_failures": {name: list(failures) for name, failures in schedules.rule_failures.items()},
         }
 
 

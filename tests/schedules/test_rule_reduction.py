@@ -179,3 +179,22 @@ def test_tiled_and_untiled_rows_match_numpy(shape):
     mean, var = data.mean(-1, keepdims=True), data.var(-1, keepdims=True)
     expected = (data - mean) / np.sqrt(var + 1e-5) * g + b
     np.testing.assert_allclose(run(func, data, g, b), expected, rtol=1e-4, atol=1e-4)
+
+
+def _gate(shape):
+    """A squeeze-and-excitation gate: per (n, c), sigmoid of the channel mean, multiplied into the features."""
+    x = te.placeholder(shape, name="x")
+    mean = topi.sum(x, axis=(2, 3), keepdims=True)
+    gate = te.compute(mean.shape, lambda *i: te.sigmoid(mean(*i) / (shape[2] * shape[3])), name="gate")
+    out = te.compute(shape, lambda n, c, h, w: x[n, c, h, w] * gate[n, c, 0, 0], name="out")
+    return te.create_prim_func([x, out])
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 12, 12), (1, 3, 7, 5), (3, 5, 1, 2)])
+def test_a_broadcast_gate_is_computed_once_per_row_and_matches_numpy(shape):
+    func = scheduled(Reduction(), _gate(shape))
+    data = RNG.standard_normal(shape, dtype="float32")
+    expected = data / (1 + np.exp(-data.mean((2, 3), keepdims=True)))
+    np.testing.assert_allclose(run(func, data), expected, rtol=1e-5, atol=1e-6)
+    # the gate stays a stage of its own: one sigmoid per (n, c), not one per element
+    assert len(re.findall(r"T\.sigmoid\(", func.script())) == 1 and "gate = " in func.script().replace("gate_1", "")

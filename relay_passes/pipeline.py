@@ -181,6 +181,7 @@ class LUTPipeline:
             "scheduled": dict(schedules.scheduled),
             "already_scheduled": list(schedules.already_scheduled),
             "unscheduled": list(schedules.unscheduled),
+            "why_unscheduled": dict(schedules.why_unscheduled),
             "rule_failures": {name: list(failures) for name, failures in schedules.rule_failures.items()},
         }
 

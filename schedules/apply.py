@@ -20,7 +20,8 @@ import logging
 import warnings
 
 import tvm
-from tvm import tirx
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.target import Target
 
 from .rules import default_rules
@@ -40,6 +41,7 @@ class ScheduleReport:
     already_scheduled: list[str] = dataclasses.field(default_factory=list)
     unscheduled: list[str] = dataclasses.field(default_factory=list)
     rule_failures: dict[str, list[dict[str, str]]] = dataclasses.field(default_factory=dict)
+    why_unscheduled: dict[str, str] = dataclasses.field(default_factory=dict)  # function -> what no rule serves
 
     @classmethod
     def of(cls, mod: tvm.IRModule) -> "ScheduleReport":
@@ -101,6 +103,7 @@ class ApplyCPUSchedules:
                     break
             else:
                 report.unscheduled.append(name)
+                report.why_unscheduled[name] = why_unscheduled(func)
         for gvar, func in updates.items():
             mod[gvar] = func
         for name, failures in report.rule_failures.items():
@@ -108,7 +111,7 @@ class ApplyCPUSchedules:
                 warnings.warn(f"schedule rule {failure['rule']} raised on {name} (tried the next rule): "
                               f"{failure['error']}", RuleFailureWarning, stacklevel=2)
         if report.unscheduled:
-            names = ", ".join(report.unscheduled)
+            names = ", ".join(f"{name} ({report.why_unscheduled[name]})" for name in report.unscheduled)
             warnings.warn(f"no CPU schedule rule fits, left naive: {names}", UnscheduledWarning, stacklevel=2)
         return mod.with_attr(REPORT_ATTR, json.dumps(dataclasses.asdict(report)))
 
@@ -120,6 +123,24 @@ class ApplyCPUSchedules:
         if target is None:
             raise ValueError("ApplyCPUSchedules needs a target: pass target=..., or run it inside `with target:`")
         return target
+
+
+def why_unscheduled(func: tirx.PrimFunc) -> str:
+    """What in `func` no CPU rule serves, in words: loops outside blocks, a reduction to a single value, or else
+    its blocks' iterator kinds (S spatial, R reduction, O other)."""
+    sch = s_tir.Schedule(func)
+    try:
+        blocks = normalize_prim_func(sch)
+    except Exception:  # noqa: BLE001 - an analysis that cannot read the function says the same as None
+        blocks = None
+    if not blocks:
+        return "loops outside blocks (a hand-written kernel such as TVM's scan, sort or scatter): the rules read blocks"
+    kinds = {sch.get(info.block_rv).name_hint: info.dom_kind() for info in blocks}
+    if any(not info.is_injective() and all(isinstance(d, (int, tirx.IntImm)) and int(d) == 1
+                                           for d, kind in zip(info.dom(), info.dom_kind()) if kind == "S")
+           for info in blocks):
+        return "a reduction to a single value (a mean or max over every axis): no rows to run in parallel"
+    return "no rule serves blocks " + ", ".join(f"{name} [{kind}]" for name, kind in kinds.items())
 
 
 def _first_line(error: Exception) -> str:

@@ -96,7 +96,7 @@ class Reduction(CPURule):
             # One row (a softmax over (1, n)): the reductions keep a unit row axis that the elementwise stages lack.
             # Every stage runs once, in place; the elementwise ones vectorized, the reductions as scalar loops.
             if not all(_is_unit(d) for info in blocks if not info.is_injective() for d in info.dom()[:leading]):
-                return None
+                return self._apart(sch, blocks, lanes, target)
             return self._place(sch, blocks, 0, lanes, target, tile_rows=False, rfactor=False)
         single_row = all(_is_unit(d) for d in blocks[0].dom()[:rows])
         if len(blocks) == 1 and blocks[0].dom_kind().count("R") > 1 and rows >= 2:
@@ -148,6 +148,21 @@ class Reduction(CPURule):
             self._vectorize_row(sch, block, sch.get_loops(block)[anchor_depth:], kind, lanes)
         last, kind = stages[-1]
         self._vectorize_row(sch, last, sch.get_loops(last)[anchor_depth + (tile > 1) :], kind, lanes)
+        return sch
+
+    def _apart(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], lanes: int, target: Target) -> s_tir.Schedule:
+        """Stages with no row axis in common (a softmax or LayerNorm over a leading axis: the reductions run over
+        (4, 5) rows of a (3, 4, 5) tensor, the elementwise stages over all of it), each scheduled on its own: the
+        elementwise ones fused, vectorized and parallel, each reduction over a leading axis as a window
+        (`_window`: the reduced axis outside, a vector of outputs along the contiguous last axis inside).
+        A reduction with a single spatial axis stays a scalar loop."""
+        from .elementwise import Elementwise
+
+        for info in blocks:
+            if info.is_injective():
+                Elementwise.schedule_block(sch, info.block_rv, target)
+            elif _leading_spatial(info) >= 2:
+                self._window(sch, info, _leading_spatial(info), lanes, target)
         return sch
 
     @staticmethod

@@ -166,3 +166,19 @@ def test_through_tvm_lut_compile_a_raising_rule_leaves_the_build_standing_and_is
     out = tvm.runtime.tensor(x.numpy())
     out = tvm.relax.VirtualMachine(executable, tvm.cpu())["main"](out).numpy()
     np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_says_why_a_function_stays_unscheduled():
+    """A full reduction (no rows), a hand-written scan (loops outside blocks): each named with its reason, in the
+    report and the warning."""
+    x = te.placeholder((4, 16), name="x")
+    scan = te.create_prim_func([x, topi.cumsum(x, axis=1)])
+    apply = ApplyCPUSchedules(target=host_target())
+    with pytest.warns(UnscheduledWarning, match=r"full_sum \(a reduction to a single value"):
+        mod = apply(_module(full_sum=_full_sum(), scan=scan))
+    report = ScheduleReport.of(mod)
+    assert sorted(report.unscheduled) == ["full_sum", "scan"]
+    assert report.why_unscheduled["full_sum"].startswith("a reduction to a single value")
+    assert report.why_unscheduled["scan"].startswith("loops outside blocks")
+    data = np.random.default_rng(3).standard_normal((4, 16), dtype="float32")
+    np.testing.assert_allclose(run(mod["scan"], data), np.cumsum(data, axis=1), rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@ It runs the `tvm_lut` pipeline (`relay_passes.pipeline`): the LUT passes when a 
 `nonlinear=True`, which uses the shipped default tables), the CPU schedule rules for every function, and the
 records of a tuning database when one is given (written by `tvm-lut tune`; compiling only reads it). The executable
 carries `lut_report`: what each LUT pass replaced and kept exact, which rule or tuning record scheduled each function,
-and which functions stayed unscheduled.
+which functions stayed unscheduled and why, and which rules raised on a function (the build goes on without them).
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ class CompileReport:
     tuned: list[str]  # PrimFuncs scheduled from the tuning database (or already scheduled kernels)
     unscheduled: list[str]  # PrimFuncs no rule fitted: naive loops, named here and in a warning
     exact_passes: list[dict] = dataclasses.field(default_factory=list)  # algorithm choices (Winograd convs)
+    # PrimFunc -> [{"rule", "error"}]: rules that raised on it (a bug in the rule); the next rule was tried
+    rule_failures: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+    why_unscheduled: dict[str, str] = dataclasses.field(default_factory=dict)  # PrimFunc -> what no rule serves
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -46,6 +49,9 @@ class CompileReport:
             rules[rule] = rules.get(rule, 0) + 1
         lines.append(f"scheduled by rules {rules}; from the tuning database {len(self.tuned)}")
         lines.append(f"unscheduled: {', '.join(self.unscheduled) or 'none'}")
+        lines += [f"  {name}: {why}" for name, why in self.why_unscheduled.items()]
+        for name, failures in self.rule_failures.items():
+            lines.append(f"rule failures on {name}: " + "; ".join(f"{f['rule']} raised {f['error']}" for f in failures))
         return "\n".join(lines)
 
 
@@ -96,7 +102,8 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
     report = pipeline.report
     executable.lut_report = CompileReport(target=str(target), passes=report["passes"], scheduled=report["scheduled"],
                                           tuned=report["already_scheduled"], unscheduled=report["unscheduled"],
-                                          exact_passes=report["exact_passes"])
+                                          exact_passes=report["exact_passes"], rule_failures=report["rule_failures"],
+                                          why_unscheduled=report["why_unscheduled"])
     return executable
 
 

@@ -81,12 +81,32 @@ def inline_injective(sch: s_tir.Schedule, blocks: list[SBlockInfo], keep=()) -> 
         for info in list(remaining):
             if not info.is_injective() or len(remaining) == 1 or info in keep:
                 continue
-            if _try(sch.compute_inline, info.block_rv, single_consumer=sch) or _try(
-                sch.reverse_compute_inline, info.block_rv
+            if _try(sch.compute_inline, info.block_rv, single_consumer=sch) or (
+                _reads_producers_one_to_one(sch, info.block_rv) and _try(sch.reverse_compute_inline, info.block_rv)
             ):
                 remaining.remove(info)
                 changed = True
     return remaining
+
+
+def _reads_producers_one_to_one(sch: s_tir.Schedule, block_rv) -> bool:
+    """Whether the block reads each intermediate buffer at its own iterators, one index each (`y[i, j]` of a
+    `(i, j)` block), as reverse inlining needs. A broadcast read (`gate[n, c, 0, 0]` of an `(n, c, h, w)` block, a
+    squeeze-and-excitation gate) makes TVM 0.27's `reverse_compute_inline` fail an internal check instead of
+    refusing with a `ScheduleError`, so such a block is not tried.
+    """
+    block = sch.get(block_rv)
+    produced = [write.source for producer in sch.get_producers(block_rv) for write in sch.get(producer).writes]
+    spatial = [iv.var for iv in block.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+    for read in block.reads:
+        if not any(read.source.same_as(buffer) for buffer in produced):
+            continue
+        indices = [r.min for r in read.region]
+        if len(indices) != len(spatial) or not all(any(i.same_as(v) for v in spatial) for i in indices):
+            return False
+        if len({id(v) for v in spatial if any(i.same_as(v) for i in indices)}) != len(spatial):
+            return False
+    return True
 
 
 def _try(primitive, block, single_consumer: s_tir.Schedule | None = None) -> bool:

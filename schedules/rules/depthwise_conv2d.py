@@ -117,8 +117,8 @@ class DepthwiseConv2d(CPURule):
         if stride > 1:  # width w -> (w % s, w // s): the taps of a strided output row become contiguous
             sch.transform_layout(stage, ("write", 0), lambda n, ch, h, w: (n, ch, h, w % stride, w // stride),
                                  pad_value=0.0)
-        stage_loops = sch.get_loops(stage)[1:]
-        vectorize_innermost(sch, stage_loops[-1], lanes)
+        for loop in sch.get_loops(stage)[1:]:  # split at the padding's edges: the interior is a plain copy
+            sch.annotate(loop, "pragma_loop_partition_hint", 1)
 
         factor = largest_divisor(static_extent(sch, ow), lanes)
         ow_inner = None
@@ -139,5 +139,6 @@ class DepthwiseConv2d(CPURule):
         for consumer in epilogue:
             sch.reverse_compute_at(consumer, anchor, preserve_unit_loops=True)
             rows = sch.get_loops(consumer)[1:]
-            vectorize_innermost(sch, sch.fuse(*rows) if len(rows) > 1 else rows[0], lanes)
+            row = static_extent(sch, rows[-1])  # vectors within a row: their indices stay linear
+            vectorize_innermost(sch, sch.fuse(*rows) if len(rows) > 1 else rows[0], lanes, row=row)
         return sch

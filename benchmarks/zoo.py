@@ -10,7 +10,8 @@ ONNX Runtime fp32 and int8 (dynamic quantization), `tvm_lut.compile` with our ru
 one thread taken in turn over the engines); `*_vs_ort` is ONNX Runtime fp32 latency / the engine's (> 1 is
 faster), and the zoo's median of `rules_vs_ort` closes the table. `*_err` is the largest absolute difference from
 PyTorch's output over the largest magnitude of that output (relative to the output's scale, so elements near zero
-do not blow it up). `unscheduled` counts the functions no rule fitted (named in the JSON with the whole compile
+do not blow it up). A model torch.export refuses is imported from its ONNX file instead (`importer` in the JSON).
+`unscheduled` counts the functions no rule fitted (named in the JSON with the whole compile
 report). A model or engine that fails (import, export, compile) is recorded with its error and the zoo goes on.
 """
 
@@ -60,9 +61,9 @@ def measure(name: str, args, target) -> dict:
     import torch
 
     import tvm_lut
-    from tvm_lut.frontend import from_torch
+    from tvm_lut.frontend import from_onnx, from_torch
 
-    record = {"model": name, "latency_ms": {}, "error": {}, "failures": {}, "reports": {}, "sizes": {}}
+    record = {"model": name, "importer": "torch.export", "latency_ms": {}, "error": {}, "failures": {}, "reports": {}, "sizes": {}}
     threads = args.threads
 
     def attempt(stage, fn):
@@ -91,6 +92,9 @@ def measure(name: str, args, target) -> dict:
                 if run is not None:
                     runs[engine] = run
         mod = attempt("import", lambda: from_torch(model, example))
+        if mod is None and paths is not None:  # torch.export refused (e.g. data-dependent shapes): the ONNX file
+            mod = attempt("import onnx", lambda: from_onnx(paths[0]))
+            record["importer"] = "onnx"
         tvm_engines = {"rules": {}} if mod is not None else {}
         if mod is not None and args.db is not None:
             tvm_engines["tuned"] = {"database": args.db}

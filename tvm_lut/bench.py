@@ -18,6 +18,7 @@ BENCHMARKS = {
     "matmul_rule": "the matmul schedule rule's GFLOPS vs PyTorch",
     "end_to_end": "whole models: PyTorch, ONNX Runtime, stock TVM, our schedules, tuning, LUT passes",
     "device": "whole models built for --target, run on an RPC tracker's device: latency there, outputs vs the host",
+    "zoo": "common architectures (ResNet, MobileNets, ConvNeXt, ViT, Swin, BERT, ...): our rules vs ONNX Runtime",
 }
 
 

@@ -12,7 +12,7 @@ A large 2-D right operand (a dense layer's weight) is read as `[N / NR, K, NR]` 
 """
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import SBlockInfo
+from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.target import Target
 
 from ..target import cpu_params, vector_lanes
@@ -40,15 +40,23 @@ class Matmul(CPURule):
         has_rows = self._has_rows(sch, matmul)
         if has_rows is None:
             return None
-        position = blocks.index(matmul)
-        for producer in blocks[:position]:
-            sch.compute_inline(producer.block_rv)
-        epilogue = [info.block_rv for info in inline_injective(sch, blocks[position + 1 :])]
-
         if any(static_extent(sch, loop) is None for loop in sch.get_loops(matmul.block_rv)):
             return None
+        pads = _pad_ragged(sch, matmul, has_rows, target)
+        if pads:
+            blocks = normalize_prim_func(sch)
+            matmul = next(info for info in blocks if not info.is_injective())
+        position = blocks.index(matmul)
+        for producer in blocks[:position]:
+            if sch.get(producer.block_rv).name_hint not in pads:
+                sch.compute_inline(producer.block_rv)
+        epilogue = [info.block_rv for info in inline_injective(sch, blocks[position + 1 :])]
+
         col_tile = register_tile(sch, matmul.block_rv, epilogue, has_rows, target)
         _prepack_weight(sch, matmul.block_rv, col_tile, cpu_params(target).prepack_min_elements)
+        for name in pads:  # what the weight's repacking did not absorb: a copy, split at the padding's edge
+            for loop in _loops_of(sch, name):
+                sch.annotate(loop, "pragma_loop_partition_hint", 1)
         return sch
 
     @staticmethod
@@ -72,6 +80,39 @@ class Matmul(CPURule):
             return True
         # One row: every other axis must index both operands (a batch), or this is no matmul (e.g. a 1x1 conv).
         return False if all(b in lhs and b in rhs for b in [*batch, i] if b is not None) else None
+
+
+def _pad_ragged(sch: s_tir.Schedule, info: SBlockInfo, has_rows: bool, target: Target) -> set[str]:
+    """Pad a ragged matmul (rows that no register tile divides, columns no SIMD vector divides: ViT's 197 tokens)
+    to full tiles with `pad_einsum`: the operands are copied into zero-padded buffers, the product is computed on
+    whole tiles, and only the valid part reaches the epilogue. Returns the names of the padding blocks (none when
+    the shape is tile-friendly)."""
+    loops = sch.get_loops(info.block_rv)
+    extents = [static_extent(sch, loop) for loop in loops]
+    m, n = (extents[-3] if has_rows else 1), extents[-2]
+    lanes = vector_lanes(target, output_dtype(sch, info.block_rv))
+    row_tile = next(r for r in ROW_TILES if m % r == 0)
+    pad_m = ROW_TILES[0] if has_rows and m > ROW_TILES[0] and row_tile < 4 else 1
+    pad_n = lanes if n > lanes and largest_divisor(n, lanes) < lanes else 1
+    if pad_m == pad_n == 1:
+        return set()
+    before = {sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root"))}
+    padding = [1] * len(loops)
+    padding[-2] = pad_n
+    if has_rows:
+        padding[-3] = pad_m
+    sch.pad_einsum(info.block_rv, padding)
+    after = {sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root"))}
+    matmul_name = sch.get(info.block_rv).name_hint
+    return {name for name in after - before if name != f"{matmul_name}_pad"}
+
+
+def _loops_of(sch: s_tir.Schedule, name: str) -> list:
+    """The loops of the block named `name`, none if it was inlined."""
+    try:
+        return sch.get_loops(sch.get_sblock(name))
+    except s_tir.ScheduleError:
+        return []
 
 
 def register_tile(sch: s_tir.Schedule, block, epilogue: list, has_rows: bool, target: Target) -> int:
@@ -133,5 +174,7 @@ def _prepack_weight(sch: s_tir.Schedule, block, col_tile: int, min_elements: int
     if len(shape) != 2 or shape[0] * shape[1] < min_elements:
         return
     packed = sch.cache_read(block, index, "global")
+    for padding in sch.get_producers(packed):  # a ragged weight's zero padding (`_pad_ragged`) joins the repacking
+        sch.compute_inline(padding)
     sch.transform_layout(packed, ("write", 0), lambda k, n: (n // col_tile, k, n % col_tile))
     sch.annotate(packed, WEIGHT_PREPACK, 1)

@@ -91,8 +91,9 @@ def _pad_ragged(sch: s_tir.Schedule, info: SBlockInfo, has_rows: bool, target: T
     extents = [static_extent(sch, loop) for loop in loops]
     m, n = (extents[-3] if has_rows else 1), extents[-2]
     lanes = vector_lanes(target, output_dtype(sch, info.block_rv))
-    row_tile = next(r for r in ROW_TILES if m % r == 0)
-    pad_m = ROW_TILES[0] if has_rows and m > ROW_TILES[0] and row_tile < 4 else 1
+    row_tiles = cpu_params(target).matmul_row_tiles
+    row_tile = next(r for r in row_tiles if m % r == 0)
+    pad_m = row_tiles[0] if has_rows and m > row_tiles[0] and row_tile < 4 else 1
     pad_n = lanes if n > lanes and largest_divisor(n, lanes) < lanes else 1
     if pad_m == pad_n == 1:
         return set()

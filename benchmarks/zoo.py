@@ -32,7 +32,7 @@ from .timing import add_common_arguments, format_table, write_json
 from .zoo_models import MODELS
 
 COLUMNS = ["model", "pytorch_ms", "ort_fp32_ms", "ort_int8_ms", "rules_ms", "rules_vs_ort", "tuned_ms",
-           "tuned_vs_ort", "pytorch_vs_ort", "rules_err", "tuned_err", "ort_int8_err", "unscheduled"]
+           "tuned_vs_ort", "pytorch_vs_ort", "rules_err", "tuned_err", "ort_fp32_err", "ort_int8_err", "unscheduled"]
 
 
 def max_relative_error(output: np.ndarray, reference: np.ndarray) -> float:
@@ -132,7 +132,7 @@ def table_row(record: dict) -> dict:
     for engine in ("rules", "tuned", "pytorch"):
         if baseline is not None and latency.get(engine):
             row[f"{engine}_vs_ort"] = baseline / latency[engine]
-    for engine in ("rules", "tuned", "ort_int8"):
+    for engine in ("rules", "tuned", "ort_fp32", "ort_int8"):
         row[f"{engine}_err"] = error.get(engine)
     report = record["reports"].get("rules")
     row["unscheduled"] = len(report["unscheduled"]) if report is not None else None

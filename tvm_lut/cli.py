@@ -19,18 +19,29 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tvm-lut", description=__doc__.splitlines()[0])
+    # No abbreviations: `--out` must not pass for `--output` (an option is spelled one way, or it is an error).
+    parser = argparse.ArgumentParser(prog="tvm-lut", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         importlib.import_module(module).add_arguments(sub_parser)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. Bad input (`model_spec.UsageError`, an unreadable artifact or bundle) exits with status 2
+    and one line naming what is wrong, as argparse does for a bad option."""
+    from tvm_lut.artifact import ArtifactError
+    from tvm_lut.bundle import BundleError
+    from tvm_lut.model_spec import UsageError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     module, _ = COMMANDS[args.command]
-    return importlib.import_module(module).run(args) or 0
+    try:
+        return importlib.import_module(module).run(args) or 0
+    except (UsageError, ArtifactError, BundleError) as err:
+        parser.exit(2, f"tvm-lut {args.command}: error: {err}\n")
 
 
 if __name__ == "__main__":

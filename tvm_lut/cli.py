@@ -10,10 +10,10 @@ import sys
 
 # subcommand -> (command module, one-line help)
 COMMANDS = {
-    "demo": ("tvm_lut.demo", "NN-LUT end to end on MiniLM-L6 and real tweets: learn tables, compile, compare"),
+    "demo": ("tvm_lut.demo", "MiniLM-L6 on real tweets: exact, NN-LUT, NN-LUT + PQ against ONNX Runtime"),
     "compile": ("tvm_lut.compiler", "compile a model for this CPU (schedules, tuning records, LUT tables) to a .so"),
     "tune": ("tvm_lut.tune", "tune a model's functions for this CPU into a resumable database"),
-    "learn": ("tvm_lut.learn_cli", "learn LUT-NN product-quantization tables (CNN or MiniLM), resumable"),
+    "learn": ("tvm_lut.learn_cli", "learn LUT tables for a model and write the artifact compile builds (-o OUT_DIR)"),
     "bench": ("tvm_lut.bench", "run one of the benchmarks (baseline and result from the same run, as ratios)"),
 }
 

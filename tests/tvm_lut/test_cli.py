@@ -99,6 +99,28 @@ def tiny_onnx(tmp_path_factory):
     return path
 
 
+def test_learn_an_onnx_file_from_calibration_then_compile(tmp_path, capsys, tiny_onnx):
+    """Issue 12, (2) at CI size: an ONNX file, no training code, `--calib` only; the artifact compiles with its PQ
+    table replacing the layer, and NN-LUT tables join the same bundle with --nonlinear."""
+    import json
+
+    import numpy as np
+
+    from tvm_lut.artifact import load_artifact
+
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
+    out = tmp_path / "lut"
+    assert cli.main(["learn", str(tiny_onnx), "--calib", str(tmp_path / "calib.npz"), "--V", "4", "--nonlinear",
+                     "--quick", "-o", str(out), "--no-progress"]) == 0
+    assert "relative output error k-means" in capsys.readouterr().out
+    artifact = load_artifact(out)
+    assert artifact.manifest["model"]["format"] == "onnx" and artifact.manifest["source"] == str(tiny_onnx)
+    assert len(artifact.manifest["bundle"]["entries"]["pq"]) == 1 and "gelu" in artifact.manifest["bundle"]["entries"]["pwl"]
+    assert cli.main(["compile", str(out), "-o", str(tmp_path / "lib.so"), "--json", str(tmp_path / "r.json")]) == 0
+    (dense,) = [p for p in json.loads((tmp_path / "r.json").read_text())["passes"] if p["pass"] == "LUTDense"]
+    assert [e["entry"] for e in dense["replaced"]] == artifact.manifest["bundle"]["entries"]["pq"]
+
+
 def test_cli_failure_modes_name_what_is_wrong(tmp_path, capsys, tiny_onnx):
     """Issue 12, (4): unknown model, missing file, wrong input spec, options that do not apply, a bundle for
     another model, an output directory of an older format: status 2, one line naming the problem, nothing written."""

@@ -49,7 +49,8 @@ def test_result_summary_and_targets():
     text = fake_result(kept=[1]).summary()
     assert "replaced by LUT kernels: 6 gelu, 6 softmax; kept exact: 1 layer_norm" in text
     assert "kept exact layer_norm (R.nn.layer_norm): dtype float16" in text
-    assert "TVM LUT" in text and "2.00x" in text  # 100 ms exact vs 50 ms LUT
+    assert "TVM NN-LUT" in text and "2.00x" in text  # 100 ms exact vs 50 ms LUT
+    assert "TVM NN-LUT+PQ" in text and "4.50x" in text  # 90 ms ORT fp32 vs 20 ms NN-LUT + PQ
     data = json.loads(json.dumps(good.to_dict()))
     assert data["replaced_counts"] == {"gelu": 6, "softmax": 6} and data["meets_targets"] is False
 

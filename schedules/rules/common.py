@@ -101,13 +101,10 @@ def _reads_producers_one_to_one(sch: s_tir.Schedule, block_rv) -> bool:
     produced = [write.source for producer in sch.get_producers(block_rv) for write in sch.get(producer).writes]
     spatial = [iv.var for iv in block.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
     for read in block.reads:
-        if not any(read.source.same_as(buffer) for buffer in produced):
-            continue
-        indices = [r.min for r in read.region]
-        if len(indices) != len(spatial) or not all(any(i.same_as(v) for v in spatial) for i in indices):
-            return False
-        if len({id(v) for v in spatial if any(i.same_as(v) for i in indices)}) != len(spatial):
-            return False
+        if any(read.source.same_as(buffer) for buffer in produced):
+            axes = [next((k for k, var in enumerate(spatial) if r.min.same_as(var)), None) for r in read.region]
+            if None in axes or sorted(axes) != list(range(len(spatial))):
+                return False
     return True
 
 

@@ -5,7 +5,8 @@ einsum, reductions, shape ops and the elementwise arithmetic around them, and ON
 Every case passes, or is an expected failure (strict: a case that starts passing fails the run) whose reason is
 something TVM 0.27's ONNX importer (or its legalization) lacks. The same cases run through stock TVM
 (`tvm.compile(mod, target)`) are expected to fail too (`StockOnnxBackendNodeTest`, marked slow), so none of them is
-our pipeline's fault. Any other failure is a bug of ours.
+our pipeline's fault. Any other failure is a bug of ours. By default ~600 cases (about 3 CPU minutes); ONNX's
+function expansions and the elementwise arithmetic run with `-m slow`.
 """
 
 import re
@@ -29,6 +30,9 @@ FAMILIES = {
     "arithmetic": r"add|sub|mul|div|pow|neg|abs|mean|max|min|sum|floor|ceil|round|sign",
 }
 _SELECTED = re.compile(rf"^test_({'|'.join(FAMILIES.values())})(_\w+)?_cpu$")
+# Run with `-m slow` only (CI time): ONNX's function expansions of the ops (GELU's is tested in
+# tests/relay_passes/test_patterns_gelu.py) and the elementwise arithmetic.
+_SLOW = re.compile(rf"_expanded(_ver18)?_cpu$|^test_({FAMILIES['arithmetic']})(_\w+)?_cpu$")
 # Not tensors: ONNX sequences and optionals, strings.
 _NOT_SELECTED = re.compile(r"sequence|_opt|string")
 
@@ -81,8 +85,11 @@ def _cases(backend, prefix: str, only_expected_failures: bool = False) -> dict:
         reason = expected_failure(test)
         if not _SELECTED.search(test) or _NOT_SELECTED.search(test) or (only_expected_failures and reason is None):
             delattr(case, test)
-        elif reason is not None:
+            continue
+        if reason is not None:
             setattr(case, test, pytest.mark.xfail(reason=reason, strict=True)(getattr(case, test)))
+        if _SLOW.search(test):
+            setattr(case, test, pytest.mark.slow(getattr(case, test)))
     if only_expected_failures:
         case.pytestmark = [pytest.mark.slow]
     return {prefix + "OnnxBackendNodeTest": case}

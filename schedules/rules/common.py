@@ -90,10 +90,11 @@ def inline_injective(sch: s_tir.Schedule, blocks: list[SBlockInfo], keep=()) -> 
 
 
 def _reads_producers_one_to_one(sch: s_tir.Schedule, block_rv) -> bool:
-    """Whether the block reads each intermediate buffer at its own iterators, one index each (`y[i, j]` of a
-    `(i, j)` block), as reverse inlining needs. A broadcast read (`gate[n, c, 0, 0]` of an `(n, c, h, w)` block, a
-    squeeze-and-excitation gate) makes TVM 0.27's `reverse_compute_inline` fail an internal check instead of
-    refusing with a `ScheduleError`, so such a block is not tried.
+    """Whether the block reads each intermediate buffer one to one: every spatial iterator of the block indexes it
+    once, other indices are constants into dimensions of extent 1 (`y[0, i, j]` of an `(i, j)` block), as reverse
+    inlining needs. A broadcast read (`gate[n, c, 0, 0]` of an `(n, c, h, w)` block, a squeeze-and-excitation gate)
+    makes TVM 0.27's `reverse_compute_inline` fail an internal check instead of refusing with a `ScheduleError`, so
+    such a block is not tried.
     """
     block = sch.get(block_rv)
     produced = [write.source for producer in sch.get_producers(block_rv) for write in sch.get(producer).writes]
@@ -101,10 +102,14 @@ def _reads_producers_one_to_one(sch: s_tir.Schedule, block_rv) -> bool:
     for read in block.reads:
         if not any(read.source.same_as(buffer) for buffer in produced):
             continue
-        indices = [r.min for r in read.region]
-        if len(indices) != len(spatial) or not all(any(i.same_as(v) for v in spatial) for i in indices):
-            return False
-        if len({id(v) for v in spatial if any(i.same_as(v) for i in indices)}) != len(spatial):
+        axes = []
+        for index, extent in zip((r.min for r in read.region), read.source.shape):
+            axis = next((k for k, var in enumerate(spatial) if index.same_as(var)), None)
+            unit = isinstance(index, tirx.IntImm) and isinstance(extent, tirx.IntImm) and int(extent) == 1
+            if axis is None and not unit:
+                return False
+            axes += [] if axis is None else [axis]
+        if sorted(axes) != list(range(len(spatial))):
             return False
     return True
 

@@ -20,6 +20,7 @@ from ..target import vector_lanes
 from .common import CPURule, inline_injective, largest_divisor, output_dtype, parallelize, read_stride
 from .common import static_extent
 from .common import vectorize_innermost
+from .elementwise import Elementwise
 
 
 def _leading_spatial(info: SBlockInfo) -> int:
@@ -53,7 +54,7 @@ def _per_row_values(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> list[SBloc
     width = _leading_spatial(output)
 
     def size(info):
-        extents = [int(d) if isinstance(d, tirx.IntImm) else None for d in info.dom()]
+        extents = [int(d) if isinstance(d, (int, tirx.IntImm)) else None for d in info.dom()]
         return None if None in extents else math.prod(extents)
 
     downstream, kept = set(), []
@@ -95,6 +96,7 @@ class Reduction(CPURule):
         if rows == 0 < leading:
             # One row (a softmax over (1, n)): the reductions keep a unit row axis that the elementwise stages lack.
             # Every stage runs once, in place; the elementwise ones vectorized, the reductions as scalar loops.
+            # Rows of other extents (a softmax over a leading axis): every stage on its own.
             if not all(_is_unit(d) for info in blocks if not info.is_injective() for d in info.dom()[:leading]):
                 return self._apart(sch, blocks, lanes, target)
             return self._place(sch, blocks, 0, lanes, target, tile_rows=False, rfactor=False)
@@ -156,8 +158,6 @@ class Reduction(CPURule):
         elementwise ones fused, vectorized and parallel, each reduction over a leading axis as a window
         (`_window`: the reduced axis outside, a vector of outputs along the contiguous last axis inside).
         A reduction with a single spatial axis stays a scalar loop."""
-        from .elementwise import Elementwise
-
         for info in blocks:
             if info.is_injective():
                 Elementwise.schedule_block(sch, info.block_rv, target)

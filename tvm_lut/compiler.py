@@ -122,8 +122,11 @@ def run(args) -> int:
 
     target = resolve_target(args)
     mod = import_model(args.model, args.batch, args.length)
-    executable = compile(mod, args.bundle, target, nonlinear=args.nonlinear, database=args.db,
-                         winograd=args.winograd)
+    try:
+        executable = compile(mod, args.bundle, target, nonlinear=args.nonlinear, database=args.db,
+                             winograd=args.winograd)
+    except FileNotFoundError as err:  # a database of other targets only
+        raise SystemExit(f"tvm-lut compile: {err}") from None
     export_library(executable, args.output, target)
     print(executable.lut_report)
     print(f"wrote {args.output}")

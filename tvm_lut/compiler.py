@@ -143,8 +143,11 @@ def run(args) -> int:
     bundle = model_spec.bundle_from_args(args, source)
     model_spec.threads_from_args(args)  # validates --threads
     target = resolve_target(args)
-    executable = compile(source.import_module(), bundle, target,
-                         nonlinear=args.nonlinear, database=args.db, winograd=args.winograd)
+    try:
+        executable = compile(source.import_module(), bundle, target, nonlinear=args.nonlinear, database=args.db,
+                             winograd=args.winograd)
+    except FileNotFoundError as err:  # a database of other targets only
+        raise model_spec.UsageError(str(err)) from None
     report = executable.lut_report
     print(report)
     from relay_passes.lut_dense import NO_MATCHING_WEIGHT

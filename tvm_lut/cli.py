@@ -14,6 +14,7 @@ COMMANDS = {
     "compile": ("tvm_lut.compiler", "compile a model for this CPU (schedules, tuning records, LUT tables) to a .so"),
     "tune": ("tvm_lut.tune", "tune a model's functions for this CPU into a resumable database"),
     "learn": ("tvm_lut.learn_cli", "learn LUT-NN product-quantization tables (CNN or MiniLM), resumable"),
+    "autotune": ("tvm_lut.autotune_cli", "choose exact or PQ (K, V) per layer under an accuracy budget, resumable"),
     "bench": ("tvm_lut.bench", "run one of the benchmarks (baseline and result from the same run, as ratios)"),
 }
 

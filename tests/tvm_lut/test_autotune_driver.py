@@ -21,9 +21,10 @@ EXACT_US = {"linear w[64, 32]": 20.0, "linear w[64, 64]": 30.0, "linear w[4, 64]
 PQ_FACTOR = {"linear w[64, 32]": 0.5, "linear w[64, 64]": 0.6, "linear w[4, 64]": 1.5}
 
 
-def fake_measure(spec, choice, target, database=None):
+def fake_measure(spec, choices, target, database=None):
     key = spec.key().split(" x")[0]
-    return EXACT_US[key] * (1.0 if choice.exact else PQ_FACTOR[key] * (0.75 + choice.K / 64 + choice.V / 256))
+    return {choice: EXACT_US[key] * (1.0 if choice.exact else PQ_FACTOR[key] * (0.75 + choice.K / 64 + choice.V / 256))
+            for choice in choices}
 
 
 class MLP(nn.Module):
@@ -85,7 +86,7 @@ def counted(monkeypatch):
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(latency, "measure_us", count("measure", fake_measure))
+    monkeypatch.setattr(latency, "measure_choices", count("measure", fake_measure))
     monkeypatch.setattr(sensitivity, "task_loss", count("loss", sensitivity.task_loss))
     monkeypatch.setattr(handler, "learn_pq", count("learn", handler.learn_pq))
     return counts

@@ -27,7 +27,7 @@ def test_measured_once_then_cached_per_target_and_shape(tmp_path, monkeypatch):
     def fail(*_args):
         raise AssertionError("a cached latency was measured again")
 
-    monkeypatch.setattr(latency, "measure_us", fail)
+    monkeypatch.setattr(latency, "measure_choices", fail)
     again = LatencyTable(TARGET, path)
     assert again.measure([SPEC, TWIN], choices, TARGET, progress=False) == 0
     assert again.get(SPEC, Choice(8, 4)) == table.get(SPEC, Choice(8, 4))

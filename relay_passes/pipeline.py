@@ -7,7 +7,8 @@ Phases, in order:
 1. Rewrites on high-level Relax: `LUTNonlinear` (when `bundle` is given or `nonlinear=True`; no bundle means
    the shipped default tables) and `LUTDense` (when the bundle holds `pq` entries); then, for the convs that stay
    exact, `WinogradConv2d` (3x3 stride 1; `winograd=False` keeps every conv direct).
-2. Legalize and fuse: every op becomes a PrimFunc; constant weights are folded (transposes of weights vanish).
+2. Legalize and fuse: TVM's CPU library dispatch (sort, scan, top-k, sampling), then every op becomes a PrimFunc;
+   constant weights are folded (transposes of weights vanish).
 3. Schedules: records of a tuning database when one is given (only read, never written here), then the CPU rules
    (`schedules.ApplyCPUSchedules`) for every function still unscheduled; what no rule fits is reported. Weight
    repacking a schedule marked as layout-rewrite preprocessing becomes its own function, folded on constants.
@@ -23,10 +24,13 @@ import logging
 from pathlib import Path
 
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-from schedules import ApplyCPUSchedules
+from schedules import ApplyCPUSchedules, ScheduleReport
+from schedules.apply import REPORT_ATTR
+from schedules.rules.common import WEIGHT_PREPACK
 
 from .lut_nonlinear import LUTNonlinear
 from .winograd_conv2d import WinogradConv2d
@@ -71,9 +75,14 @@ def exact_passes(winograd: bool = True) -> list:
     return [WinogradConv2d()] if winograd else []
 
 
-def legalize_passes() -> list:
-    """Phase 2: every op to a PrimFunc, constants folded, producer/consumer chains fused into one function."""
-    return [
+def legalize_passes(target) -> list:
+    """Phase 2: every op to a PrimFunc, constants folded, producer/consumer chains fused into one function.
+
+    First TVM's CPU library dispatch (`DispatchSampling`, `DispatchSortScan`, as its CPU pipeline runs them): sort,
+    argsort, top-k, cumsum and sampling have no legalization of their own and would reach the VM as Relax
+    operators it cannot emit (ONNX CumSum, TopK, an Unsqueeze of run-time axes).
+    """
+    return cpu_generic.library_dispatch_passes(target) + [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         keep_int32_kernels_unfused,
@@ -88,15 +97,30 @@ def legalize_passes() -> list:
 
 @tvm.transform.module_pass(opt_level=0, name="SplitWeightPrepack")
 def split_weight_prepack(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """TVM's `SplitLayoutRewritePreproc` on the functions it can read: it stops at any PrimFunc whose body is not a
-    root block (the hand-written LUT kernels), which has no layout rewrite to split anyway, so those sit out."""
-    apart = {gv: f for gv, f in mod.functions_items()
-             if isinstance(f, tvm.tirx.PrimFunc) and not isinstance(f.body, tvm.s_tir.SBlockRealize)}
+    """TVM's `SplitLayoutRewritePreproc` on the functions it can split: those whose weight-prepack blocks (marked
+    `WEIGHT_PREPACK` by a schedule rule) read only the function's parameters. It fails on every other function
+    (one without such a block but with loops outside any block: a dispatched sort or scan, a slice of run-time
+    bounds; one whose prepack block reads an intermediate: a transposed conv's flipped kernel), so those sit out,
+    their prepack block (if any) still computed in place at every call."""
+    splittable = {gv: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and _splittable(f)}
+    if not splittable:
+        return mod
+    apart = {gv: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and gv not in splittable}
     readable = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv not in apart}, attrs=mod.attrs)
     split = relax.transform.SplitLayoutRewritePreproc()(readable)
     for gv, func in apart.items():
         split[gv] = func
     return split
+
+
+def _splittable(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether the function has weight-prepack blocks and each reads only parameters (no buffer it allocates)."""
+    blocks = []
+    tvm_ffi.structural_map(func, (tvm.s_tir.SBlock, lambda block: blocks.append(block) or block), order="post")
+    allocated = [buffer for block in blocks for buffer in block.alloc_buffers]
+    prepack = [block for block in blocks if WEIGHT_PREPACK in (block.annotations or {})]
+    return bool(prepack) and not any(read.source.same_as(buffer) for block in prepack for read in block.reads
+                                     for buffer in allocated)
 
 
 def weight_prepack_passes() -> list:
@@ -114,7 +138,7 @@ def prepare(mod: tvm.IRModule, target, bundle=None, nonlinear: bool = False, lut
     """Phases 1 and 2: the module whose PrimFuncs get scheduled (and tuned: `tvm-lut tune` starts from here)."""
     passes = lut_passes(bundle, nonlinear) + exact_passes(winograd) if lut is None else lut
     with target:
-        return tvm.transform.Sequential(passes + legalize_passes())(mod)
+        return tvm.transform.Sequential(passes + legalize_passes(target))(mod)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_lut")
@@ -130,6 +154,7 @@ class LUTPipeline:
         self.database = database
         self.target = target
         self.scheduler = ApplyCPUSchedules(rules=rules, target=target)
+        self.schedules = ScheduleReport()  # the schedule report of the last run (`report`)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         target = self.target or tvm.target.Target.current(allow_none=True)
@@ -141,19 +166,23 @@ class LUTPipeline:
                 with _open_database(self.database, target):
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             mod = self.scheduler(mod)
+            self.schedules = ScheduleReport.of(mod)
+            mod = mod.without_attr(REPORT_ATTR)
             return tvm.transform.Sequential(weight_prepack_passes() + lowering_passes(target))(mod)
 
     @property
     def report(self) -> dict:
         """JSON-ready: each LUT pass's report, the exact-algorithm passes' ones, the rule that scheduled each function,
-        and what stayed unscheduled."""
-        schedules = self.scheduler.report
+        what stayed unscheduled, and the rules that raised on a function (tried the next rule instead)."""
+        schedules = self.schedules
         return {
             "passes": [p.report.to_dict() for p in self.lut if getattr(p, "report", None) is not None],
             "exact_passes": [p.report.to_dict() for p in self.exact if p.report is not None],
             "scheduled": dict(schedules.scheduled),
             "already_scheduled": list(schedules.already_scheduled),
             "unscheduled": list(schedules.unscheduled),
+            "why_unscheduled": dict(schedules.why_unscheduled),
+            "rule_failures": {name: list(failures) for name, failures in schedules.rule_failures.items()},
         }
 
 

@@ -1,15 +1,29 @@
-"""The compilation target for the CPU this process runs on.
+"""Compilation targets: the host, named presets for other CPUs, and the parameters measured per target.
 
-TVM 0.27 accepts targets only in dict form. `host_target()` asks LLVM for the host CPU name (so the code uses every
-vector extension the CPU has) and counts the cores this process may run on (its affinity mask, not the machine's
-core count, so a pinned or containerised process does not oversubscribe).
+TVM 0.27 accepts targets only in dict form. `resolve_target(spec)` turns what a user writes into one: `host` (the
+default: `host_target()` asks LLVM for this CPU's name, so the code uses every vector extension it has, and counts
+the cores this process may run on, its affinity mask, not the machine's), a preset name (`PRESETS`: `x86-64-v3`
+for AVX2, `x86-64-v4` for AVX-512, `aarch64` for NEON), or any TVM target as a dict or its JSON. Nothing about a
+preset depends on the build machine: its thread count is `DEVICE_CORES` unless given. Only kind `llvm` (CPUs) is
+served.
+
+Heuristics measured on one CPU (the matmul's register tile, when a loop is worth a thread launch, when a weight is
+worth repacking) are `CPUParams`, one set per architecture (`cpu_params(target)`), overridable with
+`override_params(...)` for a sweep or a tuning run.
+
+A library for a CPU of another architecture is linked with its cross compiler (`export_library`).
 
 A target's `num-cores` does not reach TVM's runtime: its thread pool takes its size, once, from `TVM_NUM_THREADS`
 or else half the logical CPUs on x86 (it assumes hyper-threading), so a 2-vCPU machine runs every parallel loop on
 1 thread. `use_runtime_threads(target)` sizes the pool to the target before the first parallel kernel runs.
 """
 
+import contextlib
+import contextvars
+import dataclasses
+import json
 import os
+import platform
 
 import tvm
 from tvm.target import Target
@@ -23,6 +37,134 @@ def host_target(num_cores: int | None = None) -> Target:
     if num_cores < 1:
         raise ValueError(f"num_cores must be at least 1, got {num_cores}")
     return Target({"kind": "llvm", "mcpu": llvm_get_system_cpu(), "num-cores": int(num_cores)})
+
+
+# Presets: CPUs by the instruction sets a library may use, never by the machine that builds it.
+PRESETS = {
+    "x86-64-v3": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"},  # AVX2, FMA (Haswell on)
+    "x86-64-v4": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4"},  # AVX-512 F/BW/DQ/VL
+    "aarch64": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},  # NEON (ARMv8-A)
+}
+HOST = "host"
+# Threads a preset target runs when none are given (a Raspberry Pi 4, a small Graviton instance).
+DEVICE_CORES = 4
+# Cross compilers by the architecture a target's triple names (the host's own `cc` for this machine's).
+CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc"}
+
+
+def resolve_target(spec=None, num_cores: int | None = None) -> Target:
+    """A CPU target from `spec`: None or "host", a preset name, a TVM target dict or its JSON, or a `Target`.
+
+    `num_cores` overrides the target's thread count; a non-host target without one runs `DEVICE_CORES`.
+    Raises ValueError naming the presets for an unknown name, and for a kind other than llvm.
+    """
+    if spec is None or spec == HOST:
+        return host_target(num_cores)
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text in PRESETS:
+            spec = PRESETS[text]
+        elif text.startswith("{"):
+            try:
+                spec = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"target {spec!r} is not valid JSON: {err}") from err
+        else:
+            raise ValueError(f"unknown target {spec!r}: give {HOST!r}, a preset ({', '.join(PRESETS)}) or a TVM "
+                             'target as JSON, e.g. \'{"kind": "llvm", "mtriple": "aarch64-linux-gnu"}\'')
+    if isinstance(spec, Target):
+        spec = dict(spec.export())
+    if not isinstance(spec, dict):
+        raise TypeError(f"target must be a name, a dict, JSON or a tvm.target.Target, got {type(spec).__name__}")
+    if spec.get("kind") != "llvm":
+        raise ValueError(f"tvm-lut compiles for CPUs (target kind 'llvm'), got kind {spec.get('kind')!r}")
+    spec = dict(spec)
+    if num_cores is not None:
+        spec["num-cores"] = num_cores
+    spec.setdefault("num-cores", DEVICE_CORES)
+    if int(spec["num-cores"]) < 1:
+        raise ValueError(f"num_cores must be at least 1, got {spec['num-cores']}")
+    return Target(spec)
+
+
+def architecture(target: Target) -> str:
+    """The CPU architecture `target` generates code for ("x86_64", "aarch64", ...; the host's without a triple)."""
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return triple.split("-")[0] if triple else platform.machine()
+
+
+_HOST_CHECKED_FEATURES = ("avx2", "avx512f", "avx512bw")
+
+
+def runs_on_host(target: Target) -> bool:
+    """Whether code for `target` can run on this machine (same architecture, no x86 extension it lacks)."""
+    if architecture(target) != platform.machine():
+        return False
+    host = host_target(1)
+    return all(target_has_features([f], host) for f in _HOST_CHECKED_FEATURES if target_has_features([f], target))
+
+
+def export_library(lib, path: str | os.PathLike, target: Target) -> None:
+    """Write `lib` (built for `target`) as a shared library, linked by the target's cross compiler if it has one."""
+    arch = architecture(target)
+    if arch == platform.machine():
+        lib.export_library(str(path))
+        return
+    if arch not in CROSS_COMPILERS:
+        raise ValueError(f"no cross compiler known for {arch} (known: {', '.join(CROSS_COMPILERS)})")
+    from tvm.support.cc import cross_compiler
+
+    lib.export_library(str(path), fcompile=cross_compiler(CROSS_COMPILERS[arch]))
+
+
+@dataclasses.dataclass(frozen=True)
+class CPUParams:
+    """Schedule heuristics measured on one CPU; one set per architecture (`cpu_params`).
+
+    min_parallel_work: below this many multiply-adds or elements a loop runs on one thread (a launch costs more).
+    matmul_row_tiles: register-tile row counts the matmul rule tries, preferred first (the first dividing M wins).
+    matmul_k_unroll: reduction steps unrolled per tile.
+    prepack_min_elements: 2-D weights at least this large are repacked into column panels.
+    """
+
+    min_parallel_work: int = 4096
+    matmul_row_tiles: tuple[int, ...] = (8, 6, 4, 7, 5, 3, 2, 1)
+    matmul_k_unroll: int = 4
+    prepack_min_elements: int = 64 * 1024
+
+    def __post_init__(self):
+        if self.min_parallel_work < 0 or self.matmul_k_unroll < 1 or self.prepack_min_elements < 0:
+            raise ValueError(f"CPUParams out of range: {self}")
+        if not self.matmul_row_tiles or 1 not in self.matmul_row_tiles or min(self.matmul_row_tiles) < 1:
+            raise ValueError(f"matmul_row_tiles must be positive and include 1 (every M divides by it), "
+                             f"got {self.matmul_row_tiles}")
+
+
+# Measured on x86 (AMD EPYC znver4, Intel Xeon: 16 / 32 vector registers). AArch64 has 32 NEON registers of 4
+# floats: an 8-row tile of 2 vectors holds 16 accumulators, as on AVX2; kept until a board measures otherwise.
+_PARAMS = {"x86_64": CPUParams(), "aarch64": CPUParams()}
+_OVERRIDES: contextvars.ContextVar[dict] = contextvars.ContextVar("tvm_lut_cpu_params", default={})
+
+
+def cpu_params(target: Target) -> CPUParams:
+    """The heuristics for `target`'s architecture, with the overrides in scope (`override_params`)."""
+    params = _PARAMS.get(architecture(target), CPUParams())
+    overrides = _OVERRIDES.get()
+    return dataclasses.replace(params, **overrides) if overrides else params
+
+
+@contextlib.contextmanager
+def override_params(**overrides):
+    """Within: `cpu_params` answers with these fields replaced (e.g. `matmul_k_unroll=8`), for every target."""
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(CPUParams)}
+    if unknown:
+        raise TypeError(f"unknown CPUParams field(s): {', '.join(sorted(unknown))}")
+    CPUParams(**overrides)  # validated here, not at the first rule that reads them
+    token = _OVERRIDES.set({**_OVERRIDES.get(), **overrides})
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)
 
 
 # x86 register widths by the feature that brings them, widest first. TVM 0.27's `llvm_get_vector_width` answers

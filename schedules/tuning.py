@@ -1,8 +1,8 @@
 """MetaSchedule tuning into a persistent database, one per target; compiling only reads it.
 
 Layout: `<root>/<target key>/database_{workload,tuning_record}.json` (MetaSchedule's JSON database), where the
-target key names the CPU, the thread count and a hash of the whole target, so records measured on one machine are
-never applied to another. Records are keyed by workload (the structural hash of a PrimFunc), so any later compile
+target key names the architecture, the CPU, the thread count and a hash of the whole target, so records measured
+for one target are never applied to another (a directory ships as the target's database). Records are keyed by workload (the structural hash of a PrimFunc), so any later compile
 that produces the same function finds them.
 
 `tune()` works task by task (one task per distinct PrimFunc): it first measures the CPU rules' own schedule and
@@ -16,12 +16,20 @@ one). Compiling reads only the confirmed records. Every search trial is committe
 resumes where it stopped: trials already in the search database count toward the budget. Both the rule schedule
 and MetaSchedule's candidates run on the target's `num-cores` threads (TVM's runtime would otherwise take its own
 count).
+
+Remote devices (`tracker=schedules.rpc.Tracker`): every measurement runs on a device of the tracker's pool, the
+search's through MetaSchedule's `RPCRunner` (libraries linked here with the target's cross compiler, so a device
+needs no compiler; one runner worker per registered device, so the devices share the trials; the device runtime
+set to the target's threads; sessions of `Tracker.session_seconds`), the rule schedule's and the confirmation's
+through one session each. The tracker is asked before anything is written: an unreachable one is an error that
+leaves the database as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import warnings
@@ -35,7 +43,7 @@ from tvm.target import Target
 
 from .rules import default_rules
 from .rules.common import WEIGHT_PREPACK
-from .target import num_cores, use_runtime_threads
+from .target import architecture, export_library, num_cores, resolve_target, runs_on_host, use_runtime_threads
 
 
 _WORKLOADS = "database_workload.json"
@@ -48,13 +56,16 @@ _REPEAT = 3
 _MIN_REPEAT_MS = 20
 # Confirmation: the search's best and the rule schedule timed alternately, this many times each.
 _CONFIRM_ROUNDS = 5
+# Libraries of the search's candidates, as a device receives them (a server logs `load_module <name>` per trial).
+TRIAL_PREFIX = "trial_"
 
 
 def target_key(target: Target) -> str:
     """A directory name for `target`: readable CPU and cores, plus a hash of the full target."""
     digest = hashlib.sha256(str(target).encode()).hexdigest()[:12]
     cpu = target.attrs.get("mcpu") or "generic"
-    return f"{target.kind.name}-{cpu}-{num_cores(target)}c-{digest}"
+    arch = f"{architecture(target)}-" if target.attrs.get("mtriple") else ""
+    return f"{target.kind.name}-{arch}{cpu}-{num_cores(target)}c-{digest}"
 
 
 def open_database(root: str | Path, target: Target, create: bool = False,
@@ -63,8 +74,10 @@ def open_database(root: str | Path, target: Target, create: bool = False,
     `create=False` a missing one is an error (compiling reads only)."""
     directory = Path(root) / target_key(target) / (_SEARCH if search else "")
     if not create and not (directory / _RECORDS).is_file():
-        raise FileNotFoundError(f"no tuning database for target {target} under {root} (expected {directory}); "
-                                "run `tvm-lut tune` first, or compile without a database")
+        others = sorted(p.parent.name for p in Path(root).glob(f"*/{_RECORDS}"))
+        held = f"it holds databases of other targets only: {', '.join(others)}" if others else "it holds none"
+        raise FileNotFoundError(f"no tuning database for target {target} under {root} (expected {directory}; "
+                                f"{held}); run `tvm-lut tune` with this target first, or compile without a database")
     directory.mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(str(directory / _WORKLOADS), str(directory / _RECORDS), allow_missing=create)
 
@@ -78,10 +91,18 @@ class TaskResult:
 
 
 def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: int = 64,
-         num_trials_per_iter: int = 16, rules=None, progress: bool = True) -> list[TaskResult]:
-    """Tune every unscheduled PrimFunc of `mod` (legalized and fused) for `target`; write records under `root`."""
+         num_trials_per_iter: int = 16, rules=None, progress: bool = True, tracker=None) -> list[TaskResult]:
+    """Tune every unscheduled PrimFunc of `mod` (legalized and fused) for `target`; write records under `root`.
+
+    `tracker`: a `schedules.rpc.Tracker` whose devices measure (see the module docstring); None measures here,
+    which needs a target this machine runs.
+    """
     if trials_per_task < 1:
         raise ValueError(f"trials_per_task must be >= 1, got {trials_per_task}")
+    if tracker is None and not runs_on_host(target):
+        raise ValueError(f"target {target} does not run on this machine: measure on the device "
+                         "(--rpc-tracker HOST:PORT --rpc-key KEY)")
+    devices = tracker.check() if tracker is not None else 0  # before anything is written
     from tqdm import tqdm
 
     database = open_database(root, target, create=True)
@@ -91,15 +112,24 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
                  if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
     results = []
     work_dir = str(Path(root) / target_key(target))  # MetaSchedule keeps its per-task logs in work_dir/logs
-    with _timed_on_threads_of(target):
+    measure = _Measure(tracker, devices)
+    with _timed_on_threads_of(target) if tracker is None else contextlib.nullcontext():
         for task in tqdm(extracted, desc="tuning", unit="task", disable=not progress):
             results.append(_tune_task(task, database, search_database, target, rules, trials_per_task,
-                                      num_trials_per_iter, work_dir))
+                                      num_trials_per_iter, work_dir, measure))
     return results
 
 
+@dataclasses.dataclass(frozen=True)
+class _Measure:
+    """Where a tuning run measures: here (no tracker) or on the tracker's `devices` devices."""
+
+    tracker: object = None
+    devices: int = 0
+
+
 def _tune_task(task, database, search_database, target: Target, rules, trials_per_task: int,
-               num_trials_per_iter: int, work_dir: str) -> TaskResult:
+               num_trials_per_iter: int, work_dir: str, measure: _Measure = _Measure()) -> TaskResult:
     """The rule schedule first (if the task has no record yet), then the search for the trials still missing,
     then the search's best confirmed against the rule schedule."""
     func_mod = task.dispatched[0]
@@ -107,21 +137,23 @@ def _tune_task(task, database, search_database, target: Target, rules, trials_pe
     rule = _rule_schedule(func_mod["main"], target, rules)
     rule_ms = None
     if rule is not None and not database.get_top_k(workload, 1):
-        run_secs = _time_in_process({"rule": rule}, target, func_mod, rounds=1)["rule"]
+        run_secs = _time_schedules({"rule": rule}, target, func_mod, rounds=1, tracker=measure.tracker)["rule"]
         for db, key in ((database, workload), (search_database, search_workload)):  # the search starts from it
             db.commit_tuning_record(_record(rule, key, run_secs, target, func_mod))
         rule_ms = _median_ms(run_secs)
     remaining = trials_per_task - len(search_database.get_top_k(search_workload, trials_per_task))
     if remaining > 0:
-        _search(task, search_database, target, remaining, min(num_trials_per_iter, remaining), work_dir)
+        _search(task, search_database, target, remaining, min(num_trials_per_iter, remaining), work_dir, measure)
     if rule is not None:
-        _confirm(database, workload, search_database.get_top_k(search_workload, 1), rule, target, func_mod)
+        _confirm(database, workload, search_database.get_top_k(search_workload, 1), rule, target, func_mod,
+                 tracker=measure.tracker)
     best = database.get_top_k(workload, 1)
     return TaskResult(task.task_name, len(search_database.get_top_k(search_workload, 1 << 30)), rule_ms,
                       _median_ms(best[0].run_secs) if best else None)
 
 
-def _confirm(database, workload, searched: list, rule: s_tir.Schedule, target: Target, func_mod) -> None:
+def _confirm(database, workload, searched: list, rule: s_tir.Schedule, target: Target, func_mod,
+             tracker=None) -> None:
     """Time the search's best and the rule schedule alternately in this process and commit both timings, unless
     the best is the rule's own trace or was confirmed before. The compiled model then uses whichever ran faster
     under the same conditions."""
@@ -132,7 +164,8 @@ def _confirm(database, workload, searched: list, rule: s_tir.Schedule, target: T
     known = {str(record.trace) for record in database.get_top_k(workload, 1 << 30)}
     if str(searched[0].trace) in known or str(candidate.trace) in known:
         return
-    timings = _time_in_process({"rule": rule, "candidate": candidate}, target, func_mod, rounds=_CONFIRM_ROUNDS)
+    timings = _time_schedules({"rule": rule, "candidate": candidate}, target, func_mod, rounds=_CONFIRM_ROUNDS,
+                              tracker=tracker)
     for name, schedule in (("rule", rule), ("candidate", candidate)):
         database.commit_tuning_record(_record(schedule, workload, timings[name], target, func_mod))
 
@@ -157,18 +190,55 @@ def _timed_on_threads_of(target: Target):
             os.environ["TVM_NUM_THREADS"] = previous
 
 
-def _search(task, database, target: Target, trials: int, per_iter: int, work_dir: str) -> None:
+def _search(task, database, target: Target, trials: int, per_iter: int, work_dir: str,
+            measure: _Measure = _Measure()) -> None:
     """MetaSchedule's evolutionary search with the XGBoost cost model, committing into `database`.
 
-    The search, builder and cost model use the target's cores (MetaSchedule would take every core of the machine).
+    The search, builder and cost model use the target's cores when it runs here (MetaSchedule would take every
+    core of the machine), this process's when a device measures.
     """
-    threads = num_cores(target)
+    threads = num_cores(target) if measure.tracker is None else len(os.sched_getaffinity(0))
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts([task], work_dir, num_threads=threads)
+    if measure.tracker is None:
+        builder = ms.builder.LocalBuilder(max_workers=threads, timeout_sec=_TIMEOUT_SECONDS)
+        runner = ms.runner.LocalRunner(timeout_sec=_TIMEOUT_SECONDS)
+    else:
+        builder = ms.builder.LocalBuilder(max_workers=threads, timeout_sec=_TIMEOUT_SECONDS,
+                                          f_export=functools.partial(_export_for, target=str(target)))
+        runner = _rpc_runner(measure.tracker, measure.devices, num_cores(target))
     ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=trials,
                   max_trials_per_task=trials, num_trials_per_iter=per_iter, database=database,
-                  builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=_TIMEOUT_SECONDS),
-                  runner=ms.runner.LocalRunner(timeout_sec=_TIMEOUT_SECONDS),
-                  cost_model=ms.cost_model.XGBModel(num_tuning_cores=threads))
+                  builder=builder, runner=runner, cost_model=ms.cost_model.XGBModel(num_tuning_cores=threads))
+
+
+def _rpc_runner(tracker, devices: int, threads: int) -> ms.runner.RPCRunner:
+    """MetaSchedule's runner on the tracker's pool: one worker per device (so they measure side by side), long
+    sessions, the device runtime on `threads` threads."""
+    config = ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port, tracker_key=tracker.key,
+                                 session_timeout_sec=int(tracker.session_seconds))
+    evaluator = ms.runner.EvaluatorConfig(number=1, repeat=_REPEAT, min_repeat_ms=_MIN_REPEAT_MS)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=max(devices, 1),
+                               f_create_session=functools.partial(_create_session, threads=threads))
+
+
+def _create_session(rpc_config, threads: int):
+    """The RPC runner's session, its device runtime set to the target's threads (the runner never sets them)."""
+    from .rpc import set_remote_threads
+
+    session = rpc_config.connect_server()
+    set_remote_threads(session, threads)
+    return session
+
+
+def _export_for(mod, target: str) -> str:
+    """The builder's export: a shared library linked for `target` here (the device needs no compiler)."""
+    import tempfile
+    import uuid
+
+    # A name of its own: the runner uploads under the file's name, and a device log then tells trials apart.
+    path = os.path.join(tempfile.mkdtemp(), f"{TRIAL_PREFIX}{uuid.uuid4().hex}.so")
+    export_library(mod, path, resolve_target(target))
+    return path
 
 
 def _rule_schedule(func: tvm.tirx.PrimFunc, target: Target, rules) -> s_tir.Schedule | None:
@@ -181,22 +251,28 @@ def _record(schedule: s_tir.Schedule, workload, run_secs: list[float], target: T
                                     ms.arg_info.ArgInfo.from_prim_func(func_mod["main"]))
 
 
-def _time_in_process(schedules: dict, target: Target, func_mod, rounds: int) -> dict[str, list[float]]:
+def _time_schedules(schedules: dict, target: Target, func_mod, rounds: int,
+                    tracker=None) -> dict[str, list[float]]:
     """Seconds per run of each schedule: built here, timed with `time_evaluator` (`_REPEAT` repetitions per
     round), the schedules taking turns each round so a shared machine's load hits them alike. What is timed is
     what compiled models run (`_without_weight_prepack`).
 
-    In this process: MetaSchedule's builder and runner start worker processes that import TVM, which costs more
-    than the measurement itself.
+    In this process, or on one device of `tracker` through one session: MetaSchedule's builder and runner start
+    worker processes that import TVM, which costs more than the measurement itself.
     """
+    from .rpc import upload_library
+
+    session = tracker.session() if tracker is not None else None
+    device = session.cpu() if session is not None else tvm.cpu()
     rng = np.random.default_rng(0)
     timers = {}
     for name, schedule in schedules.items():
         func = _without_weight_prepack(schedule.mod["main"])
-        args = [tvm.runtime.tensor(rng.uniform(-1, 1, [int(d) for d in info.shape]).astype(info.dtype))
+        args = [tvm.runtime.tensor(rng.uniform(-1, 1, [int(d) for d in info.shape]).astype(info.dtype), device)
                 for info in ms.arg_info.ArgInfo.from_prim_func(func)]
         kernel = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-        timers[name] = (evaluator(kernel.jit(), "main", tvm.cpu()), args)
+        module = kernel.jit() if session is None else upload_library(session, kernel, target)
+        timers[name] = (evaluator(module, "main", device), args)
     run_secs = {name: [] for name in schedules}
     for _ in range(rounds):
         for name, (timer, args) in timers.items():

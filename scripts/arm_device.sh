@@ -6,6 +6,8 @@
 #                                   # Python 3.11, and the aarch64 wheels of apache-tvm (nothing touches the host
 #                                   # Python)
 #   scripts/arm_device.sh serve     # serve it in the foreground on 127.0.0.1:$TVM_LUT_ARM_PORT (default 9190)
+#   scripts/arm_device.sh serve --pool 2   # a TVM RPC tracker with 2 emulated devices under one key (it prints
+#                                          # the address for --rpc-tracker / --rpc-key)
 #
 # The ARM tests start and stop the server themselves (`schedules.rpc.emulated_device`) when it is installed.
 # Files live in $TVM_LUT_ARM_HOME (default ~/.cache/tvm-lut/arm64).
@@ -63,10 +65,11 @@ case "${1:-install}" in
     echo "emulated aarch64 device installed in $HOME_DIR"
     ;;
   serve)
-    exec python3 -m schedules.rpc
+    shift
+    exec python3 -m schedules.rpc "$@"
     ;;
   *)
-    echo "usage: $0 install|serve" >&2
+    echo "usage: $0 install|serve [--pool N [--key KEY]]" >&2
     exit 2
     ;;
 esac

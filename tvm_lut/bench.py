@@ -18,10 +18,15 @@ BENCHMARKS = {
     "matmul_rule": "the matmul schedule rule's GFLOPS vs PyTorch",
     "end_to_end": "whole models: PyTorch, ONNX Runtime, stock TVM, our schedules, tuning, LUT passes",
     "autotune": "the autotuned CNN vs the exact build, hand-picked LUT-NN and ONNX Runtime fp32; proxies vs drops",
+    "device": "whole models built for --target, run on an RPC tracker's device: latency there, outputs vs the host",
+    "zoo": "common architectures (ResNet, MobileNets, ConvNeXt, ViT, Swin, BERT, ...): our rules vs ONNX Runtime",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tvm_lut.target_args import add_target_arguments
+
+    add_target_arguments(parser, rpc=True)  # handed on to the benchmark (`tvm-lut bench --target aarch64 ... device`)
     parser.add_argument("name", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (try `--help`)")
 
@@ -31,4 +36,7 @@ def run(args) -> int:
     if not (checkout / "benchmarks" / f"{args.name}.py").is_file():
         raise SystemExit(f"tvm-lut bench needs the source checkout (benchmarks/ beside tvm_lut/); not found in {checkout}")
     sys.path.insert(0, str(checkout))
-    return importlib.import_module(f"benchmarks.{args.name}").main(args.args)
+    forwarded = [f"--target={args.target}"] if args.target != "host" else []
+    forwarded += [f"--rpc-tracker={args.rpc_tracker}"] if args.rpc_tracker else []
+    forwarded += [f"--rpc-key={args.rpc_key}"] if args.rpc_key else []
+    return importlib.import_module(f"benchmarks.{args.name}").main(forwarded + args.args)

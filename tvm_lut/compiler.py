@@ -6,7 +6,7 @@ It runs the `tvm_lut` pipeline (`relay_passes.pipeline`): the LUT passes when a 
 `nonlinear=True`, which uses the shipped default tables), the CPU schedule rules for every function, and the
 records of a tuning database when one is given (written by `tvm-lut tune`; compiling only reads it). The executable
 carries `lut_report`: what each LUT pass replaced and kept exact, which rule or tuning record scheduled each function,
-and which functions stayed unscheduled.
+which functions stayed unscheduled and why, and which rules raised on a function (the build goes on without them).
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ class CompileReport:
     tuned: list[str]  # PrimFuncs scheduled from the tuning database (or already scheduled kernels)
     unscheduled: list[str]  # PrimFuncs no rule fitted: naive loops, named here and in a warning
     exact_passes: list[dict] = dataclasses.field(default_factory=list)  # algorithm choices (Winograd convs)
+    # PrimFunc -> [{"rule", "error"}]: rules that raised on it (a bug in the rule); the next rule was tried
+    rule_failures: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+    why_unscheduled: dict[str, str] = dataclasses.field(default_factory=dict)  # PrimFunc -> what no rule serves
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -46,23 +49,32 @@ class CompileReport:
             rules[rule] = rules.get(rule, 0) + 1
         lines.append(f"scheduled by rules {rules}; from the tuning database {len(self.tuned)}")
         lines.append(f"unscheduled: {', '.join(self.unscheduled) or 'none'}")
+        lines += [f"  {name}: {why}" for name, why in self.why_unscheduled.items()]
+        for name, failures in self.rule_failures.items():
+            lines.append(f"rule failures on {name}: " + "; ".join(f"{f['rule']} raised {f['error']}" for f in failures))
         return "\n".join(lines)
 
 
 def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database: str | os.PathLike | None = None,
-            rules=None, winograd: bool = True):  # noqa: A001 - the public name is tvm_lut.compile
+            rules=None, winograd: bool = True, exec_mode: str = "compiled"):  # noqa: A001 - the public name is tvm_lut.compile
     """Compile a Relax module for the CPU: LUT passes (with `bundle`), schedules, tuning records.
 
     mod: a Relax `IRModule` (e.g. from `tvm_lut.frontend.from_torch` / `from_onnx`), weights bound as constants.
     bundle: a `tvm_lut.Bundle`, or a path to one; None means an exact model unless `nonlinear=True`.
-    target: a `tvm.target.Target` or its dict; None means `schedules.host_target()`.
+    target: "host" (the default: this CPU), a preset ("x86-64-v3", "x86-64-v4", "aarch64"), a TVM target dict or
+        its JSON, or a `tvm.target.Target` (`schedules.target.resolve_target`). Rules, lookup intrinsics, Winograd,
+        vector widths and thread counts follow it; export a library for another architecture with
+        `schedules.target.export_library(executable, path, target)` (its cross compiler).
     database: a directory written by `tvm-lut tune` (records of this target are applied first).
     rules: schedule rules to use instead of `schedules.rules.default_rules()`.
     winograd: exact 3x3 stride-1 convs as Winograd F(2x2, 3x3) kernels (`relay_passes.WinogradConv2d`); False
         keeps every conv direct.
+    exec_mode: "compiled" (the VM's instructions as native code, the fastest) or "bytecode" (interpreted; the VM's
+        instrumentation sees every kernel call, which `tvm_lut.profile` needs).
 
-    It also sizes this process's TVM thread pool to the target's cores (`schedules.target.use_runtime_threads`:
-    left alone, TVM runs half the logical CPUs of an x86 host); if the pool already runs fewer, it warns.
+    For a target that runs here it also sizes this process's TVM thread pool to the target's cores
+    (`schedules.target.use_runtime_threads`: left alone, TVM runs half the logical CPUs of an x86 host); if the pool
+    already runs fewer, it warns.
     """
     import warnings
 
@@ -70,8 +82,7 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
     from tvm import relax
 
     from relay_passes.pipeline import tvm_lut_pipeline
-    from schedules import host_target
-    from schedules.target import use_runtime_threads
+    from schedules.target import resolve_target, runs_on_host, use_runtime_threads
 
     if not isinstance(mod, tvm.IRModule):
         raise TypeError(f"mod must be a Relax tvm.IRModule, got {type(mod).__name__}")
@@ -79,30 +90,32 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
         from tvm_lut.bundle import Bundle
 
         bundle = Bundle.load(Path(bundle))
-    target = host_target() if target is None else tvm.target.Target(target)
-    if target.kind.name != "llvm":
-        raise ValueError(f"tvm_lut.compile targets CPUs (kind llvm), got kind {target.kind.name!r}")
-    try:
-        use_runtime_threads(target)
-    except RuntimeError as error:
-        warnings.warn(str(error), RuntimeWarning, stacklevel=2)
+    target = resolve_target(target)
+    if runs_on_host(target):
+        try:
+            use_runtime_threads(target)
+        except RuntimeError as error:
+            warnings.warn(str(error), RuntimeWarning, stacklevel=2)
     pipeline = tvm_lut_pipeline(bundle=bundle, nonlinear=nonlinear, database=database, target=target, rules=rules,
                                 winograd=winograd)
     # "compiled": the VM's instruction sequence becomes native code instead of interpreted bytecode (the CNN's 35
     # instructions: 90.1 -> 88.4 us a call at one thread), the same kernels.
-    executable = relax.build(mod, target=target, relax_pipeline=pipeline, exec_mode="compiled")
+    executable = relax.build(mod, target=target, relax_pipeline=pipeline, exec_mode=exec_mode)
     report = pipeline.report
     executable.lut_report = CompileReport(target=str(target), passes=report["passes"], scheduled=report["scheduled"],
                                           tuned=report["already_scheduled"], unscheduled=report["unscheduled"],
-                                          exact_passes=report["exact_passes"])
+                                          exact_passes=report["exact_passes"], rule_failures=report["rule_failures"],
+                                          why_unscheduled=report["why_unscheduled"])
     return executable
 
 
 def add_arguments(parser) -> None:
     """`tvm-lut compile MODEL -o lib.so`: compile with the rules (and tuning records, LUT tables) and print the report."""
+    from tvm_lut.target_args import add_target_arguments
     from tvm_lut.tune import add_model_arguments
 
     add_model_arguments(parser)
+    add_target_arguments(parser)
     parser.add_argument("-o", "--output", required=True, help="the shared library to write (load it with "
                         "tvm.runtime.load_module and run it with relax.VirtualMachine)")
     parser.add_argument("--db", help="a tuning database written by `tvm-lut tune` (read only)")
@@ -112,13 +125,15 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from schedules import host_target
+    from schedules.target import export_library
+    from tvm_lut.target_args import resolve_target
     from tvm_lut.tune import import_model
 
+    target = resolve_target(args)
     mod = import_model(args.model, args.batch, args.length)
-    executable = compile(mod, args.bundle, host_target(args.threads), nonlinear=args.nonlinear, database=args.db,
+    executable = compile(mod, args.bundle, target, nonlinear=args.nonlinear, database=args.db,
                          winograd=args.winograd)
-    executable.export_library(args.output)
+    export_library(executable, args.output, target)
     print(executable.lut_report)
     print(f"wrote {args.output}")
     if args.json:

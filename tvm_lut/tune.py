@@ -1,6 +1,7 @@
-"""`tvm-lut tune`: tune a model's functions for this CPU into a database that later compiles read.
+"""`tvm-lut tune`: tune a model's functions for a CPU into a database that later compiles read.
 
     tvm-lut tune minilm-l6 --db tuning/ --trials 64          # the built-in MiniLM-L6 (batch 8 x 64 tokens)
+    tvm-lut tune minilm-l6 --db tuning/ --target aarch64 --rpc-tracker 127.0.0.1:9190 --rpc-key pi4
     tvm-lut tune fashion-cnn --batch 1 --db tuning/          # the Fashion-MNIST CNN (batch x 1 x 28 x 28)
     tvm-lut tune model.onnx --db tuning/ --trials 32 --nonlinear
 
@@ -48,7 +49,10 @@ def import_model(spec: str, batch: int = 8, length: int = 64):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tvm_lut.target_args import add_target_arguments
+
     add_model_arguments(parser)
+    add_target_arguments(parser, rpc=True)
     parser.add_argument("--db", required=True, help="tuning database directory (created; one folder per target)")
     parser.add_argument("--trials", type=int, default=64, help="measured trials per function, including the "
                         "rules' own schedule (64)")
@@ -57,15 +61,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from relay_passes.pipeline import prepare
-    from schedules import host_target
     from schedules.tuning import tune
     from tvm_lut.bundle import Bundle
+    from tvm_lut.target_args import resolve_target, resolve_tracker
 
-    target = host_target(args.threads)
+    target = resolve_target(args)
+    tracker = resolve_tracker(args, target)
     bundle = Bundle.load(args.bundle) if args.bundle else None
     mod = prepare(import_model(args.model, args.batch, args.length), target, bundle=bundle, nonlinear=args.nonlinear,
                   winograd=args.winograd)
-    results = tune(mod, target, args.db, trials_per_task=args.trials, num_trials_per_iter=args.trials_per_iter)
+    try:
+        results = tune(mod, target, args.db, trials_per_task=args.trials, num_trials_per_iter=args.trials_per_iter,
+                       tracker=tracker)
+    except ValueError as err:
+        raise SystemExit(f"tvm-lut tune: {err}") from None
     for result in results:
         gain = f"{result.rule_ms / result.best_ms:.2f}x vs rules" if result.rule_ms and result.best_ms else ""
         best = f"{result.best_ms:.3f} ms" if result.best_ms is not None else "no valid record"

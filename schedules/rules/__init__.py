@@ -6,6 +6,7 @@ returns a schedule wins.
 
 from .common import CPURule
 from .conv2d import Conv2d
+from .depthwise_conv2d import DepthwiseConv2d
 from .elementwise import Elementwise
 from .matmul import Matmul
 from .reduction import Reduction
@@ -13,7 +14,7 @@ from .winograd import Winograd
 
 
 def default_rules() -> tuple[CPURule, ...]:
-    return (Winograd(), Matmul(), Conv2d(), Reduction(), Elementwise())
+    return (Winograd(), Matmul(), Conv2d(), DepthwiseConv2d(), Reduction(), Elementwise())
 
 
-__all__ = ["CPURule", "Conv2d", "Elementwise", "Matmul", "Reduction", "Winograd", "default_rules"]
+__all__ = ["CPURule", "Conv2d", "DepthwiseConv2d", "Elementwise", "Matmul", "Reduction", "Winograd", "default_rules"]

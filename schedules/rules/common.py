@@ -20,8 +20,6 @@ from .vector_math import vectorizable_math
 
 logger = logging.getLogger(__name__)
 
-# Below this many elements a parallel loop costs more to launch than it saves.
-MIN_PARALLEL_WORK = 4096
 # A block a rule marks with this (MetaSchedule's key) repacks a weight: the `tvm_lut` pipeline splits it into a
 # function of its own and folds it on constant weights, so it is not part of what a model runs.
 WEIGHT_PREPACK = "meta_schedule.layout_rewrite_preproc"
@@ -83,12 +81,32 @@ def inline_injective(sch: s_tir.Schedule, blocks: list[SBlockInfo], keep=()) -> 
         for info in list(remaining):
             if not info.is_injective() or len(remaining) == 1 or info in keep:
                 continue
-            if _try(sch.compute_inline, info.block_rv, single_consumer=sch) or _try(
-                sch.reverse_compute_inline, info.block_rv
+            if _try(sch.compute_inline, info.block_rv, single_consumer=sch) or (
+                _reads_producers_one_to_one(sch, info.block_rv) and _try(sch.reverse_compute_inline, info.block_rv)
             ):
                 remaining.remove(info)
                 changed = True
     return remaining
+
+
+def _reads_producers_one_to_one(sch: s_tir.Schedule, block_rv) -> bool:
+    """Whether the block reads each intermediate buffer at its own iterators, one index each (`y[i, j]` of a
+    `(i, j)` block), as reverse inlining needs. A broadcast read (`gate[n, c, 0, 0]` of an `(n, c, h, w)` block, a
+    squeeze-and-excitation gate) makes TVM 0.27's `reverse_compute_inline` fail an internal check instead of
+    refusing with a `ScheduleError`, so such a block is not tried.
+    """
+    block = sch.get(block_rv)
+    produced = [write.source for producer in sch.get_producers(block_rv) for write in sch.get(producer).writes]
+    spatial = [iv.var for iv in block.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+    for read in block.reads:
+        if not any(read.source.same_as(buffer) for buffer in produced):
+            continue
+        indices = [r.min for r in read.region]
+        if len(indices) != len(spatial) or not all(any(i.same_as(v) for v in spatial) for i in indices):
+            return False
+        if len({id(v) for v in spatial if any(i.same_as(v) for i in indices)}) != len(spatial):
+            return False
+    return True
 
 
 def _try(primitive, block, single_consumer: s_tir.Schedule | None = None) -> bool:
@@ -143,9 +161,10 @@ def vectorize_innermost(sch: s_tir.Schedule, loop, lanes: int, row: int | None =
 
 
 def parallelize(sch: s_tir.Schedule, loop, work: int | None, target: Target) -> None:
-    """Mark `loop` parallel if the function does enough work to pay for the thread launch."""
-    from ..target import num_cores
+    """Mark `loop` parallel if the function does enough work to pay for the thread launch (the target's
+    `CPUParams.min_parallel_work`)."""
+    from ..target import cpu_params, num_cores
 
     extent = static_extent(sch, loop)
-    if num_cores(target) > 1 and (work is None or work >= MIN_PARALLEL_WORK) and (extent is None or extent > 1):
+    if num_cores(target) > 1 and (work is None or work >= cpu_params(target).min_parallel_work) and (extent is None or extent > 1):
         sch.parallel(loop)

@@ -115,7 +115,13 @@ class Conv2d(CPURule):
         if None in extents.values():
             return None
         position = blocks.index(conv)
-        epilogue = [info.block_rv for info in inline_injective(sch, blocks[position + 1 :])]
+        consumers = blocks[position + 1 :]
+        resized = [info for info in consumers if _shape(sch, info) != _shape(sch, conv)]
+        if resized and (len(resized) > 1 or resized[0] is not consumers[-1] or len(consumers) < 2):
+            return None
+        # A last stage of another shape (the next layer's padding, fused in) cannot run per tile: the tiles cover
+        # only the conv's outputs and would leave the border unwritten. It runs after the conv, as a copy.
+        epilogue = [info.block_rv for info in inline_injective(sch, consumers[:-1] if resized else consumers)]
         dtype = output_dtype(sch, conv.block_rv)
         lanes = vector_lanes(target, dtype)
         wide = lanes * tvm.DataType(dtype).bits >= 512
@@ -157,6 +163,8 @@ class Conv2d(CPURule):
             sch.unroll(consumer_channels)
 
         parallelize(sch, rows, math.prod(extents.values()), target)
+        if resized:
+            _schedule_copy(sch, resized[0].block_rv, target)
         if vector_size > 1:
             sch.vectorize(vector)
         sch.unroll(unrolled)
@@ -167,6 +175,19 @@ class Conv2d(CPURule):
         if vector_size > 1:
             sch.vectorize(sch.get_loops(init)[-1])
         return sch
+
+
+def _shape(sch: s_tir.Schedule, info: SBlockInfo) -> list[int]:
+    return [int(d) for d in sch.get(info.block_rv).writes[0].source.shape]
+
+
+def _schedule_copy(sch: s_tir.Schedule, block, target: Target) -> None:
+    """A padding stage after the conv: planes in parallel, each split at the padding's edges into a plain copy."""
+    *planes, height, width = sch.get_loops(block)
+    fused = sch.fuse(*planes) if len(planes) > 1 else planes[0]
+    parallelize(sch, fused, math.prod(static_extent(sch, loop) for loop in sch.get_loops(block)), target)
+    for loop in (height, width):
+        sch.annotate(loop, "pragma_loop_partition_hint", 1)
 
 
 def _divisor(extent: int, candidates) -> int | None:

@@ -12,21 +12,17 @@ A large 2-D right operand (a dense layer's weight) is read as `[N / NR, K, NR]` 
 """
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import SBlockInfo
+from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.target import Target
 
-from ..target import vector_lanes
+from ..target import cpu_params, vector_lanes
 from .common import WEIGHT_PREPACK, CPURule, inline_injective, largest_divisor, output_dtype, parallelize, static_extent
 from .common import vectorize_innermost
 
-# Rows of C per register tile, best first: MR x 2 vectors of accumulators, plus 2 B vectors and a broadcast,
-# must fit the 16 (AVX2) or 32 (AVX-512) vector registers.
-ROW_TILES = (8, 6, 4, 7, 5, 3, 2, 1)
-K_UNROLL = 4
+# Rows of C per register tile (MR x 2 vectors of accumulators, plus 2 B vectors and a broadcast, must fit the
+# vector registers), the k unrolling and the repacking threshold are per-target `CPUParams` (`schedules.target`).
 # Vectors of C per tile of a one-row product: more independent accumulators hide the multiply-add latency.
 ROWLESS_VECTORS = 4
-# Right operands of at least this many elements (256 KiB of float32) are repacked into panels (`_prepack_weight`).
-PREPACK_MIN_ELEMENTS = 64 * 1024
 
 
 def _index_vars(region) -> list:
@@ -44,15 +40,23 @@ class Matmul(CPURule):
         has_rows = self._has_rows(sch, matmul)
         if has_rows is None:
             return None
-        position = blocks.index(matmul)
-        for producer in blocks[:position]:
-            sch.compute_inline(producer.block_rv)
-        epilogue = [info.block_rv for info in inline_injective(sch, blocks[position + 1 :])]
-
         if any(static_extent(sch, loop) is None for loop in sch.get_loops(matmul.block_rv)):
             return None
+        pads = _pad_ragged(sch, matmul, has_rows, target)
+        if pads:
+            blocks = normalize_prim_func(sch)
+            matmul = next(info for info in blocks if not info.is_injective())
+        position = blocks.index(matmul)
+        for producer in blocks[:position]:
+            if sch.get(producer.block_rv).name_hint not in pads:
+                sch.compute_inline(producer.block_rv)
+        epilogue = [info.block_rv for info in inline_injective(sch, blocks[position + 1 :])]
+
         col_tile = register_tile(sch, matmul.block_rv, epilogue, has_rows, target)
-        _prepack_weight(sch, matmul.block_rv, col_tile)
+        _prepack_weight(sch, matmul.block_rv, col_tile, cpu_params(target).prepack_min_elements)
+        for name in pads:  # what the weight's repacking did not absorb: a copy, split at the padding's edge
+            for loop in _loops_of(sch, name):
+                sch.annotate(loop, "pragma_loop_partition_hint", 1)
         return sch
 
     @staticmethod
@@ -78,6 +82,40 @@ class Matmul(CPURule):
         return False if all(b in lhs and b in rhs for b in [*batch, i] if b is not None) else None
 
 
+def _pad_ragged(sch: s_tir.Schedule, info: SBlockInfo, has_rows: bool, target: Target) -> set[str]:
+    """Pad a ragged matmul (rows that no register tile divides, columns no SIMD vector divides: ViT's 197 tokens)
+    to full tiles with `pad_einsum`: the operands are copied into zero-padded buffers, the product is computed on
+    whole tiles, and only the valid part reaches the epilogue. Returns the names of the padding blocks (none when
+    the shape is tile-friendly)."""
+    loops = sch.get_loops(info.block_rv)
+    extents = [static_extent(sch, loop) for loop in loops]
+    m, n = (extents[-3] if has_rows else 1), extents[-2]
+    lanes = vector_lanes(target, output_dtype(sch, info.block_rv))
+    row_tiles = cpu_params(target).matmul_row_tiles
+    row_tile = next(r for r in row_tiles if m % r == 0)
+    pad_m = row_tiles[0] if has_rows and m > row_tiles[0] and row_tile < 4 else 1
+    pad_n = lanes if n > lanes and largest_divisor(n, lanes) < lanes else 1
+    if pad_m == pad_n == 1:
+        return set()
+    before = {sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root"))}
+    padding = [1] * len(loops)
+    padding[-2] = pad_n
+    if has_rows:
+        padding[-3] = pad_m
+    sch.pad_einsum(info.block_rv, padding)
+    after = {sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root"))}
+    matmul_name = sch.get(info.block_rv).name_hint
+    return {name for name in after - before if name != f"{matmul_name}_pad"}
+
+
+def _loops_of(sch: s_tir.Schedule, name: str) -> list:
+    """The loops of the block named `name`, none if it was inlined."""
+    try:
+        return sch.get_loops(sch.get_sblock(name))
+    except s_tir.ScheduleError:
+        return []
+
+
 def register_tile(sch: s_tir.Schedule, block, epilogue: list, has_rows: bool, target: Target) -> int:
     """Schedule the matmul `block` (loops `[batch.., [i,] j, k]`, static extents) as the module docstring says:
     MR x NR register tiles in parallel, `epilogue` (blocks consuming C, or none: C is written through a tile)
@@ -88,9 +126,10 @@ def register_tile(sch: s_tir.Schedule, block, epilogue: list, has_rows: bool, ta
     *batch_loops, i, j, kk = loops if has_rows else [*loops[:-2], None, *loops[-2:]]
     m, n, k = (extents[-3] if has_rows else 1), extents[-2], extents[-1]
     lanes = vector_lanes(target, output_dtype(sch, block))
-    row_tile = next(r for r in ROW_TILES if m % r == 0)
+    params = cpu_params(target)
+    row_tile = next(r for r in params.matmul_row_tiles if m % r == 0)
     col_tile = largest_divisor(n, (2 if has_rows else ROWLESS_VECTORS) * lanes)
-    k_unroll = largest_divisor(k, K_UNROLL)
+    k_unroll = largest_divisor(k, params.matmul_k_unroll)
 
     row_outer, row_inner = ([loop] for loop in sch.split(i, [None, row_tile])) if has_rows else ([], [])
     jo, ji = sch.split(j, [None, col_tile])
@@ -117,14 +156,14 @@ def register_tile(sch: s_tir.Schedule, block, epilogue: list, has_rows: bool, ta
     return col_tile
 
 
-def _prepack_weight(sch: s_tir.Schedule, block, col_tile: int) -> None:
+def _prepack_weight(sch: s_tir.Schedule, block, col_tile: int, min_elements: int) -> None:
     """Lay a 2-D right operand (a dense layer's weight) out as `[N / NR, K, NR]` panels, in a block marked as
     weight repacking that the pipeline folds at compile time on a constant weight.
 
     A tile reads its `K x NR` panel of B one row of NR floats at a time; in `(K, N)` order those rows lie N floats
     apart, a new page every few rows, which the hardware prefetcher does not follow: with the weights out of cache
     (a whole model's do not fit), MiniLM's 64x384x1536 layer took 912 us instead of 595. A panel in one contiguous
-    run streams. Small weights (under PREPACK_MIN_ELEMENTS, which stay in cache) and batched ones are left alone.
+    run streams. Small weights (under `min_elements`, which stay in cache) and batched ones are left alone.
     """
     stmt = sch.get(block)
     j = stmt.iter_vars[-2].var  # iterators (.., j, k): B is the operand read along j
@@ -133,8 +172,10 @@ def _prepack_weight(sch: s_tir.Schedule, block, col_tile: int) -> None:
     if index is None or col_tile < 2:
         return
     shape = [int(d) for d in stmt.reads[index].source.shape]
-    if len(shape) != 2 or shape[0] * shape[1] < PREPACK_MIN_ELEMENTS:
+    if len(shape) != 2 or shape[0] * shape[1] < min_elements:
         return
     packed = sch.cache_read(block, index, "global")
+    for padding in sch.get_producers(packed):  # a ragged weight's zero padding (`_pad_ragged`) joins the repacking
+        sch.compute_inline(padding)
     sch.transform_layout(packed, ("write", 0), lambda k, n: (n // col_tile, k, n % col_tile))
     sch.annotate(packed, WEIGHT_PREPACK, 1)

@@ -45,6 +45,39 @@ def _reads_contiguously(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
     return bool(varying) and all(r.region[-1].min.same_as(axis) for r in varying)
 
 
+def _per_row_values(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> list[SBlockInfo]:
+    """The injective blocks computed from a reduction that compute fewer values than the output (LayerNorm's
+    rsqrt per row, a squeeze-and-excitation gate per channel): inlined, each would be recomputed for every element
+    it broadcasts to."""
+    output = blocks[-1]
+    width = _leading_spatial(output)
+
+    def size(info):
+        extents = [int(d) if isinstance(d, tirx.IntImm) else None for d in info.dom()]
+        return None if None in extents else math.prod(extents)
+
+    downstream, kept = set(), []
+    for info in blocks:  # in program order: producers first
+        producers = {sch.get(p).name_hint for p in sch.get_producers(info.block_rv)}
+        if not info.is_injective() or producers & downstream:
+            downstream.add(sch.get(info.block_rv).name_hint)
+        if info.is_injective() and producers & downstream and (
+            len(info.dom()) < width or (None not in (size(info), size(output)) and size(info) < size(output))
+        ):
+            kept.append(info)
+    return kept
+
+
+def _shared_rows(blocks: list[SBlockInfo], rows: int) -> int:
+    """How many of the first `rows` axes every block shares, extent for extent: the rows that run in parallel (an
+    (n, c) gate computed from a (n, c, 1, 1) reduction and applied to (n, c, h, w) features shares two)."""
+    doms = [[str(d) for d in info.dom()[:rows]] for info in blocks]
+    shared = 0
+    while shared < rows and len({dom[shared] for dom in doms}) == 1:
+        shared += 1
+    return shared
+
+
 class Reduction(CPURule):
     """Rows in parallel, reductions vectorized through rfactor, injective stages vectorized."""
 
@@ -53,17 +86,17 @@ class Reduction(CPURule):
             return None
         # A per-row value computed from a reduction (LayerNorm's rsqrt, softmax's reciprocal) stays a stage of its
         # own, once per row: inlined, it would sit in the per-element loop and rely on LLVM to hoist it.
-        width = _leading_spatial(blocks[-1])
-        blocks = inline_injective(sch, blocks, keep=[b for b in blocks if b.is_injective() and len(b.dom()) < width])
-        rows = min(_leading_spatial(info) for info in blocks)
+        blocks = inline_injective(sch, blocks, keep=_per_row_values(sch, blocks))
         if any(set(info.dom_kind().lstrip("S")) - {"R"} for info in blocks):  # spatial axes first, then reductions
             return None
+        leading = min(_leading_spatial(info) for info in blocks)
+        rows = _shared_rows(blocks, leading)
         lanes = vector_lanes(target, output_dtype(sch, blocks[-1].block_rv))
-        if len({tuple(str(d) for d in info.dom()[:rows]) for info in blocks}) != 1:
+        if rows == 0 < leading:
             # One row (a softmax over (1, n)): the reductions keep a unit row axis that the elementwise stages lack.
             # Every stage runs once, in place; the elementwise ones vectorized, the reductions as scalar loops.
-            if not all(_is_unit(d) for info in blocks if not info.is_injective() for d in info.dom()[:rows]):
-                return None
+            if not all(_is_unit(d) for info in blocks if not info.is_injective() for d in info.dom()[:leading]):
+                return self._apart(sch, blocks, lanes, target)
             return self._place(sch, blocks, 0, lanes, target, tile_rows=False, rfactor=False)
         single_row = all(_is_unit(d) for d in blocks[0].dom()[:rows])
         if len(blocks) == 1 and blocks[0].dom_kind().count("R") > 1 and rows >= 2:
@@ -115,6 +148,21 @@ class Reduction(CPURule):
             self._vectorize_row(sch, block, sch.get_loops(block)[anchor_depth:], kind, lanes)
         last, kind = stages[-1]
         self._vectorize_row(sch, last, sch.get_loops(last)[anchor_depth + (tile > 1) :], kind, lanes)
+        return sch
+
+    def _apart(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], lanes: int, target: Target) -> s_tir.Schedule:
+        """Stages with no row axis in common (a softmax or LayerNorm over a leading axis: the reductions run over
+        (4, 5) rows of a (3, 4, 5) tensor, the elementwise stages over all of it), each scheduled on its own: the
+        elementwise ones fused, vectorized and parallel, each reduction over a leading axis as a window
+        (`_window`: the reduced axis outside, a vector of outputs along the contiguous last axis inside).
+        A reduction with a single spatial axis stays a scalar loop."""
+        from .elementwise import Elementwise
+
+        for info in blocks:
+            if info.is_injective():
+                Elementwise.schedule_block(sch, info.block_rv, target)
+            elif _leading_spatial(info) >= 2:
+                self._window(sch, info, _leading_spatial(info), lanes, target)
         return sch
 
     @staticmethod

@@ -3,8 +3,8 @@ import pytest
 import tvm
 from tvm import te, topi
 
-from schedules import ApplyCPUSchedules, UnscheduledWarning, host_target
-from schedules.rules import Elementwise, default_rules
+from schedules import ApplyCPUSchedules, RuleFailureWarning, ScheduleReport, UnscheduledWarning, host_target
+from schedules.rules import Elementwise, Reduction, default_rules
 from tests.schedules.rule_harness import TARGET, run
 
 
@@ -25,8 +25,9 @@ def _full_sum():
 def test_schedules_every_function_and_reports_the_rule():
     apply = ApplyCPUSchedules(target=host_target())
     mod = apply(_module(softmax=_softmax((6, 40)), tiny_softmax=_softmax((1, 1))))
-    assert apply.report.scheduled == {"softmax": "Reduction", "tiny_softmax": "Elementwise"}
-    assert apply.report.unscheduled == []
+    report = ScheduleReport.of(mod)
+    assert report.scheduled == {"softmax": "Reduction", "tiny_softmax": "Elementwise"}
+    assert report.unscheduled == [] and report.rule_failures == {}
     assert all(mod[name].attrs["tirx.is_scheduled"] for name in ("softmax", "tiny_softmax"))
     data = np.random.default_rng(0).standard_normal((6, 40), dtype="float32")
     expected = np.exp(data) / np.exp(data).sum(-1, keepdims=True)
@@ -37,7 +38,7 @@ def test_names_what_it_leaves_unscheduled():
     apply = ApplyCPUSchedules(rules=[Elementwise()], target=host_target())
     with pytest.warns(UnscheduledWarning, match="left naive: full_sum"):
         mod = apply(_module(full_sum=_full_sum()))
-    assert apply.report.unscheduled == ["full_sum"]
+    assert ScheduleReport.of(mod).unscheduled == ["full_sum"]
     assert "tirx.is_scheduled" not in (mod["full_sum"].attrs or {})
 
 
@@ -45,7 +46,7 @@ def test_keeps_functions_already_scheduled():
     func = _full_sum().with_attr("tirx.is_scheduled", True)
     apply = ApplyCPUSchedules(target=host_target())
     mod = apply(_module(done=func))
-    assert apply.report.already_scheduled == ["done"]
+    assert ScheduleReport.of(mod).already_scheduled == ["done"]
     tvm.ir.assert_structural_equal(mod["done"], func.with_attr("global_symbol", "done"))
 
 
@@ -54,7 +55,7 @@ def test_already_scheduled_functions_get_vector_exp():
     func = _softmax((3, 5)).with_attr("tirx.is_scheduled", True)
     apply = ApplyCPUSchedules(target=host_target())
     mod = apply(_module(tuned=func))
-    assert apply.report.already_scheduled == ["tuned"]
+    assert ScheduleReport.of(mod).already_scheduled == ["tuned"]
     assert "T.exp(" in func.script() and "T.exp(" not in mod["tuned"].script()
     data = np.random.default_rng(1).standard_normal((3, 5), dtype="float32")
     expected = np.exp(data) / np.exp(data).sum(-1, keepdims=True)
@@ -64,8 +65,8 @@ def test_already_scheduled_functions_get_vector_exp():
 def test_uses_the_target_in_scope():
     apply = ApplyCPUSchedules()
     with host_target():
-        apply(_module(softmax=_softmax((6, 40))))
-    assert apply.report.scheduled == {"softmax": "Reduction"}
+        mod = apply(_module(softmax=_softmax((6, 40))))
+    assert ScheduleReport.of(mod).scheduled == {"softmax": "Reduction"}
 
 
 def test_without_a_target_says_so():
@@ -76,7 +77,8 @@ def test_without_a_target_says_so():
 def test_a_single_row_softmax_is_scheduled_and_still_correct():
     apply = ApplyCPUSchedules(target=host_target())
     mod = apply(_module(single_row=_softmax((1, 3))))
-    assert apply.report.scheduled == {"single_row": "Reduction"} and apply.report.unscheduled == []
+    report = ScheduleReport.of(mod)
+    assert report.scheduled == {"single_row": "Reduction"} and report.unscheduled == []
     data = np.array([[1.0, np.inf, -2.0]], dtype="float32")
     with np.errstate(invalid="ignore"):
         expected = np.exp(data - data.max()) / np.exp(data - data.max()).sum()
@@ -101,3 +103,82 @@ def test_no_rule_raises_on_an_empty_function(func):
         sch = rule.apply(func, TARGET, False)
         if sch is not None:  # a rule that serves it builds it
             tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target=TARGET)
+
+
+class _Raises(Reduction):
+    """A rule with a bug: it raises (here a TVM internal error, as a failed check would) on every function."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def schedule(self, sch, blocks, target):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [tvm.error.InternalError("Check failed: (node.defined()) is false"),
+                                   ZeroDivisionError("division by zero"), KeyError("block")])
+def test_a_rule_that_raises_is_skipped_named_and_the_next_rule_serves(error):
+    apply = ApplyCPUSchedules(rules=[_Raises(error), Reduction()], target=host_target())
+    with pytest.warns(RuleFailureWarning, match=f"_Raises raised on softmax .*{type(error).__name__}"):
+        mod = apply(_module(softmax=_softmax((6, 40))))
+    report = ScheduleReport.of(mod)
+    assert report.scheduled == {"softmax": "Reduction"} and report.unscheduled == []
+    ((failure,),) = report.rule_failures.values()
+    assert failure["rule"] == "_Raises" and failure["error"].startswith(type(error).__name__)
+    data = np.random.default_rng(2).standard_normal((6, 40), dtype="float32")
+    expected = np.exp(data) / np.exp(data).sum(-1, keepdims=True)
+    np.testing.assert_allclose(run(mod["softmax"], data), expected, rtol=1e-5)
+
+
+def test_a_function_only_failing_rules_reach_stays_naive_and_is_reported():
+    apply = ApplyCPUSchedules(rules=[_Raises(RuntimeError("boom"))], target=host_target())
+    with pytest.warns(RuleFailureWarning, match="boom"), pytest.warns(UnscheduledWarning, match="softmax"):
+        mod = apply(_module(softmax=_softmax((6, 40))))
+    report = ScheduleReport.of(mod)
+    assert report.unscheduled == ["softmax"]
+    assert report.rule_failures == {"softmax": [{"rule": "_Raises", "error": "RuntimeError: boom"}]}
+
+
+def test_the_pass_keeps_no_report_of_its_own():
+    """Two runs of one pass object each get their own report (with the module), none on the pass."""
+    apply = ApplyCPUSchedules(target=host_target())
+    first = ScheduleReport.of(apply(_module(softmax=_softmax((6, 40)))))
+    second = ScheduleReport.of(apply(_module(other=_softmax((3, 8)))))
+    assert first.scheduled == {"softmax": "Reduction"} and second.scheduled == {"other": "Reduction"}
+    assert not hasattr(apply, "report")
+
+
+def test_through_tvm_lut_compile_a_raising_rule_leaves_the_build_standing_and_is_named():
+    import torch
+
+    import tvm_lut
+    from tvm_lut.frontend import from_torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Softmax(-1)).eval()
+    x = torch.randn(4, 8)
+    with pytest.warns(RuleFailureWarning, match="_Raises raised"):
+        executable = tvm_lut.compile(from_torch(model, (x,)), rules=[_Raises(RuntimeError("bug")), *default_rules()])
+    report = executable.lut_report
+    assert report.unscheduled == [] and report.scheduled and set(report.rule_failures) == set(report.scheduled)
+    assert all(failures == [{"rule": "_Raises", "error": "RuntimeError: bug"}]
+               for failures in report.rule_failures.values())
+    assert "rule failures on" in str(report) and "_Raises raised RuntimeError: bug" in str(report)
+    out = tvm.runtime.tensor(x.numpy())
+    out = tvm.relax.VirtualMachine(executable, tvm.cpu())["main"](out).numpy()
+    np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_says_why_a_function_stays_unscheduled():
+    """A full reduction (no rows), a hand-written scan (loops outside blocks): each named with its reason, in the
+    report and the warning."""
+    x = te.placeholder((4, 16), name="x")
+    scan = te.create_prim_func([x, topi.cumsum(x, axis=1)])
+    apply = ApplyCPUSchedules(target=host_target())
+    with pytest.warns(UnscheduledWarning, match=r"full_sum \(a reduction to a single value"):
+        mod = apply(_module(full_sum=_full_sum(), scan=scan))
+    report = ScheduleReport.of(mod)
+    assert sorted(report.unscheduled) == ["full_sum", "scan"]
+    assert report.why_unscheduled["full_sum"].startswith("a reduction to a single value")
+    assert report.why_unscheduled["scan"].startswith("loops outside blocks")
+    data = np.random.default_rng(3).standard_normal((4, 16), dtype="float32")
+    np.testing.assert_allclose(run(mod["scan"], data), np.cumsum(data, axis=1), rtol=1e-5, atol=1e-5)

@@ -160,3 +160,27 @@ def _not_convs():
 @pytest.mark.parametrize("func", list(_not_convs()), ids=["matmul", "softmax", "relu", "pool", "depthwise", "nhwc"])
 def test_returns_none_on_other_functions(func):
     assert Conv2d().apply(func, TARGET, False) is None
+
+
+@pytest.mark.parametrize("shape, co, k, stride, pad", [((1, 8, 9, 9), 16, 1, 1, (0, 0, 1, 1)),
+                                                        ((2, 4, 10, 10), 8, 3, 2, (1, 1, 2, 2))])
+def test_conv_with_the_next_layers_padding_fused_writes_the_border(shape, co, k, stride, pad):
+    """MobileNetV2's TF-style padding fuses into the previous conv: the output is larger than the conv's, and its
+    border (zeros) must be written too, not only what the conv's tiles cover."""
+    x = te.placeholder(shape, name="x")
+    w = te.placeholder((co, shape[1], k, k), name="w")
+    b = te.placeholder((1, co, 1, 1), name="b")
+    conv = topi.clip(topi.add(topi.nn.conv2d_nchw(x, w, stride, 0, 1), b), 0.0, 6.0)
+    padded = topi.nn.pad(conv, (0, 0, pad[0], pad[1]), (0, 0, pad[2], pad[3]))
+    func = scheduled(Conv2d(), te.create_prim_func([x, w, b, padded]))
+    data = RNG.standard_normal(shape, dtype="float32")
+    weight = RNG.standard_normal((co, shape[1], k, k), dtype="float32")
+    bias = RNG.standard_normal((1, co, 1, 1), dtype="float32")
+    inner = np.clip(_conv_ref(data, weight, stride, 0, 1) + bias, 0, 6)
+    expected = np.pad(inner, ((0, 0), (0, 0), (pad[0], pad[2]), (pad[1], pad[3])))
+    out = func.params[-1]
+    result = tvm.runtime.tensor(np.full([int(d) for d in out.shape], np.nan, dtype="float32"))  # stale memory
+    from tests.schedules.rule_harness import build
+
+    build(func)["main"](*[tvm.runtime.tensor(a) for a in (data, weight, bias)], result)
+    np.testing.assert_allclose(result.numpy(), expected, rtol=1e-4, atol=1e-4)

@@ -62,3 +62,19 @@ def test_declines_non_cpu_targets():
     func = _add_relu_bias((4, 8))
     assert Elementwise().apply(func, tvm.target.Target({"kind": "cuda"}), False) is None
     assert Reduction().apply(func, TARGET, False) is None
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 12, 12), (1, 3, 5, 7)])
+def test_a_gate_read_by_two_broadcasts_is_served_and_matches_numpy(shape):
+    """A per-channel gate that two stages read at (n, c, 0, 0): it cannot be inlined (two consumers), and reverse
+    inlining a broadcast read made TVM fail an internal check; the rule must serve it or decline, never raise."""
+    x = te.placeholder((*shape[:2], 1, 1), name="x")
+    y = te.placeholder(shape, name="y")
+    gate = te.compute(x.shape, lambda *i: te.sigmoid(x(*i)), name="gate")
+    scaled = te.compute(shape, lambda n, c, h, w: y[n, c, h, w] * gate[n, c, 0, 0], name="scaled")
+    out = te.compute(shape, lambda n, c, h, w: scaled[n, c, h, w] + gate[n, c, 0, 0], name="out")
+    func = scheduled(Elementwise(), te.create_prim_func([x, y, out]))
+    xs = RNG.standard_normal((*shape[:2], 1, 1), dtype="float32")
+    ys = RNG.standard_normal(shape, dtype="float32")
+    g = 1 / (1 + np.exp(-xs))
+    np.testing.assert_allclose(run(func, xs, ys), ys * g + g, rtol=1e-5, atol=1e-6)

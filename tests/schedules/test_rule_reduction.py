@@ -179,3 +179,57 @@ def test_tiled_and_untiled_rows_match_numpy(shape):
     mean, var = data.mean(-1, keepdims=True), data.var(-1, keepdims=True)
     expected = (data - mean) / np.sqrt(var + 1e-5) * g + b
     np.testing.assert_allclose(run(func, data, g, b), expected, rtol=1e-4, atol=1e-4)
+
+
+def _gate(shape):
+    """A squeeze-and-excitation gate: per (n, c), sigmoid of the channel mean, multiplied into the features."""
+    x = te.placeholder(shape, name="x")
+    mean = topi.sum(x, axis=(2, 3), keepdims=True)
+    gate = te.compute(mean.shape, lambda *i: te.sigmoid(mean(*i) / (shape[2] * shape[3])), name="gate")
+    out = te.compute(shape, lambda n, c, h, w: x[n, c, h, w] * gate[n, c, 0, 0], name="out")
+    return te.create_prim_func([x, out])
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 12, 12), (1, 3, 7, 5), (3, 5, 1, 2)])
+def test_a_broadcast_gate_is_computed_once_per_row_and_matches_numpy(shape):
+    func = scheduled(Reduction(), _gate(shape))
+    data = RNG.standard_normal(shape, dtype="float32")
+    expected = data / (1 + np.exp(-data.mean((2, 3), keepdims=True)))
+    np.testing.assert_allclose(run(func, data), expected, rtol=1e-5, atol=1e-6)
+    # the gate stays a stage of its own: one sigmoid per (n, c), not one per element
+    assert len(re.findall(r"T\.sigmoid\(", func.script())) == 1 and "gate = " in func.script().replace("gate_1", "")
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape, axis", [((3, 4, 5), 0), ((7, 33), 0), ((2, 3, 4, 16), 1), ((3, 4, 5), 1),
+                                         ((5, 1, 9), 0), ((2, 6, 3, 3), 2)])
+def test_softmax_over_a_leading_axis_matches_numpy(op, shape, axis):
+    """ONNX's Softmax / LogSoftmax with axis != -1: the reductions run over strided rows, apart from the stages."""
+    x = te.placeholder(shape, name="x")
+    func = scheduled(Reduction(), te.create_prim_func([x, getattr(topi.nn, op)(x, axis=axis)]))
+    data = RNG.standard_normal(shape, dtype="float32") * 10
+    data.flat[1] = np.inf
+    data.flat[2] = np.nan
+    shifted = data - data.max(axis, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        expected = np.exp(shifted) / np.exp(shifted).sum(axis, keepdims=True)
+        expected = np.log(expected) if op == "log_softmax" else expected
+        np.testing.assert_allclose(run(func, data), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, axes", [((4, 6, 5), [0, 1, 2]), ((3, 8, 5), [1, 2]), ((2, 3, 4, 4), [2, 3]),
+                                         ((6, 10), [0, 1])])
+def test_layer_norm_over_other_axes_matches_numpy(shape, axes):
+    x = te.placeholder(shape, name="x")
+    normalized = tuple(shape[a] for a in axes)
+    gamma, beta = te.placeholder(normalized, name="gamma"), te.placeholder(normalized, name="beta")
+    func = te.create_prim_func([x, gamma, beta, topi.nn.layer_norm(x, gamma, beta, axis=axes, epsilon=1e-5)])
+    data = RNG.standard_normal(shape, dtype="float32") * 3 + 1
+    g, b = RNG.standard_normal(normalized, dtype="float32"), RNG.standard_normal(normalized, dtype="float32")
+    mean, var = data.mean(tuple(axes), keepdims=True), data.var(tuple(axes), keepdims=True)
+    expected = (data - mean) / np.sqrt(var + 1e-5) * g + b
+    sch = Reduction().apply(func, TARGET, False)
+    if sch is None:  # declined: a reduction over every axis has no rows (ApplyCPUSchedules reports why)
+        assert len(axes) == len(shape)
+        return
+    np.testing.assert_allclose(run(sch.mod["main"], data, g, b), expected, rtol=1e-4, atol=1e-4)

@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import tvm
@@ -6,7 +8,9 @@ from tvm.s_tir import meta_schedule as ms
 
 from relay_passes.pipeline import prepare, tvm_lut_pipeline
 from schedules import host_target, tuning
+from schedules.rpc import CONNECT_SECONDS, Tracker, free_port
 from schedules.rules import default_rules
+from schedules.target import resolve_target
 from schedules.tuning import open_database, target_key, tune
 
 TARGET = host_target()
@@ -100,3 +104,34 @@ def test_timing_leaves_out_the_weight_repacking_compiled_models_fold():
     assert "layout_rewrite_preproc" not in timed.script()
     plain = te.create_prim_func([x, topi.nn.relu(x)])
     assert tuning._without_weight_prepack(plain).same_as(plain)
+
+
+def _database_files(root):
+    return {path: path.read_bytes() for path in sorted(root.rglob("*.json"))}
+
+
+def test_a_database_of_another_target_is_not_applied(tmp_path):
+    tune(prepare(_matmul_relu(), TARGET), TARGET, tmp_path, trials_per_task=1, progress=False)
+    arm = resolve_target("aarch64")
+    assert target_key(arm).startswith("llvm-aarch64-generic-4c-")
+    with pytest.raises(FileNotFoundError, match=rf"holds databases of other targets only: {target_key(TARGET)}"):
+        tvm_lut_pipeline(database=tmp_path, target=arm)
+
+
+def test_an_unreachable_tracker_fails_fast_and_keeps_the_database(tmp_path):
+    tune(prepare(_matmul_relu(), TARGET), TARGET, tmp_path, trials_per_task=1, progress=False)
+    before = _database_files(tmp_path)
+    arm = resolve_target("aarch64")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"cannot reach the RPC tracker at 127\.0\.0\.1:\d+ within 10 s"):
+        tune(prepare(_matmul_relu(), arm), arm, tmp_path, trials_per_task=1, progress=False,
+             tracker=Tracker("127.0.0.1", free_port(), "nobody"))
+    assert time.monotonic() - started < 2 * CONNECT_SECONDS
+    assert _database_files(tmp_path) == before
+
+
+def test_a_target_that_cannot_run_here_needs_a_device(tmp_path):
+    arm = resolve_target("aarch64")
+    with pytest.raises(ValueError, match="does not run on this machine.*--rpc-tracker"):
+        tune(prepare(_matmul_relu(), arm), arm, tmp_path, trials_per_task=1, progress=False)
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,92 @@
+"""The engines every whole-model benchmark runs a torch model on, each a callable on numpy arrays.
+
+PyTorch fp32, ONNX Runtime fp32 and int8 (dynamic quantization of the exported ONNX file) and TVM executables,
+all on the same thread count; `end_to_end` and `zoo` share them, and `median_latencies` times them alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .timing import median_seconds, median_seconds_interleaved
+
+
+def export_onnx(model, example, workdir: Path) -> tuple[Path, Path]:
+    """`model.onnx` (TorchScript exporter, opset 17) and its dynamically quantized `model.int8.onnx` in `workdir`."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from tvm_lut.frontend import DEFAULT_ONNX_OPSET, _torch_to_onnx
+
+    onnx_path, int8_path = workdir / "model.onnx", workdir / "model.int8.onnx"
+    onnx.save(_torch_to_onnx(model, example, DEFAULT_ONNX_OPSET), onnx_path)
+    quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
+    return onnx_path, int8_path
+
+
+def torch_runner(model) -> Callable:
+    import torch
+
+    def run(*arrays):
+        with torch.inference_mode():
+            return model(*[torch.from_numpy(a) for a in arrays]).numpy()
+
+    return run
+
+
+def ort_runner(path: Path, threads: int) -> Callable:
+    """An ONNX Runtime session on `threads` intra-op threads, as a callable returning the first output."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return lambda *arrays: session.run(None, dict(zip(names, arrays)))[0]
+
+
+def tvm_runner(executable, path: Path) -> tuple[Callable, int]:
+    """(callable, size in bytes of the exported library at `path`) for a `relax.build` executable."""
+    import tvm
+    from tvm import relax
+
+    executable.export_library(str(path))
+    function = relax.VirtualMachine(executable, tvm.cpu())["main"]
+    return (lambda *arrays: np.from_dlpack(function(*[tvm_input(a) for a in arrays]))), path.stat().st_size
+
+
+def tvm_input(array: np.ndarray):
+    """A TVM tensor viewing `array` through DLPack when TVM accepts it (C-contiguous, 64-byte aligned), else a copy.
+
+    Engines get the same numpy arrays (timed ones aligned); `tvm.runtime.tensor` copies through the FFI, 16 us per
+    call here (a tenth of the CNN's latency), where a DLPack view costs 0.4 us. (The address comes from
+    `__array_interface__`: `array.ctypes` alone costs 1.3 us.) Outputs come back the same way, `np.from_dlpack`
+    (0.2 us) rather than `.numpy()` (a copy, 5.8 us for the CNN's 10 logits).
+    """
+    import tvm
+
+    if array.flags.c_contiguous and array.__array_interface__["data"][0] % 64 == 0:
+        return tvm.runtime.from_dlpack(array)
+    return tvm.runtime.tensor(array)
+
+
+def aligned(array: np.ndarray) -> np.ndarray:
+    """A copy of `array` at a 64-byte aligned address (what TVM asks of a tensor it views)."""
+    buffer = np.empty(array.nbytes + 64, np.uint8)
+    offset = -buffer.ctypes.data % 64
+    result = buffer[offset : offset + array.nbytes].view(array.dtype).reshape(array.shape)
+    result[...] = array
+    return result
+
+
+def median_latencies(runs: dict[str, Callable[[], object]], threads: int, repeat: int,
+                     min_seconds: float = 0.1) -> dict[str, float]:
+    """Seconds per call of each engine. On one thread, repetitions taken in turn over the engines, so a busy
+    machine's load hits all of them alike; on several, one engine after the other (a runtime's idle workers spin
+    for a while after each call and would slow whichever engine runs next)."""
+    if threads == 1:
+        return median_seconds_interleaved(runs, repeat, min_seconds)
+    return {name: median_seconds(run, repeat, min_seconds) for name, run in runs.items()}

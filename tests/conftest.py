@@ -1,0 +1,16 @@
+"""Fixtures several test packages share."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def device_pool():
+    """A TVM RPC tracker with two emulated aarch64 devices under one key (`schedules.rpc.emulated_pool`), started
+    once for the session and stopped with everything it started; skipped when the device is not installed."""
+    from schedules import rpc
+
+    reason = rpc.missing()
+    if reason:
+        pytest.skip(reason)
+    with rpc.emulated_pool(2, threads=1) as tracker:
+        yield tracker

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+from tvm import te, topi
+
+from schedules.rules import DepthwiseConv2d, default_rules
+from tests.schedules.rule_harness import TARGET, loop_kinds, run, scheduled
+
+RNG = np.random.default_rng(11)
+
+
+def _depthwise_ref(x, w, stride, padding, dilation):
+    """NCHW depthwise convolution in NumPy (weight [C, 1, kh, kw])."""
+    _, _, kh, kw = w.shape
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    windows = sliding_window_view(x, (dilation * (kh - 1) + 1, dilation * (kw - 1) + 1), axis=(2, 3))
+    windows = windows[..., ::dilation, ::dilation][:, :, ::stride, ::stride]
+    return np.einsum("nchwyx,cyx->nchw", windows, w[:, 0], optimize=True).astype(np.float32)
+
+
+def _depthwise(shape, k, stride=1, padding=0, dilation=1, epilogue="relu6"):
+    x = te.placeholder(shape, name="x")
+    w = te.placeholder((shape[1], 1, k, k), name="w")
+    out = topi.nn.group_conv2d_nchw(x, w, stride, padding, dilation, groups=shape[1])
+    if epilogue is None:
+        return te.create_prim_func([x, w, out])
+    b = te.placeholder((1, shape[1], 1, 1), name="b")
+    out = topi.add(out, b)
+    if epilogue == "relu6":
+        out = topi.clip(out, 0.0, 6.0)
+    elif epilogue == "hardswish":
+        out = topi.multiply(out, topi.divide(topi.clip(topi.add(out, 3.0), 0.0, 6.0), 6.0))
+    return te.create_prim_func([x, w, b, out])
+
+
+def _epilogue_ref(y, b, epilogue):
+    y = y + b
+    if epilogue == "relu6":
+        return np.clip(y, 0, 6)
+    return y * np.clip(y + 3, 0, 6) / 6
+
+
+# (input NCHW, kernel, stride, padding, dilation, epilogue): MobileNet's 3x3 strides 1 and 2, 5x5 and ConvNeXt's
+# 7x7, odd widths (tails below a vector), batches, dilation, no padding.
+CASES = [
+    ((1, 32, 16, 16), 3, 1, 1, 1, "relu6"),
+    ((1, 16, 17, 17), 3, 2, 1, 1, "relu6"),
+    ((2, 5, 9, 13), 5, 2, 2, 1, "hardswish"),
+    ((1, 8, 14, 14), 7, 1, 3, 1, "hardswish"),
+    ((1, 3, 7, 7), 5, 1, 2, 1, "relu6"),
+    ((1, 4, 12, 11), 3, 1, 2, 2, "relu6"),
+    ((2, 6, 10, 19), 3, 3, 0, 1, "hardswish"),
+]
+
+
+@pytest.mark.parametrize("shape, k, stride, padding, dilation, epilogue", CASES)
+def test_depthwise_with_epilogue_matches_numpy(shape, k, stride, padding, dilation, epilogue):
+    func = _depthwise(shape, k, stride, padding, dilation, epilogue)
+    x = RNG.standard_normal(shape, dtype="float32")
+    w = RNG.standard_normal((shape[1], 1, k, k), dtype="float32")
+    b = RNG.standard_normal((1, shape[1], 1, 1), dtype="float32")
+    expected = _epilogue_ref(_depthwise_ref(x, w, stride, padding, dilation), b, epilogue)
+    np.testing.assert_allclose(run(scheduled(DepthwiseConv2d(), func), x, w, b), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, k, stride, padding", [((1, 16, 16, 16), 3, 1, 1), ((1, 8, 9, 9), 3, 2, 1)])
+def test_depthwise_alone_propagates_nan_and_inf(shape, k, stride, padding):
+    func = _depthwise(shape, k, stride, padding, epilogue=None)
+    x = RNG.standard_normal(shape, dtype="float32")
+    x[0, 1, 2, 3], x[0, 2, 4, 4], x[0, 3, 0, 0] = np.nan, np.inf, 1e30
+    w = RNG.standard_normal((shape[1], 1, k, k), dtype="float32")
+    expected = _depthwise_ref(x.astype(np.float64), w.astype(np.float64), stride, padding, 1).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.testing.assert_allclose(run(scheduled(DepthwiseConv2d(), func), x, w), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_depthwise_is_parallel_and_vectorized():
+    kinds = loop_kinds(scheduled(DepthwiseConv2d(), _depthwise((1, 32, 16, 16), 3, 1, 1)))
+    assert {"vectorized", "unroll"} <= kinds
+
+
+def test_default_rules_pick_depthwise_for_depthwise_convs():
+    func = _depthwise((1, 16, 17, 17), 3, 2, 1)
+    fitted = next(type(r).__name__ for r in default_rules() if r.apply(func, TARGET, False))
+    assert fitted == "DepthwiseConv2d"
+
+
+def test_declines_dense_and_grouped_convs_and_matmuls():
+    x = te.placeholder((1, 8, 10, 10), name="x")
+    dense = te.create_prim_func([x, w := te.placeholder((8, 8, 3, 3), name="w"), topi.nn.conv2d_nchw(x, w, 1, 1, 1)])
+    grouped = te.create_prim_func([x, g := te.placeholder((8, 4, 3, 3), name="g"),
+                                   topi.nn.group_conv2d_nchw(x, g, 1, 1, 1, groups=2)])
+    a, b = te.placeholder((16, 8), name="a"), te.placeholder((8, 16), name="b")
+    matmul = te.create_prim_func([a, b, topi.matmul(a, b)])
+    for func in (dense, grouped, matmul):
+        assert DepthwiseConv2d().apply(func, TARGET, False) is None

@@ -1,0 +1,65 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import tvm_lut
+from schedules import host_target
+from tvm_lut.cli import main
+from tvm_lut.frontend import from_torch
+from tvm_lut.profile import example_inputs, profile_executable, profile_model
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 6 * 6, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def net_mod():
+    return from_torch(_Net().eval(), (torch.zeros(1, 3, 6, 6),))
+
+
+def test_profile_names_every_kernel_its_rule_and_gflops(net_mod):
+    profile, executable = profile_model(net_mod, target=host_target(1), repeat=1)
+    names = {f.name.removesuffix("_prepacked") for f in profile.functions}
+    report = executable.lut_report
+    assert names <= set(report.scheduled) | set(report.tuned) | set(report.unscheduled)
+    assert {f.rule for f in profile.functions} <= set(report.scheduled.values())
+    assert abs(sum(f.share for f in profile.functions) - 1) < 1e-6
+    assert [f.ms for f in profile.functions] == sorted((f.ms for f in profile.functions), reverse=True)
+    conv = next(f for f in profile.functions if "conv2d" in f.name)
+    assert conv.rule == "Conv2d" and conv.gflops > 0 and conv.calls == 1
+    assert "Conv2d" in profile.table() and json.dumps(profile.to_dict())
+
+
+def test_profile_needs_a_bytecode_executable(net_mod):
+    executable = tvm_lut.compile(net_mod, target=host_target(1))  # compiled VM code reports no calls
+    with pytest.raises(ValueError, match="exec_mode='bytecode'"):
+        profile_executable(executable, example_inputs(net_mod), repeat=1)
+
+
+def test_example_inputs_follow_the_signature(net_mod):
+    (x,) = example_inputs(net_mod)
+    assert x.shape == (1, 3, 6, 6) and x.dtype == np.float32
+
+
+def test_cli_profile_writes_json(tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    assert main(["profile", "fashion-cnn", "--batch", "1", "--threads", "1", "--repeat", "1", "--top", "3",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "share" in text and "more functions" in text
+    payload = json.loads(out.read_text())
+    assert payload["report"]["unscheduled"] == [] and payload["profile"]["functions"]
+
+
+def test_cli_profile_rejects_an_unknown_model():
+    with pytest.raises(SystemExit, match="unknown model"):
+        main(["profile", "no-such-model"])

@@ -1,0 +1,198 @@
+"""`tvm-lut profile MODEL`: where a compiled model's time goes, function by function.
+
+    tvm-lut profile fashion-cnn --batch 1 --threads 1
+    tvm-lut profile model.onnx --db tuning/ --top 20 --json profile.json
+
+Each PrimFunc the model runs is timed on the arguments of the model's own run (the VM's instrumentation hands them
+over before each kernel call; each call is repeated for a median), and listed with its share of the kernels' time,
+the rule or tuning record that scheduled it (`exe.lut_report`), and its GFLOPS (from TVM's FLOP estimate of the
+function as legalized, when one is given: it means something for matmuls and convs, little for memory-bound
+elementwise functions). `profile_executable` is the Python entry other code calls; it needs an executable built
+with `tvm_lut.compile(..., exec_mode="bytecode")` (compiled VM code does not report its calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+# Suffix TVM's SplitLayoutRewritePreproc gives a function whose weight repacking was split off.
+_PREPACKED = "_prepacked"
+
+
+@dataclasses.dataclass
+class FunctionTime:
+    name: str
+    rule: str  # the rule that scheduled it, "tuned" (a tuning record or a hand-scheduled kernel), or "unscheduled"
+    calls: int
+    ms: float  # per model run, all calls
+    share: float  # of the kernels' total
+    gflops: float | None = None
+
+
+@dataclasses.dataclass
+class Profile:
+    """Per-function times of one model run, slowest first; `model_ms` is the VM's whole run (kernels + the rest)."""
+
+    functions: list[FunctionTime]
+    model_ms: float
+
+    @property
+    def kernels_ms(self) -> float:
+        return sum(f.ms for f in self.functions)
+
+    def to_dict(self) -> dict:
+        return {"model_ms": self.model_ms, "kernels_ms": self.kernels_ms,
+                "functions": [dataclasses.asdict(f) for f in self.functions]}
+
+    def by_rule(self) -> dict[str, float]:
+        """Milliseconds per rule, largest first."""
+        totals: dict[str, float] = {}
+        for f in self.functions:
+            totals[f.rule] = totals.get(f.rule, 0.0) + f.ms
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+    def table(self, top: int | None = None) -> str:
+        shown = self.functions if top is None else self.functions[:top]
+        width = max([len(f.name) for f in shown] + [8])
+        lines = [f"{'function':<{width}}  {'rule':<12} {'calls':>5} {'ms':>9} {'share':>6} {'GFLOPS':>7}"]
+        for f in shown:
+            gflops = "" if f.gflops is None else f"{f.gflops:7.1f}"
+            lines.append(f"{f.name:<{width}}  {f.rule:<12} {f.calls:>5} {f.ms:9.3f} {100 * f.share:5.1f}% {gflops:>7}")
+        rest = self.functions[len(shown):]
+        if rest:
+            lines.append(f"({len(rest)} more functions: {sum(f.ms for f in rest):.3f} ms)")
+        rules = ", ".join(f"{rule} {ms:.3f}" for rule, ms in self.by_rule().items())
+        lines.append(f"kernels {self.kernels_ms:.3f} ms of the model's {self.model_ms:.3f} ms; by rule (ms): {rules}")
+        return "\n".join(lines)
+
+
+def _rule_of(report, name: str) -> str:
+    if report is None:
+        return "?"
+    if name in report.scheduled:
+        return report.scheduled[name]
+    if name in report.tuned:
+        return "tuned"
+    return "unscheduled" if name in report.unscheduled else "?"
+
+
+def profile_executable(executable, inputs, flops: dict[str, float] | None = None, repeat: int = 5,
+                       min_seconds: float = 0.005) -> Profile:
+    """Time every kernel call of one run of `executable`'s `main` on `inputs` (TVM tensors or numpy arrays).
+
+    executable: from `tvm_lut.compile(..., exec_mode="bytecode")`; its `lut_report` names each function's rule.
+    flops: function name -> floating-point operations per call (`function_flops`), for GFLOPS.
+    Each call is repeated (median of `repeat` repetitions of >= `min_seconds`) on the run's own arguments; kernels
+    write only their output arguments, so repeating one changes nothing the run reads.
+    """
+    import tvm
+    from tvm import relax
+
+    from tvm_lut.timing import median_seconds
+
+    device = tvm.cpu()
+    arguments = [x if isinstance(x, tvm.runtime.Tensor) else tvm.runtime.tensor(x, device) for x in inputs]
+    report = getattr(executable, "lut_report", None)
+    seconds: dict[str, list[float]] = {}
+
+    def instrument(func, symbol, before_run, _ret, *args):
+        if before_run and not symbol.startswith("vm.builtin."):
+            seconds.setdefault(symbol, []).append(median_seconds(lambda: func(*args), repeat, min_seconds))
+        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+    vm = relax.VirtualMachine(executable, device)
+    vm.set_instrument(instrument)
+    vm["main"](*arguments)
+    if not seconds:
+        raise ValueError("no kernel call was seen: profile an executable built with "
+                         "tvm_lut.compile(..., exec_mode='bytecode')")
+    plain = relax.VirtualMachine(executable, device)["main"]
+    model_seconds = median_seconds(lambda: plain(*arguments), repeat, min_seconds)
+
+    total = sum(sum(times) for times in seconds.values())
+    functions = []
+    for symbol, times in seconds.items():
+        name = symbol.removesuffix(_PREPACKED)
+        work = (flops or {}).get(name)
+        functions.append(FunctionTime(name=symbol, rule=_rule_of(report, name), calls=len(times), ms=1e3 * sum(times),
+                                      share=sum(times) / total,
+                                      gflops=work / statistics.median(times) / 1e9 if work else None))
+    functions.sort(key=lambda f: -f.ms)
+    return Profile(functions=functions, model_ms=1e3 * model_seconds)
+
+
+def function_flops(mod) -> dict[str, float]:
+    """PrimFunc name -> TVM's estimate of its floating-point operations (functions it cannot estimate are left out)."""
+    import tvm
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    flops = {}
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            try:
+                flops[gvar.name_hint] = float(estimate_tir_flops(tvm.IRModule({"main": func})))
+            except (RuntimeError, ValueError, TypeError):  # a kernel the estimator cannot read
+                continue
+    return flops
+
+
+def example_inputs(mod) -> list:
+    """Inputs for `main`'s parameters: standard normal floats, ones for integers (valid token ids and masks)."""
+    import numpy as np
+
+    arrays = []
+    rng = np.random.default_rng(0)
+    for param in mod["main"].params:
+        shape = [int(d) for d in param.ty.shape]
+        dtype = str(param.ty.dtype)
+        arrays.append(rng.standard_normal(shape).astype(dtype) if "float" in dtype else np.ones(shape, dtype))
+    return arrays
+
+
+def profile_model(mod, inputs=None, target=None, repeat: int = 5, **compile_options) -> tuple[Profile, object]:
+    """Compile an imported Relax module with `tvm_lut.compile(**compile_options)` and profile one run of it;
+    returns (profile, executable). `inputs` default to `example_inputs(mod)`."""
+    from relay_passes.pipeline import prepare
+    from schedules import host_target
+    from tvm_lut.compiler import compile as compile_model
+
+    target = host_target() if target is None else target
+    executable = compile_model(mod, target=target, exec_mode="bytecode", **compile_options)
+    lut = {key: compile_options[key] for key in ("bundle", "nonlinear", "winograd") if key in compile_options}
+    flops = function_flops(prepare(mod, target, **lut))
+    profile = profile_executable(executable, example_inputs(mod) if inputs is None else inputs, flops, repeat)
+    return profile, executable
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tvm_lut.tune import add_model_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("--db", help="a tuning database written by `tvm-lut tune` (read only)")
+    parser.add_argument("--top", type=int, default=25, help="functions to list, slowest first (25; 0: all)")
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions per kernel call (median; 5)")
+    parser.add_argument("--json", metavar="PATH", help="also write the profile and the compile report as JSON")
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from schedules import host_target
+    from tvm_lut.tune import import_model
+
+    mod = import_model(args.model, args.batch, args.length)
+    started = time.perf_counter()
+    profile, executable = profile_model(mod, target=host_target(args.threads), repeat=args.repeat,
+                                        bundle=args.bundle, nonlinear=args.nonlinear, database=args.db,
+                                        winograd=args.winograd)
+    print(executable.lut_report)
+    print(profile.table(args.top or None))
+    print(f"(profiled in {time.perf_counter() - started:.1f} s)")
+    if args.json:
+        payload = {"profile": profile.to_dict(), "report": executable.lut_report.to_dict()}
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 0

@@ -5,8 +5,9 @@
 One thread throughout (the target, TVM's runtime pool, torch, ONNX Runtime). Steps:
 1. `tvm_lut.autotune` on the CNN (`tvm-lut autotune fashion-cnn`'s task: calibration images from the end of the
    training split, learning from its start, the metric = test accuracy in percent), into `--out-dir` (resumable).
-2. Which proxy predicts the drop: for every layer and PQ choice, the measured test-accuracy drop of the model with
-   only that layer PQ (k-means centroids) against both proxies (Spearman rank correlation).
+2. Which proxy predicts the drop: for every layer and PQ choice, the measured accuracy drop (first
+   `--proxy-images` test images) of the model with only that layer PQ (k-means centroids) against both proxies
+   (Spearman rank correlation).
 3. Whole-model latency at batch 1, engines timed in turn (A B C A B C ...): ONNX Runtime fp32, TVM with our rules
    (exact, Winograd), TVM with the hand-picked LUT-NN settings of `tvm_lut.pq.tasks.CNN_PQ` (conv1 exact, conv2 V=9,
    conv3 V=4, fc1 V=4, fc2 V=2, K=16; learned like a trial), and TVM with the autotuned plan. Accuracy of each on
@@ -27,15 +28,20 @@ from .end_to_end import _aligned, _tvm_input
 from .timing import add_common_arguments, format_table, median_seconds_interleaved, write_json
 
 
-def proxy_study(setup, result_dir: Path, out: dict) -> list[dict]:
-    """Per layer and PQ choice: both proxies and the measured drop with only that layer PQ (k-means)."""
+def proxy_study(setup, result_dir: Path, images: int, out: dict) -> list[dict]:
+    """Per layer and PQ choice: both proxies and the measured drop on the first `images` test images with only
+    that layer PQ (k-means)."""
     import torch
 
     from tvm_lut.autotuning.layers import EXACT, Choice
+    from tvm_lut.autotuning.output import STATE_DIR
     from tvm_lut.autotuning.sensitivity import Sensitivity, kmeans_model
+    from tvm_lut.pq.tasks import accuracy as torch_accuracy
 
-    sensitivity = Sensitivity.load(result_dir)
-    exact = setup.eval_fn(setup.model)
+    sensitivity = Sensitivity.load(result_dir / STATE_DIR)
+    (x,), y = setup.test[0]
+    subset = [((x[:images],), y[:images])]
+    exact = 100.0 * torch_accuracy(setup.model, subset)
     names = list(sensitivity.proxies)
     rows = []
     with torch.no_grad():
@@ -43,7 +49,7 @@ def proxy_study(setup, result_dir: Path, out: dict) -> list[dict]:
             for label, values in proxies.items():
                 plan = {other: EXACT for other in names}
                 plan[name] = Choice.from_label(label)
-                drop = exact - setup.eval_fn(kmeans_model(setup.model, plan, sensitivity))
+                drop = exact - 100.0 * torch_accuracy(kmeans_model(setup.model, plan, sensitivity), subset)
                 rows.append({"layer": name, "choice": label, "drop": drop, **values})
     for proxy in ("task_loss", "output_error"):
         out[f"spearman_{proxy}"] = _spearman([r[proxy] for r in rows], [r["drop"] for r in rows])
@@ -112,6 +118,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (default: train 5 epochs here)")
     parser.add_argument("--out-dir", type=Path, help="autotune output directory (resumable; default: a temporary one)")
     parser.add_argument("--no-proxy-study", dest="proxy_study", action="store_false")
+    parser.add_argument("--proxy-images", type=int, default=1000,
+                        help="test images the proxy study measures single-layer drops on (1000, at most one batch)")
     args = parser.parse_args(argv)
 
     import torch
@@ -142,7 +150,7 @@ def main(argv=None) -> int:
         out["trials"] = [{"latency_us": t.latency_us, "metric": t.metric, "pq_layers": t.pq_layers}
                          for t in result.trials]
         if args.proxy_study:
-            out["proxy_study"] = proxy_study(setup, out_dir, out)
+            out["proxy_study"] = proxy_study(setup, out_dir, args.proxy_images, out)
             print(f"proxies against the measured single-layer k-means drop (Spearman): task loss "
                   f"{out['spearman_task_loss']:.3f}, output error {out['spearman_output_error']:.3f}", flush=True)
         hand_start = time.perf_counter()

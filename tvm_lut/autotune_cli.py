@@ -4,7 +4,7 @@ latencies measured on this CPU, and write the learned result to an output direct
     tvm-lut autotune fashion-cnn --max-drop 1.0 -o cnn_auto/            # points of test accuracy
     tvm-lut autotune fashion-cnn --max-drop 1.0 --quick -o cnn_auto/    # CI-sized: small data, few choices
     tvm-lut autotune minilm-l6 --max-drop 1.0 --db tuning/ -o minilm_auto/
-    tvm-lut compile cnn_auto/ -o cnn.so                                  # build the plan
+    tvm-lut compile cnn_auto/ -o cnn.so --json report.json              # build the plan
 
 The metric is the held-out accuracy in percent (Fashion-MNIST test images; held-out tweets for MiniLM-L6 with the
 task's logistic head), so `--max-drop 1.0` is one point. Interrupted, the same command continues from what
@@ -84,9 +84,11 @@ def task_setup(name: str, quick: bool = False, batch: int | None = None, length:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", choices=MODELS, help="the built-in model")
-    parser.add_argument("-o", "--output", type=Path, required=True,
-                        help="output directory (created; the same directory resumes an interrupted run)")
+    from tvm_lut.model_spec import add_db_argument, add_output_argument, add_progress_argument, add_threads_argument
+
+    parser.add_argument("model", choices=MODELS, help="the built-in model (its task brings data and a metric)")
+    add_output_argument(parser, "output directory: the artifact (`tvm-lut compile OUT_DIR` builds it) with plan.json, "
+                        "report.txt, plans.png; the same directory resumes an interrupted run")
     parser.add_argument("--max-drop", type=float, default=1.0,
                         help="allowed accuracy drop against the exact model, in points (1.0)")
     parser.add_argument("--relative", action="store_true",
@@ -102,13 +104,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for size in ("calib", "learn", "test"):
         parser.add_argument(f"--{size}-size", type=int, help=f"{size} rows (images or tweets; task default if unset)")
     parser.add_argument("--batch", type=int, help="batch the latency is measured at (fashion-cnn 1, minilm-l6 8)")
-    parser.add_argument("--length", type=int, default=64, help="minilm-l6: sequence length (64)")
-    parser.add_argument("--db", type=Path, help="tuning database: its records time the exact layers, and it caches "
-                        "the latency table (per target)")
+    parser.add_argument("--length", type=int, default=64, help="minilm-l6: tokens per sequence (64)")
+    add_db_argument(parser, "tuning database: its records time the exact layers, and it caches the latency table "
+                    "(per target)")
     parser.add_argument("--tune-trials", type=int, metavar="N",
                         help="then tune the chosen plan's functions into --db, N trials each")
-    parser.add_argument("--threads", type=int, default=1, help="threads of the target and of torch (1)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_threads_argument(parser)
+    add_progress_argument(parser)
 
 
 def autotune_config(args):
@@ -129,22 +131,30 @@ def run(args: argparse.Namespace) -> int:
 
     from schedules import host_target
     from tvm_lut.autotuning.driver import autotune
+    from tvm_lut.autotuning.output import state_dir
+    from tvm_lut.model_spec import progress_from_args, threads_from_args
     from tvm_lut.pq.config import PQConfig
 
     if args.tune_trials is not None and args.db is None:
-        raise SystemExit("--tune-trials needs --db (the tuning database to write)")
+        raise SystemExit("tvm-lut autotune: --tune-trials needs --db (the tuning database to write)")
     try:
         config = autotune_config(args)
     except ValueError as err:
-        raise SystemExit(f"bad autotune configuration: {err}") from None
-    torch.set_num_threads(args.threads)
-    target = host_target(args.threads)
-    setup = task_setup(args.model, args.quick, args.batch, args.length, args.weights, args.epochs, args.progress,
+        raise SystemExit(f"tvm-lut autotune: bad configuration: {err}") from None
+    threads = threads_from_args(args)
+    progress = progress_from_args(args)
+    torch.set_num_threads(threads)
+    target = host_target(threads)
+    try:
+        state_dir(args.output)  # before any work: a directory the result may not go to
+    except ValueError as err:
+        raise SystemExit(f"tvm-lut autotune: {err}") from None
+    setup = task_setup(args.model, args.quick, args.batch, args.length, args.weights, args.epochs, progress,
                        calib_size=args.calib_size, learn_size=args.learn_size, test_size=args.test_size)
     learning = PQConfig.from_json(args.pq_config.read_text()) if args.pq_config else setup.learning
     result = autotune(setup.model, setup.calib, setup.eval_fn, config, target, args.db,
                       example_inputs=setup.example_inputs, learning=learning, learn_batches=setup.learn,
-                      out_dir=args.output, source=args.model, progress=args.progress)
+                      out_dir=args.output, source=args.model, progress=progress)
     print(result.plan.table())
     print("wall time by part (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
     if args.tune_trials is not None and result.bundle is not None:

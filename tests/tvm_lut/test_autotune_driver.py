@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import tvm_lut
+from tvm_lut.artifact import load_artifact
 from tvm_lut.autotuning import latency, sensitivity
 from tvm_lut.autotuning.config import AutotuneConfig
 from tvm_lut.autotuning.plan import Plan
@@ -172,3 +173,9 @@ def test_cli_quick_writes_the_plan(tmp_path):
         assert layer["choice"] in ("exact", "pq") and layer["exact_us"] > 0 and layer["chosen_us"] > 0
         assert (layer["K"] is None) == (layer["choice"] == "exact")
     assert plan["exact_metric"] - plan["metric"] <= 1.0
+    # the output directory is a learned artifact whose build replaces exactly the plan's PQ layers
+    artifact = load_artifact(out)
+    assert artifact.read_json("plan.json") == plan
+    executable = tvm_lut.compile(artifact.import_module(), artifact.bundle)
+    (dense_report,) = [r for r in executable.lut_report.passes if r["pass"] == "LUTDense"] or [{"replaced": []}]
+    assert len(dense_report["replaced"]) == sum(layer["choice"] == "pq" for layer in plan["layers"])

@@ -13,9 +13,9 @@ The cheap-to-expensive ladder (NNCF and INC end the same way, HAWQ-V3 solves the
    is learned next. At most `max_trials` trials, no new one after `time_limit_s`.
 The result is the fastest plan within the budget (the exact model when none is).
 
-Everything measured or learned is written to the output directory as it is produced (`state.json`, the latency
-cache, the sensitivity files, one folder per trial with its bundle, trained weights and training checkpoint): the
-same call on the same directory resumes.
+Everything measured or learned is written to the output directory's state folder as it is produced (`state.json`,
+the latency cache, the sensitivity files, one folder per trial with its bundle, trained weights and training
+checkpoint): the same call on the same directory resumes. The result is written as an artifact (`output`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from tvm_lut.autotuning import sensitivity as sensitivity_stage
 from tvm_lut.autotuning.config import AutotuneConfig
 from tvm_lut.autotuning.latency import LatencyTable, cache_path
 from tvm_lut.autotuning.layers import EXACT, Choice, LayerSpec, find_layers
+from tvm_lut.autotuning.output import state_dir
 from tvm_lut.autotuning.plan import LayerPlan, Plan
 from tvm_lut.autotuning.solver import Option, solve
 from tvm_lut.pq.config import PQConfig
@@ -135,7 +136,8 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
     example_inputs = split_batch(calib[0])[0] if example_inputs is None else tuple(example_inputs)
     target = host_target() if target is None else target
     out_dir = None if out_dir is None else Path(out_dir)
-    state = _State(None if out_dir is None else out_dir / STATE_NAME, config)
+    work_dir = None if out_dir is None else state_dir(out_dir)
+    state = _State(None if work_dir is None else work_dir / STATE_NAME, config)
     start = time.monotonic()
 
     def out_of_time() -> bool:
@@ -148,7 +150,7 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
     choices = {spec.name: spec.choices(config) for spec in specs}
 
     with state.timed("latency"):
-        latencies = LatencyTable(target, cache_path(database, target, out_dir))
+        latencies = LatencyTable(target, cache_path(database, target, work_dir))
         latencies.measure(specs, choices, target, database, progress=progress)
     choices = {name: [c for c in options if latencies.get(_spec(specs, name), c) is not None]
                for name, options in choices.items()}
@@ -156,7 +158,7 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
     with state.timed("sensitivity"):
         sensitivity = sensitivity_stage.measure(model, specs, choices, calib, kmeans_rows=learning.kmeans_rows,
                                                 kmeans_iters=learning.kmeans_iters, seed=learning.seed,
-                                                out_dir=out_dir, progress=progress)
+                                                out_dir=work_dir, progress=progress)
     if state["exact_metric"] is None:
         with state.timed("evaluation"):
             state["exact_metric"] = float(eval_fn(model))
@@ -189,7 +191,7 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
             state["done"] = True  # nothing new to try
             break
         state["next"] = plan.to_dict()  # resuming re-learns this same plan from its checkpoint
-        trial_dir = None if out_dir is None else out_dir / "trials" / str(len(trials) + 1)
+        trial_dir = None if work_dir is None else work_dir / "trials" / str(len(trials) + 1)
         with state.timed("learning"):
             learned = _learn(model, learn, plan.learning_config(learning), trial_dir, progress)
         with state.timed("evaluation"):

@@ -1,38 +1,63 @@
-"""The output directory of an autotuning run: the learned artifact, `plan.json`, `report.txt` and `plans.png`.
+"""The output directory of an autotuning run: the learned artifact with `plan.json`, `report.txt`, `plans.png`,
+and the run's state.
 
-The artifact (the model with the plan's tables, its manifest) is the one `tvm-lut learn -o OUT_DIR` writes, so
-`tvm-lut compile OUT_DIR` builds the plan; `plan.json` travels inside it as an extra JSON document.
+    OUT_DIR/manifest.json, model.onnx, bundle.safetensors   the artifact (`tvm_lut.artifact`), as `tvm-lut learn -o`
+    OUT_DIR/plan.json                                       the plan, a document of the artifact
+    OUT_DIR/report.txt, plans.png                           every plan tried, the Pareto plot
+    OUT_DIR/autotune-state/                                 what was measured and learned (resume)
+
+`tvm-lut compile OUT_DIR` builds the plan. The artifact is written by `save_artifact`, which replaces the whole
+directory: the state folder is moved beside it for that moment and back (a crash in between leaves it at
+`.OUT_DIR.autotune-state`, where the next run finds it).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
+import os
 from pathlib import Path
 
 from tvm_lut.autotuning.config import AutotuneConfig
 from tvm_lut.autotuning.plot import pareto_front, plot_plans
 
+STATE_DIR = "autotune-state"
 PLAN_NAME = "plan.json"
 REPORT_NAME = "report.txt"
 PLOT_NAME = "plans.png"
 
 
-@dataclass(frozen=True)
-class _InputSpec:
-    """Stand-in for `tvm_lut.artifact.InputSpec` until that module is on main."""
+def _parked(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.{STATE_DIR}"
 
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
+
+def state_dir(out_dir) -> Path:
+    """The state folder of `out_dir`, after checking the directory may be used: empty, an artifact, or a run's
+    output. Anything else raises before any work is done (save_artifact would refuse it at the end)."""
+    from tvm_lut.artifact import MANIFEST
+
+    out_dir = Path(out_dir)
+    state = out_dir / STATE_DIR
+    if _parked(out_dir).is_dir() and not state.exists():  # a crash while the artifact was written
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(_parked(out_dir), state)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output {os.fspath(out_dir)!r} exists and is not a directory")
+    if out_dir.is_dir():
+        others = {p.name for p in out_dir.iterdir()} - {STATE_DIR, REPORT_NAME, PLOT_NAME}
+        if others and MANIFEST not in others:
+            raise ValueError(f"output directory {os.fspath(out_dir)!r} is not empty and holds no tvm-lut artifact or "
+                             "autotune run; choose another directory")
+    return state
 
 
 def input_specs(model, example_inputs: tuple) -> list:
-    """One input spec per example input, named after the parameters of `model.forward`."""
+    """One `InputSpec` per example input, named after the parameters of `model.forward`."""
+    from tvm_lut.model_spec import InputSpec
+
     names = [name for name in inspect.signature(model.forward).parameters][:len(example_inputs)]
     names += [f"input{i}" for i in range(len(names), len(example_inputs))]
-    return [_InputSpec(name, tuple(int(d) for d in x.shape), str(x.dtype).removeprefix("torch."))
+    return [InputSpec(name, tuple(int(d) for d in x.shape), str(x.dtype).removeprefix("torch."))
             for name, x in zip(names, example_inputs)]
 
 
@@ -58,31 +83,21 @@ def report_text(result, config: AutotuneConfig) -> str:
 
 def write_output(result, config: AutotuneConfig, inputs, source: str) -> Path:
     """Write the artifact of `result` (with plan.json), the report and the plot into `result.out_dir`."""
+    from tvm_lut.artifact import save_artifact
+    from tvm_lut.bundle import Bundle
+
     out_dir = result.out_dir
     provenance = {"autotune_config": json.loads(config.to_json()), "seconds": result.seconds}
-    _save_artifact(out_dir, result.model, inputs, result.bundle, source=source, provenance=provenance,
-                   extra_json={"plan": result.plan.to_dict()})
-    (out_dir / PLAN_NAME).write_text(result.plan.to_json())
+    state, parked = out_dir / STATE_DIR, _parked(out_dir)
+    if state.is_dir():
+        os.replace(state, parked)
+    try:
+        save_artifact(out_dir, result.model, inputs, result.bundle if result.bundle is not None else Bundle(),
+                      source=source, provenance=provenance, extra_json={PLAN_NAME: result.plan.to_dict()})
+    finally:
+        if parked.is_dir():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(parked, state)
     (out_dir / REPORT_NAME).write_text(report_text(result, config))
     plot_plans(result.trials, out_dir / PLOT_NAME)
-    return out_dir
-
-
-def _save_artifact(out_dir, model, inputs, bundle, *, source: str, provenance: dict | None = None,
-                   extra_json: dict[str, dict] | None = None) -> Path:
-    """Stand-in for `tvm_lut.artifact.save_artifact` (same signature) until that module is on main: the model's
-    weights, the bundle, a manifest and the extra JSON documents."""
-    from safetensors.torch import save_model
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(out_dir / "model.safetensors"))
-    if bundle is not None:
-        bundle.save(out_dir / "bundle.safetensors")
-    for name, document in (extra_json or {}).items():
-        (out_dir / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
-    manifest = {"format": "tvm-lut-artifact", "format_version": 1, "source": source,
-                "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in inputs],
-                "provenance": provenance or {}}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out_dir

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .end_to_end import _aligned, _tvm_input
-from .timing import add_common_arguments, format_table, median_seconds_interleaved, write_json
+from .engines import aligned, export_onnx, median_latencies, ort_runner, tvm_runner
+from .timing import add_common_arguments, format_table, write_json
 
 
 def proxy_study(setup, result_dir: Path, images: int, out: dict) -> list[dict]:
@@ -63,37 +63,23 @@ def _spearman(a, b) -> float:
 
 def engines(setup, plan_model, plan_bundle, hand_model, hand_bundle, workdir: Path):
     """name -> callable on one numpy image batch."""
-    import onnx
-    import onnxruntime as ort
-    import tvm
-    from tvm import relax
-
     import tvm_lut
     from schedules import host_target
     from schedules.target import use_runtime_threads
-    from tvm_lut.frontend import _torch_to_onnx, from_torch
+    from tvm_lut.frontend import from_torch
 
     target = host_target(1)
     use_runtime_threads(target)
     example = setup.example_inputs
-    onnx_path = workdir / "cnn.onnx"
-    onnx.save(_torch_to_onnx(setup.model, example, 17), onnx_path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def vm_run(executable):
-        function = relax.VirtualMachine(executable, tvm.cpu())["main"]
-        return lambda array: np.from_dlpack(function(_tvm_input(array)))
-
-    built = {"ort fp32": lambda array: session.run(None, {name: array})[0],
-             "tvm rules exact": vm_run(tvm_lut.compile(from_torch(setup.model, example), target=target))}
+    onnx_path, _ = export_onnx(setup.model, example, workdir)
+    built = {"ort fp32": ort_runner(onnx_path, 1),
+             "tvm rules exact": tvm_runner(tvm_lut.compile(from_torch(setup.model, example), target=target),
+                                           workdir / "exact.so")[0]}
     for label, model, bundle in (("tvm hand-picked pq", hand_model, hand_bundle),
                                  ("tvm autotuned", plan_model, plan_bundle)):
         executable = tvm_lut.compile(from_torch(model, example), bundle, target=target)
         print(f"  {label}: {executable.lut_report}", flush=True)
-        built[label] = vm_run(executable)
+        built[label] = tvm_runner(executable, workdir / f"{label.replace(' ', '_')}.so")[0]
     return built
 
 
@@ -103,7 +89,7 @@ def accuracy(run, batches) -> float:
     for (images,), labels in batches:
         images = images.numpy()
         for i in range(len(images)):
-            correct += int(run(_aligned(images[i:i + 1])).argmax() == int(labels[i]))
+            correct += int(run(aligned(images[i:i + 1])).argmax() == int(labels[i]))
         total += len(images)
     return 100.0 * correct / total
 
@@ -158,9 +144,8 @@ def main(argv=None) -> int:
         out["seconds_hand_picked_learning"] = time.perf_counter() - hand_start
         hand_metric = setup.eval_fn(hand.model)
         built = engines(setup, result.model, result.bundle, unswap_(hand.model), hand.bundle, Path(scratch))
-        image = _aligned(setup.example_inputs[0].numpy())
-        seconds = median_seconds_interleaved({k: (lambda run=run: run(image)) for k, run in built.items()},
-                                             args.repeat, min_seconds=0.1)
+        image = aligned(setup.example_inputs[0].numpy())
+        seconds = median_latencies({k: (lambda run=run: run(image)) for k, run in built.items()}, 1, args.repeat)
     exact_metric = result.plan.exact_metric
     torch_metric = {"ort fp32": exact_metric, "tvm rules exact": exact_metric, "tvm hand-picked pq": hand_metric,
                     "tvm autotuned": result.plan.metric}

@@ -32,7 +32,7 @@ from .patterns import static_shape
 from .patterns import conv2d as conv2d_patterns
 from .patterns import dense as dense_patterns
 from .patterns.conv2d import ConvMatch
-from .report import PassReport
+from .report import PassReport, UnusedEntry
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 FEW_ROWS = 8
 
 _SERVED_DTYPE = "float32"
+# The reason an entry matched no layer at all (its tables were learned for other weights).
+NO_MATCHING_WEIGHT = "its weight fingerprint matches no dense/conv weight of the module"
 
 
 @tvm.ir.transform.module_pass(opt_level=0, name="LUTDense")
@@ -74,6 +76,9 @@ class LUTDense:
                              "inside `with target:` (schedules.target.resolve_target('host') for this CPU)")
         rewriter = _DenseRewriter(mod, self.bundle, target, lookup_intrin(target, self.prefer_avx512))
         mod = rewriter.run(mod, self.forms)
+        used = {entry.entry for entry in rewriter.report.replaced}
+        rewriter.report.unused += [UnusedEntry(name, _unused_reason(name, rewriter.report))
+                                   for name, table in self.bundle.items() if table.kind == "pq" and name not in used]
         self.report = rewriter.report
         self.report.log(logger)
         return mod
@@ -100,13 +105,13 @@ class _DenseRewriter(LUTRewriter):
             y, kernel = self._call(name, table, match.x, source.rows, match.bias, source)
             batch, out_channels, out_h, out_w = out_shape
             if batch == 1:
-                return relax.op.reshape(y, out_shape), kernel
+                return relax.op.reshape(y, out_shape), kernel, name
             by_channel = relax.op.reshape(y, (out_channels, batch, out_h, out_w))
-            return relax.op.permute_dims(by_channel, [1, 0, 2, 3]), kernel
+            return relax.op.permute_dims(by_channel, [1, 0, 2, 3]), kernel, name
         rows = int(np.prod(x_shape[:-1]))
         x2d = match.x if len(x_shape) == 2 else relax.op.reshape(match.x, (rows, table.D))
         y, kernel = self._call(name, table, x2d, rows, match.bias, source=None)
-        return (y if len(x_shape) == 2 else relax.op.reshape(y, out_shape)), kernel
+        return (y if len(x_shape) == 2 else relax.op.reshape(y, out_shape)), kernel, name
 
     def _check(self, form, matched, matchings):
         """(match, entry name, table) when the layer can be served, a reason when not, None when not the op."""
@@ -119,11 +124,11 @@ class _DenseRewriter(LUTRewriter):
             return "dynamic shape: the PQ kernels need static shapes"
         found = self.bundle.find_pq(match.weight)
         if found is None or found.layout != "torch":
-            return f"no pq entry in the bundle for this weight {match.weight.shape}"
+            return _fingerprint_miss(self.bundle, match.weight)
         name, table = found
         if self.intrin is None:
-            return f"target {self.target.attrs.get('mcpu', self.target.kind.name)} has no lookup intrinsic " \
-                   "(needs x86 AVX2, AVX-512BW or ARM NEON)"
+            return (f"entry {name!r}: target {self.target.attrs.get('mcpu', self.target.kind.name)} has no lookup "
+                    "intrinsic (needs x86 AVX2, AVX-512BW or ARM NEON)")
         if table.K > 16:
             return f"entry {name!r}: K = {table.K}; the lookup kernels serve K <= 16 (one shuffle register)"
         if isinstance(match, ConvMatch):
@@ -180,3 +185,31 @@ def _conv_mismatch(table, match: ConvMatch) -> str | None:
         return (f"stride/dilation {match.stride}/{match.dilation} in the graph, "
                 f"{table.stride}/{table.dilation} in the entry")
     return None
+
+
+def _short(fingerprint: dict) -> str:
+    return fingerprint["sha256"][:12]
+
+
+def _fingerprint_miss(bundle, weight: np.ndarray) -> str:
+    """Why no entry serves `weight` (torch layout): no entry of its shape, or entries of its shape learned for other
+    values (the bundle belongs to other weights: another model, or weights trained after the tables were taken)."""
+    from tvm_lut.bundle import fingerprint
+
+    shape = list(weight.shape)
+    same_shape = [name for name, entry in bundle.items()
+                  if entry.kind == "pq" and int(np.prod(entry.weight_fingerprint["shape"])) == weight.size
+                  and (entry.weight_fingerprint["shape"] == shape or entry.layer == "conv2d")]
+    if not same_shape:
+        return f"no pq entry in the bundle for a weight of shape {tuple(shape)}"
+    names = ", ".join(repr(n) for n in same_shape[:3]) + (" ..." if len(same_shape) > 3 else "")
+    return (f"fingerprint mismatch: the weight {tuple(shape)} (sha256 {_short(fingerprint(weight))}) is not the one "
+            f"the entries of its shape ({names}) were learned for: the bundle belongs to other weights")
+
+
+def _unused_reason(name: str, report: PassReport) -> str:
+    """Why entry `name` served no layer: its fingerprint matched a layer that could not be served, or none."""
+    for kept in report.kept:
+        if f"entry {name!r}" in kept.reason:
+            return kept.reason
+    return f"{NO_MATCHING_WEIGHT} (learned for another model's weights)"

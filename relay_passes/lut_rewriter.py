@@ -25,9 +25,9 @@ class LUTRewriter:
         self.report = PassReport(pass_name)
         self._reported: list[relax.Expr] = []
 
-    def serve(self, form: Form, matched: relax.Expr, matchings: dict) -> tuple[relax.Expr, str] | str | None:
-        """The replacement of `matched` and the name of the kernel it calls, the reason it stays exact, or None
-        when the match is not the op after all."""
+    def serve(self, form: Form, matched: relax.Expr, matchings: dict) -> tuple | str | None:
+        """The replacement of `matched` and the name of the kernel it calls (and optionally the bundle entry it
+        uses), the reason it stays exact, or None when the match is not the op after all."""
         raise NotImplementedError
 
     def run(self, mod: tvm.IRModule, forms: list[Form]) -> tvm.IRModule:
@@ -46,8 +46,9 @@ class LUTRewriter:
             served = self.serve(form, matched, matchings)
             if not isinstance(served, tuple):
                 return matched
-            replacement, function = served
-            self.report.replaced.append(Replaced(form.op, form.name, static_shape(matched), _dtype(matched), function))
+            replacement, function, *entry = served
+            self.report.replaced.append(Replaced(form.op, form.name, static_shape(matched), _dtype(matched), function,
+                                                 *entry))
             return replacement
 
         return rewrite

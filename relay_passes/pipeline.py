@@ -4,9 +4,9 @@
     tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("tvm_lut", bundle=bundle, database=db_dir))
 
 Phases, in order:
-1. Rewrites on high-level Relax: `LUTNonlinear` (when `bundle` is given or `nonlinear=True`; no bundle means
-   the shipped default tables) and `LUTDense` (when the bundle holds `pq` entries); then, for the convs that stay
-   exact, `WinogradConv2d` (3x3 stride 1; `winograd=False` keeps every conv direct).
+1. Rewrites on high-level Relax: `LUTNonlinear` (when the bundle holds `pwl` tables or `nonlinear=True`, which
+   fills in the shipped default tables) and `LUTDense` (when the bundle holds `pq` entries); then, for the convs
+   that stay exact, `WinogradConv2d` (3x3 stride 1; `winograd=False` keeps every conv direct).
 2. Legalize and fuse: TVM's CPU library dispatch (sort, scan, top-k, sampling), then every op becomes a PrimFunc;
    constant weights are folded (transposes of weights vanish).
 3. Schedules: records of a tuning database when one is given (only read, never written here), then the CPU rules
@@ -39,17 +39,29 @@ logger = logging.getLogger(__name__)
 
 
 def lut_passes(bundle=None, nonlinear: bool = False) -> list:
-    """Phase 1: the LUT rewrites that apply (NN-LUT when a bundle is given or asked for, PQ when the bundle has it)."""
+    """Phase 1: the LUT rewrites that apply. NN-LUT (`LUTNonlinear`) when the bundle has `pwl` tables or
+    `nonlinear=True`, which adds the shipped tables for every function the bundle lacks; PQ (`LUTDense`) when the
+    bundle has `pq` entries. One bundle may hold both kinds; a PQ-only bundle with `nonlinear=True` gives both."""
+    kinds = {entry.kind for _, entry in bundle.items()} if bundle is not None else set()
     passes = []
-    if bundle is not None or nonlinear:
-        passes.append(LUTNonlinear(bundle))
-    if bundle is not None and any(entry.kind == "pq" for _, entry in bundle.items()):
-        try:
-            from .lut_dense import LUTDense
-        except ImportError as err:
-            raise NotImplementedError(f"the bundle has PQ tables but relay_passes.LUTDense is missing: {err}") from err
+    if nonlinear or "pwl" in kinds:
+        passes.append(LUTNonlinear(_with_default_tables(bundle) if nonlinear else bundle))
+    if "pq" in kinds:
+        from .lut_dense import LUTDense
+
         passes.append(LUTDense(bundle))
     return passes
+
+
+def _with_default_tables(bundle):
+    """`bundle`'s NN-LUT tables plus the shipped ones for the functions it has no table for."""
+    from tvm_lut.defaults import default_bundle
+
+    defaults = default_bundle()
+    if bundle is None:
+        return defaults
+    missing = {name: table for name, table in defaults.items() if bundle.pwl(table.name) is None and name not in bundle}
+    return bundle.merged(type(bundle)(missing)) if missing else bundle
 
 
 _OPAQUE = 8  # relax op_pattern kOpaque: FuseOps leaves the call alone

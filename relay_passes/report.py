@@ -14,13 +14,15 @@ from collections import Counter
 
 @dataclasses.dataclass(frozen=True)
 class Replaced:
-    """One op rewritten to a LUT kernel: `function` is the name of the PrimFunc the call now goes to."""
+    """One op rewritten to a LUT kernel: `function` is the name of the PrimFunc the call now goes to, `entry` the
+    bundle entry whose table it uses (PQ layers; None for NN-LUT ops, which share tables by function)."""
 
     op: str
     form: str
     shape: tuple[int, ...] | None
     dtype: str
     function: str
+    entry: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +36,22 @@ class KeptExact:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class UnusedEntry:
+    """A bundle entry no op of the module used, and why (e.g. its weight fingerprint matches no weight)."""
+
+    entry: str
+    reason: str
+
+
 @dataclasses.dataclass
 class PassReport:
-    """The entries of one pass run, in the order the ops were visited."""
+    """The entries of one pass run, in the order the ops were visited, and the bundle entries left unused."""
 
     pass_name: str
     replaced: list[Replaced] = dataclasses.field(default_factory=list)
     kept: list[KeptExact] = dataclasses.field(default_factory=list)
+    unused: list[UnusedEntry] = dataclasses.field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Replaced ops per op name, e.g. `{"gelu": 6, "softmax": 6, "layer_norm": 13}`."""
@@ -56,12 +67,15 @@ class PassReport:
         line = f"{self.pass_name}: replaced {replaced}"
         if self.kept:
             line += "; kept exact " + ", ".join(f"{n} {op}" for op, n in self.kept_counts().items())
+        if self.unused:
+            line += f"; {len(self.unused)} bundle entries matched no op"
         return line
 
     def __str__(self) -> str:
         lines = [self.summary()]
         lines += [f"  replaced {e.op} ({e.form}) {_shape(e.shape)} {e.dtype} -> {e.function}" for e in self.replaced]
         lines += [f"  kept exact {e.op} ({e.form}) {_shape(e.shape)} {e.dtype}: {e.reason}" for e in self.kept]
+        lines += [f"  unused entry {e.entry!r}: {e.reason}" for e in self.unused]
         return "\n".join(lines)
 
     def log(self, logger: logging.Logger) -> None:
@@ -70,6 +84,8 @@ class PassReport:
         for entry in self.kept:
             logger.warning("%s kept %s (%s) %s exact: %s", self.pass_name, entry.op, entry.form,
                            _shape(entry.shape), entry.reason)
+        for entry in self.unused:
+            logger.warning("%s: bundle entry %r unused: %s", self.pass_name, entry.entry, entry.reason)
 
     def to_dict(self) -> dict:
         """JSON-ready form (for `--json` outputs and the compile report)."""
@@ -77,6 +93,7 @@ class PassReport:
             "pass": self.pass_name,
             "replaced": [dataclasses.asdict(e) for e in self.replaced],
             "kept": [dataclasses.asdict(e) for e in self.kept],
+            "unused": [dataclasses.asdict(e) for e in self.unused],
         }
 
 

@@ -33,6 +33,10 @@ class CompileReport:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def unmatched_pq_entries(self) -> list[dict]:
+        """The bundle's PQ entries that replaced no layer, each with the reason (`{"entry", "reason"}`)."""
+        return [entry for report in self.passes if report["pass"] == "LUTDense" for entry in report.get("unused", [])]
+
     def __str__(self) -> str:
         lines = [f"target {self.target}"]
         for report in self.passes:
@@ -40,6 +44,9 @@ class CompileReport:
             for entry in report["replaced"]:
                 counts[entry["op"]] = counts.get(entry["op"], 0) + 1
             lines.append(f"{report['pass']}: replaced {counts or 'nothing'}, kept exact {len(report['kept'])}")
+            lines += [f"  kept exact {entry['op']} {entry.get('shape')}: {entry['reason']}" for entry in report['kept']
+                      if report["pass"] == "LUTDense"]
+            lines += [f"  unused entry {entry['entry']!r}: {entry['reason']}" for entry in report.get("unused", [])]
         for report in self.exact_passes:
             if report["replaced"] or report["kept"]:
                 lines.append(f"{report['pass']}: {len(report['replaced'])} rewritten, {len(report['kept'])} not "
@@ -111,31 +118,45 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
 
 def add_arguments(parser) -> None:
     """`tvm-lut compile MODEL -o lib.so`: compile with the rules (and tuning records, LUT tables) and print the report."""
+    from tvm_lut import model_spec
     from tvm_lut.target_args import add_target_arguments
-    from tvm_lut.tune import add_model_arguments
 
-    add_model_arguments(parser)
+    model_spec.add_model_argument(parser)
+    model_spec.add_lut_arguments(parser)
     add_target_arguments(parser)
-    parser.add_argument("-o", "--output", required=True, help="the shared library to write (load it with "
-                        "tvm.runtime.load_module and run it with relax.VirtualMachine)")
-    parser.add_argument("--db", help="a tuning database written by `tvm-lut tune` (read only)")
-    parser.add_argument("--json", metavar="PATH", help="also write the compile report as JSON")
+    model_spec.add_output_argument(parser, "the shared library to write (load it with tvm.runtime.load_module and "
+                                   "run it with relax.VirtualMachine)")
+    model_spec.add_db_argument(parser, "a tuning database written by `tvm-lut tune` (read only; only the records of "
+                               "--target apply)")
+    model_spec.add_threads_argument(parser)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the compile report as JSON")
 
 
 def run(args) -> int:
     import json
 
     from schedules.target import export_library
+    from tvm_lut import model_spec
     from tvm_lut.target_args import resolve_target
-    from tvm_lut.tune import import_model
 
+    source = model_spec.model_from_args(args)
+    bundle = model_spec.bundle_from_args(args, source)
+    model_spec.threads_from_args(args)  # validates --threads
     target = resolve_target(args)
-    mod = import_model(args.model, args.batch, args.length)
-    executable = compile(mod, args.bundle, target, nonlinear=args.nonlinear, database=args.db,
-                         winograd=args.winograd)
+    executable = compile(source.import_module(), bundle, target,
+                         nonlinear=args.nonlinear, database=args.db, winograd=args.winograd)
+    report = executable.lut_report
+    print(report)
+    from relay_passes.lut_dense import NO_MATCHING_WEIGHT
+
+    unmatched = [e for e in report.unmatched_pq_entries() if e["reason"].startswith(NO_MATCHING_WEIGHT)]
+    if bundle is not None and unmatched and len(unmatched) == sum(entry.kind == "pq" for _, entry in bundle.items()):
+        raise model_spec.UsageError(f"none of the bundle's {len(unmatched)} PQ tables matches a layer of "
+                                    f"{source.spec!r}; e.g. entry {unmatched[0]['entry']!r}: {unmatched[0]['reason']}. "
+                                    "The bundle was learned for another model (no library written)")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     export_library(executable, args.output, target)
-    print(executable.lut_report)
     print(f"wrote {args.output}")
     if args.json:
-        Path(args.json).write_text(json.dumps(executable.lut_report.to_dict(), indent=2) + "\n")
+        args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0

@@ -92,14 +92,13 @@ class ModelSource:
     kind: str
     inputs: list[InputSpec]
     path: Path | None = None
+    artifact: object | None = None  # the loaded `tvm_lut.artifact.Artifact` when kind == "artifact"
 
     def import_module(self):
         """The Relax module (weights as constants). A built-in CNN has fresh random weights: its functions, not its
         values, are what tuning and shape-only compiles need."""
         if self.kind == "artifact":
-            from tvm_lut.artifact import load_artifact
-
-            return load_artifact(self.path).import_module()
+            return self.artifact.import_module()
         if self.kind == "onnx":
             from tvm_lut.frontend import from_onnx
 
@@ -157,7 +156,7 @@ def resolve_model(spec: str, inputs: list[InputSpec] | None = None, batch: int |
             artifact = load_artifact(path)
         except ArtifactError as err:
             raise UsageError(str(err)) from None
-        return ModelSource(spec, "artifact", artifact.inputs, path)
+        return ModelSource(spec, "artifact", artifact.inputs, path, artifact)
     if path.suffix == ".onnx":
         return ModelSource(spec, "onnx", _onnx_inputs(path, inputs), path)
     if path.suffix == ".pt2":
@@ -379,9 +378,7 @@ def bundle_from_args(args: argparse.Namespace, source: ModelSource):
     if source.kind == "artifact":
         if args.bundle is not None:
             raise UsageError(f"{source.spec!r} is a learned artifact and holds its own bundle; --bundle does not apply")
-        from tvm_lut.artifact import load_artifact
-
-        return load_artifact(source.path).bundle
+        return source.artifact.bundle
     if args.bundle is None:
         return None
     try:

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import statistics
 import time
+from pathlib import Path
 
 # Suffix TVM's SplitLayoutRewritePreproc gives a function whose weight repacking was split off.
 _PREPACKED = "_prepacked"
@@ -168,31 +169,41 @@ def profile_model(mod, inputs=None, target=None, repeat: int = 5, **compile_opti
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tvm_lut.tune import add_model_arguments
+    from tvm_lut import model_spec
+    from tvm_lut.target_args import add_target_arguments
 
-    add_model_arguments(parser)
-    parser.add_argument("--db", help="a tuning database written by `tvm-lut tune` (read only)")
+    model_spec.add_model_argument(parser)
+    model_spec.add_lut_arguments(parser)
+    add_target_arguments(parser)
+    model_spec.add_db_argument(parser, "a tuning database written by `tvm-lut tune` (read only)")
+    model_spec.add_threads_argument(parser)
     parser.add_argument("--top", type=int, default=25, help="functions to list, slowest first (25; 0: all)")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions per kernel call (median; 5)")
-    parser.add_argument("--json", metavar="PATH", help="also write the profile and the compile report as JSON")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the profile and the compile report as JSON")
 
 
 def run(args) -> int:
     import json
-    from pathlib import Path
 
-    from schedules import host_target
-    from tvm_lut.tune import import_model
+    from schedules.target import runs_on_host
+    from tvm_lut import model_spec
+    from tvm_lut.target_args import resolve_target
 
-    mod = import_model(args.model, args.batch, args.length)
+    source = model_spec.model_from_args(args)
+    bundle = model_spec.bundle_from_args(args, source)
+    model_spec.threads_from_args(args)  # validates --threads
+    target = resolve_target(args)
+    if not runs_on_host(target):
+        raise model_spec.UsageError(f"tvm-lut profile runs the model here; target {args.target!r} does not run on this "
+                                    "CPU (measure it on the device: tvm-lut bench device --rpc-tracker ...)")
     started = time.perf_counter()
-    profile, executable = profile_model(mod, target=host_target(args.threads), repeat=args.repeat,
-                                        bundle=args.bundle, nonlinear=args.nonlinear, database=args.db,
+    profile, executable = profile_model(source.import_module(), target=target, repeat=args.repeat,
+                                        bundle=bundle, nonlinear=args.nonlinear, database=args.db,
                                         winograd=args.winograd)
     print(executable.lut_report)
     print(profile.table(args.top or None))
     print(f"(profiled in {time.perf_counter() - started:.1f} s)")
     if args.json:
         payload = {"profile": profile.to_dict(), "report": executable.lut_report.to_dict()}
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0

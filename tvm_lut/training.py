@@ -4,12 +4,18 @@
 `tvm_lut.learn` from the function to the module.)
 
 In the style of torchao's `quantize_(model, config)`: each config type has a handler
-`handler(model, calib_batches, config, *, progress) -> Bundle`, registered with `register_handler(ConfigType)`.
+`handler(model, calib_batches, config, *, progress) -> Bundle | (Bundle, model)`, registered with
+`register_handler(ConfigType)`; a handler that trains weights returns the model its tables belong to as well.
 `NonlinearConfig` (NN-LUT tables) is handled here; `PQConfig` (LUT-NN) by `tvm_lut.pq`. A list of configs runs
-each handler on the same batches and merges their bundles.
+each handler in turn on the same batches, each on the model the previous one returned, and merges their bundles.
+
+The trained model: `learn(..., return_model=True)` returns `(bundle, model)`, where `model` is the FP32 torch
+module whose weights the bundle's PQ fingerprints identify (with `PQConfig(trainable="all")` a trained copy, every
+PQ layer back as `nn.Linear` / `nn.Conv2d`; otherwise the model given). Compile that model with the bundle, or
+store both with `tvm_lut.artifact.save_artifact`. Without it, `learn` returns the bundle alone, as before.
 
 Batches: a tensor (the model's single input) or a pair `(inputs, labels)`, with inputs a tensor or a tuple of
-positional tensors and labels a tensor or None. The model is never modified.
+positional tensors and labels a tensor or None. The model given is never modified.
 """
 
 from __future__ import annotations
@@ -55,8 +61,9 @@ def _handler(config) -> Callable:
     return handler
 
 
-def learn(model, calib_batches, config, *, progress: bool = True) -> Bundle:
-    """Learn the tables `config` (one config or a list) asks for on `model` and real `calib_batches`."""
+def learn(model, calib_batches, config, *, progress: bool = True, return_model: bool = False):
+    """Learn the tables `config` (one config or a list) asks for on `model` and real `calib_batches`: the bundle,
+    or `(bundle, model the tables belong to)` with `return_model=True` (module docstring)."""
     configs = list(config) if isinstance(config, (list, tuple)) else [config]
     if not configs:
         raise ValueError("learn needs at least one config (e.g. NonlinearConfig() or PQConfig())")
@@ -64,8 +71,14 @@ def learn(model, calib_batches, config, *, progress: bool = True) -> Bundle:
     batches = list(calib_batches)  # every handler iterates them
     if not batches:
         raise ValueError("no calibration batches: tables are learned from real activations")
-    bundles = [handler(model, batches, c, progress=progress) for handler, c in zip(handlers, configs)]
-    return bundles[0].merged(*bundles[1:])
+    bundles = []
+    for handler, c in zip(handlers, configs):
+        learned = handler(model, batches, c, progress=progress)
+        if isinstance(learned, tuple):
+            learned, model = learned
+        bundles.append(learned)
+    bundle = bundles[0].merged(*bundles[1:])
+    return (bundle, model) if return_model else bundle
 
 
 @dataclass(frozen=True)

@@ -80,3 +80,52 @@ def test_missing_database_is_an_error(block, tmp_path):
     with pytest.raises(FileNotFoundError, match="no tuning database"):
         tvm.compile(from_torch(model, (x,)), target=TARGET,
                     relax_pipeline=tvm_lut_pipeline(database=tmp_path, target=TARGET))
+
+
+def test_nonlinear_and_pq_compose(block):
+    """A PQ-only bundle with nonlinear=True gives both passes; the NN-LUT one gets the shipped tables it lacks.
+    A PQ-only bundle alone runs LUTDense only; one bundle may hold both kinds."""
+    from relay_passes import LUTDense, LUTNonlinear
+    from relay_passes.pipeline import lut_passes
+    from tvm_lut import Bundle, default_bundle
+    from tvm_lut.pq.table import PQTable
+
+    model, _, _ = block
+    centroids = np.random.default_rng(0).standard_normal((3, 16, 8)).astype(np.float32)
+    pq = Bundle({"up": PQTable.from_weight(centroids, model.up.weight.detach().numpy())})
+    nonlinear, dense = lut_passes(pq, nonlinear=True)
+    assert isinstance(nonlinear, LUTNonlinear) and isinstance(dense, LUTDense)
+    assert nonlinear.bundle.pwl("gelu") is not None and "up" in nonlinear.bundle
+    assert [type(p) for p in lut_passes(pq)] == [LUTDense]
+    both = pq.merged(default_bundle())
+    assert [type(p) for p in lut_passes(both)] == [LUTNonlinear, LUTDense]
+    assert lut_passes(both, nonlinear=True)[0].bundle is both  # nothing to fill in
+
+    x = torch.randn(2, 10, 24)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    pipeline = tvm_lut_pipeline(bundle=pq, nonlinear=True, target=TARGET)
+    result = _run(tvm.compile(from_torch(model, (x,)), target=TARGET, relax_pipeline=pipeline), x)
+    lut, pq_report = pipeline.report["passes"]
+    assert lut["pass"] == "LUTNonlinear" and {e["op"] for e in lut["replaced"]} == {"gelu", "softmax", "layer_norm"}
+    assert [e["entry"] for e in pq_report["replaced"]] == ["up"] and pq_report["unused"] == []
+    assert np.isfinite(result).all() and result.shape == expected.shape
+
+
+def test_pq_report_names_fingerprint_mismatches(block):
+    """Entries learned for other weights: each dense layer kept exact with the reason, each entry listed unused."""
+    from relay_passes import LUTDense
+    from tvm_lut import Bundle
+    from tvm_lut.pq.table import PQTable
+
+    model, x, _ = block
+    other = model.up.weight.detach().numpy() + 1e-3
+    centroids = np.random.default_rng(0).standard_normal((3, 16, 8)).astype(np.float32)
+    pass_ = LUTDense(Bundle({"up": PQTable.from_weight(centroids, other)}), target=TARGET)
+    pass_(from_torch(model, (x,)))
+    reasons = [entry.reason for entry in pass_.report.kept]
+    assert any("fingerprint mismatch" in r and "'up'" in r and "belongs to other weights" in r for r in reasons)
+    assert any("no pq entry in the bundle for a weight of shape (24, 48)" in r for r in reasons)
+    (unused,) = pass_.report.unused
+    assert unused.entry == "up" and "matches no dense/conv weight" in unused.reason
+    assert "1 bundle entries matched no op" in pass_.report.summary()

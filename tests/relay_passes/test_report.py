@@ -45,5 +45,7 @@ def test_to_dict_is_json_ready():
     assert data["pass"] == "LUTNonlinear"
     assert data["replaced"][0] == {
         "op": "gelu", "form": "erf-decomposed", "shape": [2, 8], "dtype": "float32", "function": "lut_gelu",
+        "entry": None,
     }
+    assert data["unused"] == []
     assert data["kept"][0]["reason"] == "dynamic shape"

@@ -28,38 +28,149 @@ def test_bench_names_are_the_benchmark_modules():
     assert entry_points == set(bench.BENCHMARKS)
 
 
-def test_learn_cnn_writes_a_bundle_that_matches_its_weights(tmp_path, capsys):
-    """`tvm-lut learn cnn` end to end on a small real setting: Fashion-MNIST, a briefly trained CNN, 128 images."""
-    from safetensors.torch import load_file, save_file
+def _error(capsys, argv) -> str:
+    """The message of a command that must fail as a usage error (status 2, nothing written)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2, argv
+    return capsys.readouterr().err
 
-    from tvm_lut import Bundle, fingerprint
+
+def test_learn_fashion_cnn_quick_then_compile_the_artifact(tmp_path, capsys):
+    """Issue 12, (1): `tvm-lut learn fashion-cnn --quick -o OUT` then `tvm-lut compile OUT -o lib.so --json`: every
+    PQ table of the bundle replaces its layer, and the library computes what PyTorch's PQ reference computes."""
+    import json
+
+    import numpy as np
+    import torch
+    import tvm
+    from tvm import relax
+
+    from tvm_lut.artifact import load_artifact
     from tvm_lut.datasets.fashion_mnist import load_fashion_mnist
-    from tvm_lut.models.cnn import train_cnn
-    from tvm_lut.pq.config import PQConfig
+    from tvm_lut.pq.reference import pq_forward
 
-    images, labels = load_fashion_mnist("train")
-    weights = tmp_path / "cnn.safetensors"
-    save_file(train_cnn(images[:256], labels[:256], epochs=1, progress=False).state_dict(), str(weights))
-    config = tmp_path / "pq.json"
-    config.write_text(PQConfig(epochs=1, trainable="all").to_json())
-    out = tmp_path / "cnn_pq.safetensors"
-    assert cli.main(["learn", "cnn", "--out", str(out), "--weights", str(weights), "--config", str(config),
-                     "--calib-size", "128", "--learn-size", "128", "--test-size", "200", "--no-progress"]) == 0
-    assert "accuracy on held-out data" in capsys.readouterr().out
-    bundle = Bundle.load(out)
-    trained = load_file(str(out.with_suffix(".model.safetensors")))
-    assert set(bundle) == {"conv1", "conv2", "conv3", "fc1", "fc2"}
-    for name in bundle:
-        assert bundle[name].weight_fingerprint == fingerprint(trained[f"{name}.weight"].numpy()), name
-    assert bundle.provenance["pq_config"]["trainable"] == "all"
+    out, library, report_path = tmp_path / "cnn_lut", tmp_path / "cnn.so", tmp_path / "report.json"
+    assert cli.main(["learn", "fashion-cnn", "--quick", "--batch", "4", "-o", str(out), "--no-progress"]) == 0
+    assert "accuracy on 1000 held-out rows" in capsys.readouterr().out
+    artifact = load_artifact(out)
+    pq_entries = set(artifact.manifest["bundle"]["entries"]["pq"])
+    assert pq_entries == {"conv2", "conv3", "fc1", "fc2"}  # conv1 stays exact in the task's config
+    assert cli.main(["compile", str(out), "-o", str(library), "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    (dense,) = [p for p in report["passes"] if p["pass"] == "LUTDense"]
+    assert {entry["entry"] for entry in dense["replaced"]} == pq_entries and dense["unused"] == []
+
+    # the PyTorch PQ model: the stored model's weights, each PQ layer computed by the reference of its table
+    import onnx
+    from onnx import numpy_helper
+
+    from tvm_lut.models.cnn import FashionCNN
+
+    weights = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy())
+               for init in onnx.load(str(artifact.model_path)).graph.initializer}
+    model = FashionCNN().eval()
+    model.load_state_dict({name: weights[name] for name in model.state_dict()})
+    for name in pq_entries:
+        table = artifact.bundle[name]
+        model.get_submodule(name).forward = lambda x, table=table: pq_forward(x, table)
+    images = torch.from_numpy(load_fashion_mnist("test")[0][:4])
+    with torch.no_grad():
+        want = model(images).numpy()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(images.numpy())).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_compile_builds_the_builtin_cnn_and_rejects_unknown_models(tmp_path, capsys):
+def test_compile_builds_the_builtin_cnn(tmp_path, capsys):
     library = tmp_path / "cnn.so"
     assert cli.main(["compile", "fashion-cnn", "--batch", "1", "-o", str(library)]) == 0
     assert library.stat().st_size > 0
     assert "WinogradConv2d: 1 rewritten" in capsys.readouterr().out
     assert cli.main(["compile", "fashion-cnn", "--batch", "1", "--no-winograd", "-o", str(library)]) == 0
     assert "Winograd" not in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="unknown model 'resnet'"):
-        cli.main(["compile", "resnet", "-o", str(tmp_path / "x.so")])
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    import torch
+
+    path = tmp_path_factory.mktemp("cli") / "tiny.onnx"
+    torch.onnx.export(torch.nn.Linear(16, 8).eval(), (torch.zeros(4, 16),), str(path), input_names=["x"],
+                      opset_version=17, dynamo=False)
+    return path
+
+
+def test_learn_an_onnx_file_from_calibration_then_compile(tmp_path, capsys, tiny_onnx):
+    """Issue 12, (2) at CI size: an ONNX file, no training code, `--calib` only; the artifact compiles with its PQ
+    table replacing the layer, and NN-LUT tables join the same bundle with --nonlinear."""
+    import json
+
+    import numpy as np
+
+    from tvm_lut.artifact import load_artifact
+
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
+    out = tmp_path / "lut"
+    assert cli.main(["learn", str(tiny_onnx), "--calib", str(tmp_path / "calib.npz"), "--V", "4", "--nonlinear",
+                     "--quick", "-o", str(out), "--no-progress"]) == 0
+    assert "relative output error k-means" in capsys.readouterr().out
+    artifact = load_artifact(out)
+    assert artifact.manifest["model"]["format"] == "onnx" and artifact.manifest["source"] == str(tiny_onnx)
+    assert len(artifact.manifest["bundle"]["entries"]["pq"]) == 1 and "gelu" in artifact.manifest["bundle"]["entries"]["pwl"]
+    assert cli.main(["compile", str(out), "-o", str(tmp_path / "lib.so"), "--json", str(tmp_path / "r.json")]) == 0
+    (dense,) = [p for p in json.loads((tmp_path / "r.json").read_text())["passes"] if p["pass"] == "LUTDense"]
+    assert [e["entry"] for e in dense["replaced"]] == artifact.manifest["bundle"]["entries"]["pq"]
+
+
+def test_cli_failure_modes_name_what_is_wrong(tmp_path, capsys, tiny_onnx):
+    """Issue 12, (4): unknown model, missing file, wrong input spec, options that do not apply, a bundle for
+    another model, an output directory of an older format: status 2, one line naming the problem, nothing written."""
+    import numpy as np
+
+    so = str(tmp_path / "x.so")
+    assert "unknown model 'resnet'" in _error(capsys, ["compile", "resnet", "-o", so])
+    assert "model file 'missing.onnx' does not exist" in _error(capsys, ["learn", "missing.onnx", "-o", so])
+    assert "has no input 'input'; its inputs are x" in _error(
+        capsys, ["compile", str(tiny_onnx), "--input", "input:4x16", "-o", so])
+    assert "input 'x' has the fixed shape 4x16" in _error(
+        capsys, ["compile", str(tiny_onnx), "--input", "x:2x16", "-o", so])
+    assert "expected NAME:SHAPE[:DTYPE]" in _error(capsys, ["tune", "fashion-cnn", "--input", "x", "--db", so])
+    assert "--batch applies to the built-in models" in _error(capsys, ["compile", str(tiny_onnx), "--batch", "2",
+                                                                       "-o", so])
+    assert "give calibration inputs with --calib" in _error(capsys, ["learn", str(tiny_onnx), "-o", so])
+    assert "--calib applies to model files" in _error(capsys, ["learn", "fashion-cnn", "--calib", "c.npz", "-o", so])
+    assert "--weights applies to fashion-cnn only" in _error(capsys, ["learn", "minilm-l6", "--weights", "w",
+                                                                      "-o", so])
+    assert "--checkpoint applies to built-in models" in _error(
+        capsys, ["learn", str(tiny_onnx), "--calib", "c.npz", "--checkpoint", "c", "-o", so])
+    assert "no bundle file at" in _error(capsys, ["compile", "fashion-cnn", "--bundle", "none.safetensors", "-o", so])
+    assert "unrecognized arguments: --out" in _error(capsys, ["learn", "fashion-cnn", "-o", so, "--out", so])
+    assert not (tmp_path / "x.so").exists()
+
+    # a bundle learned for another model's weights: every PQ layer reports the mismatch, and no library is written
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
+    out = tmp_path / "tiny_lut"
+    assert cli.main(["learn", str(tiny_onnx), "--calib", str(tmp_path / "calib.npz"), "--quick", "-o", str(out),
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    message = _error(capsys, ["compile", "fashion-cnn", "--bundle", str(out / "bundle.safetensors"), "-o", so])
+    assert "none of the bundle's 1 PQ tables matches a layer of 'fashion-cnn'" in message
+    assert "learned for another model" in message and not (tmp_path / "x.so").exists()
+    assert "an artifact and holds its own bundle" not in message
+    assert "holds its own bundle; --bundle does not apply" in _error(
+        capsys, ["compile", str(out), "--bundle", str(out / "bundle.safetensors"), "-o", so])
+    assert "fixes its input shapes; --input does not apply" in _error(capsys, ["compile", str(out), "--input",
+                                                                               "x:4x16", "-o", so])
+
+    # an output directory from an older format (the files `tvm-lut learn --out` used to write): kept as it was
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "cnn_pq.safetensors").write_bytes(b"old bundle")
+    assert "is not empty and is not a tvm-lut artifact" in _error(
+        capsys, ["learn", str(tiny_onnx), "--calib", str(tmp_path / "calib.npz"), "--quick", "-o", str(old)])
+    assert [p.name for p in old.iterdir()] == ["cnn_pq.safetensors"]
+    (old / "manifest.json").write_text('{"format": "tvm-lut-artifact", "format_version": 0}')
+    assert "format version 0, this tvm-lut writes version 1" in _error(
+        capsys, ["learn", str(tiny_onnx), "--calib", str(tmp_path / "calib.npz"), "--quick", "-o", str(old)])
+    assert "format version 0; this tvm-lut reads version 1" in _error(capsys, ["compile", str(old), "-o", so])

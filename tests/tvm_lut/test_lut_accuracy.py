@@ -15,13 +15,16 @@ from tvm_lut.lut_accuracy import (
 from tvm_lut.models import MiniLM, MiniLMConfig
 
 
-def fake_result(lut_accuracy=0.85, lut_cosine=0.9995, kept=()):
+def fake_result(lut_accuracy=0.85, lut_cosine=0.9995, kept=(), pq_accuracy=0.85, pq_ms=20.0):
     encoders = {
         name: EncoderResult(name, accuracy, cosine, cosine, 1e-3, latency)
         for name, accuracy, cosine, latency in (
             ("pytorch_fp32", 0.86, 1.0, 80.0),
+            ("ort_fp32", 0.86, 1.0, 90.0),
+            ("ort_int8", 0.85, 0.99, 40.0),
             ("tvm_exact", 0.86, 1.0, 100.0),
             ("tvm_lut", lut_accuracy, lut_cosine, 50.0),
+            ("tvm_lut_pq", pq_accuracy, 0.95, pq_ms),
         )
     }
     report = {
@@ -40,10 +43,14 @@ def test_result_summary_and_targets():
     assert not good.meets_targets  # a 1-point drop misses the 0.3-point target
     assert fake_result(lut_accuracy=0.858).meets_targets
     assert not fake_result(lut_accuracy=0.86, lut_cosine=0.998).meets_targets
+    assert not fake_result(lut_accuracy=0.858, pq_accuracy=0.83).meets_targets  # a 3-point PQ drop
+    slow = fake_result(lut_accuracy=0.858, pq_ms=100.0)
+    assert slow.misses() == ["NN-LUT+PQ at 0.90x ORT fp32 (< 1.0x)"] and "MISSED: NN-LUT+PQ" in slow.summary()
     text = fake_result(kept=[1]).summary()
     assert "replaced by LUT kernels: 6 gelu, 6 softmax; kept exact: 1 layer_norm" in text
     assert "kept exact layer_norm (R.nn.layer_norm): dtype float16" in text
-    assert "TVM LUT" in text and "2.00x" in text  # 100 ms exact vs 50 ms LUT
+    assert "TVM NN-LUT" in text and "2.00x" in text  # 100 ms exact vs 50 ms LUT
+    assert "TVM NN-LUT+PQ" in text and "4.50x" in text  # 90 ms ORT fp32 vs 20 ms NN-LUT + PQ
     data = json.loads(json.dumps(good.to_dict()))
     assert data["replaced_counts"] == {"gelu": 6, "softmax": 6} and data["meets_targets"] is False
 
@@ -83,13 +90,15 @@ def test_experiment_end_to_end_on_a_tiny_encoder():
     tiny = MiniLM(MiniLMConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                max_position_embeddings=16)).eval()
     config = ExperimentConfig(n_test=16, n_train=48, n_calib=8, batch_size=8, length=12, entries=8,
-                              latency_repeats=1)
+                              latency_repeats=1, n_pq_calib=8, pq_fit_rows=64)
     result = run_experiment(config, model=tiny, splits=tiny_splits(), progress=False, log=lambda _: None)
     assert set(result.encoders) == set(ENCODERS)
     assert result.encoders["tvm_exact"].max_abs_diff < 1e-4  # the import and schedules are exact
     assert result.replaced_counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}
     assert result.kept_counts() == {}
     assert result.encoders["tvm_lut"].mean_cosine > 0.99
+    assert result.encoders["tvm_lut_pq"].head == "own" and len(result.pq_report["replaced"]) == 6
+    assert result.pq_report["kept"] == [] and result.encoders["ort_fp32"].max_abs_diff < 1e-4
     assert all(t["calibrated"] for name, t in result.tables.items() if name != "gelu_tanh")
 
 
@@ -99,12 +108,16 @@ def test_demo_command_prints_table_and_writes_json(monkeypatch, tmp_path, capsys
 
     seen = {}
 
-    def fake_run(config):
-        seen["config"] = config
-        return fake_result(lut_accuracy=0.858)
+    def fake_run(config, target=None, progress=True):
+        seen["config"], seen["progress"] = config, progress
+        return fake_result(lut_accuracy=seen.get("lut_accuracy", 0.858))
 
     monkeypatch.setattr(tvm_lut.lut_accuracy, "run_experiment", fake_run)
     assert main(["demo", "--n-test", "1200", "--batch-size", "4", "--json", str(tmp_path / "out" / "r.json")]) == 0
     assert (seen["config"].n_test, seen["config"].batch_size) == (1200, 4)
+    assert seen["progress"] is False  # pytest's stderr is not a terminal: step lines, no bars
     assert "targets met" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "r.json").read_text())["meets_targets"] is True
+    seen["lut_accuracy"] = 0.80
+    assert main(["demo"]) == 1  # a missed target fails the job
+    assert "targets MISSED" in capsys.readouterr().out

@@ -107,5 +107,5 @@ def test_version_1_json_reads_as_it_ran():
 def test_learn_command_is_registered_and_parses():
     from tvm_lut.cli import build_parser
 
-    args = build_parser().parse_args(["learn", "minilm", "--out", "b.safetensors", "--V", "8"])
-    assert (args.command, args.task, args.V, args.threads) == ("learn", "minilm", 8, 1)
+    args = build_parser().parse_args(["learn", "minilm-l6", "-o", "out", "--V", "8"])
+    assert (args.command, args.model, args.V, args.threads) == ("learn", "minilm-l6", 8, None)  # None: every core

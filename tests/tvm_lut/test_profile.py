@@ -60,6 +60,7 @@ def test_cli_profile_writes_json(tmp_path, capsys):
     assert payload["report"]["unscheduled"] == [] and payload["profile"]["functions"]
 
 
-def test_cli_profile_rejects_an_unknown_model():
-    with pytest.raises(SystemExit, match="unknown model"):
+def test_cli_profile_rejects_an_unknown_model(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["profile", "no-such-model"])
+    assert exit_info.value.code == 2 and "unknown model 'no-such-model'" in capsys.readouterr().err

@@ -111,3 +111,24 @@ def test_misuse():
 
 def test_public_names():
     assert tvm_lut.learn is learn and tvm_lut.NonlinearConfig is NonlinearConfig
+
+
+def test_learn_hands_back_the_model_its_tables_belong_to():
+    """`return_model=True`: PQ with trainable="all" returns the trained FP32 model whose weights the fingerprints
+    identify (PQ layers back as nn.Linear); the caller's model is untouched; NN-LUT alone returns the model given."""
+    from tvm_lut import fingerprint
+    from tvm_lut.pq.config import PQConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)).eval()
+    before = [p.detach().clone() for p in model.parameters()]
+    batches = [(torch.randn(32, 8), torch.randint(0, 4, (32,))) for _ in range(4)]
+    config = PQConfig(V=4, epochs=1, trainable="all", weight_lr=1e-2, kmeans_iters=2)
+    bundle, trained = learn(model, batches, [config, SMALL], progress=False, return_model=True)
+    assert isinstance(trained[0], nn.Linear) and trained is not model
+    assert bundle["0"].weight_fingerprint == fingerprint(trained[0].weight)
+    assert bundle["0"].weight_fingerprint != fingerprint(model[0].weight)  # the weights were trained
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert bundle.pwl("gelu") is not None  # NN-LUT calibrated on the trained model, in the same bundle
+    assert isinstance(learn(model, batches, SMALL, progress=False), Bundle)
+    assert learn(model, batches, SMALL, progress=False, return_model=True)[1] is model

@@ -70,6 +70,10 @@ def learn_pq(model: "nn.Module", calib_batches, config: PQConfig, *, checkpoint:
 
 
 @register_handler(PQConfig)
-def learn_handler(model, calib_batches, config: PQConfig, *, progress: bool = True) -> Bundle:
-    """`tvm_lut.learn(model, batches, PQConfig(...))`: the bundle of `learn_pq`."""
-    return learn_pq(model, calib_batches, config, progress=progress).bundle
+def learn_handler(model, calib_batches, config: PQConfig, *, progress: bool = True) -> tuple[Bundle, "nn.Module"]:
+    """`tvm_lut.learn(model, batches, PQConfig(...))`: the bundle of `learn_pq` and the FP32 model its fingerprints
+    belong to (the trained student with its PQ layers back as exact layers)."""
+    from tvm_lut.pq.swap import unswap_
+
+    result = learn_pq(model, calib_batches, config, progress=progress)
+    return result.bundle, unswap_(result.model).eval()

@@ -65,7 +65,8 @@ def _image_batches(images: np.ndarray, labels: np.ndarray, size: int) -> list:
 
 
 def cnn_task(learn_size: int = 60000, calib_size: int = 2048, train_epochs: int = 5, weights=None,
-             test_size: int = 10000, progress: bool = True) -> Task:
+             test_size: int = 10000, progress: bool = True, train_size: int = 60000) -> Task:
+    """The CNN trained for `train_epochs` on the first `train_size` training images (or loaded from `weights`)."""
     from safetensors.torch import load_file
 
     from tvm_lut.datasets.fashion_mnist import load_fashion_mnist
@@ -78,7 +79,7 @@ def cnn_task(learn_size: int = 60000, calib_size: int = 2048, train_epochs: int 
         model.load_state_dict(load_file(str(weights)))
         model.eval()
     else:
-        model = train_cnn(images, labels, epochs=train_epochs, progress=progress)
+        model = train_cnn(images[:train_size], labels[:train_size], epochs=train_epochs, progress=progress)
     return Task(model, _image_batches(images[:calib_size], labels[:calib_size], 256),
                 _image_batches(images[:learn_size], labels[:learn_size], 128),
                 _image_batches(test_images[:test_size], test_labels[:test_size], 1000))

@@ -1,0 +1,114 @@
+"""PQ tables from calibration data alone: the layers found in ONNX and torch.export graphs, the fit, and the
+compiled model against the PQ reference (issue 12: a model with no training code)."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from torch import nn
+from tvm import relax
+
+import tvm_lut
+from tvm_lut import fingerprint
+from tvm_lut.frontend import from_onnx
+from tvm_lut.pq.calibration_fit import FitSettings, fit_layer, learn_from_onnx, learn_from_pt2, onnx_layers
+from tvm_lut.pq.config import PQConfig
+from tvm_lut.pq.reference import pq_forward
+
+
+class Small(nn.Module):
+    """Every layer form: a 3x3 conv, a 1x1 conv, a 2-D linear (ONNX Gemm), a batched linear (ONNX MatMul + Add)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 8, 3, padding=1)
+        self.point = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8 * 4 * 4, 32)
+        self.tokens = nn.Linear(8, 16)
+
+    def forward(self, x):
+        y = torch.relu(self.point(torch.relu(self.conv(x))))
+        return torch.relu(self.fc(y.flatten(1))).reshape(-1, 4, 8), self.tokens(y.flatten(2).transpose(1, 2))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Small().eval()
+    folder = tmp_path_factory.mktemp("fit")
+    x = torch.randn(4, 2, 4, 4)
+    torch.onnx.export(model, (x,), str(folder / "small.onnx"), input_names=["x"], opset_version=17, dynamo=False)
+    torch.export.save(torch.export.export(model, (x,)), folder / "small.pt2")
+    batches = [{"x": np.random.default_rng(i).standard_normal((4, 2, 4, 4)).astype(np.float32)} for i in range(16)]
+    return model, folder, batches
+
+
+def test_onnx_layers_are_found_in_torch_layout(small):
+    import onnx
+
+    model, folder, _ = small
+    layers, kept = onnx_layers(onnx.load(str(folder / "small.onnx")))
+    by_weight = {fingerprint(layer.weight)["sha256"]: layer for layer in layers}
+    for name in ("conv", "point", "fc", "tokens"):
+        module = getattr(model, name)
+        layer = by_weight[fingerprint(module.weight.detach())["sha256"]]
+        np.testing.assert_array_equal(layer.bias, module.bias.detach().numpy())
+        assert (layer.conv is not None) == isinstance(module, nn.Conv2d), name
+    assert len(layers) == 4 and kept == {}
+
+
+def test_the_fit_reconstructs_the_output_better_than_kmeans():
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(2048, 32, generator=generator) @ torch.randn(32, 32, generator=generator)
+    weight = torch.randn(24, 32, generator=generator).numpy()
+    for settings in (FitSettings(refine_steps=0), FitSettings(refine_steps=30)):
+        centroids, table, errors = fit_layer(rows, weight, K=16, V=4, settings=settings)
+        assert centroids.shape == (8, 16, 4) and table.shape == (8, 16, 24)
+        assert errors["fitted"] < 0.8 * errors["kmeans"], errors
+    with pytest.raises(ValueError, match="V=5 does not divide the input length 32"):
+        fit_layer(rows, weight, K=16, V=5)
+
+
+def _compiled_matches_reference(model, bundle, x, mod, unserved=()):
+    """Every entry but `unserved` replaces its layer, and the library equals the PyTorch PQ reference."""
+    executable = tvm_lut.compile(mod, bundle)
+    (dense,) = [p for p in executable.lut_report.passes if p["pass"] == "LUTDense"]
+    assert {entry["entry"] for entry in dense["replaced"]} == set(bundle) - set(unserved)
+    assert {entry["entry"] for entry in dense["unused"]} == set(unserved)
+    for name, entry in bundle.items():
+        if name in unserved:
+            continue  # the PyTorch PQ model: each layer by the reference of its table
+        model.get_submodule(name).forward = lambda inputs, entry=entry: pq_forward(inputs, entry)
+    with torch.no_grad():
+        want = [w.numpy() for w in model(x)]
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w, rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_model_with_no_training_code_compiles_with_every_table(small):
+    model, folder, batches = small
+    bundle, report = learn_from_onnx(folder / "small.onnx", batches, PQConfig(V=4), FitSettings(refine_steps=10),
+                                     progress=False)
+    assert set(bundle) == {"conv.Conv", "point.Conv", "fc.Gemm", "tokens.MatMul"}, str(report)
+    assert all(e["fitted"] <= e["kmeans"] for e in report.errors.values()), report.errors
+    x = torch.from_numpy(batches[0]["x"])
+    renamed = tvm_lut.Bundle({name.split(".")[0]: entry for name, entry in bundle.items()})
+    fresh = Small().eval()
+    fresh.load_state_dict(model.state_dict())
+    _compiled_matches_reference(fresh, renamed, x, from_onnx(folder / "small.onnx"))
+
+
+def test_pt2_program_with_no_training_code(small):
+    model, folder, batches = small
+    bundle, report = learn_from_pt2(folder / "small.pt2", batches, PQConfig(V=4),
+                                    FitSettings(refine_steps=0), progress=False)
+    assert set(bundle) == {"conv", "point", "fc", "tokens"}, str(report)
+    from tvm_lut.model_spec import import_pt2
+
+    fresh = Small().eval()
+    fresh.load_state_dict(model.state_dict())
+    # Known gap (patterns/dense.py): the torch.export form of a linear over a transposed 3-D input is not matched,
+    # so `tokens` stays exact there and is reported unused (its ONNX form is served, above).
+    _compiled_matches_reference(fresh, bundle, torch.from_numpy(batches[0]["x"]), import_pt2(folder / "small.pt2"),
+                                unserved=("tokens",))

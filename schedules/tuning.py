@@ -272,13 +272,19 @@ def _time_schedules(schedules: dict, target: Target, func_mod, rounds: int,
                 for info in ms.arg_info.ArgInfo.from_prim_func(func)]
         kernel = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
         module = kernel.jit() if session is None else upload_library(session, kernel, target)
-        timer = module.time_evaluator("main", device, number=1, repeat=_REPEAT, min_repeat_ms=_MIN_REPEAT_MS)
-        timers[name] = (timer, args)
+        timers[name] = (evaluator(module, "main", device), args)
     run_secs = {name: [] for name in schedules}
     for _ in range(rounds):
         for name, (timer, args) in timers.items():
             run_secs[name] += list(timer(*args).results)
     return run_secs
+
+
+def evaluator(module, name: str, device):
+    """The timer tuning measures with: `time_evaluator` of `module[name]` (a runtime module or a
+    `relax.VirtualMachine`, local or over RPC with `device` the remote one), `_REPEAT` repetitions of at least
+    `_MIN_REPEAT_MS` each; call it with the arguments, read `.results` (seconds per call)."""
+    return module.time_evaluator(name, device, number=1, repeat=_REPEAT, min_repeat_ms=_MIN_REPEAT_MS)
 
 
 def _without_weight_prepack(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:

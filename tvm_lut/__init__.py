@@ -28,6 +28,8 @@ _EXPORTS = {
     "default_bundle": "tvm_lut.defaults",
     "LUTMode": "tvm_lut.emulate",
     "compile": "tvm_lut.compiler",
+    "autotune": "tvm_lut.autotuning.driver",
+    "AutotuneConfig": "tvm_lut.autotuning.config",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -14,6 +14,7 @@ COMMANDS = {
     "compile": ("tvm_lut.compiler", "compile a model for a CPU (--target; schedules, tuning records, LUT tables) to a .so"),
     "tune": ("tvm_lut.tune", "tune a model's functions for a CPU, here or on RPC devices, into a resumable database"),
     "learn": ("tvm_lut.learn_cli", "learn LUT tables for a model and write the artifact compile builds (-o OUT_DIR)"),
+    "autotune": ("tvm_lut.autotune_cli", "choose exact or PQ (K, V) per layer under an accuracy budget, resumable"),
     "profile": ("tvm_lut.profile", "where a compiled model's time goes: each function's share, rule and GFLOPS"),
     "bench": ("tvm_lut.bench", "run one of the benchmarks (baseline and result from the same run, as ratios)"),
 }

@@ -1,0 +1,182 @@
+"""`tvm_lut.autotune` on a small MLP with synthetic latencies: the result keeps the budget, the output directory
+holds the plan, report and plot, and a run interrupted mid-way resumes without measuring or learning again what it
+had, ending where an uninterrupted run ends. Then `tvm-lut autotune fashion-cnn --quick` end to end."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import tvm_lut
+from tvm_lut.artifact import load_artifact
+from tvm_lut.autotuning import latency, sensitivity
+from tvm_lut.autotuning.config import AutotuneConfig
+from tvm_lut.autotuning.plan import Plan
+from tvm_lut.cli import main
+from tvm_lut.pq import handler
+from tvm_lut.pq.config import PQConfig
+
+# Synthetic latencies (us): PQ is faster than exact on fc1 and fc2, slower on fc3.
+EXACT_US = {"linear w[64, 32]": 20.0, "linear w[64, 64]": 30.0, "linear w[4, 64]": 2.0}
+PQ_FACTOR = {"linear w[64, 32]": 0.5, "linear w[64, 64]": 0.6, "linear w[4, 64]": 1.5}
+
+
+def fake_measure(spec, choices, target, database=None):
+    key = spec.key().split(" x")[0]
+    return {choice: EXACT_US[key] * (1.0 if choice.exact else PQ_FACTOR[key] * (0.75 + choice.K / 64 + choice.V / 256))
+            for choice in choices}
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(32, 64), nn.Linear(64, 64), nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def _task():
+    torch.manual_seed(0)
+    teacher, model = MLP().eval(), MLP()
+    x = torch.randn(1024, 32)
+    y = teacher(x).argmax(-1).detach()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        loss = nn.functional.cross_entropy(model(x[:512]), y[:512])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, 512, 128)]
+    test_x, test_y = x[512:], y[512:]
+
+    def eval_fn(m):
+        with torch.no_grad():
+            return 100.0 * float((m(test_x).argmax(-1) == test_y).float().mean())
+
+    return model.eval(), batches, eval_fn
+
+
+CONFIG = AutotuneConfig(K=(8, 16), V=(2, 4, 8), max_drop=3.0, max_trials=3)
+LEARNING = PQConfig(epochs=2, kmeans_iters=5, kmeans_rows=512, input_gradient="exact", lr=1e-2)
+
+
+def _run(out_dir, eval_fn, model, batches):
+    return tvm_lut.autotune(model, batches, eval_fn, CONFIG, target=None, example_inputs=(torch.zeros(1, 32),),
+                            learning=LEARNING, out_dir=out_dir, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One thread, as the CLI runs torch (the machine's cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts of latency measurements, sensitivity forward passes and learning runs."""
+    counts = {"measure": 0, "loss": 0, "learn": 0}
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(latency, "measure_choices", count("measure", fake_measure))
+    monkeypatch.setattr(sensitivity, "task_loss", count("loss", sensitivity.task_loss))
+    monkeypatch.setattr(handler, "learn_pq", count("learn", handler.learn_pq))
+    return counts
+
+
+def test_keeps_the_budget_and_writes_the_output_directory(tmp_path, counted):
+    model, batches, eval_fn = _task()
+    result = _run(tmp_path / "out", eval_fn, model, batches)
+    exact = eval_fn(model)
+    assert result.plan.drop <= 3.0 and result.plan.metric >= exact - 3.0
+    assert result.plan.pq_layers  # some layer is worth PQ within this budget
+    assert result.plan.choices["fc3"].exact  # PQ is slower there, whatever its accuracy
+    assert result.plan.latency_us <= result.plan.exact_us
+    for trial in result.trials:
+        assert trial.metric is not None and trial.budget == 3.0
+    saved = Plan.from_json((tmp_path / "out" / "plan.json").read_text())
+    assert saved == result.plan
+    assert [layer["name"] for layer in json.loads((tmp_path / "out" / "plan.json").read_text())["layers"]] == \
+        ["fc1", "fc2", "fc3"]
+    assert (tmp_path / "out" / "plans.png").stat().st_size > 0
+    assert "wall time by part" in (tmp_path / "out" / "report.txt").read_text()
+    if result.bundle is not None:  # the bundle's fingerprints match the returned model's weights
+        assert all(result.bundle.find_pq(result.model.get_submodule(name).weight.detach().numpy()) is not None
+                   for name in result.plan.pq_layers)
+
+
+def test_resumes_after_an_interruption_without_redoing_work(tmp_path, counted):
+    model, batches, eval_fn = _task()
+    reference = _run(tmp_path / "reference", eval_fn, model, batches)
+    total = dict(counted)
+    for key in counted:
+        counted[key] = 0
+
+    calls = {"n": 0}
+
+    def interrupted(m):
+        calls["n"] += 1
+        if calls["n"] == 5:  # after the exact metric and the proxy's calibration, during the trials
+            raise KeyboardInterrupt
+        return eval_fn(m)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "out", interrupted, model, batches)
+    before = dict(counted)
+    resumed = _run(tmp_path / "out", eval_fn, model, batches)
+    assert counted["measure"] == before["measure"]  # no latency measured again
+    assert counted["loss"] == before["loss"]  # no sensitivity recomputed
+    assert counted["learn"] == total["learn"]  # over both runs: a finished trial is not learned again
+    assert _labels(resumed.plan) == _labels(reference.plan)
+    assert resumed.plan.metric == pytest.approx(reference.plan.metric)
+    assert len(resumed.trials) == len(reference.trials)
+
+
+def _labels(plan):
+    return {name: choice.label for name, choice in plan.choices.items()}
+
+
+def test_another_config_in_the_same_directory_is_refused(tmp_path, counted):
+    model, batches, eval_fn = _task()
+    _run(tmp_path / "out", eval_fn, model, batches)
+    with pytest.raises(ValueError, match="another AutotuneConfig"):
+        tvm_lut.autotune(model, batches, eval_fn, AutotuneConfig(max_drop=5.0), example_inputs=(torch.zeros(1, 32),),
+                         out_dir=tmp_path / "out", progress=False)
+
+
+def test_misuse_fails_clearly():
+    model, batches, eval_fn = _task()
+    with pytest.raises(TypeError, match="AutotuneConfig"):
+        tvm_lut.autotune(model, batches, eval_fn, PQConfig())
+    with pytest.raises(TypeError, match="eval_fn must be callable"):
+        tvm_lut.autotune(model, batches, 3.0, CONFIG)
+    with pytest.raises(ValueError, match="no calibration batches"):
+        tvm_lut.autotune(model, [], eval_fn, CONFIG)
+
+
+def test_cli_quick_writes_the_plan(tmp_path):
+    """The CI-sized command of issue 14, as written (real latencies, a small CNN trained here)."""
+    out = tmp_path / "cnn"
+    assert main(["autotune", "fashion-cnn", "--max-drop", "1.0", "--quick", "-o", str(out), "--no-progress"]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert [layer["name"] for layer in plan["layers"]] == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    for layer in plan["layers"]:
+        assert layer["choice"] in ("exact", "pq") and layer["exact_us"] > 0 and layer["chosen_us"] > 0
+        assert (layer["K"] is None) == (layer["choice"] == "exact")
+    assert plan["exact_metric"] - plan["metric"] <= 1.0
+    # the output directory is a learned artifact: `tvm-lut compile OUT_DIR` replaces exactly the plan's PQ layers
+    assert load_artifact(out).read_json("plan.json") == plan
+    report_path = tmp_path / "report.json"
+    assert main(["compile", str(out), "-o", str(tmp_path / "lib.so"), "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    (dense,) = [r for r in report["passes"] if r["pass"] == "LUTDense"] or [{"replaced": []}]
+    assert len(dense["replaced"]) == sum(layer["choice"] == "pq" for layer in plan["layers"])

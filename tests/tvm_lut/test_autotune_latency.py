@@ -1,0 +1,52 @@
+"""The latency table: each choice of a layer compiled alone and timed once, cached per target and layer shape (a
+second run measures nothing), and a PQ choice the target cannot serve recorded with its reason."""
+
+import pytest
+import tvm
+
+from schedules import host_target
+from schedules.intrin import lookup_intrin
+from tvm_lut.autotuning import latency
+from tvm_lut.autotuning.layers import EXACT, Choice, LayerSpec
+from tvm_lut.autotuning.latency import LatencyTable, cache_path
+
+TARGET = host_target(1)
+SPEC = LayerSpec("fc", "linear", (16, 32), (4, 32), True)
+TWIN = LayerSpec("other.fc", "linear", (16, 32), (4, 32), True)  # same shapes, another name
+
+
+@pytest.mark.skipif(lookup_intrin(TARGET) is None, reason="this CPU has no lookup intrinsic")
+def test_measured_once_then_cached_per_target_and_shape(tmp_path, monkeypatch):
+    choices = {"fc": [EXACT, Choice(8, 4)], "other.fc": [EXACT, Choice(8, 4)]}
+    path = cache_path(tmp_path / "db", TARGET, None)
+    assert path.parent.parent == tmp_path / "db"  # inside the tuning database, in the target's folder
+    table = LatencyTable(TARGET, path)
+    assert table.measure([SPEC, TWIN], choices, TARGET, progress=False) == 2  # the twin shares the measurements
+    assert table.get(SPEC, EXACT) > 0 and table.get(TWIN, Choice(8, 4)) > 0
+
+    def fail(*_args):
+        raise AssertionError("a cached latency was measured again")
+
+    monkeypatch.setattr(latency, "measure_choices", fail)
+    again = LatencyTable(TARGET, path)
+    assert again.measure([SPEC, TWIN], choices, TARGET, progress=False) == 0
+    assert again.get(SPEC, Choice(8, 4)) == table.get(SPEC, Choice(8, 4))
+
+
+def test_a_cache_of_another_target_is_refused(tmp_path):
+    path = tmp_path / "latency.json"
+    LatencyTable(TARGET, path).record(SPEC, EXACT, 3.0)
+    other = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64", "num-cores": 1})
+    with pytest.raises(ValueError, match="holds latencies of target"):
+        LatencyTable(other, path)
+    path.write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="tvm-lut-autotune-latency"):
+        LatencyTable(TARGET, path)
+
+
+def test_a_target_without_lookups_records_pq_as_not_served(tmp_path):
+    plain = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64", "num-cores": 1})  # SSE2 only: no lookup intrinsic
+    table = LatencyTable(plain, tmp_path / "latency.json")
+    table.measure([SPEC], {"fc": [Choice(16, 8)]}, plain, progress=False)
+    assert table.get(SPEC, Choice(16, 8)) is None
+    assert "no lookup intrinsic" in table.reason(SPEC, Choice(16, 8))

@@ -1,0 +1,174 @@
+"""`tvm-lut autotune`: choose exact or PQ (K, V) per layer of a built-in model under an accuracy budget, from
+latencies measured on this CPU, and write the learned result to an output directory.
+
+    tvm-lut autotune fashion-cnn --max-drop 1.0 -o cnn_auto/            # points of test accuracy
+    tvm-lut autotune fashion-cnn --max-drop 1.0 --quick -o cnn_auto/    # CI-sized: small data, few choices
+    tvm-lut autotune minilm-l6 --max-drop 1.0 --db tuning/ -o minilm_auto/
+    tvm-lut compile cnn_auto/ -o cnn.so --json report.json              # build the plan
+
+The metric is the held-out accuracy in percent (Fashion-MNIST test images; held-out tweets for MiniLM-L6 with the
+task's logistic head), so `--max-drop 1.0` is one point. Interrupted, the same command continues from what
+OUT_DIR holds. `OUT_DIR/plan.json` is the plan, `report.txt` the table of every plan tried, `plans.png` the plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+MODELS = ("fashion-cnn", "minilm-l6")
+# --quick: CI-sized data and search space (one K, the two V LUT-NN uses), one learning epoch, two trials.
+QUICK = {"fashion-cnn": {"train_images": 2000, "calib_size": 256, "learn_size": 512, "test_size": 500},
+         "minilm-l6": {"head_size": 300, "calib_size": 32, "learn_size": 64, "test_size": 64}}
+QUICK_SPACE = {"K": (16,), "V": (4, 9), "max_trials": 2}
+FULL = {"fashion-cnn": {"train_images": 60000, "calib_size": 2048, "learn_size": 10000, "test_size": 10000},
+        "minilm-l6": {"head_size": 1500, "calib_size": 256, "learn_size": 1024, "test_size": 1000}}
+
+
+@dataclasses.dataclass
+class TaskSetup:
+    """Everything `tvm_lut.autotune` needs for a built-in model; `eval_fn` is accuracy in percent."""
+
+    model: object
+    calib: list
+    learn: list
+    test: list
+    example_inputs: tuple
+    learning: object  # PQConfig
+
+    def eval_fn(self, model) -> float:
+        from tvm_lut.pq.tasks import accuracy
+
+        return 100.0 * accuracy(model, self.test)
+
+
+def task_setup(name: str, quick: bool = False, batch: int | None = None, length: int = 64, weights=None,
+               epochs: int = 1, progress: bool = True, **sizes) -> TaskSetup:
+    """The model, data and learning settings of a built-in model (`MODELS`); `sizes` override the defaults."""
+    import numpy as np
+    import torch
+
+    from tvm_lut.pq.tasks import CNN_PQ, MINILM_PQ, _image_batches, minilm_task
+
+    sizes = {**(QUICK if quick else FULL)[name], **{k: v for k, v in sizes.items() if v is not None}}
+    if name == "fashion-cnn":
+        from safetensors.torch import load_file
+
+        from tvm_lut.datasets.fashion_mnist import load_fashion_mnist
+        from tvm_lut.models.cnn import FashionCNN, train_cnn
+
+        images, labels = load_fashion_mnist("train")
+        test_images, test_labels = load_fashion_mnist("test")
+        if weights is not None:
+            model = FashionCNN()
+            model.load_state_dict(load_file(str(weights)))
+        else:
+            count = sizes["train_images"]
+            model = train_cnn(images[:count], labels[:count], epochs=1 if quick else 5, progress=progress)
+        # calibration from the end of the training split, learning from its start: they never overlap
+        calib_rows = slice(len(images) - sizes["calib_size"], len(images))
+        example = (torch.zeros((batch or 1, 1, 28, 28)),)
+        learning = dataclasses.replace(CNN_PQ, epochs=epochs)
+        return TaskSetup(model.eval(), _image_batches(images[calib_rows], labels[calib_rows], 256),
+                         _image_batches(images[:sizes["learn_size"]], labels[:sizes["learn_size"]], 128),
+                         _image_batches(test_images[:sizes["test_size"]], test_labels[:sizes["test_size"]], 1000),
+                         example, learning)
+    if name != "minilm-l6":
+        raise SystemExit(f"unknown model {name!r}: one of {', '.join(MODELS)}")
+    task = minilm_task(progress=progress, **{k: sizes[k] for k in ("head_size", "calib_size", "learn_size",
+                                                                   "test_size")})
+    ids = torch.from_numpy(np.ones((batch or 8, length), np.int64))
+    return TaskSetup(task.model, task.calib, task.learn, task.test, (ids, torch.ones_like(ids)),
+                     dataclasses.replace(MINILM_PQ, epochs=epochs))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tvm_lut.model_spec import add_db_argument, add_output_argument, add_progress_argument, add_threads_argument
+
+    parser.add_argument("model", choices=MODELS, help="the built-in model (its task brings data and a metric)")
+    add_output_argument(parser, "output directory: the artifact (`tvm-lut compile OUT_DIR` builds it) with plan.json, "
+                        "report.txt, plans.png; the same directory resumes an interrupted run")
+    parser.add_argument("--max-drop", type=float, default=1.0,
+                        help="allowed accuracy drop against the exact model, in points (1.0)")
+    parser.add_argument("--relative", action="store_true",
+                        help="--max-drop is a fraction of the exact model's accuracy (0.01 = 1 %%)")
+    parser.add_argument("--max-trials", type=int, help="plans learned and evaluated at most (4; --quick 2)")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS", help="start no new trial after this")
+    parser.add_argument("--config", type=Path, help="an AutotuneConfig as JSON (the flags above override it)")
+    parser.add_argument("--pq-config", type=Path,
+                        help="how centroids are learned, a PQConfig as JSON (default: the task's measured settings)")
+    parser.add_argument("--epochs", type=int, default=1, help="learning epochs per trial (1)")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: small data, K=16 and V in {4, 9}, 2 trials")
+    parser.add_argument("--weights", type=Path, help="fashion-cnn: FP32 weights (safetensors) instead of training")
+    for size in ("calib", "learn", "test"):
+        parser.add_argument(f"--{size}-size", type=int, help=f"{size} rows (images or tweets; task default if unset)")
+    parser.add_argument("--batch", type=int, help="batch the latency is measured at (fashion-cnn 1, minilm-l6 8)")
+    parser.add_argument("--length", type=int, default=64, help="minilm-l6: tokens per sequence (64)")
+    add_db_argument(parser, "tuning database: its records time the exact layers, and it caches the latency table "
+                    "(per target)")
+    parser.add_argument("--tune-trials", type=int, metavar="N",
+                        help="then tune the chosen plan's functions into --db, N trials each")
+    add_threads_argument(parser)
+    add_progress_argument(parser)
+
+
+def autotune_config(args):
+    """The AutotuneConfig of the command line: --config, then --quick's space, then the flags."""
+    from tvm_lut.autotuning.config import AutotuneConfig
+
+    config = AutotuneConfig.from_json(args.config.read_text()) if args.config else AutotuneConfig()
+    if args.quick:
+        config = dataclasses.replace(config, **QUICK_SPACE)
+    flags = {"max_drop": args.max_drop, "max_trials": args.max_trials, "time_limit_s": args.time_limit}
+    if args.relative:
+        flags["drop_kind"] = "relative"
+    return dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from schedules import host_target
+    from tvm_lut.autotuning.driver import autotune
+    from tvm_lut.autotuning.output import state_dir
+    from tvm_lut.model_spec import progress_from_args, threads_from_args
+    from tvm_lut.pq.config import PQConfig
+
+    if args.tune_trials is not None and args.db is None:
+        raise SystemExit("tvm-lut autotune: --tune-trials needs --db (the tuning database to write)")
+    try:
+        config = autotune_config(args)
+    except ValueError as err:
+        raise SystemExit(f"tvm-lut autotune: bad configuration: {err}") from None
+    threads = threads_from_args(args)
+    progress = progress_from_args(args)
+    torch.set_num_threads(threads)
+    target = host_target(threads)
+    try:
+        state_dir(args.output)  # before any work: a directory the result may not go to
+    except ValueError as err:
+        raise SystemExit(f"tvm-lut autotune: {err}") from None
+    setup = task_setup(args.model, args.quick, args.batch, args.length, args.weights, args.epochs, progress,
+                       calib_size=args.calib_size, learn_size=args.learn_size, test_size=args.test_size)
+    learning = PQConfig.from_json(args.pq_config.read_text()) if args.pq_config else setup.learning
+    result = autotune(setup.model, setup.calib, setup.eval_fn, config, target, args.db,
+                      example_inputs=setup.example_inputs, learning=learning, learn_batches=setup.learn,
+                      out_dir=args.output, source=args.model, progress=progress)
+    print(result.plan.table())
+    print("wall time by part (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+    if args.tune_trials is not None and result.bundle is not None:
+        _tune_plan(result, setup.example_inputs, target, args.db, args.tune_trials)
+    print(f"wrote {args.output} (plan.json, report.txt, plans.png)")
+    return 0
+
+
+def _tune_plan(result, example_inputs, target, db, trials: int) -> None:
+    """MetaSchedule tuning of the chosen plan's functions (the PQ kernels carry their own schedule)."""
+    from relay_passes.pipeline import prepare
+    from schedules.tuning import tune
+    from tvm_lut.frontend import from_torch
+
+    mod = prepare(from_torch(result.model, example_inputs), target, bundle=result.bundle)
+    for task in tune(mod, target, db, trials_per_task=trials):
+        print(f"tuned {task.name}: {task.trials} trials, best {task.best_ms} ms")

@@ -1,0 +1,380 @@
+"""`tvm_lut.autotune`: pick exact or PQ (K, V) for every layer under an accuracy budget, from latencies measured
+on the target.
+
+The cheap-to-expensive ladder (NNCF and INC end the same way, HAWQ-V3 solves the middle step):
+1. latency table: every choice of every layer compiled alone for the target and timed (`latency`, cached);
+2. sensitivity: both proxies of every PQ choice with k-means centroids, on calibration data (`sensitivity`);
+3. calibration of the proxy: a few k-means plans are evaluated with `eval_fn` to learn how many metric points one
+   proxy unit costs (`alpha`), first the fastest plan, then the solver's plan at the budget;
+4. trials: the solver's plan (`solver`) at the budget is learned with the existing trainer
+   (`tvm_lut.pq.handler.learn_pq`) and evaluated with `eval_fn`. Within the budget, the next trial loosens the
+   prediction by what learning recovered (a faster plan); over it, the layers whose restoring to exact recovers the
+   most (measured, one `eval_fn` each) go back to exact until the measured gains cover the excess, and that plan
+   is learned next. At most `max_trials` trials, no new one after `time_limit_s`.
+The result is the fastest plan within the budget (the exact model when none is).
+
+Everything measured or learned is written to the output directory's state folder as it is produced (`state.json`,
+the latency cache, the sensitivity files, one folder per trial with its bundle, trained weights and training
+checkpoint): the same call on the same directory resumes. The result is written as an artifact (`output`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tvm_lut.autotuning import sensitivity as sensitivity_stage
+from tvm_lut.autotuning.config import AutotuneConfig
+from tvm_lut.autotuning.latency import LatencyTable, cache_path
+from tvm_lut.autotuning.layers import EXACT, Choice, LayerSpec, find_layers
+from tvm_lut.autotuning.output import state_dir
+from tvm_lut.autotuning.plan import LayerPlan, Plan
+from tvm_lut.autotuning.solver import Option, solve
+from tvm_lut.pq.config import PQConfig
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "state.json"
+STATE_VERSION = 1
+CALIBRATION_STEPS = 3  # k-means plans evaluated to scale the proxy to metric points
+LOOSEN_FLOOR = 0.25  # a trial within budget loosens the prediction by at most this factor
+PARTS = ("latency", "sensitivity", "calibration", "learning", "evaluation")
+
+
+@dataclass
+class AutotuneResult:
+    """The chosen plan with its learned tables and model, every plan tried, and the wall time of each part."""
+
+    plan: Plan
+    bundle: Any  # tvm_lut.Bundle of the plan's PQ layers; None when the plan keeps every layer exact
+    model: Any  # the torch model the bundle's fingerprints match (trained weights, every layer exact)
+    trials: list[Plan]
+    calibration: list[dict]  # the k-means plans evaluated: choices, proxy sum, measured drop
+    seconds: dict[str, float]
+    kept: dict[str, str] = field(default_factory=dict)  # layers never considered, and why
+    out_dir: Path | None = None
+
+
+class _State:
+    """What a run has done so far, in `OUT_DIR/state.json` (rewritten after every step)."""
+
+    def __init__(self, path: Path | None, config: AutotuneConfig):
+        self.path = path
+        self.data = {"version": STATE_VERSION, "config": json.loads(config.to_json()), "exact_metric": None,
+                     "calibration": [], "trials": [], "alpha": None, "forced_exact": [], "phase": "loosen",
+                     "next": None, "done": False, "seconds": {part: 0.0 for part in PARTS}}
+        if path is not None and path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("version") != STATE_VERSION:
+                raise ValueError(f"{path} was written by another version of the autotuner")
+            if saved["config"] != self.data["config"]:
+                raise ValueError(f"{path} belongs to a run with another AutotuneConfig ({saved['config']}); "
+                                 "use a new output directory or the same config")
+            self.data = saved
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def __setitem__(self, key, value):
+        self.data[key] = value
+        self.save()
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.with_suffix(".tmp").write_text(json.dumps(self.data, indent=1) + "\n")
+            self.path.with_suffix(".tmp").replace(self.path)
+
+    def timed(self, part: str):
+        state = self
+
+        class _Timer:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                state.data["seconds"][part] += time.perf_counter() - self.start
+                state.save()
+
+        return _Timer()
+
+
+def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: AutotuneConfig, target=None,
+             database=None, *, example_inputs: tuple | None = None, learning: PQConfig | None = None,
+             learn_batches=None, out_dir=None, source: str = "python", progress: bool = True) -> AutotuneResult:
+    """Choose exact or PQ (K, V) per layer of `model` (see the module docstring).
+
+    calib_batches: batches (`tvm_lut.batches`) for the sensitivity and k-means; learn_batches: for learning
+        centroids (default: the calibration batches).
+    eval_fn(model) -> float: the user's metric on held-out data, higher is better; called on torch models.
+    config: what may be chosen and the budget. learning: how centroids are learned (`PQConfig`; its K, V and
+        layer selection are replaced by each plan's).
+    target: the target latencies are measured for (default `schedules.host_target()`); database: a tuning
+        directory (`tvm-lut tune --db`): its records time the exact layers and it caches the latency table.
+    example_inputs: the inputs the model is deployed with (latency depends on their shape); default: the inputs
+        of the first calibration batch.
+    out_dir: where state is kept as it is produced, and the result written (`tvm_lut.autotuning.output`); the
+        same call resumes from it. source: what the model is, for the artifact's manifest (a model name, a path).
+    """
+    import torch
+
+    from schedules import host_target
+    from tvm_lut.batches import as_batch_list, split_batch
+
+    if not isinstance(config, AutotuneConfig):
+        raise TypeError(f"config must be an AutotuneConfig, got {type(config).__name__}")
+    if not callable(eval_fn):
+        raise TypeError("eval_fn must be callable: eval_fn(model) -> float, higher is better")
+    calib = as_batch_list(calib_batches)
+    learn = calib if learn_batches is None else as_batch_list(learn_batches)
+    learning = PQConfig() if learning is None else learning
+    example_inputs = split_batch(calib[0])[0] if example_inputs is None else tuple(example_inputs)
+    target = host_target() if target is None else target
+    out_dir = None if out_dir is None else Path(out_dir)
+    work_dir = None if out_dir is None else state_dir(out_dir)
+    state = _State(None if work_dir is None else work_dir / STATE_NAME, config)
+    start = time.monotonic()
+
+    def out_of_time() -> bool:
+        return config.time_limit_s is not None and time.monotonic() - start > config.time_limit_s
+
+    model = model.eval()
+    specs, kept = find_layers(model, example_inputs, config)
+    if not specs:
+        raise ValueError(f"no layer of the model can be product-quantized under this config: {kept}")
+    choices = {spec.name: spec.choices(config) for spec in specs}
+
+    with state.timed("latency"):
+        latencies = LatencyTable(target, cache_path(database, target, work_dir))
+        latencies.measure(specs, choices, target, database, progress=progress)
+    choices = {name: [c for c in options if latencies.get(_spec(specs, name), c) is not None]
+               for name, options in choices.items()}
+
+    with state.timed("sensitivity"):
+        sensitivity = sensitivity_stage.measure(model, specs, choices, calib, kmeans_rows=learning.kmeans_rows,
+                                                kmeans_iters=learning.kmeans_iters, seed=learning.seed,
+                                                out_dir=work_dir, progress=progress)
+    if state["exact_metric"] is None:
+        with state.timed("evaluation"):
+            state["exact_metric"] = float(eval_fn(model))
+    exact_metric = state["exact_metric"]
+    budget = config.allowed_drop(exact_metric)
+    planner = _Planner(specs, choices, latencies, sensitivity, config, str(target), budget, exact_metric)
+
+    with state.timed("calibration"), torch.no_grad():
+        while len(state["calibration"]) < CALIBRATION_STEPS and not out_of_time():
+            alpha = state["alpha"]
+            plan = planner.solve(float("inf") if alpha is None else budget / alpha, set())
+            if any(entry["choices"] == _labels(plan) for entry in state["calibration"]):
+                break  # converged
+            proxy = planner.proxy_sum(plan)
+            drop = exact_metric - float(eval_fn(sensitivity_stage.kmeans_model(model, plan.choices, sensitivity)))
+            state["calibration"] = state["calibration"] + [{"choices": _labels(plan), "proxy": proxy, "drop": drop,
+                                                            "latency_us": plan.latency_us}]
+            if proxy > 0 and drop > 0:
+                state["alpha"] = drop / proxy
+            elif alpha is None:
+                state["alpha"] = budget / max(proxy, 1e-12) if proxy > 0 else 1.0
+
+    if state["alpha"] is None:  # the time limit left no calibration: proxy units read as metric points
+        state["alpha"] = 1.0
+    trials = [Plan.from_dict(t["plan"]) for t in state["trials"]]
+    learned_models = {}
+    while not state["done"] and len(trials) < config.max_trials and not out_of_time():
+        plan = Plan.from_dict(state["next"]) if state["next"] is not None else _next_plan(planner, state, trials)
+        if plan is None or not plan.pq_layers:
+            state["done"] = True  # nothing new to try
+            break
+        state["next"] = plan.to_dict()  # resuming re-learns this same plan from its checkpoint
+        trial_dir = None if work_dir is None else work_dir / "trials" / str(len(trials) + 1)
+        with state.timed("learning"):
+            learned = _learn(model, learn, plan.learning_config(learning), trial_dir, progress)
+        with state.timed("evaluation"):
+            plan = plan.with_metric(float(eval_fn(learned.model)))
+        trials.append(plan)
+        record = {"plan": plan.to_dict(), "dir": None if trial_dir is None else str(trial_dir)}
+        if plan.drop <= budget:
+            predicted = state["alpha"] * planner.proxy_sum(plan)
+            if state["phase"] == "loosen" and predicted > 0:
+                state["alpha"] = state["alpha"] * max(max(plan.drop, 0.0) / predicted, LOOSEN_FLOOR)
+            else:
+                state["done"] = True  # repaired to within budget: the repair found its plan
+            state["next"] = None
+        else:
+            with state.timed("evaluation"):
+                restore = _most_harmful(learned.model, plan, eval_fn, plan.drop - budget)
+            record["restored"] = restore
+            state["phase"] = "repair"
+            state["forced_exact"] = sorted(set(state["forced_exact"]) | set(restore))
+            state["next"] = planner.restored(plan, restore).to_dict()
+        state["trials"] = state["trials"] + [record]
+        learned_models[len(trials) - 1] = learned
+    result = _result(model, state, trials, learned_models, planner, kept, out_dir)
+    if out_dir is not None:
+        from tvm_lut.autotuning.output import input_specs, write_output
+
+        write_output(result, config, input_specs(model, example_inputs), source)
+    return result
+
+
+def _next_plan(planner: "_Planner", state: _State, trials: list[Plan]) -> Plan | None:
+    """The solver's plan at the current scale of the proxy; a plan without PQ layers or one already tried loosens
+    the scale (by `LOOSEN_FLOOR`) until a new plan comes, or the fastest plan was tried (None). In the repair phase
+    the solver is not asked again (None)."""
+    if state["phase"] == "repair":
+        return None
+    forced = set(state["forced_exact"])
+    fastest = _labels(planner.solve(float("inf"), forced))
+    while True:
+        plan = planner.solve(planner.budget / state["alpha"], forced)
+        if plan.pq_layers and all(_labels(plan) != _labels(t) for t in trials):
+            return plan
+        if _labels(plan) == fastest:
+            return None
+        state["alpha"] = state["alpha"] * LOOSEN_FLOOR
+
+
+def _spec(specs: list[LayerSpec], name: str) -> LayerSpec:
+    return next(spec for spec in specs if spec.name == name)
+
+
+def _labels(plan: Plan) -> dict[str, str]:
+    return {name: choice.label for name, choice in plan.choices.items()}
+
+
+class _Planner:
+    """Builds plans from the latency table and the sensitivities."""
+
+    def __init__(self, specs, choices, latencies, sensitivity, config, target, budget, exact_metric):
+        self.specs, self.choices, self.latencies, self.sensitivity = specs, choices, latencies, sensitivity
+        self.config, self.target, self.budget, self.exact_metric = config, target, budget, exact_metric
+        self.learned: dict[str, Any] = {}
+
+    def layer_plan(self, spec: LayerSpec, choice: Choice) -> LayerPlan:
+        proxies = ({} if choice.exact else self.sensitivity.proxies[spec.name][choice.label])
+        return LayerPlan(spec.name, spec.kind, choice, self.latencies.get(spec, EXACT),
+                         self.latencies.get(spec, choice),
+                         {"task_loss": proxies.get("task_loss", 0.0), "output_error": proxies.get("output_error", 0.0)})
+
+    def solve(self, proxy_budget: float, forced_exact: set[str]) -> Plan:
+        """The fastest plan whose summed proxy is within `proxy_budget` (inf: the fastest plan)."""
+        options = []
+        for spec in self.specs:
+            allowed = [EXACT] if spec.name in forced_exact else self.choices[spec.name]
+            options.append([(c, Option(self.latencies.get(spec, c), self.sensitivity.value(spec.name, c, self.config.proxy)))
+                            for c in allowed])
+        if proxy_budget == float("inf"):
+            picks = [min(range(len(o)), key=lambda i, o=o: o[i][1].latency) for o in options]
+        else:
+            picks = solve([[option for _, option in o] for o in options], proxy_budget, self.config.resolution)
+        return self._plan([o[i][0] for o, i in zip(options, picks)])
+
+    def restored(self, plan: Plan, names: list[str]) -> Plan:
+        return self._plan([EXACT if name in names else choice for name, choice in plan.choices.items()])
+
+    def _plan(self, chosen: list[Choice]) -> Plan:
+        return Plan(tuple(self.layer_plan(spec, c) for spec, c in zip(self.specs, chosen)), self.target, self.budget,
+                    self.exact_metric)
+
+    def exact_plan(self) -> Plan:
+        return self._plan([EXACT] * len(self.specs)).with_metric(self.exact_metric)
+
+    def proxy_sum(self, plan: Plan) -> float:
+        return sum(self.sensitivity.value(name, c, self.config.proxy) for name, c in plan.choices.items())
+
+
+def _learn(model, batches, config: PQConfig, trial_dir: Path | None, progress: bool):
+    """learn_pq for one plan, its bundle and trained weights saved in `trial_dir` (reloaded when already there)."""
+    from tvm_lut.pq.handler import learn_pq
+
+    if trial_dir is not None and (trial_dir / "done").is_file():
+        return _load_trial(model, trial_dir)
+    checkpoint = None
+    if trial_dir is not None:
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = trial_dir / "checkpoint.safetensors"
+    learned = learn_pq(model, batches, config, checkpoint=checkpoint, progress=progress)
+    if trial_dir is not None:
+        from safetensors.torch import save_model
+
+        from tvm_lut.pq.swap import unswap_
+
+        learned.bundle.save(trial_dir / "bundle.safetensors")
+        save_model(unswap_(copy.deepcopy(learned.model)), str(trial_dir / "model.safetensors"))
+        (trial_dir / "done").write_text("")
+        checkpoint.unlink(missing_ok=True)
+    return learned
+
+
+@dataclass
+class _Trial:
+    bundle: Any
+    model: Any  # the PQ torch model (what eval_fn scores)
+
+
+def _load_trial(model, trial_dir: Path) -> _Trial:
+    """A finished trial's bundle and its PQ model: the trained weights with the learned centroids swapped in."""
+    import torch
+    from safetensors.torch import load_model
+
+    from tvm_lut.bundle import Bundle
+    from tvm_lut.pq.layers import PQConv2d, PQLinear
+    from tvm_lut.pq.swap import pq_layers
+
+    bundle = Bundle.load(trial_dir / "bundle.safetensors")
+    student = copy.deepcopy(model)
+    load_model(student, str(trial_dir / "model.safetensors"))
+    for name, table in bundle.items():
+        exact = student.get_submodule(name)
+        layer = (PQConv2d if table.layer == "conv2d" else PQLinear)(exact, table.K, table.V)
+        with torch.no_grad():
+            layer.centroids.copy_(torch.from_numpy(table.centroids))
+        sensitivity_stage.set_module(student, name, layer)
+    assert set(pq_layers(student)) == set(bundle)
+    return _Trial(bundle, student.eval())
+
+
+def _most_harmful(pq_model, plan: Plan, eval_fn, excess: float) -> list[str]:
+    """The PQ layers to restore to exact: by the measured gain of restoring each alone (the learned model with that
+    layer exact), largest first, until the gains cover `excess` (at least one layer)."""
+    from torch import nn
+
+    from tvm_lut.pq.swap import unswap_
+
+    gains = {}
+    for name in plan.pq_layers:
+        restored = copy.deepcopy(pq_model)
+        holder = nn.Module()
+        holder.layer = restored.get_submodule(name)
+        sensitivity_stage.set_module(restored, name, unswap_(holder).layer)
+        gains[name] = float(eval_fn(restored.eval())) - plan.metric
+    chosen, covered = [], 0.0
+    for name in sorted(gains, key=gains.get, reverse=True):
+        chosen.append(name)
+        covered += max(gains[name], 0.0)
+        if covered >= excess:
+            break
+    log.info("restoring %s to exact (measured gains %s)", chosen, gains)
+    return chosen
+
+
+def _result(model, state: _State, trials: list[Plan], learned_models: dict, planner: _Planner, kept: dict,
+            out_dir: Path | None) -> AutotuneResult:
+    """The fastest trial within the budget (the exact model if none)."""
+    from tvm_lut.pq.swap import unswap_
+
+    within = [i for i, plan in enumerate(trials) if plan.drop <= planner.budget]
+    if within:
+        best = min(within, key=lambda i: trials[i].latency_us)
+        learned = learned_models.get(best) or _load_trial(model, Path(state["trials"][best]["dir"]))
+        plan, bundle, final = trials[best], learned.bundle, unswap_(copy.deepcopy(learned.model)).eval()
+    else:
+        log.warning("no plan tried kept the drop within %.4g: the result keeps every layer exact", planner.budget)
+        plan, bundle, final = planner.exact_plan(), None, model
+    return AutotuneResult(plan, bundle, final, trials, list(state["calibration"]), dict(state["seconds"]), kept,
+                          out_dir)

@@ -2,7 +2,8 @@
 
     python -m benchmarks.end_to_end [--models minilm-8x64 minilm-1x64 cnn] [--threads N] [--database DIR]
         [--bundle minilm=PQ.safetensors --pq-weights minilm=PQ.model.safetensors]
-        [--cnn-weights FP32.safetensors --bundle cnn=PQ.safetensors --pq-weights cnn=PQ.model.safetensors] [--json PATH]
+        [--cnn-weights FP32.safetensors --bundle cnn=PQ.safetensors --pq-weights cnn=PQ.model.safetensors] [--profile]
+        [--json PATH]
 
 For MiniLM-L6 (batch 8 x 64 and 1 x 64 tokens) and the Fashion-MNIST CNN, each row is one engine on the same inputs
 and thread count (`--threads`, TVM's runtime pool included; 1 reads kernel quality on a busy machine): PyTorch fp32,
@@ -175,7 +176,22 @@ def engines(model, example, bundle: Path | None, args, workdir: Path, bundle_mod
         pq_mod = mod if bundle_model is None else from_torch(bundle_model, example)
         executable = tvm_lut.compile(pq_mod, nnlut_pq_bundle(bundle), target=target)
         print(f"  nn-lut + pq: {executable.lut_report}", flush=True)
+        if args.profile:
+            profiled = tvm_lut.compile(pq_mod, nnlut_pq_bundle(bundle), target=target, exec_mode="bytecode")
+            _print_profile("nn-lut + pq", profiled, executable, example, args.repeat)
         yield "tvm nn-lut + pq", *tvm_run(executable, "nnlut_pq")
+
+
+def _print_profile(engine: str, profiled, executable, example, repeat: int) -> None:
+    """Each function's time and share of `executable`'s latency (`profiled`: the same model in bytecode mode)."""
+    from .vm_profile import profile_vm
+
+    import tvm
+
+    inputs = [tvm.runtime.tensor(t.numpy()) for t in example]
+    rows = profile_vm(profiled, inputs, executable, repeat)
+    print(f"  {engine} profile (per function, median of {repeat}):")
+    print(format_table(rows, ["function", "calls", "ms", "share"]), flush=True)
 
 
 def _tvm_input(array: np.ndarray):
@@ -267,6 +283,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pq-weights", action="append", default=[], metavar="MODEL=PATH", type=_model_path,
                         help="weights a bundle was learned with (<bundle>.model.safetensors; NN-LUT + PQ engine only)")
     parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (the CNN a bundle was learned from)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the NN-LUT + PQ model's time per function (each kernel and the VM's own share)")
     parser.add_argument("--train-texts", type=int, default=1000, help="tweets for the MiniLM head (1000)")
     parser.add_argument("--eval-texts", type=int, default=500, help="held-out tweets scored (500; 0: no accuracy)")
     parser.add_argument("--eval-images", type=int, default=2000, help="Fashion-MNIST test images scored (2000)")

@@ -50,7 +50,7 @@ class CompileReport:
 
 
 def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database: str | os.PathLike | None = None,
-            rules=None, winograd: bool = True):  # noqa: A001 - the public name is tvm_lut.compile
+            rules=None, winograd: bool = True, exec_mode: str = "compiled"):  # noqa: A001 - the public name is tvm_lut.compile
     """Compile a Relax module for the CPU: LUT passes (with `bundle`), schedules, tuning records.
 
     mod: a Relax `IRModule` (e.g. from `tvm_lut.frontend.from_torch` / `from_onnx`), weights bound as constants.
@@ -60,6 +60,8 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
     rules: schedule rules to use instead of `schedules.rules.default_rules()`.
     winograd: exact 3x3 stride-1 convs as Winograd F(2x2, 3x3) kernels (`relay_passes.WinogradConv2d`); False
         keeps every conv direct.
+    exec_mode: "compiled" (the VM's instructions as native code) or "bytecode" (interpreted, the same kernels:
+        what a profiler needs, the VM's instrument hook sees only bytecode calls).
 
     It also sizes this process's TVM thread pool to the target's cores (`schedules.target.use_runtime_threads`:
     left alone, TVM runs half the logical CPUs of an x86 host); if the pool already runs fewer, it warns.
@@ -90,7 +92,7 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
                                 winograd=winograd)
     # "compiled": the VM's instruction sequence becomes native code instead of interpreted bytecode (the CNN's 35
     # instructions: 90.1 -> 88.4 us a call at one thread), the same kernels.
-    executable = relax.build(mod, target=target, relax_pipeline=pipeline, exec_mode="compiled")
+    executable = relax.build(mod, target=target, relax_pipeline=pipeline, exec_mode=exec_mode)
     report = pipeline.report
     executable.lut_report = CompileReport(target=str(target), passes=report["passes"], scheduled=report["scheduled"],
                                           tuned=report["already_scheduled"], unscheduled=report["unscheduled"],

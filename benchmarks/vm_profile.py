@@ -33,6 +33,9 @@ def profile_vm(bytecode, inputs: list, executable=None, repeat: int = 5) -> list
     vm.set_instrument(tvm.runtime.convert(instrument))
     vm["main"](*inputs)
     vm.set_instrument(None)
+    if not recorded:
+        raise ValueError("no kernel call seen: profile an executable built with exec_mode=\"bytecode\" "
+                         "(compiled VM code calls kernels without the instrument hook)")
     calls = Counter(symbol for symbol, _, _ in recorded)
     first = {symbol: (func, args) for symbol, func, args in reversed(recorded)}
     per_call = {symbol: median_seconds(lambda f=func, a=args: f(*a), repeat) for symbol, (func, args) in first.items()}

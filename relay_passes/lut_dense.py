@@ -70,7 +70,7 @@ class LUTDense:
 
         target = self.target or tvm.target.Target.current(allow_none=True) or schedules.host_target()
         rewriter = _DenseRewriter(mod, self.bundle, target, lookup_intrin(target, self.prefer_avx512))
-        mod = rewriter.fuse_activations(rewriter.run(mod, self.forms))
+        mod = rewriter.run(mod, self.forms)
         self.report = rewriter.report
         self.report.log(logger)
         return mod
@@ -83,54 +83,6 @@ class _DenseRewriter(LUTRewriter):
         super().__init__(mod, "LUTDense")
         self.bundle, self.target, self.intrin = bundle, target, intrin
         self._kernels: dict[tuple, tuple[relax.GlobalVar, relax.GlobalVar]] = {}
-        self._row_lookups: dict[str, object] = {}  # lookup kernel -> its LookupLayout, for the (rows, M) kernels
-        self._fused: dict[tuple, relax.GlobalVar] = {}
-
-    def fuse_activations(self, mod: tvm.IRModule) -> tvm.IRModule:
-        """`mod` with each piecewise-linear activation (an NN-LUT GELU: `LUTNonlinear` ran first) that reads a dense
-        layer's lookup output, reshaped or not, computed in that lookup's epilogue instead: the outputs are
-        activated in registers, not written, read and written again. A fusion rewrite local to this pass."""
-        from tvm.relax.dpl import TuplePattern, is_op, rewrite_call, wildcard
-
-        lookup = is_op("relax.call_tir")(wildcard(), wildcard())
-        reshaped = is_op("relax.reshape")(lookup, wildcard())
-        activation = is_op("relax.call_tir")(wildcard(), TuplePattern([lookup | reshaped]))
-        self.builder = relax.BlockBuilder(mod)
-
-        def fuse(matched: relax.Expr, matchings: dict) -> relax.Expr:
-            fused = self._fused_lookup(matched.args[0], matchings[lookup])
-            if fused is None:
-                return matched
-            reshape = matchings.get(reshaped)
-            return fused if reshape is None else relax.op.reshape(fused, reshape.args[1])
-
-        for gvar, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                self.builder.update_func(gvar, rewrite_call(activation, fuse, func))
-        fused = self.builder.get()
-        if self._fused:
-            logger.info("LUTDense: %d activations fused into their lookups", len(self._fused))
-        return fused
-
-    def _fused_lookup(self, activation_gv, lookup_call) -> relax.Expr | None:
-        """The lookup call with the activation's table in its epilogue, or None when either is not one to fuse."""
-        from schedules.kernels.pq_lookup import pq_lookup_func
-        from schedules.kernels.pwl import table_of
-        from schedules.kernels.segments_op import bind_register_width
-
-        module = self.builder.get()
-        layout = self._row_lookups.get(getattr(lookup_call.args[0], "name_hint", None))
-        callee = module[activation_gv] if isinstance(activation_gv, relax.GlobalVar) else None
-        table = table_of(callee) if isinstance(callee, tvm.tirx.PrimFunc) else None
-        if layout is None or table is None or table.scaling != "none":
-            return None
-        values = np.concatenate([table.breakpoints, table.slopes, table.intercepts])
-        key = (lookup_call.args[0].name_hint, tuple(values.tolist()))
-        if key not in self._fused:
-            func = bind_register_width(pq_lookup_func(layout, self.intrin, activation=table), self.target)
-            self._fused[key] = self.builder.add_func(func.without_attr("global_symbol"),
-                                                     f"{lookup_call.args[0].name_hint}_activated")
-        return relax.call_tir(self._fused[key], lookup_call.args[1], lookup_call.ty_args[0])
 
     def serve(self, form, matched, matchings):
         checked = self._check(form, matched, matchings)
@@ -198,8 +150,6 @@ class _DenseRewriter(LUTRewriter):
                 lookup = pq_lookup_func(layout, self.intrin, columns=source is not None)
             self._kernels[key] = (self.builder.add_func(encode.without_attr("global_symbol"), f"pq_encode_{name}"),
                                   self.builder.add_func(lookup.without_attr("global_symbol"), f"pq_lookup_{name}"))
-            if not few_rows and source is None:
-                self._row_lookups[self._kernels[key][1].name_hint] = layout
         encode_gv, lookup_gv = self._kernels[key]
         bias = np.zeros(table.M, np.float32) if bias is None else bias
         if few_rows:

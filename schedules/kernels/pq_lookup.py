@@ -29,8 +29,6 @@ from tvm import s_tir
 from tvm.script import tirx as T
 
 from ..intrin import TABLE_ENTRIES, LookupIntrin
-from .pwl_expr import PWLSpec, Table, evaluate
-from .reference import pwl_reference
 
 INT16_BLOCK = 256  # codebooks an int16 sum can take whatever the int8 entries are (tvm_lut.pq.quantize says the same)
 
@@ -92,16 +90,12 @@ def pack_table(table: np.ndarray, layout: LookupLayout) -> np.ndarray:
     return packed
 
 
-def pq_lookup_reference(codes: np.ndarray, table: np.ndarray, scale: np.ndarray, bias: np.ndarray | None,
-                        activation: PWLSpec | None = None) -> np.ndarray:
+def pq_lookup_reference(codes: np.ndarray, table: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     """NumPy reference on unpacked operands: codes (N, C) ints, table (C, K, M) int8, scale (M,) (or one for
     all) -> (N, M) float32.
 
-    The sum is exact (int64); the epilogue is the kernel's: `float32(acc) * float32(scale) + bias` in float32, then
-    the `activation` table if any (`pwl_reference`).
+    The sum is exact (int64); the epilogue is the kernel's: `float32(acc) * float32(scale) + bias` in float32.
     """
-    if activation is not None:
-        return pwl_reference(activation, pq_lookup_reference(codes, table, scale, bias))
     codes = np.asarray(codes, dtype=np.int64)
     acc = np.zeros((codes.shape[0], table.shape[2]), np.int64)
     for c in range(table.shape[0]):
@@ -116,9 +110,9 @@ def _eight_rows(acc16, blocks: int, output, row):
     return functools.reduce(operator.add, parts)
 
 
-def _tiled_lookup(layout: LookupLayout, m_tile: int, columns: bool, activation: Table | None):
+def _tiled_lookup(layout: LookupLayout, m_tile: int, columns: bool):
     """The lookup stated as the intrinsics' one-hot select, in tiles of `lanes` rows x `m_tile` outputs; `y` is
-    (N, M), or (M, N) with `columns`; `activation` applied to each output vector while it is in registers.
+    (N, M), or (M, N) with `columns`.
 
     Each tile is a block that allocates its own accumulators, so they live in registers: TVM places a
     buffer at the root of a function under a parallel loop whole, in memory, otherwise. Their scope is "global":
@@ -127,10 +121,6 @@ def _tiled_lookup(layout: LookupLayout, m_tile: int, columns: bool, activation: 
     """
     num_rows, outputs, lanes = layout.rows, layout.outputs, layout.lanes
     row_blocks, blocks, per_block = layout.row_blocks, layout.int16_blocks, layout.block_codebooks
-
-    def activate(values):
-        return values if activation is None else evaluate(activation, values)
-
     m_tiles, padded = outputs // m_tile, layout.padded_codebooks
 
     @T.prim_func(s_tir=True)
@@ -166,9 +156,8 @@ def _tiled_lookup(layout: LookupLayout, m_tile: int, columns: bool, activation: 
                                     bias[mo * m_tile + vj])
                             T.writes(y[mo * m_tile + vj, nb * lanes + vib * 8:nb * lanes + vib * 8 + 8])
                             row = nb * lanes + vib * 8
-                            values = activate(T.Cast("float32x8", _eight_rows(acc16, blocks, vj, vib * 8))
-                                              * T.Broadcast(scale[mo * m_tile + vj], 8)
-                                              + T.Broadcast(bias[mo * m_tile + vj], 8))
+                            values = T.Cast("float32x8", _eight_rows(acc16, blocks, vj, vib * 8)) * T.Broadcast(
+                                scale[mo * m_tile + vj], 8) + T.Broadcast(bias[mo * m_tile + vj], 8)
                             if row + 8 <= num_rows:
                                 y[mo * m_tile + vj, T.ramp(row, 1, 8)] = values
                             else:  # the last rows: lane by lane, none past N
@@ -184,11 +173,10 @@ def _tiled_lookup(layout: LookupLayout, m_tile: int, columns: bool, activation: 
                             T.reads(acc16[0:blocks, 0:m_tile, vib * 8:vib * 8 + 8],
                                     scale[mo * m_tile:mo * m_tile + m_tile], bias[mo * m_tile:mo * m_tile + m_tile])
                             T.writes(y[nb * lanes + vib * 8 + vr, mo * m_tile:mo * m_tile + m_tile])
-                            row_values = T.Shuffle(
+                            y[nb * lanes + vib * 8 + vr, T.ramp(mo * m_tile, 1, m_tile)] = T.Shuffle(
                                 [T.Cast("float32x8", _eight_rows(acc16, blocks, j, vib * 8)) for j in range(m_tile)],
                                 [j * 8 + vr for j in range(m_tile)]
                             ) * scale[T.ramp(mo * m_tile, 1, m_tile)] + bias[T.ramp(mo * m_tile, 1, m_tile)]
-                            y[nb * lanes + vib * 8 + vr, T.ramp(mo * m_tile, 1, m_tile)] = activate(row_values)
 
     return pq_lookup
 
@@ -198,22 +186,17 @@ def output_tile(outputs: int, preferred: int) -> int:
     return max(t for t in range(1, min(preferred, outputs) + 1) if outputs % t == 0)
 
 
-def pq_lookup_func(layout: LookupLayout, intrin: LookupIntrin, m_tile: int = 8, columns: bool = False,
-                   activation: PWLSpec | None = None) -> tvm.tirx.PrimFunc:
+def pq_lookup_func(layout: LookupLayout, intrin: LookupIntrin, m_tile: int = 8,
+                   columns: bool = False) -> tvm.tirx.PrimFunc:
     """The scheduled, tensorized lookup-accumulate PrimFunc `(codes, table, scale, bias) -> y` for `layout`: y is
     (N, M), or (M, N) with `columns` (a conv's output channels by pixels: NCHW for one image, no transpose).
-
-    `activation`: a piecewise-linear table (GELU) applied in the epilogue, on the outputs while they are in
-    registers (instead of a kernel of its own that reads and writes them again). Its segment search is lowered for
-    the target `segments_op.bind_register_width` binds (the kernel is scheduled: the rules that bind it skip it).
 
     `layout.lanes` must be `intrin.lanes`. `m_tile` outputs share one load of the codes; their accumulators must fit
     the registers (8 for AVX2's 16 ymm registers at 32 lanes). An M it does not divide uses its largest divisor.
     """
     if layout.lanes != intrin.lanes:
         raise ValueError(f"layout has {layout.lanes} lanes but {intrin.name} looks up {intrin.lanes} rows at once")
-    table = None if activation is None else Table(activation, "activation")
-    sch = s_tir.Schedule(_tiled_lookup(layout, output_tile(layout.outputs, m_tile), columns, table))
+    sch = s_tir.Schedule(_tiled_lookup(layout, output_tile(layout.outputs, m_tile), columns))
     lookup, epilogue = sch.get_sblock("lookup"), sch.get_sblock("scale")
     _, c, m_inner, i, _ = sch.get_loops(lookup)
     sch.decompose_reduction(lookup, c)

@@ -1,7 +1,6 @@
 """`pwl_func`: a piecewise-linear table applied elementwise (GELU, exp, ... as NN-LUT evaluates them)."""
 
 import numbers
-import types
 
 import numpy as np
 from tvm import te, tirx
@@ -11,28 +10,12 @@ from .pwl_expr import PWLSpec, Table, evaluate
 SUPPORTED_DTYPES = ("float32",)
 
 
-TABLE_ATTR = "tvm_lut.table"
-
-
 def pwl_func(spec: PWLSpec, shape, dtype: str = "float32") -> tirx.PrimFunc:
-    """`out = table(x)` elementwise over `shape`; an unscheduled PrimFunc `(x, out)` tagged `tvm_lut.kernel`, its
-    table in the attribute `tvm_lut.table` (what a fusion reads back with `table_of`)."""
+    """`out = table(x)` elementwise over `shape`; an unscheduled PrimFunc `(x, out)` tagged `tvm_lut.kernel`."""
     table = Table(spec)
     x = te.placeholder(check_shape(shape), check_dtype(dtype), name="x")
     out = te.compute(x.shape, lambda *i: evaluate(table, x[i]), name="pwl")
-    fields = {f: [float(v) for v in getattr(table, f)] for f in ("breakpoints", "slopes", "intercepts")}
-    return as_kernel(te.create_prim_func([x, out]), "pwl").with_attr(TABLE_ATTR, {**fields, "scaling": table.scaling})
-
-
-def table_of(func: tirx.PrimFunc) -> Table | None:
-    """The table of a `pwl_func` kernel (elementwise: it commutes with reshapes and fuses into a producer's
-    epilogue), or None for any other function."""
-    attrs = func.attrs
-    if attrs is None or TABLE_ATTR not in attrs or attrs.get("tvm_lut.kernel") != "pwl":
-        return None
-    stored = attrs[TABLE_ATTR]
-    fields = {f: np.array([float(v) for v in stored[f]], np.float32) for f in ("breakpoints", "slopes", "intercepts")}
-    return Table(types.SimpleNamespace(**fields, scaling=str(stored["scaling"])))
+    return as_kernel(te.create_prim_func([x, out]), "pwl")
 
 
 def check_shape(shape) -> tuple[int, ...]:

@@ -60,11 +60,10 @@ _UNBOUND, _PORTABLE = 0, 1  # register widths of a call besides 8 and 16: decide
 
 def segments(breakpoints: Sequence[float], slopes: Sequence[float], intercepts: Sequence[float],
              x: PrimExpr) -> PrimExpr:
-    """The table applied to the float32 expression `x` (a scalar or a vector; sizes S-1, S, S; validated by
-    `pwl_expr.Table`), its register width unbound."""
+    """The table applied to the float32 expression `x` (sizes S-1, S, S; validated by `pwl_expr.Table`), its
+    register width unbound."""
     constants = [*breakpoints, *slopes, *intercepts]
-    dtype = x.dtype if hasattr(x, "dtype") else x.ty.dtype  # a te.Tensor element, or a TIR expression
-    return tirx.call_intrin(str(dtype), OP_NAME, x, _i32(_UNBOUND), _i32(0), *(_f32(v) for v in constants))
+    return tirx.call_intrin("float32", OP_NAME, x, _i32(_UNBOUND), _i32(0), *(_f32(v) for v in constants))
 
 
 def register_width(target: Target) -> int:
@@ -253,7 +252,7 @@ def _lower(call) -> PrimExpr:
         parts = [search(tirx.Shuffle([x], list(range(k, k + width)))) for k in range(0, lanes, width)]
         return tirx.Shuffle(parts, list(range(lanes)))
     # Fewer lanes (a narrow loop): widen to one register and back.
-    wide = x if lanes == width else tirx.Shuffle([x] * -(-width // lanes), list(range(width)))
+    wide = x if lanes == width else tirx.Shuffle([x] * (width // lanes), list(range(width)))
     y = search(wide)
     return y if lanes == width else tirx.Shuffle([y], list(range(lanes)))
 

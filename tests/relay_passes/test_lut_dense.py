@@ -191,34 +191,3 @@ def test_a_dense_layer_with_a_few_rows_takes_the_few_row_kernels(net_and_bundle,
     assert kernels == {"pq_encode_rows", "pq_lookup_rows", "pq_encode", "pq_lookup"}  # dense: few rows; conv: lanes
     for got, want in zip(_run(rewritten, x, image), _reference(bundle, x, image)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-class DenseGeluDense(torch.nn.Module):
-    """A transformer's FFN: linear, GELU, linear (as many rows as MiniLM's tokens: the lane kernels)."""
-
-    def __init__(self):
-        super().__init__()
-        self.up, self.down = torch.nn.Linear(8, 12), torch.nn.Linear(12, 4)
-
-    def forward(self, x):
-        return self.down(torch.nn.functional.gelu(self.up(x)))
-
-
-@pytest.mark.parametrize("importer", ["torch", "onnx"])
-def test_an_nnlut_gelu_after_a_dense_layer_runs_in_its_lookup(importer):
-    from relay_passes import LUTNonlinear
-    from schedules.kernels.reference import pwl_reference
-    from tvm_lut.defaults import default_bundle
-
-    torch.manual_seed(0)
-    net, rng = DenseGeluDense().eval(), np.random.default_rng(0)
-    bundle = Bundle({"up": _entry(rng, net.up, 2), "down": _entry(rng, net.down, 3)})
-    x = torch.randn(2, 40, 8) * 3
-    mod = from_torch(net, (x,)) if importer == "torch" else from_onnx(net, example_args=(x,))
-    rewritten = LUTDense(bundle, target=TARGET)(LUTNonlinear(default_bundle(), ops=("gelu",))(mod))
-    main = rewritten["main"].script()
-    assert "_activated" in main and "lut_gelu" not in main  # the GELU kernel is no longer called
-    with torch.no_grad():
-        hidden = pq_forward(x, bundle["up"]).numpy()
-        want = pq_forward(torch.from_numpy(pwl_reference(default_bundle().pwl("gelu"), hidden)), bundle["down"])
-    np.testing.assert_allclose(_run(rewritten, x)[0], want.numpy(), rtol=1e-4, atol=1e-5)

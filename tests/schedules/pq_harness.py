@@ -7,7 +7,6 @@ from schedules import host_target
 from schedules.intrin import lookup_intrin
 from schedules.kernels.pq_encode import pack_centroids, pq_encode_func
 from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
-from schedules.kernels.segments_op import bind_register_width
 
 TARGET = host_target()
 INTRIN = lookup_intrin(TARGET)
@@ -37,17 +36,15 @@ def execute_here(func: tvm.tirx.PrimFunc, arrays: list[np.ndarray]) -> list[np.n
     return [t.numpy() for t in tensors]
 
 
-def run_lookup(codes, table, scale, bias, intrin=INTRIN, execute=execute_here, columns=False, activation=None):
+def run_lookup(codes, table, scale, bias, intrin=INTRIN, execute=execute_here, columns=False):
     """The compiled lookup kernel on unpacked operands: codes (N, C), table (C, K, M), scale (M,) or one for all
-    -> (N, M) float32 (written (M, N) by the kernel with `columns`, returned transposed); `activation` a PWL table
-    fused into its epilogue (searched with this host's registers)."""
+    -> (N, M) float32 (written (M, N) by the kernel with `columns`, returned transposed)."""
     layout = LookupLayout(codes.shape[0], table.shape[0], table.shape[1], table.shape[2], intrin.lanes)
     bias = np.zeros(table.shape[2], np.float32) if bias is None else bias
     scale = np.broadcast_to(np.asarray(scale, np.float32), (table.shape[2],))
     out_shape = (layout.outputs, codes.shape[0]) if columns else (codes.shape[0], layout.outputs)
     arrays = [pack_codes(codes, layout), pack_table(table, layout), scale, bias, np.zeros(out_shape, np.float32)]
-    func = bind_register_width(pq_lookup_func(layout, intrin, columns=columns, activation=activation), TARGET)
-    out = execute(func, arrays)[-1]
+    out = execute(pq_lookup_func(layout, intrin, columns=columns), arrays)[-1]
     return out.T if columns else out
 
 

@@ -77,18 +77,3 @@ def test_kernels_are_marked_scheduled_so_rules_skip_them():
     layout = LookupLayout(8, 4, 16, 8, INTRIN.lanes)
     for func in (pq_lookup_func(layout, INTRIN), pq_encode_func(layout, 4)):
         assert func.attrs["tirx.is_scheduled"]
-
-
-@pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
-@pytest.mark.parametrize("rows, outputs", [(50, 24), (37, 7), (0, 8)], ids=["tiles", "odd", "empty"])
-def test_an_activation_fused_into_the_epilogue_matches_the_reference(rows, outputs, columns):
-    """GELU's table applied to the outputs in registers: the lookup's reference, then `pwl_reference`; scales
-    that reach every magnitude, so outputs land on every segment, far beyond the table, huge and infinite."""
-    from tests.schedules.kernel_harness import GELU, assert_matches
-
-    rng = np.random.default_rng(rows)
-    codes, table = _random(rng, rows, 12, 16, outputs)
-    scale = (10.0 ** rng.uniform(-4, 37, outputs)).astype(np.float32)
-    bias = rng.standard_normal(outputs).astype(np.float32)
-    got = run_lookup(codes, table, scale, bias, columns=columns, activation=GELU)
-    assert_matches(got, pq_lookup_reference(codes, table, scale, bias, activation=GELU))

@@ -2,7 +2,8 @@
 
     python -m benchmarks.end_to_end [--models minilm-8x64 minilm-1x64 cnn] [--threads N] [--database DIR]
         [--bundle minilm=PQ.safetensors --pq-weights minilm=PQ.model.safetensors]
-        [--cnn-weights FP32.safetensors --bundle cnn=PQ.safetensors --pq-weights cnn=PQ.model.safetensors] [--json PATH]
+        [--cnn-weights FP32.safetensors --bundle cnn=PQ.safetensors --pq-weights cnn=PQ.model.safetensors] [--profile N]
+        [--json PATH]
 
 For MiniLM-L6 (batch 8 x 64 and 1 x 64 tokens) and the Fashion-MNIST CNN, each row is one engine on the same inputs
 and thread count (`--threads`, TVM's runtime pool included; 1 reads kernel quality on a busy machine): PyTorch fp32,
@@ -145,6 +146,8 @@ def engines(model, example, bundle: Path | None, args, workdir: Path, bundle_mod
     mod = from_torch(model, example)
     yield "tvm stock", *tvm_run(tvm.compile(mod, target=target), "stock")
     rules = tvm_lut.compile(mod, target=target)
+    if args.profile:
+        print_profile("tvm rules", mod, example, target, args)
     yield "tvm rules", *tvm_run(rules, "rules")
     if any(report["replaced"] for report in rules.lut_report.exact_passes):  # Winograd convs: the direct ones too
         yield "tvm rules direct conv", *tvm_run(tvm_lut.compile(mod, target=target, winograd=False), "direct")
@@ -155,6 +158,8 @@ def engines(model, example, bundle: Path | None, args, workdir: Path, bundle_mod
         pq_mod = mod if bundle_model is None else from_torch(bundle_model, example)
         executable = tvm_lut.compile(pq_mod, nnlut_pq_bundle(bundle), target=target)
         print(f"  nn-lut + pq: {executable.lut_report}", flush=True)
+        if args.profile:
+            print_profile("tvm nn-lut + pq", pq_mod, example, target, args, bundle=nnlut_pq_bundle(bundle))
         yield "tvm nn-lut + pq", *tvm_run(executable, "nnlut_pq")
 
 
@@ -195,6 +200,15 @@ def measure(name: str, args) -> list[dict]:
     return rows
 
 
+def print_profile(engine: str, mod, example, target, args, **compile_options) -> None:
+    """The `args.profile` slowest functions of one engine's build (`tvm_lut.profile`): where its time goes."""
+    from tvm_lut.profile import profile_model
+
+    profile, _ = profile_model(mod, [t.numpy() for t in example], target=target, repeat=args.repeat,
+                               **compile_options)
+    print(f"  {engine}, by function:\n{profile.table(args.profile)}", flush=True)
+
+
 def _model_path(text: str) -> tuple[str, Path]:
     model, sep, path = text.partition("=")
     if not sep or model not in ("minilm", "cnn") or not path:
@@ -214,6 +228,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pq-weights", action="append", default=[], metavar="MODEL=PATH", type=_model_path,
                         help="weights a bundle was learned with (<bundle>.model.safetensors; NN-LUT + PQ engine only)")
     parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (the CNN a bundle was learned from)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also print the N slowest functions of "
+                        "the 'tvm rules' and 'tvm nn-lut + pq' builds, with their rules and GFLOPS (tvm-lut profile)")
     parser.add_argument("--train-texts", type=int, default=1000, help="tweets for the MiniLM head (1000)")
     parser.add_argument("--eval-texts", type=int, default=500, help="held-out tweets scored (500; 0: no accuracy)")
     parser.add_argument("--eval-images", type=int, default=2000, help="Fashion-MNIST test images scored (2000)")

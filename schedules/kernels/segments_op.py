@@ -6,17 +6,22 @@ scalarized lane by lane), while x86 has one instruction for it, a register permu
 an op of its own, `tvm_lut.pwl_segments(x, *breakpoints, *slopes, *intercepts)`: pure and vectorizable, so the
 schedule rules vectorize it like any arithmetic, and lowered after vectorization (`llvm.FLowerIntrinsic`):
 
-- AVX-512F (16-lane registers) or AVX2 (8): a branch-free binary search over the breakpoints (log2(S) rounds of
-  compare + blend, probing with a permute from round 3 on), then two permutes for slope and intercept and an FMA:
-  about 20 instructions per register for 16 segments. With 8 lanes a 16-entry table spans two registers (two
-  permutes and a blend per lookup), but the probes a round can reach fit one. Fewer lanes (a scalar too) are
-  widened to one register, more are split;
+- AVX-512F (16-lane registers): a uniform directory over the breakpoints (`segment_directory`): the cell of x
+  (one multiply-add, a clamp, a convert), its first segment from one register permute (`vpermd` / `vpermi2d` for
+  16 / 32 cells, `vpermb` / `vpermi2b` for 64 / 128 with AVX512-VBMI), one permute and one compare with the next
+  breakpoint; then two permutes for slope and intercept and an FMA: 13 instructions per register for 16 segments,
+  against 17 for the search. Tables whose breakpoints crowd too close for 128 cells (or 32 without VBMI), and
+  tables of 4 segments or fewer, keep the search;
+- AVX2 (8 lanes), or AVX-512 without a directory: a branch-free binary search over the breakpoints (log2(S) rounds
+  of compare + blend, probing with a permute from round 3 on), then two permutes for slope and intercept and an
+  FMA. With 8 lanes a 16-entry table spans two registers (two permutes and a blend per lookup), but the probes a
+  round can reach fit one. Fewer lanes (a scalar too) are widened to one register, more are split;
 - other ISAs: a compare + two blends per breakpoint as a balanced tree (depth log2(S)), branch-free.
 
 The lowering callback sees the call, not the function's target, and `tvm.compile` lowers TIR outside any target
-scope. So the register width is an argument of the call, `pwl_segments(x, width, *table)`, 0 (unbound) when a kernel
-is defined; `bind_register_width(func, target)` fixes it where the target is known: every schedule rule and
-`ApplyCPUSchedules` call it. An unbound call is lowered for `Target.current()`, else in the portable form, never
+scope. So the register width and the largest directory the target can look up are arguments of the call,
+`pwl_segments(x, width, directory, *table)`, width 0 (unbound) when a kernel is defined; `bind_register_width(func,
+target)` fixes both where the target is known: every schedule rule and `ApplyCPUSchedules` call it. An unbound call is lowered for `Target.current()`, else in the portable form, never
 for a guess of the CPU (an AVX-512 host building for an AVX2 or ARM CPU would emit what that CPU cannot run).
 
 Semantics (both forms): NaN compares false everywhere and stays NaN through the multiply-add; an infinite x on a
@@ -33,11 +38,21 @@ from tvm.ir import Expr as PrimExpr
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
+from . import segment_directory
+
 OP_NAME = "tvm_lut.pwl_segments"
 MAX_SEGMENTS = 16
 _PURE = 1  # tirx.CallEffectKind.Pure
 # register width in lanes -> (the CPU feature it needs, the permute); the widest available is used
 _PERMUTES = {16: ("avx512f", "llvm.x86.avx512.permvar.sf.512"), 8: ("avx2", "llvm.x86.avx2.permps")}
+# directory size -> (the CPU feature it needs, the permute of its entries, their dtype); 16-lane registers only
+_DIRECTORY_PERMUTES = {
+    16: ("avx512f", "llvm.x86.avx512.permvar.si.512", "int32"),
+    32: ("avx512f", "llvm.x86.avx512.vpermi2var.d.512", "int32"),
+    64: ("avx512vbmi", "llvm.x86.avx512.permvar.qi.512", "int8"),
+    128: ("avx512vbmi", "llvm.x86.avx512.vpermi2var.qi.512", "int8"),
+}
+_MIN_DIRECTORY_SEGMENTS = 5  # up to 4 segments the search's 2 rounds are as short as the directory
 
 
 _UNBOUND, _PORTABLE = 0, 1  # register widths of a call besides 8 and 16: decided at lowering; no permutes
@@ -48,7 +63,7 @@ def segments(breakpoints: Sequence[float], slopes: Sequence[float], intercepts: 
     """The table applied to the float32 expression `x` (sizes S-1, S, S; validated by `pwl_expr.Table`), its
     register width unbound."""
     constants = [*breakpoints, *slopes, *intercepts]
-    return tirx.call_intrin("float32", OP_NAME, x, _i32(_UNBOUND), *(_f32(v) for v in constants))
+    return tirx.call_intrin("float32", OP_NAME, x, _i32(_UNBOUND), _i32(0), *(_f32(v) for v in constants))
 
 
 def register_width(target: Target) -> int:
@@ -60,15 +75,22 @@ def register_width(target: Target) -> int:
     return _PORTABLE
 
 
+def directory_size(target: Target) -> int:
+    """Entries of the largest segment directory `target` looks up in one permute (0: none, the search only)."""
+    if register_width(target) != 16:
+        return 0
+    return max(size for size, (feature, _, _) in _DIRECTORY_PERMUTES.items() if target_has_features([feature], target))
+
+
 def bind_register_width(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     """`func` with every unbound `pwl_segments` call lowered for `target`'s registers (unchanged if it has none)."""
     op = tvm.ir.Op.get(OP_NAME)
-    width = _i32(register_width(target))
+    width, directory = _i32(register_width(target)), _i32(directory_size(target))
 
     def bind(call):
         if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(op)) or _immediate(call.args[1]) != _UNBOUND:
             return call
-        return tirx.call_intrin(str(call.ty.dtype), OP_NAME, call.args[0], width, *call.args[2:])
+        return tirx.call_intrin(str(call.ty.dtype), OP_NAME, call.args[0], width, directory, *call.args[3:])
 
     return tvm_ffi.structural_map(func, (tvm.ir.Call, bind), order="post")
 
@@ -90,12 +112,12 @@ def _immediate(arg):
 
 
 def _unpack(call):
-    """(x, lanes, register width, breakpoints, slopes, intercepts) of a (possibly vectorized) call."""
+    """(x, lanes, register width, directory size, breakpoints, slopes, intercepts) of a (possibly vectorized) call."""
     lanes = tvm.DataType(str(call.ty.dtype)).lanes
-    values = [float(_immediate(a)) for a in call.args[2:]]
+    values = [float(_immediate(a)) for a in call.args[3:]]
     size = (len(values) + 1) // 3
-    return (call.args[0], lanes, int(_immediate(call.args[1])), values[:size - 1], values[size - 1:2 * size - 1],
-            values[2 * size - 1:])
+    return (call.args[0], lanes, int(_immediate(call.args[1])), int(_immediate(call.args[2])), values[:size - 1],
+            values[size - 1:2 * size - 1], values[2 * size - 1:])
 
 
 def _let(name: str, value: PrimExpr, body) -> PrimExpr:
@@ -126,19 +148,21 @@ def _select_tree(x, lanes, breakpoints, slopes, intercepts) -> PrimExpr:
     return _line(x, lanes, *pick(0, len(slopes)), slopes, intercepts)
 
 
+def _permute(values: Sequence[float], index: PrimExpr, lanes: int) -> PrimExpr:
+    """values[index] per lane from registers: one permute, or two and a blend when `values` span two."""
+    _, intrinsic = _PERMUTES[lanes]
+    dtype = f"float32x{lanes}"
+    low = tirx.call_llvm_pure_intrin(dtype, intrinsic, _vector(values[:lanes], lanes), index)
+    if len(values) <= lanes:
+        return low
+    high = tirx.call_llvm_pure_intrin(dtype, intrinsic, _vector(values[lanes:], lanes), index)
+    return tirx.Select(index >= _splat(_i32(lanes), lanes), high, low)
+
+
 def _binary_search(x, lanes, breakpoints, slopes, intercepts) -> PrimExpr:
     """Upper-bound search with register permutes; breakpoints padded with NaN, which no x reaches."""
     size = 1 << (len(slopes) - 1).bit_length()
     probes = list(breakpoints) + [np.nan] * (size - len(slopes))
-
-    def lookup(values, index):
-        _, intrinsic = _PERMUTES[lanes]
-        dtype = f"float32x{lanes}"
-        low = tirx.call_llvm_pure_intrin(dtype, intrinsic, _vector(values[:lanes], lanes), index)
-        if len(values) <= lanes:
-            return low
-        high = tirx.call_llvm_pure_intrin(dtype, intrinsic, _vector(values[lanes:], lanes), index)
-        return tirx.Select(index >= _splat(_i32(lanes), lanes), high, low)
 
     def probe(index, step):
         """breakpoints[index + step - 1]: a constant in round 1, a blend on round 1's compare in round 2."""
@@ -151,19 +175,51 @@ def _binary_search(x, lanes, breakpoints, slopes, intercepts) -> PrimExpr:
         if len(probes) <= lanes:
             # index is a multiple of 2*step here: a table whose entry `index` is probes[index + step - 1] is
             # permuted by the index itself (no add per round).
-            return lookup([probes[j - j % (2 * step) + step - 1] for j in range(size)], index)
+            return _permute([probes[j - j % (2 * step) + step - 1] for j in range(size)], index, lanes)
         # index is a multiple of 2*step here, so the probes this round can reach, probes[step - 1 :: 2 * step],
         # fit one register (8 lanes, 16 entries): one permute by index / (2 * step) instead of two and a blend.
         shift = _splat(_i32((2 * step).bit_length() - 1), lanes)
-        return lookup(probes[step - 1::2 * step], tirx.shift_right(index, shift))
+        return _permute(probes[step - 1::2 * step], tirx.shift_right(index, shift), lanes)
 
     def search(index, step):
         if step == 0:
-            return _line(x, lanes, lookup(slopes, index), lookup(intercepts, index), slopes, intercepts)
+            return _line(x, lanes, _permute(slopes, index, lanes), _permute(intercepts, index, lanes), slopes,
+                         intercepts)
         found = tirx.Select(x >= probe(index, step), index + _splat(_i32(step), lanes), index)
         return _let("i", found, lambda i: search(i, step // 2))
 
     return search(_splat(_i32(0), lanes), size // 2)
+
+
+def _directory_search(x, directory: segment_directory.Directory, breakpoints, slopes, intercepts) -> PrimExpr:
+    """The segment from a directory (16 lanes): the cell's first segment, plus one if x reaches the next breakpoint
+    (padded with NaN, which no x reaches)."""
+    lanes = 16
+    cell = x * _splat(_f32(directory.scale), lanes) + _splat(_f32(directory.offset), lanes)
+    cell = tirx.max(cell, _splat(_f32(0.0), lanes))  # NaN too: TVM's float max is a compare + select
+    cell = tirx.Cast(f"int32x{lanes}", tirx.min(cell, _splat(_f32(directory.cells - 1), lanes)))
+    probes = list(breakpoints) + [np.nan] * (lanes - len(breakpoints))
+
+    def segment(first):
+        index = tirx.Select(x >= _permute(probes, first, lanes), first + _splat(_i32(1), lanes), first)
+        return _let("i", index, lambda i: _line(x, lanes, _permute(slopes, i, lanes), _permute(intercepts, i, lanes),
+                                                 slopes, intercepts))
+
+    return _let("first", _directory_entries(directory.first, cell), segment)
+
+
+def _directory_entries(entries: Sequence[int], cell: PrimExpr) -> PrimExpr:
+    """entries[cell] per int32 lane (16 lanes): a dword permute of one or two registers, or a byte permute (the
+    int32 lane's three upper index bytes are 0 and pick entries[0] = 0, so the lane reads entries[cell])."""
+    _, intrinsic, dtype = _DIRECTORY_PERMUTES[len(entries)]
+    per_register = 512 // tvm.DataType(dtype).bits
+    registers = [tirx.Shuffle([tirx.IntImm(dtype, v) for v in entries[k:k + per_register]], list(range(per_register)))
+                 for k in range(0, len(entries), per_register)]
+    vector = f"{dtype}x{per_register}"
+    index = cell if dtype == "int32" else tirx.reinterpret(vector, cell)
+    args = [registers[0], index] + registers[1:]  # (table, index) or (table low, index, table high)
+    found = tirx.call_llvm_pure_intrin(vector, intrinsic, *args)
+    return found if dtype == "int32" else tirx.reinterpret("int32x16", found)
 
 
 def _vector(values: Sequence[float], lanes: int) -> PrimExpr:
@@ -173,17 +229,23 @@ def _vector(values: Sequence[float], lanes: int) -> PrimExpr:
 
 
 def _lower(call) -> PrimExpr:
-    x, lanes, width, breakpoints, slopes, intercepts = _unpack(call)
+    x, lanes, width, directory_entries, breakpoints, slopes, intercepts = _unpack(call)
     if width == _UNBOUND:
         target = Target.current(allow_none=True)
         width = _PORTABLE if target is None else register_width(target)
+        directory_entries = 0 if target is None else directory_size(target)
     # A scalar too (a per-row value such as softmax's reciprocal, one row at a time) is widened to one register:
     # it sits on every row's critical path, and the register search is shorter than a scalar select tree
     # (LUT softmax 8x12x64x64 at one thread: 0.40 -> 0.32 ms).
     if width == _PORTABLE or (lanes > width and lanes % width):
         return _let("x", x, lambda x: _select_tree(x, lanes, breakpoints, slopes, intercepts))
+    directory = None
+    if directory_entries and len(slopes) >= _MIN_DIRECTORY_SEGMENTS:
+        directory = segment_directory.plan(breakpoints, directory_entries)
 
     def search(x):
+        if directory is not None:
+            return _let("x", x, lambda x: _directory_search(x, directory, breakpoints, slopes, intercepts))
         return _let("x", x, lambda x: _binary_search(x, width, breakpoints, slopes, intercepts))
 
     if lanes > width:  # wider than a register: one search per register
@@ -196,7 +258,7 @@ def _lower(call) -> PrimExpr:
 
 
 def _lower_portable(call) -> PrimExpr:
-    x, lanes, _, breakpoints, slopes, intercepts = _unpack(call)
+    x, lanes, _, _, breakpoints, slopes, intercepts = _unpack(call)
     return _let("x", x, lambda x: _select_tree(x, lanes, breakpoints, slopes, intercepts))
 
 

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.skipif(TARGET.kind.name != "llvm" or not target_has_fea
                                 reason="needs an x86 host with AVX2")
 
 
-def _asm(shape, target) -> str:
-    mod = tvm.IRModule({"main": pwl_func(GELU, shape).with_attr("global_symbol", "main")})
+def _asm(shape, target, table=GELU) -> str:
+    mod = tvm.IRModule({"main": pwl_func(table, shape).with_attr("global_symbol", "main")})
     with target:
         mod = ApplyCPUSchedules()(mod)
         return tvm.tirx.build(mod, target=target).inspect_source("asm")

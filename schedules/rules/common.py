@@ -25,6 +25,9 @@ MIN_PARALLEL_WORK = 4096
 # A block a rule marks with this (MetaSchedule's key) repacks a weight: the `tvm_lut` pipeline splits it into a
 # function of its own and folds it on constant weights, so it is not part of what a model runs.
 WEIGHT_PREPACK = "meta_schedule.layout_rewrite_preproc"
+# A loop with this annotation is split where a condition on its variable changes (TVM's LoopPartition pass): a
+# padding's border apart from its interior, which becomes a plain copy.
+PARTITION_HINT = "pragma_loop_partition_hint"
 
 
 def for_target(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:

@@ -1,6 +1,6 @@
 """Whole-model CPU latency, accuracy and size: PyTorch, ONNX Runtime (fp32, int8) and TVM builds, in one run.
 
-    python -m benchmarks.end_to_end [--models minilm-8x64 minilm-1x64 cnn] [--threads N] [--database DIR]
+    python -m benchmarks.end_to_end [--models minilm-8x64 minilm-1x64 cnn] [--threads N] [--database DIR] [--profile N]
         [--bundle minilm=PQ.safetensors --pq-weights minilm=PQ.model.safetensors]
         [--cnn-weights FP32.safetensors --bundle cnn=PQ.safetensors --pq-weights cnn=PQ.model.safetensors] [--json PATH]
 
@@ -187,12 +187,24 @@ def measure(name: str, args) -> list[dict]:
             fp32_head = "" if fp32_head is None else f" (with the FP32 model's head: {fp32_head})"
             print(f"  {name} {engine}: built, accuracy {row['accuracy']}{fp32_head}", flush=True)
         seconds = median_latencies(runs, args.threads, args.repeat)
+    if args.profile:
+        print_profile(name, model, example, arrays, args)
     for row in rows:
         row.setdefault("latency_ms", 1e3 * seconds.get(row["engine"], float("nan")))
     baseline = next(r["latency_ms"] for r in rows if r["engine"] == "ort fp32")
     for row in rows:
         row["vs_ort_fp32"] = baseline / row["latency_ms"]
     return rows
+
+
+def print_profile(name: str, model, example, arrays, args) -> None:
+    """The `tvm rules` build's slowest functions (`tvm_lut.profile`): where its time goes."""
+    from schedules import host_target
+    from tvm_lut.frontend import from_torch
+    from tvm_lut.profile import profile_model
+
+    profile, _ = profile_model(from_torch(model, example), arrays, target=host_target(args.threads))
+    print(f"{name} tvm rules, by function:\n{profile.table(args.profile)}", flush=True)
 
 
 def _model_path(text: str) -> tuple[str, Path]:
@@ -214,6 +226,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pq-weights", action="append", default=[], metavar="MODEL=PATH", type=_model_path,
                         help="weights a bundle was learned with (<bundle>.model.safetensors; NN-LUT + PQ engine only)")
     parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (the CNN a bundle was learned from)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also print the N slowest functions of the 'tvm rules' build (tvm-lut profile)")
     parser.add_argument("--train-texts", type=int, default=1000, help="tweets for the MiniLM head (1000)")
     parser.add_argument("--eval-texts", type=int, default=500, help="held-out tweets scored (500; 0: no accuracy)")
     parser.add_argument("--eval-images", type=int, default=2000, help="Fashion-MNIST test images scored (2000)")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engines import aligned, export_onnx, median_latencies, ort_runner, torch_runner, tvm_runner
+from .helpers.engines import aligned, export_onnx, median_latencies, ort_runner, torch_runner, tvm_runner
 from .timing import add_common_arguments, format_table, median_seconds, write_json
 
 MODELS = ("minilm-8x64", "minilm-1x64", "cnn")

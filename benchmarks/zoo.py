@@ -2,7 +2,7 @@
 
     python -m benchmarks.zoo [--models resnet-50 vit-base ...] [--threads N] [--repeat N] [--db DIR] [--json PATH]
 
-For each model of `benchmarks.zoo_models` (ResNet-50, MobileNetV2, MobileNetV3-Small, ConvNeXt-T, ViT-B/16 at
+For each model of `benchmarks.helpers.zoo_models` (ResNet-50, MobileNetV2, MobileNetV3-Small, ConvNeXt-T, ViT-B/16 at
 224 px, Swin-T, BERT-base and DistilBERT at 128 tokens with random weights from `transformers` configurations;
 MiniLM-L6 at 128 tokens and the Fashion-MNIST CNN; batch 1) on the same inputs and thread count: PyTorch fp32,
 ONNX Runtime fp32 and int8 (dynamic quantization), `tvm_lut.compile` with our rules (exact, untuned) and, with
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .engines import aligned, export_onnx, median_latencies, ort_runner, torch_runner, tvm_runner
+from .helpers.engines import aligned, export_onnx, median_latencies, ort_runner, torch_runner, tvm_runner
 from .timing import add_common_arguments, format_table, write_json
-from .zoo_models import MODELS
+from .helpers.zoo_models import MODELS
 
 COLUMNS = ["model", "pytorch_ms", "ort_fp32_ms", "ort_int8_ms", "rules_ms", "rules_vs_ort", "tuned_ms",
            "tuned_vs_ort", "pytorch_vs_ort", "rules_err", "tuned_err", "ort_fp32_err", "ort_int8_err", "unscheduled"]

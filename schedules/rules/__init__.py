@@ -9,12 +9,14 @@ from .conv2d import Conv2d
 from .depthwise_conv2d import DepthwiseConv2d
 from .elementwise import Elementwise
 from .matmul import Matmul
+from .padding import Padding
 from .reduction import Reduction
 from .winograd import Winograd
 
 
 def default_rules() -> tuple[CPURule, ...]:
-    return (Winograd(), Matmul(), Conv2d(), DepthwiseConv2d(), Reduction(), Elementwise())
+    return (Winograd(), Matmul(), Conv2d(), DepthwiseConv2d(), Reduction(), Padding(), Elementwise())
 
 
-__all__ = ["CPURule", "Conv2d", "DepthwiseConv2d", "Elementwise", "Matmul", "Reduction", "Winograd", "default_rules"]
+__all__ = ["CPURule", "Conv2d", "DepthwiseConv2d", "Elementwise", "Matmul", "Padding", "Reduction", "Winograd",
+           "default_rules"]

@@ -9,6 +9,7 @@ zero, and its naive loops run zero times anyway.
 
 import logging
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
@@ -23,6 +24,9 @@ logger = logging.getLogger(__name__)
 # A block a rule marks with this (MetaSchedule's key) repacks a weight: the `tvm_lut` pipeline splits it into a
 # function of its own and folds it on constant weights, so it is not part of what a model runs.
 WEIGHT_PREPACK = "meta_schedule.layout_rewrite_preproc"
+# A loop with this annotation is split where a condition on its variable changes (TVM's LoopPartition pass): a
+# padding's border apart from its interior, which becomes a plain copy.
+PARTITION_HINT = "pragma_loop_partition_hint"
 
 
 def for_target(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
@@ -119,8 +123,8 @@ def _try(primitive, block, single_consumer: s_tir.Schedule | None = None) -> boo
         return False
     try:
         primitive(block)
-    except s_tir.ScheduleError:
-        return False
+    except (s_tir.ScheduleError, tvm.error.InternalError):  # InternalError: TVM's index analysis gave up (Swin's
+        return False  # strided slices of a reshape); the block then stays a stage of its own
     return True
 
 

@@ -31,8 +31,8 @@ from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
 
 from ..target import vector_lanes
-from .common import CPURule, WEIGHT_PREPACK, inline_injective, largest_divisor, output_dtype, parallelize, read_stride
-from .common import static_extent, vectorize_innermost
+from .common import PARTITION_HINT, WEIGHT_PREPACK, CPURule, inline_injective, largest_divisor, output_dtype
+from .common import parallelize, read_stride, static_extent, vectorize_innermost
 
 # Output pixels per register tile, best first: R accumulator vectors plus a weight vector and a broadcast must
 # fit the 16 vector registers of AVX2, or the 32 of AVX-512 (its wider tile loads each weight vector half as
@@ -187,7 +187,7 @@ def _schedule_copy(sch: s_tir.Schedule, block, target: Target) -> None:
     fused = sch.fuse(*planes) if len(planes) > 1 else planes[0]
     parallelize(sch, fused, math.prod(static_extent(sch, loop) for loop in sch.get_loops(block)), target)
     for loop in (height, width):
-        sch.annotate(loop, "pragma_loop_partition_hint", 1)
+        sch.annotate(loop, PARTITION_HINT, 1)
 
 
 def _divisor(extent: int, candidates) -> int | None:

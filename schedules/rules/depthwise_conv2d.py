@@ -19,8 +19,8 @@ from tvm.sym import detect_linear_equation
 from tvm.target import Target
 
 from ..target import vector_lanes
-from .common import CPURule, inline_injective, largest_divisor, output_dtype, parallelize, static_extent
-from .common import vectorize_innermost
+from .common import PARTITION_HINT, CPURule, inline_injective, largest_divisor, output_dtype, parallelize
+from .common import static_extent, vectorize_innermost
 
 # Unroll the (kh, kw) taps while the unrolled body stays small (7x7 = 49 taps is ConvNeXt's).
 MAX_UNROLLED_TAPS = 49
@@ -118,7 +118,7 @@ class DepthwiseConv2d(CPURule):
             sch.transform_layout(stage, ("write", 0), lambda n, ch, h, w: (n, ch, h, w % stride, w // stride),
                                  pad_value=0.0)
         for loop in sch.get_loops(stage)[1:]:  # split at the padding's edges: the interior is a plain copy
-            sch.annotate(loop, "pragma_loop_partition_hint", 1)
+            sch.annotate(loop, PARTITION_HINT, 1)
 
         factor = largest_divisor(static_extent(sch, ow), lanes)
         ow_inner = None

@@ -16,8 +16,8 @@ from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.target import Target
 
 from ..target import cpu_params, vector_lanes
-from .common import WEIGHT_PREPACK, CPURule, inline_injective, largest_divisor, output_dtype, parallelize, static_extent
-from .common import vectorize_innermost
+from .common import PARTITION_HINT, WEIGHT_PREPACK, CPURule, inline_injective, largest_divisor, output_dtype
+from .common import parallelize, static_extent, vectorize_innermost
 
 # Rows of C per register tile (MR x 2 vectors of accumulators, plus 2 B vectors and a broadcast, must fit the
 # vector registers), the k unrolling and the repacking threshold are per-target `CPUParams` (`schedules.target`).
@@ -56,7 +56,7 @@ class Matmul(CPURule):
         _prepack_weight(sch, matmul.block_rv, col_tile, cpu_params(target).prepack_min_elements)
         for name in pads:  # what the weight's repacking did not absorb: a copy, split at the padding's edge
             for loop in _loops_of(sch, name):
-                sch.annotate(loop, "pragma_loop_partition_hint", 1)
+                sch.annotate(loop, PARTITION_HINT, 1)
         return sch
 
     @staticmethod

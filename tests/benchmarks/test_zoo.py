@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks import zoo
-from benchmarks.zoo_models import MobileNetV3Small, keep_scale
+from benchmarks.helpers.zoo_models import MobileNetV3Small, keep_scale
 
 
 def test_max_relative_error_is_relative_to_the_outputs_scale():

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .timing import median_seconds, median_seconds_interleaved
+from ..timing import median_seconds, median_seconds_interleaved
 
 
 def export_onnx(model, example, workdir: Path) -> tuple[Path, Path]:

@@ -17,7 +17,7 @@ ARM = resolve_target("aarch64", 1)
 
 
 def _trials_on(port: int) -> int:
-    return sum(f"load_module" in line and TRIAL_PREFIX in line for line in server_log(port).read_text().splitlines())
+    return sum("load_module" in line and TRIAL_PREFIX in line for line in server_log(port).read_text().splitlines())
 
 
 @pytest.mark.arm

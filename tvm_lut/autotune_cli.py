@@ -85,6 +85,7 @@ def task_setup(name: str, quick: bool = False, batch: int | None = None, length:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tvm_lut.model_spec import add_db_argument, add_output_argument, add_progress_argument, add_threads_argument
+    from tvm_lut.target_args import add_target_arguments
 
     parser.add_argument("model", choices=MODELS, help="the built-in model (its task brings data and a metric)")
     add_output_argument(parser, "output directory: the artifact (`tvm-lut compile OUT_DIR` builds it) with plan.json, "
@@ -110,6 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-trials", type=int, metavar="N",
                         help="then tune the chosen plan's functions into --db, N trials each")
     add_threads_argument(parser)
+    add_target_arguments(parser, rpc=True)
     add_progress_argument(parser)
 
 
@@ -129,11 +131,11 @@ def autotune_config(args):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from schedules import host_target
     from tvm_lut.autotuning.driver import autotune
     from tvm_lut.autotuning.output import state_dir
     from tvm_lut.model_spec import progress_from_args, threads_from_args
     from tvm_lut.pq.config import PQConfig
+    from tvm_lut.target_args import resolve_target, resolve_tracker
 
     if args.tune_trials is not None and args.db is None:
         raise SystemExit("tvm-lut autotune: --tune-trials needs --db (the tuning database to write)")
@@ -144,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     threads = threads_from_args(args)
     progress = progress_from_args(args)
     torch.set_num_threads(threads)
-    target = host_target(threads)
+    target = resolve_target(args)
+    tracker = resolve_tracker(args, target)
     try:
         state_dir(args.output)  # before any work: a directory the result may not go to
     except ValueError as err:
@@ -154,21 +157,21 @@ def run(args: argparse.Namespace) -> int:
     learning = PQConfig.from_json(args.pq_config.read_text()) if args.pq_config else setup.learning
     result = autotune(setup.model, setup.calib, setup.eval_fn, config, target, args.db,
                       example_inputs=setup.example_inputs, learning=learning, learn_batches=setup.learn,
-                      out_dir=args.output, source=args.model, progress=progress)
+                      out_dir=args.output, source=args.model, progress=progress, tracker=tracker)
     print(result.plan.table())
     print("wall time by part (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
     if args.tune_trials is not None and result.bundle is not None:
-        _tune_plan(result, setup.example_inputs, target, args.db, args.tune_trials)
+        _tune_plan(result, setup.example_inputs, target, args.db, args.tune_trials, tracker)
     print(f"wrote {args.output} (plan.json, report.txt, plans.png)")
     return 0
 
 
-def _tune_plan(result, example_inputs, target, db, trials: int) -> None:
+def _tune_plan(result, example_inputs, target, db, trials: int, tracker=None) -> None:
     """MetaSchedule tuning of the chosen plan's functions (the PQ kernels carry their own schedule)."""
     from relay_passes.pipeline import prepare
     from schedules.tuning import tune
     from tvm_lut.frontend import from_torch
 
     mod = prepare(from_torch(result.model, example_inputs), target, bundle=result.bundle)
-    for task in tune(mod, target, db, trials_per_task=trials):
+    for task in tune(mod, target, db, trials_per_task=trials, tracker=tracker):
         print(f"tuned {task.name}: {task.trials} trials, best {task.best_ms} ms")

@@ -22,7 +22,7 @@ EXACT_US = {"linear w[64, 32]": 20.0, "linear w[64, 64]": 30.0, "linear w[4, 64]
 PQ_FACTOR = {"linear w[64, 32]": 0.5, "linear w[64, 64]": 0.6, "linear w[4, 64]": 1.5}
 
 
-def fake_measure(spec, choices, target, database=None):
+def fake_measure(spec, choices, target, database=None, tracker=None):
     key = spec.key().split(" x")[0]
     return {choice: EXACT_US[key] * (1.0 if choice.exact else PQ_FACTOR[key] * (0.75 + choice.K / 64 + choice.V / 256))
             for choice in choices}

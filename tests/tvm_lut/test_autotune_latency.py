@@ -50,3 +50,23 @@ def test_a_target_without_lookups_records_pq_as_not_served(tmp_path):
     table.measure([SPEC], {"fc": [Choice(16, 8)]}, plain, progress=False)
     assert table.get(SPEC, Choice(16, 8)) is None
     assert "no lookup intrinsic" in table.reason(SPEC, Choice(16, 8))
+
+
+def test_a_target_that_does_not_run_here_needs_a_device(tmp_path):
+    from schedules.target import resolve_target
+
+    arm = resolve_target("aarch64", 1)
+    with pytest.raises(ValueError, match="does not run on this machine"):
+        LatencyTable(arm, tmp_path / "latency.json").measure([SPEC], {"fc": [EXACT]}, arm, progress=False)
+
+
+@pytest.mark.arm
+def test_latencies_of_an_aarch64_target_are_measured_on_the_device(device_pool, tmp_path):
+    """The latency table of a target that is not the host, timed on the tracker's device: the exact layer, and a
+    K=8 PQ choice built with NEON `tbl` lookups."""
+    from schedules.target import resolve_target
+
+    arm = resolve_target("aarch64", 1)
+    table = LatencyTable(arm, tmp_path / "latency.json")
+    table.measure([SPEC], {"fc": [EXACT, Choice(8, 4)]}, arm, progress=False, tracker=device_pool)
+    assert table.get(SPEC, EXACT) > 0 and table.get(SPEC, Choice(8, 4)) > 0

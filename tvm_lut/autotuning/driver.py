@@ -106,7 +106,8 @@ class _State:
 
 def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: AutotuneConfig, target=None,
              database=None, *, example_inputs: tuple | None = None, learning: PQConfig | None = None,
-             learn_batches=None, out_dir=None, source: str = "python", progress: bool = True) -> AutotuneResult:
+             learn_batches=None, out_dir=None, source: str = "python", progress: bool = True,
+             tracker=None) -> AutotuneResult:
     """Choose exact or PQ (K, V) per layer of `model` (see the module docstring).
 
     calib_batches: batches (`tvm_lut.batches`) for the sensitivity and k-means; learn_batches: for learning
@@ -114,8 +115,10 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
     eval_fn(model) -> float: the user's metric on held-out data, higher is better; called on torch models.
     config: what may be chosen and the budget. learning: how centroids are learned (`PQConfig`; its K, V and
         layer selection are replaced by each plan's).
-    target: the target latencies are measured for (default `schedules.host_target()`); database: a tuning
-        directory (`tvm-lut tune --db`): its records time the exact layers and it caches the latency table.
+    target: the target latencies are measured for (default `schedules.host_target()`; a preset name or a TVM target,
+        `schedules.target.resolve_target`); tracker: a `schedules.rpc.Tracker` whose devices measure them (needed
+        for a target that does not run here); database: a tuning directory (`tvm-lut tune --db`): its records time
+        the exact layers and it caches the latency table.
     example_inputs: the inputs the model is deployed with (latency depends on their shape); default: the inputs
         of the first calibration batch.
     out_dir: where state is kept as it is produced, and the result written (`tvm_lut.autotuning.output`); the
@@ -123,7 +126,7 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
     """
     import torch
 
-    from schedules import host_target
+    from schedules.target import resolve_target
     from tvm_lut.batches import as_batch_list, split_batch
 
     if not isinstance(config, AutotuneConfig):
@@ -134,7 +137,7 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
     learn = calib if learn_batches is None else as_batch_list(learn_batches)
     learning = PQConfig() if learning is None else learning
     example_inputs = split_batch(calib[0])[0] if example_inputs is None else tuple(example_inputs)
-    target = host_target() if target is None else target
+    target = resolve_target(target)
     out_dir = None if out_dir is None else Path(out_dir)
     work_dir = None if out_dir is None else state_dir(out_dir)
     state = _State(None if work_dir is None else work_dir / STATE_NAME, config)
@@ -151,7 +154,7 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
 
     with state.timed("latency"):
         latencies = LatencyTable(target, cache_path(database, target, work_dir))
-        latencies.measure(specs, choices, target, database, progress=progress)
+        latencies.measure(specs, choices, target, database, progress=progress, tracker=tracker)
     choices = {name: [c for c in options if latencies.get(_spec(specs, name), c) is not None]
                for name, options in choices.items()}
 

@@ -91,9 +91,9 @@ class LatencyTable:
         self.save()
 
     def measure(self, specs: list[LayerSpec], choices: dict[str, list[Choice]], target, database=None,
-                progress: bool = True) -> int:
+                progress: bool = True, tracker=None) -> int:
         """Measure every (layer, choice) not cached yet, a layer's choices together; returns how many were
-        measured."""
+        measured. `tracker` (`schedules.rpc.Tracker`): time them on a device of its pool instead of here."""
         from tqdm import tqdm
 
         todo: dict[str, tuple[LayerSpec, list[Choice]]] = {}  # equal shapes are measured once
@@ -103,7 +103,7 @@ class LatencyTable:
                 listed = todo.setdefault(spec.key(), (spec, []))[1]
                 listed += [c for c in missing if c not in listed]
         for spec, missing in tqdm(list(todo.values()), desc="latency table", unit="layer", disable=not progress):
-            for choice, measured in measure_choices(spec, missing, target, database).items():
+            for choice, measured in measure_choices(spec, missing, target, database, tracker).items():
                 if isinstance(measured, NotServed):
                     log.warning("%s %s: not served: %s", spec.name, choice.label, measured)
                     self.record(spec, choice, None, str(measured))
@@ -141,21 +141,32 @@ def candidate_bundle(spec: LayerSpec, module, choice: Choice):
     return Bundle({spec.name: PQTable.from_weight(centroids, weight, bias, **geometry)})
 
 
-def measure_choices(spec: LayerSpec, choices: list[Choice], target, database=None) -> dict:
+def measure_choices(spec: LayerSpec, choices: list[Choice], target, database=None, tracker=None) -> dict:
     """Median microseconds of one call of the layer under each choice (or the `NotServed` reason), the choices
-    built first and then timed taking turns."""
+    built first and then timed taking turns: here, or on one device of `tracker`'s pool (uploaded, cross-linked).
+    A target that cannot run here needs the tracker."""
     import tvm
+    from tvm import relax
 
+    from schedules.rpc import upload_library
+    from schedules.target import runs_on_host
     from schedules.tuning import evaluator
 
+    if tracker is None and not runs_on_host(target):
+        raise ValueError(f"target {target} does not run on this machine: measure its latencies on a device "
+                         "(tracker=..., or --rpc-tracker HOST:PORT --rpc-key KEY)")
+    session = None if tracker is None else tracker.session()
+    device = tvm.cpu() if session is None else session.cpu()
+    x = tvm.runtime.tensor(np.random.default_rng(1).standard_normal(spec.input_shape).astype(np.float32), device)
     timers, results = {}, {}
     for choice in choices:
         try:
-            vm, x = _build(spec, choice, target, database)
+            executable = _build(spec, choice, target, database)
         except NotServed as reason:
             results[choice] = reason
             continue
-        timers[choice] = (evaluator(vm, "main", tvm.cpu()), x)
+        loaded = executable if session is None else upload_library(session, executable, target)
+        timers[choice] = (evaluator(relax.VirtualMachine(loaded, device), "main", device), x)
     seconds = {choice: [] for choice in timers}
     for _ in range(ROUNDS):
         for choice, (timer, x) in timers.items():
@@ -167,10 +178,8 @@ def measure_choices(spec: LayerSpec, choices: list[Choice], target, database=Non
 
 
 def _build(spec: LayerSpec, choice: Choice, target, database=None):
-    """The one-layer model under `choice`, compiled for `target`: (VirtualMachine, input tensor)."""
+    """The one-layer model under `choice`, compiled for `target` (raises `NotServed` when the pass kept it exact)."""
     import torch
-    import tvm
-    from tvm import relax
 
     from schedules.tuning import open_database
     from tvm_lut.compiler import compile as compile_model
@@ -190,6 +199,4 @@ def _build(spec: LayerSpec, choice: Choice, target, database=None):
         if not report["replaced"]:
             reasons = [entry["reason"] for entry in report["kept"]] or ["the pass did not match the layer"]
             raise NotServed("; ".join(reasons))
-    device = tvm.cpu()
-    x = tvm.runtime.tensor(np.random.default_rng(1).standard_normal(spec.input_shape).astype(np.float32), device)
-    return relax.VirtualMachine(executable, device), x
+    return executable

@@ -119,16 +119,11 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
 def add_arguments(parser) -> None:
     """`tvm-lut compile MODEL -o lib.so`: compile with the rules (and tuning records, LUT tables) and print the report."""
     from tvm_lut import model_spec
-    from tvm_lut.target_args import add_target_arguments
 
-    model_spec.add_model_argument(parser)
-    model_spec.add_lut_arguments(parser)
-    add_target_arguments(parser)
+    model_spec.add_build_arguments(parser, "a tuning database written by `tvm-lut tune` (read only; only the records "
+                                   "of --target apply)")
     model_spec.add_output_argument(parser, "the shared library to write (load it with tvm.runtime.load_module and "
                                    "run it with relax.VirtualMachine)")
-    model_spec.add_db_argument(parser, "a tuning database written by `tvm-lut tune` (read only; only the records of "
-                               "--target apply)")
-    model_spec.add_threads_argument(parser)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the compile report as JSON")
 
 
@@ -137,12 +132,8 @@ def run(args) -> int:
 
     from schedules.target import export_library
     from tvm_lut import model_spec
-    from tvm_lut.target_args import resolve_target
 
-    source = model_spec.model_from_args(args)
-    bundle = model_spec.bundle_from_args(args, source)
-    model_spec.threads_from_args(args)  # validates --threads
-    target = resolve_target(args)
+    source, bundle, target = model_spec.build_from_args(args)
     try:
         executable = compile(source.import_module(), bundle, target, nonlinear=args.nonlinear, database=args.db,
                              winograd=args.winograd)

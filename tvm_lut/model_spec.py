@@ -371,6 +371,29 @@ def add_lut_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep 3x3 convs direct (default: Winograd F(2x2, 3x3), relay_passes.WinogradConv2d)")
 
 
+def add_build_arguments(parser: argparse.ArgumentParser, db_help: str, *, db_required: bool = False,
+                        rpc: bool = False) -> None:
+    """What every command that builds a model takes: MODEL and its inputs, the tables, `--target` (and with `rpc`
+    the tracker), `--db`, `--threads`."""
+    from tvm_lut.target_args import add_target_arguments
+
+    add_model_argument(parser)
+    add_lut_arguments(parser)
+    add_target_arguments(parser, rpc=rpc)
+    add_db_argument(parser, db_help, required=db_required)
+    add_threads_argument(parser)
+
+
+def build_from_args(args: argparse.Namespace):
+    """(model source, bundle or None, target) of `add_build_arguments`' options, each checked."""
+    from tvm_lut.target_args import resolve_target
+
+    source = model_from_args(args)
+    bundle = bundle_from_args(args, source)
+    threads_from_args(args)  # validates --threads
+    return source, bundle, resolve_target(args)
+
+
 def bundle_from_args(args: argparse.Namespace, source: ModelSource):
     """The bundle to build with: the artifact's, or `--bundle` (not both)."""
     from tvm_lut.bundle import Bundle, BundleError

@@ -170,13 +170,8 @@ def profile_model(mod, inputs=None, target=None, repeat: int = 5, **compile_opti
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tvm_lut import model_spec
-    from tvm_lut.target_args import add_target_arguments
 
-    model_spec.add_model_argument(parser)
-    model_spec.add_lut_arguments(parser)
-    add_target_arguments(parser)
-    model_spec.add_db_argument(parser, "a tuning database written by `tvm-lut tune` (read only)")
-    model_spec.add_threads_argument(parser)
+    model_spec.add_build_arguments(parser, "a tuning database written by `tvm-lut tune` (read only)")
     parser.add_argument("--top", type=int, default=25, help="functions to list, slowest first (25; 0: all)")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions per kernel call (median; 5)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the profile and the compile report as JSON")
@@ -187,12 +182,8 @@ def run(args) -> int:
 
     from schedules.target import runs_on_host
     from tvm_lut import model_spec
-    from tvm_lut.target_args import resolve_target
 
-    source = model_spec.model_from_args(args)
-    bundle = model_spec.bundle_from_args(args, source)
-    model_spec.threads_from_args(args)  # validates --threads
-    target = resolve_target(args)
+    source, bundle, target = model_spec.build_from_args(args)
     if not runs_on_host(target):
         raise model_spec.UsageError(f"tvm-lut profile runs the model here; target {args.target!r} does not run on this "
                                     "CPU (measure it on the device: tvm-lut bench device --rpc-tracker ...)")

@@ -16,13 +16,8 @@ from tvm_lut import model_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tvm_lut.target_args import add_target_arguments
-
-    model_spec.add_model_argument(parser)
-    model_spec.add_lut_arguments(parser)
-    add_target_arguments(parser, rpc=True)
-    model_spec.add_db_argument(parser, "tuning database directory (created; one folder per target)", required=True)
-    model_spec.add_threads_argument(parser)
+    model_spec.add_build_arguments(parser, "tuning database directory (created; one folder per target)",
+                                   db_required=True, rpc=True)
     parser.add_argument("--trials", type=int, default=64, help="measured trials per function, including the "
                         "rules' own schedule (64)")
     parser.add_argument("--trials-per-iter", type=int, default=16, help="candidates measured per search round (16)")
@@ -31,12 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from relay_passes.pipeline import prepare
     from schedules.tuning import tune
-    from tvm_lut.target_args import resolve_target, resolve_tracker
+    from tvm_lut.target_args import resolve_tracker
 
-    source = model_spec.model_from_args(args)
-    bundle = model_spec.bundle_from_args(args, source)
-    model_spec.threads_from_args(args)  # validates --threads
-    target = resolve_target(args)
+    source, bundle, target = model_spec.build_from_args(args)
     tracker = resolve_tracker(args, target)
     mod = prepare(source.import_module(), target, bundle=bundle, nonlinear=args.nonlinear, winograd=args.winograd)
     try:

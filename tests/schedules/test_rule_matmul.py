@@ -105,11 +105,15 @@ def test_repacks_only_large_two_dimensional_weights(a_shape, b_shape, packed):
     np.testing.assert_allclose(run(func, x, w), x @ w, rtol=1e-4, atol=1e-4)
 
 
-def test_the_pipeline_folds_a_constant_weight_into_panels():
+@pytest.mark.parametrize("m, k, n", [
+    (64, 384, 1536),  # MiniLM's FFN
+    (197, 384, 197),  # ragged (ViT's 197 tokens): the zero padding and the panels fold into one constant
+])
+def test_the_pipeline_folds_a_constant_weight_into_panels(m, k, n):
     """Through the `tvm_lut` pipeline a constant weight is repacked once at compile time: no repacking call runs."""
     builder = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((64, 384), "float32"))
-    weight = RNG.standard_normal((384, 1536), dtype="float32")
+    x = relax.Var("x", relax.TensorType((m, k), "float32"))
+    weight = RNG.standard_normal((k, n), dtype="float32")
     with builder.function("main", [x]):
         with builder.dataflow():
             out = builder.emit_output(builder.emit(relax.op.nn.relu(relax.op.matmul(x, relax.const(weight)))))
@@ -117,6 +121,6 @@ def test_the_pipeline_folds_a_constant_weight_into_panels():
     executable = tvm.compile(builder.get(), target=TARGET, relax_pipeline=tvm_lut_pipeline(target=TARGET))
     calls = executable.as_text().split("@main:")[1].split("\n\n")[0]
     assert "_prepacked" in calls and "_weight_prepack" not in calls
-    data = RNG.standard_normal((64, 384), dtype="float32")
+    data = RNG.standard_normal((m, k), dtype="float32")
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
     np.testing.assert_allclose(got, np.maximum(data @ weight, 0), rtol=1e-4, atol=1e-4)

@@ -2,12 +2,10 @@
 
 import numpy as np
 import pytest
-import tvm
-from tvm import relax, te, topi
+from tvm import te, topi
 
-from relay_passes.pipeline import tvm_lut_pipeline
 from schedules.rules import Matmul
-from tests.schedules.rule_harness import TARGET, run, scheduled
+from tests.schedules.rule_harness import run, scheduled
 from tests.schedules.test_rule_matmul import _matmul
 
 RNG = np.random.default_rng(13)
@@ -47,20 +45,3 @@ def test_ragged_matmul_without_epilogue_keeps_nan_and_inf_in_place():
 def test_tile_friendly_shapes_are_not_padded():
     a, b = te.placeholder((128, 64), name="a"), te.placeholder((64, 96), name="b")
     assert "_pad" not in scheduled(Matmul(), te.create_prim_func([a, b, _matmul(a, b)])).script()
-
-
-def test_a_ragged_constant_weight_is_padded_and_repacked_at_compile_time():
-    """ViT's dense layers at 197 tokens, a weight of 197 columns: padding and panels fold into one constant."""
-    builder = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((197, 384), "float32"))
-    weight = RNG.standard_normal((384, 197), dtype="float32")
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            out = builder.emit_output(builder.emit(relax.op.nn.relu(relax.op.matmul(x, relax.const(weight)))))
-        builder.emit_func_output(out)
-    executable = tvm.compile(builder.get(), target=TARGET, relax_pipeline=tvm_lut_pipeline(target=TARGET))
-    calls = executable.as_text().split("@main:")[1].split("\n\n")[0]
-    assert "_prepacked" in calls and "_weight_prepack" not in calls
-    data = RNG.standard_normal((197, 384), dtype="float32")
-    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
-    np.testing.assert_allclose(got, np.maximum(data @ weight, 0), rtol=1e-4, atol=1e-4)

@@ -41,22 +41,22 @@ class DeviceCheck:
 
 
 def model_and_inputs(name: str, batch: int, length: int = 64, seed: int = 0):
-    """A built-in model ("minilm-l6": token ids and mask of `batch` x `length`; "fashion-cnn": `batch` random images)
-    as (torch model, example tensors)."""
+    """A built-in model (`tvm_lut.model_spec.builtin_model`: "minilm-l6" with token ids and mask of `batch` x
+    `length`; "fashion-cnn", its random weights seeded, with `batch` random images) as (torch model, example
+    tensors)."""
     import torch
 
+    from tvm_lut.model_spec import BUILTIN_MODELS, builtin_model
+
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown model {name!r}: one of {', '.join(BUILTIN_MODELS)}")
     generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the CNN's random weights
+    model = builtin_model(name)
     if name == "fashion-cnn":
-        from tvm_lut.models.cnn import FashionCNN
-
-        torch.manual_seed(seed)  # the CNN's random weights
-        return FashionCNN().eval(), (torch.randn((batch, 1, 28, 28), generator=generator),)
-    if name == "minilm-l6":
-        from tvm_lut.models.minilm import load_minilm
-
-        ids = torch.randint(1000, 20000, (batch, length), generator=generator)
-        return load_minilm(), (ids, torch.ones_like(ids))
-    raise ValueError(f"unknown model {name!r}: minilm-l6 or fashion-cnn")
+        return model, (torch.randn((batch, 1, 28, 28), generator=generator),)
+    ids = torch.randint(1000, 20000, (batch, length), generator=generator)
+    return model, (ids, torch.ones_like(ids))
 
 
 def kmeans_pq_bundle(model, example: tuple, config=None):

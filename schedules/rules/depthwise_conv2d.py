@@ -107,7 +107,7 @@ class DepthwiseConv2d(CPURule):
         lanes = vector_lanes(target, output_dtype(sch, conv.block_rv))
 
         loops = sch.get_loops(conv.block_rv)
-        plane, (oh, ow, *taps) = loops[:plane_axes], loops[plane_axes:]
+        plane, (_, ow, *taps) = loops[:plane_axes], loops[plane_axes:]
         work = math.prod(static_extent(sch, loop) for loop in loops)
         anchor = sch.fuse(*plane) if len(plane) > 1 else plane[0]
         parallelize(sch, anchor, work, target)

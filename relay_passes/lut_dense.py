@@ -12,7 +12,8 @@ A conv2d's encode reads its im2col rows from the NCHW input; its lookup writes (
 pixels, which is NCHW for one image (a reshape) and needs only the (O, B) axes swapped for a batch (a dense layer's
 (rows, O) would need a transpose of the whole activation). A dense layer with a few rows takes the few-row kernels
 (`FEW_ROWS`). The kernels carry their own schedule (`tirx.is_scheduled`), tensorized with the target's lookup
-intrinsic (`schedules.intrin`: AVX2 / AVX-512BW `vpshufb`, NEON `tbl`).
+intrinsic (`schedules.intrin`: AVX2 / AVX-512BW `vpshufb`, NEON `tbl`); a dense layer on a target with AVX-512
+VBMI + VNNI and M % 16 == 0 takes the `vpermb` + `vpdpbusd` lookup (`schedules.kernels.pq_lookup_dot`) instead.
 
 Precondition: high-level Relax ops, as imported; the pass sits before LegalizeOps (phase 1 of the `tvm_lut`
 pipeline), like `LUTNonlinear`. Served: float32, static shapes, K <= 16, a target with a lookup intrinsic. A layer
@@ -144,10 +145,13 @@ class _DenseRewriter(LUTRewriter):
         and the lookup kernel's name. A dense layer with a few rows takes the few-row kernels (`FEW_ROWS`)."""
         from schedules.kernels.pq_encode import pack_centroids, pq_encode_func
         from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
+        from schedules.kernels.pq_lookup_dot import (DotLookupLayout, dot_lookup_supported, pack_table_dot,
+                                                     pq_lookup_dot_func)
         from schedules.kernels.pq_rows import pack_centroids_by_dim, pq_encode_rows_func, pq_lookup_rows_func
 
         few_rows = source is None and rows <= self.intrin.lanes // FEW_ROWS
-        layout = LookupLayout(rows, table.C, table.K, table.M, self.intrin.lanes)
+        dot = source is None and not few_rows and dot_lookup_supported(self.target, table.M)
+        layout = (DotLookupLayout if dot else LookupLayout)(rows, table.C, table.K, table.M, self.intrin.lanes)
         key = (name, rows, source)
         if key not in self._kernels:
             if few_rows:
@@ -155,7 +159,8 @@ class _DenseRewriter(LUTRewriter):
                 lookup = pq_lookup_rows_func(rows, table.C, table.K, table.M)
             else:
                 encode = pq_encode_func(layout, table.V, source)
-                lookup = pq_lookup_func(layout, self.intrin, columns=source is not None)
+                lookup = (pq_lookup_dot_func(layout) if dot else
+                          pq_lookup_func(layout, self.intrin, columns=source is not None))
             self._kernels[key] = (self.builder.add_func(encode.without_attr("global_symbol"), f"pq_encode_{name}"),
                                   self.builder.add_func(lookup.without_attr("global_symbol"), f"pq_lookup_{name}"))
         encode_gv, lookup_gv = self._kernels[key]
@@ -166,7 +171,7 @@ class _DenseRewriter(LUTRewriter):
         else:
             centroids, codes_ty, lookup_table = (pack_centroids(table.centroids, layout),
                                                  relax.TensorType(layout.codes_shape, "uint8"),
-                                                 pack_table(table.table, layout))
+                                                 (pack_table_dot if dot else pack_table)(table.table, layout))
         codes = relax.call_tir(encode_gv, [x, relax.const(centroids)], codes_ty)
         y_shape = (table.M, rows) if source is not None else (rows, table.M)
         y = relax.call_tir(lookup_gv, [codes, relax.const(lookup_table), relax.const(table.scale), relax.const(bias)],

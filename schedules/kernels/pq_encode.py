@@ -28,7 +28,10 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from ..intrin import TABLE_ENTRIES
 from .pq_lookup import LookupLayout
+from .pq_lookup_dot import GROUP, DotLookupLayout
+from .transpose16 import HALF, SQUARE, transpose_16x16
 
 
 @dataclass(frozen=True)
@@ -111,34 +114,10 @@ def pq_encode_reference(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return codes
 
 
-_SQUARE = 16  # V = 16 and 16-lane blocks of rows: the tile is filled by 16 x 16 transposes in registers
-
-
-def _swap_indices(h: int) -> tuple[list[int], list[int]]:
-    """Shuffle indices of one transpose stage: rows `lo` and `lo + h` (bit h of lo clear) of a 16 x 16 block
-    exchange the entries whose column has bit h opposite to the row's. After the stages h = 8, 4, 2, 1 every entry
-    (r, j) has moved to (j, r): 64 two-register shuffles per block instead of 256 strided loads."""
-    low = [j if j & h == 0 else _SQUARE + (j ^ h) for j in range(_SQUARE)]
-    high = [j | h if j & h == 0 else _SQUARE + j for j in range(_SQUARE)]
-    return low, high
-
-
-_SWAP = {h: _swap_indices(h) for h in (8, 4, 2, 1)}
-_ALL = T.ramp(0, 1, _SQUARE)
-
-
-def _low(pair, h):
-    """The lower row of pair number `pair` at stage h (the rows whose bit h is clear, in order)."""
-    return pair // h * 2 * h + pair % h
-
-
-def _swap(block, low, h, upper):
-    """Row `low` (upper=0) or `low + h` (upper=1) of `block` after the stage-h exchange."""
-    return T.Shuffle([block[low, _ALL], block[low + h, _ALL]], _SWAP[h][upper])
-
-
-def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2col | None = None) -> tvm.tirx.PrimFunc:
-    """The scheduled encode PrimFunc `(x, centroids (CP, K, V)) -> codes (NB, CP, L) uint8`.
+def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
+                   source: DenseRows | Im2col | None = None) -> tvm.tirx.PrimFunc:
+    """The scheduled encode PrimFunc `(x, centroids (CP, K, V)) -> codes`: (NB, CP, L) uint8 for a `LookupLayout`,
+    the dot-product lookup's (NG, CG, 64) for a `DotLookupLayout`.
 
     `source` says how rows are read from `x`: `DenseRows` (the default, x is (N, C*V)) or `Im2col` (x is a conv's
     NCHW input); its rows and features must be the layout's N and C * V.
@@ -152,7 +131,9 @@ def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2co
         raise ValueError(f"{source} gives {source.rows} rows of {source.features} features; the layout needs "
                          f"{num_rows} rows of C * V = {features}")
     padded = layout.padded_codebooks
-    transpose_in_registers = (isinstance(source, DenseRows) and sub_len == _SQUARE and lanes % _SQUARE == 0)
+    dot = isinstance(layout, DotLookupLayout)  # the codes in `pq_lookup_dot`'s layout, else in `pq_lookup`'s
+    groups_per_block = lanes // SQUARE
+    transpose_in_registers = (isinstance(source, DenseRows) and sub_len == SQUARE and lanes % SQUARE == 0)
     group = next(g for g in (4, 2, 1) if num_centroids % g == 0)
 
     im2col = isinstance(source, Im2col)
@@ -191,25 +172,18 @@ def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2co
                 best = T.alloc_local((lanes,), "float32")
                 best_k = T.alloc_local((lanes,), "int32")
                 # Rows past N repeat row N-1 (conv patches: zeros): their codes are computed but never used.
-                if transpose_in_registers:  # 16 x 16 blocks transposed by shuffles (see `_swap_indices`)
-                    for half in range(lanes // _SQUARE):
-                        rows = T.alloc_local((_SQUARE, _SQUARE), "float32")
-                        swapped = T.alloc_local((_SQUARE, _SQUARE), "float32")
-                        for r in T.unroll(_SQUARE):
-                            rows[r, _ALL] = x[T.min(block * lanes + half * _SQUARE + r, num_rows - 1),
-                                              T.ramp(c * _SQUARE, 1, _SQUARE)]
-                        for p in T.unroll(_SQUARE // 2):
-                            swapped[_low(p, 8), _ALL] = _swap(rows, _low(p, 8), 8, 0)
-                            swapped[_low(p, 8) + 8, _ALL] = _swap(rows, _low(p, 8), 8, 1)
-                        for p in T.unroll(_SQUARE // 2):
-                            rows[_low(p, 4), _ALL] = _swap(swapped, _low(p, 4), 4, 0)
-                            rows[_low(p, 4) + 4, _ALL] = _swap(swapped, _low(p, 4), 4, 1)
-                        for p in T.unroll(_SQUARE // 2):
-                            swapped[_low(p, 2), _ALL] = _swap(rows, _low(p, 2), 2, 0)
-                            swapped[_low(p, 2) + 2, _ALL] = _swap(rows, _low(p, 2), 2, 1)
-                        for p in T.unroll(_SQUARE // 2):
-                            tile[_low(p, 1), T.ramp(half * _SQUARE, 1, _SQUARE)] = _swap(swapped, _low(p, 1), 1, 0)
-                            tile[_low(p, 1) + 1, T.ramp(half * _SQUARE, 1, _SQUARE)] = _swap(swapped, _low(p, 1), 1, 1)
+                if transpose_in_registers:  # 16 x 16 blocks transposed by shuffles (`transpose16`)
+                    for half in range(lanes // SQUARE):
+                        head = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
+                        tail = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
+                        scratch_head = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
+                        scratch_tail = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
+                        for r in T.unroll(HALF):
+                            head[r, T.ramp(0, 1, SQUARE)] = x[T.min(block * lanes + half * SQUARE + r, num_rows - 1),
+                                                             T.ramp(c * SQUARE, 1, SQUARE)]
+                            tail[r, T.ramp(0, 1, SQUARE)] = x[
+                                T.min(block * lanes + half * SQUARE + HALF + r, num_rows - 1), T.ramp(c * SQUARE, 1, SQUARE)]
+                        transpose_16x16(head, tail, scratch_head, scratch_tail, tile, 0, half * SQUARE)
                 elif im2col:
                     for v in range(sub_len):
                         for i in T.vectorized(lanes):
@@ -237,9 +211,19 @@ def pq_encode_func(layout: LookupLayout, sub_len: int, source: DenseRows | Im2co
                         for i in T.vectorized(lanes):
                             best_k[i] = T.Select(dist[k_inner, i] < best[i], k_outer * group + k_inner, best_k[i])
                             best[i] = T.Select(dist[k_inner, i] < best[i], dist[k_inner, i], best[i])
-                for i in T.vectorized(lanes):
-                    codes[block, c, i] = T.Cast("uint8", best_k[i])
-            for c, i in T.grid(padded - layout.codebooks, lanes):
-                codes[block, layout.codebooks + c, i] = T.uint8(0)
+                if dot:  # row i's byte of its 16-row group and 4-codebook group, offset by 16 (c % 4)
+                    for i in range(lanes):
+                        codes[block * groups_per_block + i // SQUARE, c // GROUP, i % SQUARE * GROUP + c % GROUP] = (
+                            T.Cast("uint8", best_k[i] + c % GROUP * TABLE_ENTRIES))
+                else:
+                    for i in T.vectorized(lanes):
+                        codes[block, c, i] = T.Cast("uint8", best_k[i])
+            for c, i in T.grid(padded - layout.codebooks, lanes):  # padded codebooks: code 0
+                if dot:
+                    codes[block * groups_per_block + i // SQUARE, (layout.codebooks + c) // GROUP,
+                          i % SQUARE * GROUP + (layout.codebooks + c) % GROUP] = T.Cast(
+                        "uint8", (layout.codebooks + c) % GROUP * TABLE_ENTRIES)
+                else:
+                    codes[block, layout.codebooks + c, i] = T.uint8(0)
 
     return pq_encode

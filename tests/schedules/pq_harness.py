@@ -7,9 +7,12 @@ from schedules import host_target
 from schedules.intrin import lookup_intrin
 from schedules.kernels.pq_encode import pack_centroids, pq_encode_func
 from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
+from schedules.kernels.pq_lookup_dot import (DotLookupLayout, dot_lookup_supported, pack_codes_dot, pack_table_dot,
+                                             pq_lookup_dot_func)
 
 TARGET = host_target()
 INTRIN = lookup_intrin(TARGET)
+DOT_LOOKUP = INTRIN is not None and dot_lookup_supported(TARGET, 16)  # AVX-512 VBMI + VNNI here
 
 
 def build(func: tvm.tirx.PrimFunc, target=TARGET):
@@ -48,10 +51,34 @@ def run_lookup(codes, table, scale, bias, intrin=INTRIN, execute=execute_here, c
     return out.T if columns else out
 
 
-def run_encode(x, centroids, lanes=None, source=None, execute=execute_here):
-    """The compiled encode kernel: x (N, C*V) (or a conv input with `source`), centroids (C, K, V) -> codes (N, C)."""
+def run_encode(x, centroids, lanes=None, source=None, execute=execute_here, dot=False):
+    """The compiled encode kernel: x (N, C*V) (or a conv input with `source`), centroids (C, K, V) -> codes (N, C);
+    with `dot`, written in the dot-product lookup's layout (and unpacked from it)."""
     num_codebooks, num_centroids, sub_len = centroids.shape
     rows = x.shape[0] if source is None else source.rows
-    layout = LookupLayout(rows, num_codebooks, num_centroids, 1, lanes or INTRIN.lanes)
+    if dot:
+        layout = DotLookupLayout(rows, num_codebooks, num_centroids, 16, lanes or INTRIN.lanes)
+    else:
+        layout = LookupLayout(rows, num_codebooks, num_centroids, 1, lanes or INTRIN.lanes)
     arrays = [x, pack_centroids(centroids, layout), np.full(layout.codes_shape, 255, np.uint8)]
-    return unpack_codes(execute(pq_encode_func(layout, sub_len, source), arrays)[-1], rows, num_codebooks)
+    codes = execute(pq_encode_func(layout, sub_len, source), arrays)[-1]
+    return unpack_codes_dot(codes, layout) if dot else unpack_codes(codes, rows, num_codebooks)
+
+
+def unpack_codes_dot(packed: np.ndarray, layout: DotLookupLayout) -> np.ndarray:
+    """(NG, CG, 64) -> (N, C), checking that every padded codebook holds code 0 (its offset alone)."""
+    grouped = packed.reshape(layout.row_groups, layout.codebook_groups, 16, 4).transpose(0, 2, 1, 3)
+    codes = grouped.reshape(layout.row_groups * 16, layout.padded_codebooks).astype(np.int64)
+    codes -= np.arange(layout.padded_codebooks) % 4 * 16
+    assert (codes[:, layout.codebooks:] == 0).all()
+    return codes[:layout.rows, :layout.codebooks]
+
+
+def run_lookup_dot(codes, table, scale, bias, lanes=32):
+    """The compiled dot-product lookup on unpacked operands (as `run_lookup`) -> (N, M) float32."""
+    layout = DotLookupLayout(codes.shape[0], table.shape[0], table.shape[1], table.shape[2], lanes)
+    bias = np.zeros(table.shape[2], np.float32) if bias is None else bias
+    scale = np.broadcast_to(np.asarray(scale, np.float32), (table.shape[2],))
+    arrays = [pack_codes_dot(codes, layout), pack_table_dot(table, layout), scale, bias,
+              np.zeros((codes.shape[0], layout.outputs), np.float32)]
+    return execute_here(pq_lookup_dot_func(layout), arrays)[-1]

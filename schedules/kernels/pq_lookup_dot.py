@@ -1,0 +1,176 @@
+"""LUT-NN lookup-accumulate on AVX-512 VBMI + VNNI: `vpermb` looks up 4 codebooks for 16 rows at once, `vpdpbusd`
+adds each row's 4 entries into its int32 accumulator. Same result as `pq_lookup` (`pq_lookup_reference`: exact
+integer sums, then `float32(acc) * scale + bias`) in about a third of the instructions.
+
+The `vpshufb` kernel (`pq_lookup`) spends, per 64 lookups, a table broadcast, the shuffle, two sign extensions to
+int16 and two adds. Here a 64-byte register holds the 16-entry tables of 4 codebooks (`vpermb` indexes 64 bytes),
+the codes of one row for those 4 codebooks sit in adjacent bytes with codebook j's code offset by 16 j, and
+`vpdpbusd(acc, ones, looked_up)` sums each 4-byte group into the row's int32 lane: two instructions per 64 lookups,
+no widening, no int16 blocks (int32 cannot overflow below 2^24 codebooks).
+
+Layouts (`DotLookupLayout`; codes written so by `pq_encode`, the table packed once by `pack_table_dot`):
+- codes (NG, CG, 64) uint8: group of 16 rows, group of 4 codebooks; byte 4 r + j = code[16 g + r, 4 cg + j] + 16 j.
+  Codebooks past C (CG = ceil(C / 4)) have code 0 and zero tables.
+- table (M / 16, CG, 16, 64) int8: per tile of 16 outputs and codebook group, each output's 64 bytes
+  `table[4 cg + j, k, m]` at byte 16 j + k (zero for k >= K and past C): a tile's tables for one group are 1 KB.
+- y (N, M) float32.
+
+Schedule (in the function, `tirx.is_scheduled`): output tiles x row groups in parallel (row groups inner, so a
+tile's tables stay in L1); 16 int32x16 accumulators, one per output, walk the codebook groups; the epilogue scales
+them (one FMA per output) and transposes the 16 x 16 block in registers (`transpose16`) into 16 rows of y.
+Needs M % 16 == 0 and a target with avx512vbmi and avx512vnni (`dot_lookup_supported`); otherwise `pq_lookup`.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+from tvm.target import Target
+from tvm.target.codegen import target_has_features
+
+from ..intrin import TABLE_ENTRIES
+from .transpose16 import HALF, SQUARE, transpose_16x16
+
+GROUP = 4  # codebooks per vpermb (4 x 16 entries = 64 bytes)
+BYTES = GROUP * TABLE_ENTRIES
+FEATURES = ("avx512vbmi", "avx512vnni")
+
+
+def dot_lookup_supported(target: Target, outputs: int) -> bool:
+    """Whether `target` runs this kernel (x86 with AVX-512 VBMI and VNNI) and M is a multiple of 16."""
+    if target.kind.name != "llvm" or outputs % SQUARE:
+        return False
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return (not triple or triple.startswith("x86_64")) and bool(target_has_features(list(FEATURES), target))
+
+
+@dataclass(frozen=True)
+class DotLookupLayout:
+    """Sizes of one PQ layer's operands for this kernel: N rows, C codebooks (K centroids each), M outputs; `lanes`
+    is the encode kernel's row block (a multiple of 16)."""
+
+    rows: int
+    codebooks: int
+    centroids: int
+    outputs: int
+    lanes: int
+
+    def __post_init__(self):
+        for name in ("rows", "codebooks", "centroids", "outputs", "lanes"):
+            if not isinstance(getattr(self, name), (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {getattr(self, name)!r}")
+        if self.rows < 0 or self.codebooks < 1 or self.outputs < 1 or self.lanes < 1:
+            raise ValueError(f"invalid PQ layer sizes: {self}")
+        if not 1 <= self.centroids <= TABLE_ENTRIES:
+            raise ValueError(f"K = {self.centroids}: the lookup kernels serve 1 <= K <= {TABLE_ENTRIES}")
+        if self.outputs % SQUARE or self.lanes % SQUARE:
+            raise ValueError(f"M = {self.outputs} and lanes = {self.lanes} must be multiples of {SQUARE}")
+
+    @property
+    def row_blocks(self) -> int:
+        """The encode kernel's blocks of `lanes` rows."""
+        return -(-self.rows // self.lanes)
+
+    @property
+    def row_groups(self) -> int:
+        return self.row_blocks * self.lanes // SQUARE
+
+    @property
+    def codebook_groups(self) -> int:
+        return -(-self.codebooks // GROUP)
+
+    @property
+    def padded_codebooks(self) -> int:
+        return self.codebook_groups * GROUP
+
+    @property
+    def codes_shape(self) -> tuple[int, int, int]:
+        return (self.row_groups, self.codebook_groups, BYTES)
+
+    @property
+    def table_shape(self) -> tuple[int, int, int, int]:
+        return (self.outputs // SQUARE, self.codebook_groups, SQUARE, BYTES)
+
+
+def pack_codes_dot(codes: np.ndarray, layout: DotLookupLayout) -> np.ndarray:
+    """codes (N, C) in [0, K) -> the kernel's (NG, CG, 64) uint8 (what `pq_encode` writes for this layout)."""
+    codes = np.asarray(codes)
+    if codes.shape != (layout.rows, layout.codebooks):
+        raise ValueError(f"codes must be {(layout.rows, layout.codebooks)}, got {codes.shape}")
+    full = np.zeros((layout.row_groups * SQUARE, layout.padded_codebooks), np.uint8)
+    full[:layout.rows, :layout.codebooks] = codes
+    full += (np.arange(layout.padded_codebooks) % GROUP * TABLE_ENTRIES).astype(np.uint8)
+    grouped = full.reshape(layout.row_groups, SQUARE, layout.codebook_groups, GROUP)
+    return np.ascontiguousarray(grouped.transpose(0, 2, 1, 3).reshape(layout.codes_shape))
+
+
+def pack_table_dot(table: np.ndarray, layout: DotLookupLayout) -> np.ndarray:
+    """(C, K, M) int8 -> (M / 16, CG, 16, 64) int8, zero-padded in K and C (see the module docstring)."""
+    table = np.asarray(table)
+    expected = (layout.codebooks, layout.centroids, layout.outputs)
+    if table.dtype != np.int8 or table.shape != expected:
+        raise ValueError(f"table must be int8 {expected}, got {table.dtype} {table.shape}")
+    padded = np.zeros((layout.padded_codebooks, TABLE_ENTRIES, layout.outputs), np.int8)
+    padded[:layout.codebooks, :layout.centroids] = table
+    grouped = padded.reshape(layout.codebook_groups, BYTES, layout.outputs // SQUARE, SQUARE)
+    return np.ascontiguousarray(grouped.transpose(2, 0, 3, 1))
+
+
+def _lookup_add(acc, tables, codes):
+    """acc (int32x16) + per row the sum of its 4 codebooks' entries: `vpermb` then `vpdpbusd` with all-ones."""
+    looked_up = T.call_llvm_pure_intrin("int8x64", "llvm.x86.avx512.permvar.qi.512", tables,
+                                        T.reinterpret("int8x64", codes))
+    return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, T.Broadcast(T.int8(1), BYTES),
+                                   looked_up)
+
+
+def pq_lookup_dot_func(layout: DotLookupLayout) -> tvm.tirx.PrimFunc:
+    """The scheduled lookup PrimFunc `(codes, table, scale, bias) -> y (N, M)` for `layout` (module docstring)."""
+    num_rows, outputs, groups = layout.rows, layout.outputs, layout.codebook_groups
+    used_groups, tiles = -(-num_rows // SQUARE), outputs // SQUARE
+    row_groups = max(used_groups, 1)  # the divisor of the tile index (no tiles at all when N = 0)
+    every, all_bytes = T.ramp(0, 1, SQUARE), T.ramp(0, 1, BYTES)
+
+    @T.prim_func
+    def pq_lookup_dot(codes: T.Buffer(layout.codes_shape, "uint8"), table: T.Buffer(layout.table_shape, "int8"),
+                      scale: T.Buffer((outputs,), "float32"), bias: T.Buffer((outputs,), "float32"),
+                      y: T.Buffer((num_rows, outputs), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "tvm_lut.kernel": "pq_lookup_dot"})
+        for tile in T.parallel(tiles * used_groups):
+            # Accumulators and the epilogue's block as (8, 16) halves: on the stack, in registers (`transpose16`).
+            acc_head = T.alloc_buffer((HALF, SQUARE), "int32", scope="global")  # outputs 0-7, a row per lane
+            acc_tail = T.alloc_buffer((HALF, SQUARE), "int32", scope="global")  # outputs 8-15
+            head = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
+            tail = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
+            scratch_head = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
+            scratch_tail = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
+            for m in T.unroll(HALF):
+                acc_head[m, every] = T.Broadcast(T.int32(0), SQUARE)
+                acc_tail[m, every] = T.Broadcast(T.int32(0), SQUARE)
+            for cg in range(groups):
+                for m in T.unroll(HALF):
+                    acc_head[m, every] = _lookup_add(acc_head[m, every], table[tile // row_groups, cg, m, all_bytes],
+                                                     codes[tile % row_groups, cg, all_bytes])
+                    acc_tail[m, every] = _lookup_add(acc_tail[m, every],
+                                                     table[tile // row_groups, cg, HALF + m, all_bytes],
+                                                     codes[tile % row_groups, cg, all_bytes])
+            for m in T.unroll(HALF):
+                head[m, every] = T.Cast("float32x16", acc_head[m, every]) * T.Broadcast(
+                    scale[tile // row_groups * SQUARE + m], SQUARE) + T.Broadcast(
+                    bias[tile // row_groups * SQUARE + m], SQUARE)
+                tail[m, every] = T.Cast("float32x16", acc_tail[m, every]) * T.Broadcast(
+                    scale[tile // row_groups * SQUARE + HALF + m], SQUARE) + T.Broadcast(
+                    bias[tile // row_groups * SQUARE + HALF + m], SQUARE)
+            if num_rows % SQUARE == 0:
+                transpose_16x16(head, tail, scratch_head, scratch_tail, y, tile % row_groups * SQUARE,
+                                tile // row_groups * SQUARE)
+            else:  # the last group may hold rows past N: through a block in memory, row by row
+                block = T.alloc_buffer((SQUARE, SQUARE), "float32", scope="global")
+                transpose_16x16(head, tail, scratch_head, scratch_tail, block, 0, 0)
+                for r in range(SQUARE):
+                    if tile % row_groups * SQUARE + r < num_rows:
+                        y[tile % row_groups * SQUARE + r, T.ramp(tile // row_groups * SQUARE, 1, SQUARE)] = block[
+                            r, every]
+
+    return pq_lookup_dot

@@ -1,0 +1,90 @@
+"""The AVX-512 VBMI + VNNI lookup (`vpermb` + `vpdpbusd`) and the encode writing its code layout, against the NumPy
+references; where it applies (`dot_lookup_supported`) and where it falls back."""
+
+import numpy as np
+import pytest
+import tvm
+
+from schedules.kernels.pq_encode import pq_encode_reference
+from schedules.kernels.pq_lookup import pq_lookup_reference
+from schedules.kernels.pq_lookup_dot import DotLookupLayout, dot_lookup_supported, pack_table_dot
+from schedules.target import resolve_target
+
+from .pq_harness import DOT_LOOKUP, run_encode, run_lookup_dot
+
+needs_dot = pytest.mark.skipif(not DOT_LOOKUP, reason="this CPU has no AVX-512 VBMI + VNNI")
+
+
+def _random(rng, rows, codebooks, centroids, outputs):
+    codes = rng.integers(0, centroids, (rows, codebooks))
+    table = rng.integers(-128, 128, (codebooks, centroids, outputs)).astype(np.int8)
+    return codes, table
+
+
+@needs_dot
+@pytest.mark.parametrize("rows, codebooks, centroids, outputs", [
+    (1, 24, 16, 16),     # one row: 15 rows of the group never stored
+    (37, 5, 11, 32),     # odd rows, C not a multiple of 4 (padded codebooks), K = 11
+    (64, 24, 16, 384),   # MiniLM's query layer at one sentence
+    (48, 301, 16, 16),   # many codebooks: sums past int16
+])
+def test_integer_sums_are_exact(rows, codebooks, centroids, outputs):
+    codes, table = _random(np.random.default_rng(rows), rows, codebooks, centroids, outputs)
+    np.testing.assert_array_equal(run_lookup_dot(codes, table, 1.0, None),
+                                  pq_lookup_reference(codes, table, 1.0, None))
+
+
+@needs_dot
+@pytest.mark.parametrize("value", [127, -128])
+def test_extreme_entries_do_not_overflow(value):
+    codebooks = 1024
+    table = np.full((codebooks, 16, 16), value, np.int8)
+    codes = np.random.default_rng(2).integers(0, 16, (20, codebooks))
+    np.testing.assert_array_equal(run_lookup_dot(codes, table, 1.0, None), np.full((20, 16), value * codebooks))
+
+
+@needs_dot
+def test_per_output_scale_and_bias_match_the_reference():
+    rng = np.random.default_rng(1)
+    codes, table = _random(rng, 50, 12, 16, 48)
+    bias = rng.standard_normal(48).astype(np.float32) * 10
+    scale = (10.0 ** rng.uniform(-30, 3, 48)).astype(np.float32)
+    np.testing.assert_allclose(run_lookup_dot(codes, table, scale, bias),
+                               pq_lookup_reference(codes, table, scale, bias), rtol=1e-6, atol=1e-6)
+
+
+@needs_dot
+def test_zero_rows():
+    codes, table = _random(np.random.default_rng(3), 0, 4, 16, 16)
+    assert run_lookup_dot(codes, table, 1.0, None).shape == (0, 16)
+
+
+@needs_dot
+@pytest.mark.parametrize("rows, sub_len, lanes", [(45, 16, 32), (70, 16, 64), (37, 4, 32)])
+def test_encode_writes_the_dot_layout(rows, sub_len, lanes):
+    """Same codes as the reference, NaN / +-inf sub-vectors code 0, huge, tiny and zero rows nearest."""
+    rng = np.random.default_rng(rows)
+    cents = rng.standard_normal((6, 16, sub_len)).astype(np.float32)
+    x = rng.standard_normal((rows, 6 * sub_len)).astype(np.float32)
+    x[0, 0], x[1, sub_len + 1], x[2, 2 * sub_len] = np.nan, np.inf, -np.inf
+    x[3], x[4], x[5], x[6] = 1e30, -1e30, 1e-40, 0
+    codes = run_encode(x, cents, lanes=lanes, dot=True)
+    np.testing.assert_array_equal(codes, pq_encode_reference(x, cents))
+    assert codes[0, 0] == codes[1, 1] == codes[2, 2] == 0
+
+
+def test_only_targets_with_vbmi_and_vnni_and_whole_output_tiles_take_it():
+    znver4 = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})
+    assert dot_lookup_supported(znver4, 384)
+    assert not dot_lookup_supported(znver4, 24)  # M % 16
+    for name in ("x86-64-v3", "x86-64-v4", "aarch64"):  # AVX2; AVX-512 without VBMI / VNNI; NEON
+        assert not dot_lookup_supported(resolve_target(name), 384)
+
+
+def test_misuse_is_rejected():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        DotLookupLayout(8, 4, 16, 24, 32)
+    with pytest.raises(ValueError, match="K = 32"):
+        DotLookupLayout(8, 4, 32, 16, 32)
+    with pytest.raises(ValueError, match="table must be int8"):
+        pack_table_dot(np.zeros((4, 16, 16), np.int16), DotLookupLayout(8, 4, 16, 16, 32))

@@ -145,13 +145,17 @@ class _DenseRewriter(LUTRewriter):
         and the lookup kernel's name. A dense layer with a few rows takes the few-row kernels (`FEW_ROWS`)."""
         from schedules.kernels.pq_encode import pack_centroids, pq_encode_func
         from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
-        from schedules.kernels.pq_lookup_dot import (DotLookupLayout, dot_lookup_supported, pack_table_dot,
-                                                     pq_lookup_dot_func)
+        from schedules.kernels.pq_lookup_dot import (ENCODE_LANES, DotLookupLayout, dot_lookup_supported,
+                                                     pack_table_dot, pq_lookup_dot_func)
         from schedules.kernels.pq_rows import pack_centroids_by_dim, pq_encode_rows_func, pq_lookup_rows_func
 
         few_rows = source is None and rows <= self.intrin.lanes // FEW_ROWS
         dot = source is None and not few_rows and dot_lookup_supported(self.target, table.M)
-        layout = (DotLookupLayout if dot else LookupLayout)(rows, table.C, table.K, table.M, self.intrin.lanes)
+        if dot:
+            layout = DotLookupLayout(rows, table.C, table.K, table.M,
+                                     ENCODE_LANES if rows >= ENCODE_LANES else self.intrin.lanes)
+        else:
+            layout = LookupLayout(rows, table.C, table.K, table.M, self.intrin.lanes)
         key = (name, rows, source)
         if key not in self._kernels:
             if few_rows:

@@ -1,11 +1,16 @@
 """`softmax_func`: softmax with a table exp and a table reciprocal (NN-LUT's softmax).
 
-Stages, as TVM's own softmax so the same reduction rule schedules both: row max, `exp(x - max)` from the exp table,
-row sum, the row's reciprocal from the table under power-of-two scaling (a stage of its own, once per row and not per
-element; the reduction rule computes it for a vector of rows where it can), and the output `e * recip`.
+Stages: row max, `exp(x - max)` from the exp table, row sum, the row's reciprocal from the table under power-of-two
+scaling (once per row, not per element), and the output `e * recip`. Along the last axis (attention scores) the
+kernel carries its own schedule (`_rows_softmax`): rows in parallel, each in three vector passes over contiguous
+memory (max; exp stored with the row sum accumulated in the same pass; the scaling), partial maxima and sums in
+`LANES` lanes folded once per row. Along another axis it is a compute definition in TVM's own softmax stages, which
+the reduction rule schedules like the exact op (its per-row combine reads the row across memory, with gathers).
 """
 
+import numpy as np
 from tvm import te, tirx
+from tvm.script import tirx as T
 
 from .pwl import as_kernel, check_axes, check_shape
 from .pwl_expr import PWLSpec, Table, evaluate
@@ -22,6 +27,8 @@ def softmax_func(exp_spec: PWLSpec, recip_spec: PWLSpec, shape, axis: int = -1) 
                          f"got {exp_table.scaling!r} and {recip_table.scaling!r}")
     shape = check_shape(shape)
     (axis,) = check_axes(axis, len(shape), "softmax axis")
+    if axis == len(shape) - 1 and shape[axis] > 0:
+        return as_kernel(_rows_softmax(exp_table, recip_table, int(np.prod(shape[:-1])), shape[-1], shape), "softmax")
     x = te.placeholder(shape, "float32", name="x")
     row_shape = shape[:axis] + shape[axis + 1:]
 
@@ -39,3 +46,70 @@ def softmax_func(exp_spec: PWLSpec, recip_spec: PWLSpec, shape, axis: int = -1) 
     recip = te.compute(row_shape, lambda *r: evaluate(recip_table, row_sum[r]), name="recip")
     out = te.compute(shape, lambda *i: e[i] * recip[drop(i)], name="softmax")
     return as_kernel(te.create_prim_func([x, out]), "softmax")
+
+
+LANES = 16  # partial maxima and sums per row: one AVX-512 register, two AVX2 ones, four NEON ones
+# Rows whose passes are interleaved: one row's chain (max, fold, exp, sum, fold, reciprocal) is latency-bound
+ROWS_AT_ONCE = 8
+
+
+def _fold(combine, vector, lanes: int):
+    """`vector` (float32 x lanes, a power of two) reduced by `combine` in halves: log2(lanes) shuffles and vector
+    ops instead of lanes - 1 dependent scalar ones."""
+    while lanes > 1:
+        lanes //= 2
+        vector = combine(T.Shuffle([vector], list(range(lanes))), T.Shuffle([vector], list(range(lanes, 2 * lanes))))
+    return T.Shuffle([vector], [0])
+
+
+def _rows_softmax(exp_table: Table, recip_table: Table, rows: int, length: int, shape) -> tirx.PrimFunc:
+    """Softmax of `rows` contiguous rows of `length` (`shape` flattened), scheduled (see the module docstring).
+
+    The sum is taken in LANES partial sums (the tail, plus the lanes folded pairwise), so it rounds differently from
+    a sequential sum: within float32 rounding of the reference's. A NaN anywhere in a row makes the whole row NaN
+    (through its exp and the sum), as in the reference, whatever the max does with it.
+    """
+    chunks, tail = divmod(length, LANES)
+    group = next(g for g in (ROWS_AT_ONCE, 2, 1) if rows % g == 0)
+
+    @T.prim_func
+    def softmax(x_in: T.Buffer(shape, "float32"), out_in: T.Buffer(shape, "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        x = T.decl_buffer((rows, length), "float32", data=x_in.data)
+        out = T.decl_buffer((rows, length), "float32", data=out_in.data)
+        for step in T.parallel(rows // group):
+            part = T.alloc_buffer((group, LANES), "float32", scope="global")
+            total = T.alloc_buffer((group, 2), "float32", scope="global")  # per row its max, then its reciprocal sum
+            for r in T.unroll(group):
+                for lane in T.vectorized(LANES):
+                    part[r, lane] = T.float32("-inf")
+            for r, j in T.grid(group, chunks):
+                for lane in T.vectorized(LANES):
+                    part[r, lane] = T.max(part[r, lane], x[step * group + r, j * LANES + lane])
+            for r in T.unroll(group):
+                total[r, 0] = T.float32("-inf")
+                for t in range(tail):
+                    total[r, 0] = T.max(total[r, 0], x[step * group + r, chunks * LANES + t])
+                total[r, 0] = T.max(total[r, 0], _fold(T.max, part[r, T.ramp(0, 1, LANES)], LANES))
+                for lane in T.vectorized(LANES):
+                    part[r, lane] = T.float32(0)
+            for r, j in T.grid(group, chunks):
+                for lane in T.vectorized(LANES):
+                    out[step * group + r, j * LANES + lane] = evaluate(
+                        exp_table, x[step * group + r, j * LANES + lane] - total[r, 0])
+                    part[r, lane] = part[r, lane] + out[step * group + r, j * LANES + lane]
+            for r in T.unroll(group):
+                for t in range(tail):
+                    out[step * group + r, chunks * LANES + t] = evaluate(
+                        exp_table, x[step * group + r, chunks * LANES + t] - total[r, 0])
+                total[r, 1] = T.float32(0)
+                for t in range(tail):
+                    total[r, 1] = total[r, 1] + out[step * group + r, chunks * LANES + t]
+                total[r, 1] = evaluate(recip_table, total[r, 1] + _fold(tirx.Add, part[r, T.ramp(0, 1, LANES)], LANES))
+            for r, j in T.grid(group, chunks):
+                for lane in T.vectorized(LANES):
+                    out[step * group + r, j * LANES + lane] = out[step * group + r, j * LANES + lane] * total[r, 1]
+            for r, t in T.grid(group, tail):
+                out[step * group + r, chunks * LANES + t] = out[step * group + r, chunks * LANES + t] * total[r, 1]
+
+    return softmax

@@ -3,15 +3,19 @@
 Stages, as TVM's own legalized LayerNorm so the same reduction rule schedules both: row sum and mean, the row sum of
 squared deviations (two passes, more accurate than E[x^2] - mean^2), the row's `inv_std = rsqrt(var + eps)` from the
 table under power-of-four scaling (a stage of its own: the reduction rule computes it for a vector of rows at once),
-then `(x - mean) * inv_std` and the affine map.
+then `(x - mean) * inv_std` and the affine map. Over trailing axes with gamma and beta (a transformer's LayerNorm)
+the kernel carries its own schedule (`_rows_layer_norm`, `row_passes`): three vector passes over each row's
+contiguous memory (sum; squared deviations; the normalization and affine map) instead of the reduction rule's.
 """
 
 import math
 import numbers
 
 from tvm import te, tirx
+from tvm.script import tirx as T
 
 from .pwl import as_kernel, check_axes, check_shape
+from .row_passes import LANES, fold, rows_at_once
 from .pwl_expr import PWLSpec, Table, evaluate
 
 
@@ -36,6 +40,9 @@ def layer_norm_func(rsqrt_spec: PWLSpec, shape, axes, eps: float = 1e-5, has_gam
     beta = params[-1] if has_beta else None
     row_shape = tuple(d for a, d in enumerate(shape) if a not in axes)
     count = math.prod(shape[a] for a in axes)
+    if has_gamma and has_beta and axes == tuple(range(len(shape) - len(axes), len(shape))) and count > 0:
+        return as_kernel(_rows_layer_norm(table, shape, tuple(shape[a] for a in axes), math.prod(row_shape),
+                                                  float(eps)), "layer_norm")
     inv_count = tirx.const(1.0 / count if count else 0.0, "float32")
 
     def row_of(index):
@@ -76,3 +83,62 @@ def layer_norm_func(rsqrt_spec: PWLSpec, shape, axes, eps: float = 1e-5, has_gam
 
     out = te.compute(shape, affine, name="layer_norm")
     return as_kernel(te.create_prim_func([x, *params, out]), "layer_norm")
+
+
+def _rows_layer_norm(table: Table, shape, norm_shape, rows: int, eps: float) -> tirx.PrimFunc:
+    """LayerNorm of `rows` contiguous rows of `norm_shape` (the trailing axes), gamma and beta of that shape,
+    scheduled (see the module docstring).
+
+    Sums are taken in LANES partial sums (the tail, plus the lanes folded pairwise): within float32 rounding of the
+    reference's order.
+    """
+    length = math.prod(norm_shape)
+    chunks, tail = divmod(length, LANES)
+    group = rows_at_once(rows)
+    inv_count = 1.0 / length
+
+    @T.prim_func
+    def layer_norm(x_in: T.Buffer(shape, "float32"), gamma_in: T.Buffer(norm_shape, "float32"),
+                   beta_in: T.Buffer(norm_shape, "float32"), out_in: T.Buffer(shape, "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        x = T.decl_buffer((rows, length), "float32", data=x_in.data)
+        gamma = T.decl_buffer((length,), "float32", data=gamma_in.data)
+        beta = T.decl_buffer((length,), "float32", data=beta_in.data)
+        out = T.decl_buffer((rows, length), "float32", data=out_in.data)
+        for step in T.parallel(rows // group):
+            part = T.alloc_buffer((group, LANES), "float32", scope="global")
+            stats = T.alloc_buffer((group, 2), "float32", scope="global")  # per row its mean, then its inv_std
+            for r in T.unroll(group):
+                for lane in T.vectorized(LANES):
+                    part[r, lane] = T.float32(0)
+            for r, j in T.grid(group, chunks):
+                for lane in T.vectorized(LANES):
+                    part[r, lane] = part[r, lane] + x[step * group + r, j * LANES + lane]
+            for r in T.unroll(group):
+                stats[r, 0] = T.float32(0)
+                for t in range(tail):
+                    stats[r, 0] = stats[r, 0] + x[step * group + r, chunks * LANES + t]
+                stats[r, 0] = (stats[r, 0] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)])) * T.float32(inv_count)
+                for lane in T.vectorized(LANES):
+                    part[r, lane] = T.float32(0)
+            for r, j in T.grid(group, chunks):
+                for lane in T.vectorized(LANES):
+                    part[r, lane] = part[r, lane] + (x[step * group + r, j * LANES + lane] - stats[r, 0]) * (
+                        x[step * group + r, j * LANES + lane] - stats[r, 0])
+            for r in T.unroll(group):
+                stats[r, 1] = T.float32(0)
+                for t in range(tail):
+                    stats[r, 1] = stats[r, 1] + (x[step * group + r, chunks * LANES + t] - stats[r, 0]) * (
+                        x[step * group + r, chunks * LANES + t] - stats[r, 0])
+                stats[r, 1] = evaluate(table, (stats[r, 1] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)])) * T.float32(
+                    inv_count) + T.float32(eps))
+            for r, j in T.grid(group, chunks):
+                for lane in T.vectorized(LANES):
+                    out[step * group + r, j * LANES + lane] = (x[step * group + r, j * LANES + lane] - stats[r, 0]) * (
+                        stats[r, 1]) * gamma[j * LANES + lane] + beta[j * LANES + lane]
+            for r, t in T.grid(group, tail):
+                out[step * group + r, chunks * LANES + t] = (x[step * group + r, chunks * LANES + t] - stats[r, 0]) * (
+                    stats[r, 1]) * gamma[chunks * LANES + t] + beta[chunks * LANES + t]
+
+    return layer_norm
+

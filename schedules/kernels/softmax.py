@@ -2,9 +2,8 @@
 
 Stages: row max, `exp(x - max)` from the exp table, row sum, the row's reciprocal from the table under power-of-two
 scaling (once per row, not per element), and the output `e * recip`. Along the last axis (attention scores) the
-kernel carries its own schedule (`_rows_softmax`): rows in parallel, each in three vector passes over contiguous
-memory (max; exp stored with the row sum accumulated in the same pass; the scaling), partial maxima and sums in
-`LANES` lanes folded once per row. Along another axis it is a compute definition in TVM's own softmax stages, which
+kernel carries its own schedule (`_rows_softmax`, `row_passes`): three vector passes over each row's contiguous
+memory (max; exp stored with the row sum accumulated in the same pass; the scaling). Along another axis it is a compute definition in TVM's own softmax stages, which
 the reduction rule schedules like the exact op (its per-row combine reads the row across memory, with gathers).
 """
 
@@ -13,6 +12,7 @@ from tvm import te, tirx
 from tvm.script import tirx as T
 
 from .pwl import as_kernel, check_axes, check_shape
+from .row_passes import LANES, fold, rows_at_once
 from .pwl_expr import PWLSpec, Table, evaluate
 
 
@@ -48,20 +48,6 @@ def softmax_func(exp_spec: PWLSpec, recip_spec: PWLSpec, shape, axis: int = -1) 
     return as_kernel(te.create_prim_func([x, out]), "softmax")
 
 
-LANES = 16  # partial maxima and sums per row: one AVX-512 register, two AVX2 ones, four NEON ones
-# Rows whose passes are interleaved: one row's chain (max, fold, exp, sum, fold, reciprocal) is latency-bound
-ROWS_AT_ONCE = 8
-
-
-def _fold(combine, vector, lanes: int):
-    """`vector` (float32 x lanes, a power of two) reduced by `combine` in halves: log2(lanes) shuffles and vector
-    ops instead of lanes - 1 dependent scalar ones."""
-    while lanes > 1:
-        lanes //= 2
-        vector = combine(T.Shuffle([vector], list(range(lanes))), T.Shuffle([vector], list(range(lanes, 2 * lanes))))
-    return T.Shuffle([vector], [0])
-
-
 def _rows_softmax(exp_table: Table, recip_table: Table, rows: int, length: int, shape) -> tirx.PrimFunc:
     """Softmax of `rows` contiguous rows of `length` (`shape` flattened), scheduled (see the module docstring).
 
@@ -70,7 +56,7 @@ def _rows_softmax(exp_table: Table, recip_table: Table, rows: int, length: int, 
     (through its exp and the sum), as in the reference, whatever the max does with it.
     """
     chunks, tail = divmod(length, LANES)
-    group = next(g for g in (ROWS_AT_ONCE, 2, 1) if rows % g == 0)
+    group = rows_at_once(rows)
 
     @T.prim_func
     def softmax(x_in: T.Buffer(shape, "float32"), out_in: T.Buffer(shape, "float32")):
@@ -90,7 +76,7 @@ def _rows_softmax(exp_table: Table, recip_table: Table, rows: int, length: int, 
                 total[r, 0] = T.float32("-inf")
                 for t in range(tail):
                     total[r, 0] = T.max(total[r, 0], x[step * group + r, chunks * LANES + t])
-                total[r, 0] = T.max(total[r, 0], _fold(T.max, part[r, T.ramp(0, 1, LANES)], LANES))
+                total[r, 0] = T.max(total[r, 0], fold(T.max, part[r, T.ramp(0, 1, LANES)], LANES))
                 for lane in T.vectorized(LANES):
                     part[r, lane] = T.float32(0)
             for r, j in T.grid(group, chunks):
@@ -105,7 +91,7 @@ def _rows_softmax(exp_table: Table, recip_table: Table, rows: int, length: int, 
                 total[r, 1] = T.float32(0)
                 for t in range(tail):
                     total[r, 1] = total[r, 1] + out[step * group + r, chunks * LANES + t]
-                total[r, 1] = evaluate(recip_table, total[r, 1] + _fold(tirx.Add, part[r, T.ramp(0, 1, LANES)], LANES))
+                total[r, 1] = evaluate(recip_table, total[r, 1] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)], LANES))
             for r, j in T.grid(group, chunks):
                 for lane in T.vectorized(LANES):
                     out[step * group + r, j * LANES + lane] = out[step * group + r, j * LANES + lane] * total[r, 1]

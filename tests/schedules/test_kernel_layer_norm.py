@@ -36,14 +36,15 @@ def test_without_affine_parameters(gamma, beta):
         np.testing.assert_allclose(got.std(axis=-1), 1, rtol=5e-3)  # the stand-in rsqrt table is 3.5e-3 off
 
 
-def test_special_rows():
-    x = (RNG.standard_normal((5, 32)) * 2).astype(np.float32)
+@pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])  # affine: the hand-scheduled rows
+def test_special_rows(affine):
+    x = (RNG.standard_normal((5, 37)) * 2).astype(np.float32)  # 37: two vectors and a tail
     x[0] = 7.0          # constant row: variance 0, rsqrt(eps)
     x[1, 3] = np.nan    # NaN spreads over its row through the mean
     x[2, 4] = np.inf    # so does inf (inf - inf)
     x[3] *= 1e18        # huge values: the variance overflows to inf, rsqrt(inf) = 0
     x[4] *= 1e-20       # tiny values: the variance is subnormal or zero
-    got = _check(x, [-1], eps=0.0, gamma=False, beta=False)
+    got = _check(x, [-1], eps=0.0, gamma=affine, beta=affine)
     assert np.all(np.isnan(got[1])) and np.all(np.isnan(got[2]))
 
 

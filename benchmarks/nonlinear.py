@@ -2,8 +2,9 @@
 
     python -m benchmarks.nonlinear [--repeat N] [--json PATH] [--check]
 
-Every TVM variant goes through the same compilation (legalize, fuse, `schedules.ApplyCPUSchedules`, lowering),
-so the exact op and the LUT kernel get equally good schedules:
+Every TVM variant goes through the same compilation (legalize, fuse, `schedules.ApplyCPUSchedules`, lowering):
+the exact op is scheduled by our rules; the LUT GELU too, the LUT Softmax and LayerNorm rows come hand-scheduled
+(`schedules.kernels.row_passes`: the rules' per-row combine gathers; the exact ops stay with the rules):
 - exact: the Relax op (`nn.gelu`, `nn.softmax`, `nn.layer_norm`) legalized by TVM;
 - fastmath: `relax.transform.FastMathTransform` first (GELU written with `erf`, the only form it rewrites;
   it has no LayerNorm rewrite, so that row stays empty);

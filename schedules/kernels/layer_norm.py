@@ -15,7 +15,7 @@ from tvm import te, tirx
 from tvm.script import tirx as T
 
 from .pwl import as_kernel, check_axes, check_shape
-from .row_passes import LANES, fold, rows_at_once
+from .row_passes import LANES, OPAQUE, fold, rows_at_once
 from .pwl_expr import PWLSpec, Table, evaluate
 
 
@@ -97,48 +97,49 @@ def _rows_layer_norm(table: Table, shape, norm_shape, rows: int, eps: float) -> 
     group = rows_at_once(rows)
     inv_count = 1.0 / length
 
-    @T.prim_func
+    @T.prim_func(s_tir=True)
     def layer_norm(x_in: T.Buffer(shape, "float32"), gamma_in: T.Buffer(norm_shape, "float32"),
                    beta_in: T.Buffer(norm_shape, "float32"), out_in: T.Buffer(shape, "float32")):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        x = T.decl_buffer((rows, length), "float32", data=x_in.data)
-        gamma = T.decl_buffer((length,), "float32", data=gamma_in.data)
-        beta = T.decl_buffer((length,), "float32", data=beta_in.data)
-        out = T.decl_buffer((rows, length), "float32", data=out_in.data)
-        for step in T.parallel(rows // group):
-            part = T.alloc_buffer((group, LANES), "float32", scope="global")
-            stats = T.alloc_buffer((group, 2), "float32", scope="global")  # per row its mean, then its inv_std
-            for r in T.unroll(group):
-                for lane in T.vectorized(LANES):
-                    part[r, lane] = T.float32(0)
-            for r, j in T.grid(group, chunks):
-                for lane in T.vectorized(LANES):
-                    part[r, lane] = part[r, lane] + x[step * group + r, j * LANES + lane]
-            for r in T.unroll(group):
-                stats[r, 0] = T.float32(0)
-                for t in range(tail):
-                    stats[r, 0] = stats[r, 0] + x[step * group + r, chunks * LANES + t]
-                stats[r, 0] = (stats[r, 0] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)])) * T.float32(inv_count)
-                for lane in T.vectorized(LANES):
-                    part[r, lane] = T.float32(0)
-            for r, j in T.grid(group, chunks):
-                for lane in T.vectorized(LANES):
-                    part[r, lane] = part[r, lane] + (x[step * group + r, j * LANES + lane] - stats[r, 0]) * (
-                        x[step * group + r, j * LANES + lane] - stats[r, 0])
-            for r in T.unroll(group):
-                stats[r, 1] = T.float32(0)
-                for t in range(tail):
-                    stats[r, 1] = stats[r, 1] + (x[step * group + r, chunks * LANES + t] - stats[r, 0]) * (
-                        x[step * group + r, chunks * LANES + t] - stats[r, 0])
-                stats[r, 1] = evaluate(table, (stats[r, 1] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)])) * T.float32(
-                    inv_count) + T.float32(eps))
-            for r, j in T.grid(group, chunks):
-                for lane in T.vectorized(LANES):
-                    out[step * group + r, j * LANES + lane] = (x[step * group + r, j * LANES + lane] - stats[r, 0]) * (
-                        stats[r, 1]) * gamma[j * LANES + lane] + beta[j * LANES + lane]
-            for r, t in T.grid(group, tail):
-                out[step * group + r, chunks * LANES + t] = (x[step * group + r, chunks * LANES + t] - stats[r, 0]) * (
-                    stats[r, 1]) * gamma[chunks * LANES + t] + beta[chunks * LANES + t]
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": OPAQUE})
+        with T.sblock("root"):  # a root block: Relax's reshape analysis reads only block-structured TIR
+            x = T.decl_buffer((rows, length), "float32", data=x_in.data)
+            gamma = T.decl_buffer((length,), "float32", data=gamma_in.data)
+            beta = T.decl_buffer((length,), "float32", data=beta_in.data)
+            out = T.decl_buffer((rows, length), "float32", data=out_in.data)
+            for step in T.parallel(rows // group):
+                part = T.alloc_buffer((group, LANES), "float32", scope="global")
+                stats = T.alloc_buffer((group, 2), "float32", scope="global")  # per row its mean, then its inv_std
+                for r in T.unroll(group):
+                    for lane in T.vectorized(LANES):
+                        part[r, lane] = T.float32(0)
+                for r, j in T.grid(group, chunks):
+                    for lane in T.vectorized(LANES):
+                        part[r, lane] = part[r, lane] + x[step * group + r, j * LANES + lane]
+                for r in T.unroll(group):
+                    stats[r, 0] = T.float32(0)
+                    for t in range(tail):
+                        stats[r, 0] = stats[r, 0] + x[step * group + r, chunks * LANES + t]
+                    stats[r, 0] = (stats[r, 0] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)])) * T.float32(inv_count)
+                    for lane in T.vectorized(LANES):
+                        part[r, lane] = T.float32(0)
+                for r, j in T.grid(group, chunks):
+                    for lane in T.vectorized(LANES):
+                        part[r, lane] = part[r, lane] + (x[step * group + r, j * LANES + lane] - stats[r, 0]) * (
+                            x[step * group + r, j * LANES + lane] - stats[r, 0])
+                for r in T.unroll(group):
+                    stats[r, 1] = T.float32(0)
+                    for t in range(tail):
+                        stats[r, 1] = stats[r, 1] + (x[step * group + r, chunks * LANES + t] - stats[r, 0]) * (
+                            x[step * group + r, chunks * LANES + t] - stats[r, 0])
+                    stats[r, 1] = evaluate(table, (stats[r, 1] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)])) * T.float32(
+                        inv_count) + T.float32(eps))
+                for r, j in T.grid(group, chunks):
+                    for lane in T.vectorized(LANES):
+                        out[step * group + r, j * LANES + lane] = (x[step * group + r, j * LANES + lane] - stats[r, 0]) * (
+                            stats[r, 1]) * gamma[j * LANES + lane] + beta[j * LANES + lane]
+                for r, t in T.grid(group, tail):
+                    out[step * group + r, chunks * LANES + t] = (x[step * group + r, chunks * LANES + t] - stats[r, 0]) * (
+                        stats[r, 1]) * gamma[chunks * LANES + t] + beta[chunks * LANES + t]
 
     return layer_norm
 

@@ -8,6 +8,9 @@ softmax 8x12x64x64 at 1.15x the exact op through the rule, 1.38x here).
 
 from tvm.script import tirx as T
 
+# Relax's op_pattern kOpaque: fusion leaves these kernels alone (its pattern analysis reads only block-structured
+# TIR, and they are complete row kernels already).
+OPAQUE = 8
 LANES = 16  # partial results per row: one AVX-512 register, two AVX2 ones, four NEON ones
 ROWS_AT_ONCE = 8
 

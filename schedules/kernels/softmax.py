@@ -12,7 +12,7 @@ from tvm import te, tirx
 from tvm.script import tirx as T
 
 from .pwl import as_kernel, check_axes, check_shape
-from .row_passes import LANES, fold, rows_at_once
+from .row_passes import LANES, OPAQUE, fold, rows_at_once
 from .pwl_expr import PWLSpec, Table, evaluate
 
 
@@ -58,44 +58,45 @@ def _rows_softmax(exp_table: Table, recip_table: Table, rows: int, length: int, 
     chunks, tail = divmod(length, LANES)
     group = rows_at_once(rows)
 
-    @T.prim_func
+    @T.prim_func(s_tir=True)
     def softmax(x_in: T.Buffer(shape, "float32"), out_in: T.Buffer(shape, "float32")):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        x = T.decl_buffer((rows, length), "float32", data=x_in.data)
-        out = T.decl_buffer((rows, length), "float32", data=out_in.data)
-        for step in T.parallel(rows // group):
-            part = T.alloc_buffer((group, LANES), "float32", scope="global")
-            total = T.alloc_buffer((group, 2), "float32", scope="global")  # per row its max, then its reciprocal sum
-            for r in T.unroll(group):
-                for lane in T.vectorized(LANES):
-                    part[r, lane] = T.float32("-inf")
-            for r, j in T.grid(group, chunks):
-                for lane in T.vectorized(LANES):
-                    part[r, lane] = T.max(part[r, lane], x[step * group + r, j * LANES + lane])
-            for r in T.unroll(group):
-                total[r, 0] = T.float32("-inf")
-                for t in range(tail):
-                    total[r, 0] = T.max(total[r, 0], x[step * group + r, chunks * LANES + t])
-                total[r, 0] = T.max(total[r, 0], fold(T.max, part[r, T.ramp(0, 1, LANES)], LANES))
-                for lane in T.vectorized(LANES):
-                    part[r, lane] = T.float32(0)
-            for r, j in T.grid(group, chunks):
-                for lane in T.vectorized(LANES):
-                    out[step * group + r, j * LANES + lane] = evaluate(
-                        exp_table, x[step * group + r, j * LANES + lane] - total[r, 0])
-                    part[r, lane] = part[r, lane] + out[step * group + r, j * LANES + lane]
-            for r in T.unroll(group):
-                for t in range(tail):
-                    out[step * group + r, chunks * LANES + t] = evaluate(
-                        exp_table, x[step * group + r, chunks * LANES + t] - total[r, 0])
-                total[r, 1] = T.float32(0)
-                for t in range(tail):
-                    total[r, 1] = total[r, 1] + out[step * group + r, chunks * LANES + t]
-                total[r, 1] = evaluate(recip_table, total[r, 1] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)], LANES))
-            for r, j in T.grid(group, chunks):
-                for lane in T.vectorized(LANES):
-                    out[step * group + r, j * LANES + lane] = out[step * group + r, j * LANES + lane] * total[r, 1]
-            for r, t in T.grid(group, tail):
-                out[step * group + r, chunks * LANES + t] = out[step * group + r, chunks * LANES + t] * total[r, 1]
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": OPAQUE})
+        with T.sblock("root"):  # a root block: Relax's reshape analysis reads only block-structured TIR
+            x = T.decl_buffer((rows, length), "float32", data=x_in.data)
+            out = T.decl_buffer((rows, length), "float32", data=out_in.data)
+            for step in T.parallel(rows // group):
+                part = T.alloc_buffer((group, LANES), "float32", scope="global")
+                total = T.alloc_buffer((group, 2), "float32", scope="global")  # per row its max, then its reciprocal sum
+                for r in T.unroll(group):
+                    for lane in T.vectorized(LANES):
+                        part[r, lane] = T.float32("-inf")
+                for r, j in T.grid(group, chunks):
+                    for lane in T.vectorized(LANES):
+                        part[r, lane] = T.max(part[r, lane], x[step * group + r, j * LANES + lane])
+                for r in T.unroll(group):
+                    total[r, 0] = T.float32("-inf")
+                    for t in range(tail):
+                        total[r, 0] = T.max(total[r, 0], x[step * group + r, chunks * LANES + t])
+                    total[r, 0] = T.max(total[r, 0], fold(T.max, part[r, T.ramp(0, 1, LANES)], LANES))
+                    for lane in T.vectorized(LANES):
+                        part[r, lane] = T.float32(0)
+                for r, j in T.grid(group, chunks):
+                    for lane in T.vectorized(LANES):
+                        out[step * group + r, j * LANES + lane] = evaluate(
+                            exp_table, x[step * group + r, j * LANES + lane] - total[r, 0])
+                        part[r, lane] = part[r, lane] + out[step * group + r, j * LANES + lane]
+                for r in T.unroll(group):
+                    for t in range(tail):
+                        out[step * group + r, chunks * LANES + t] = evaluate(
+                            exp_table, x[step * group + r, chunks * LANES + t] - total[r, 0])
+                    total[r, 1] = T.float32(0)
+                    for t in range(tail):
+                        total[r, 1] = total[r, 1] + out[step * group + r, chunks * LANES + t]
+                    total[r, 1] = evaluate(recip_table, total[r, 1] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)], LANES))
+                for r, j in T.grid(group, chunks):
+                    for lane in T.vectorized(LANES):
+                        out[step * group + r, j * LANES + lane] = out[step * group + r, j * LANES + lane] * total[r, 1]
+                for r, t in T.grid(group, tail):
+                    out[step * group + r, chunks * LANES + t] = out[step * group + r, chunks * LANES + t] * total[r, 1]
 
     return softmax

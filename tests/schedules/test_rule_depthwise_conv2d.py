@@ -54,6 +54,9 @@ CASES = [
     ((1, 5, 7, 7), 3, 1, 1, 1, "relu6"),  # vectors of 7 (row_vector)
     ((1, 3, 14, 14), 5, 1, 2, 1, "hardswish"),  # vectors of 14 (AVX-512) or 7
     ((1, 4, 13, 13), 3, 2, 1, 1, "relu6"),  # 7 outputs a row from a stride of 2
+    ((1, 8, 16, 16), 3, 2, 1, 1, "relu6"),  # even padded width: the stage runs phase by phase
+    ((2, 3, 12, 10), 5, 2, 2, 1, "hardswish"),
+    ((1, 5, 7, 7), 3, 2, 1, 1, "relu6"),
 ]
 
 
@@ -88,6 +91,14 @@ def test_depthwise_is_parallel_and_vectorized():
     (7, 16, 5, 1), (7, 16, 7, 1), (28, 16, 3, 14), (13, 8, 3, 1), (1, 8, 1, 1)])
 def test_row_vector_takes_odd_widths_only_when_a_vector_spans_two_windows(width, lanes, taps, expected):
     assert row_vector(width, lanes, taps) == expected
+
+
+@pytest.mark.parametrize("width, by_phase", [(16, True), (17, False)])
+def test_strided_stage_runs_phase_by_phase_when_the_padded_width_allows(width, by_phase):
+    sch = DepthwiseConv2d().apply(_depthwise((1, 8, width, width), 3, 2, 1), TARGET, False)
+    kinds = [inst.kind.name for inst in sch.trace.insts]
+    laid_out = kinds.index("TransformLayout")  # the stage's: phase by phase it is laid out before its ComputeAt
+    assert (kinds[laid_out + 1] == "TransformBlockLayout" and kinds.index("ComputeAt") > laid_out) == by_phase
 
 
 def test_seven_wide_rows_are_vectors():

@@ -20,7 +20,7 @@ from tvm.target import Target
 
 from ..target import vector_lanes
 from .common import PARTITION_HINT, CPURule, inline_injective, largest_divisor, output_dtype, parallelize
-from .common import static_extent, vectorize_innermost
+from .common import static_extent, vector_width, vectorize_innermost
 
 # Unroll the (kh, kw) taps while the unrolled body stays small (7x7 = 49 taps is ConvNeXt's).
 MAX_UNROLLED_TAPS = 49
@@ -81,19 +81,15 @@ def _linear(expr, var) -> int | None:
 
 
 def row_vector(width: int, lanes: int, taps: int) -> int:
-    """Outputs per vector along a row of `width` with `taps` taps along it: a power of two if one of at least half
-    a register divides the width; else the largest divisor up to `lanes` when it spans at least two windows (7 on
-    the 7x7 maps of 3x3 convs, 14 on 14x14 maps: LLVM fills the vector into a whole register); else 1.
+    """Outputs per vector along a row of `width` with `taps` taps along it: `vector_width`, but an odd width only
+    when it spans at least two windows, else the power of two.
 
     Measured on the MobileNet and ConvNeXt shapes (AVX-512, one thread): vectors of 7 or 14 ran 3x3 convs on 7x7
     and 14x14 maps 2.5-3.5x faster than the scalar rows, 7x7 convs on 14x14 maps 3.4x; but 5x5 and 7x7 convs on
     7x7 maps 1.4-1.6x slower than the fully unrolled scalar row (the window is most of the row).
     """
-    power = largest_divisor(width, lanes)
-    if 2 * power >= lanes:
-        return power
-    widest = max(d for d in range(1, lanes + 1) if width % d == 0)
-    return widest if widest >= 2 * taps else power
+    power, widest = largest_divisor(width, lanes), vector_width(width, lanes)
+    return widest if widest == power or widest >= 2 * taps else power
 
 
 class DepthwiseConv2d(CPURule):

@@ -5,10 +5,10 @@ one reduction block: rows run in parallel over the fused leading axes, every blo
 injective blocks are vectorized on their inner axes, and each reduction over a single innermost axis is rfactored
 into a vector of partial results (one per SIMD lane, zeroed before the loop so it stays in a register) that a
 short scalar tail combines (a global pool's (h, w) counts as one axis when it walks whole planes; a 1x1 conv on a
-1x1 map, `x[0, c, 0, 0]`, reads c contiguously). A per-row value (a row's mean, LayerNorm's rsqrt, softmax's reciprocal) stays a stage
-of its own: rows then go in tiles of one vector, so it is computed for a vector of rows at once. A reduction over
-several axes alone (a pooling window, a direct convolution) runs its window for a vector of outputs along the last
-spatial axis.
+1x1 map, `x[0, c, 0, 0]`, reads c contiguously). A per-row value (a row's mean, LayerNorm's rsqrt, softmax's
+reciprocal) stays a stage of its own: rows then go in tiles of one vector, so it is computed for a vector of rows
+at once. A reduction over several axes alone (a pooling window, a direct convolution) runs its window for a vector
+of outputs along the last spatial axis.
 """
 
 import math

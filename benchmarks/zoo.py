@@ -7,7 +7,8 @@ For each model of `benchmarks.helpers.zoo_models` (ResNet-50, MobileNetV2, Mobil
 MiniLM-L6 at 128 tokens and the Fashion-MNIST CNN; batch 1) on the same inputs and thread count: PyTorch fp32,
 ONNX Runtime fp32 and int8 (dynamic quantization), `tvm_lut.compile` with our rules (exact, untuned) and, with
 `--db`, with the records of `tvm-lut tune`. Latency is the median of `--repeat` repetitions of >= 0.1 s of calls (at
-one thread taken in turn over the engines); `*_vs_ort` is ONNX Runtime fp32 latency / the engine's (> 1 is
+one thread taken in turn over the engines; wall time, or with `--clock cpu` at one thread the process's CPU time,
+which a shared machine's other processes do not inflate); `*_vs_ort` is ONNX Runtime fp32 latency / the engine's (> 1 is
 faster), and the zoo's median of `rules_vs_ort` closes the table. `*_err` is the largest absolute difference from
 PyTorch's output over the largest magnitude of that output (relative to the output's scale, so elements near zero
 do not blow it up). A model torch.export refuses is imported from its ONNX file instead, shape computations folded by ONNX
@@ -131,7 +132,7 @@ def measure(name: str, args, target) -> dict:
                 record["error"][engine] = max_relative_error(output, reference)
         torch.set_num_threads(threads)
         calls = {engine: (lambda run=run: run(*arrays)) for engine, run in runs.items()}
-        seconds = median_latencies(calls, threads, args.repeat)
+        seconds = median_latencies(calls, threads, args.repeat, cpu_clock=args.clock == "cpu")
     record["latency_ms"] = {engine: 1e3 * s for engine, s in seconds.items()}
     del model, runs, calls
     gc.collect()
@@ -180,10 +181,16 @@ def main(argv=None) -> int:
                         help=f"models to run (default: all of {', '.join(MODELS)})")
     parser.add_argument("--threads", type=int, default=1, help="threads for every engine (1)")
     parser.add_argument("--db", "--database", dest="db", help="tuning database of `tvm-lut tune` (adds 'tuned')")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (default), or the process's CPU time (--threads 1 only): on a shared machine "
+                             "the time other processes take is then not counted")
     parser.add_argument("--verbose", action="store_true", help="print the traceback of every failure")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error(f"--clock cpu times one thread only (it sums every thread's CPU time), "
+                     f"got --threads {args.threads}")
 
     from schedules import host_target
     from schedules.target import use_runtime_threads
@@ -196,8 +203,8 @@ def main(argv=None) -> int:
         records.append(measure(name, args, target))
     rows = [table_row(record) for record in records]
     overall = summary(rows)
-    print(f"\nCPU {cpu_name()}; target {target}; {args.threads} thread(s); median of {args.repeat}; "
-          "*_vs_ort > 1 means faster than ONNX Runtime fp32")
+    print(f"\nCPU {cpu_name()}; target {target}; {args.threads} thread(s); {args.clock} clock; "
+          f"median of {args.repeat}; *_vs_ort > 1 means faster than ONNX Runtime fp32")
     print(format_table(rows, COLUMNS))
     median = overall["median_rules_vs_ort"]
     print(f"zoo median rules_vs_ort: {'n/a' if median is None else f'{median:.3f}'}"
@@ -208,7 +215,8 @@ def main(argv=None) -> int:
         report = record["reports"].get("rules")
         if report is not None and report["unscheduled"]:
             print(f"unscheduled in {record['model']}: {', '.join(report['unscheduled'])}")
-    write_json(args.json, {"cpu": cpu_name(), "target": str(target), "threads": args.threads, "repeat": args.repeat,
+    write_json(args.json, {"cpu": cpu_name(), "target": str(target), "threads": args.threads, "clock": args.clock,
+                           "repeat": args.repeat,
                            "summary": overall, "rows": rows, "models": records})
     return 0
 

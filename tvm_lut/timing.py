@@ -1,7 +1,9 @@
-"""Median-of-N wall-clock timing of a call: the one timer of the benchmarks and of `tvm-lut profile`.
+"""Median-of-N timing of a call: the one timer of the benchmarks and of `tvm-lut profile`.
 
 Numbers are medians of `repeat` repetitions, each long enough (>= `min_seconds`) that timer resolution and call
-overhead do not matter.
+overhead do not matter. The clock is wall time (`time.perf_counter`) unless given: `time.process_time` (the
+process's CPU time) measures single-threaded code without the time other processes of a shared machine take from
+it (it sums every thread, so it is no latency for multi-threaded code).
 """
 
 import statistics
@@ -9,13 +11,14 @@ import time
 from typing import Callable
 
 
-def median_seconds(fn: Callable[[], object], repeat: int = 7, min_seconds: float = 0.02) -> float:
+def median_seconds(fn: Callable[[], object], repeat: int = 7, min_seconds: float = 0.02,
+                   clock: Callable[[], float] = time.perf_counter) -> float:
     """Median time of one call of `fn` over `repeat` repetitions (after a warm-up call)."""
-    return median_seconds_interleaved({"fn": fn}, repeat, min_seconds)["fn"]
+    return median_seconds_interleaved({"fn": fn}, repeat, min_seconds, clock)["fn"]
 
 
-def median_seconds_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 7,
-                               min_seconds: float = 0.02) -> dict[str, float]:
+def median_seconds_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 7, min_seconds: float = 0.02,
+                               clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median time per call of each function, repetitions taken in turn (A B C A B C ...).
 
     Interleaving spreads the load of a shared, noisy machine evenly over the variants, so their ratios hold up
@@ -27,10 +30,10 @@ def median_seconds_interleaved(fns: dict[str, Callable[[], object]], repeat: int
     samples = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             for _ in range(numbers[name]):
                 fn()
-            samples[name].append((time.perf_counter() - start) / numbers[name])
+            samples[name].append((clock() - start) / numbers[name])
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -6,6 +6,7 @@ all on the same thread count; `end_to_end` and `zoo` share them, and `median_lat
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -83,10 +84,14 @@ def aligned(array: np.ndarray) -> np.ndarray:
 
 
 def median_latencies(runs: dict[str, Callable[[], object]], threads: int, repeat: int,
-                     min_seconds: float = 0.1) -> dict[str, float]:
+                     min_seconds: float = 0.1, cpu_clock: bool = False) -> dict[str, float]:
     """Seconds per call of each engine. On one thread, repetitions taken in turn over the engines, so a busy
     machine's load hits all of them alike; on several, one engine after the other (a runtime's idle workers spin
-    for a while after each call and would slow whichever engine runs next)."""
+    for a while after each call and would slow whichever engine runs next). `cpu_clock` (one thread only) times
+    the process's CPU time instead of wall time: on a shared machine, the time others take is not counted."""
+    if cpu_clock and threads != 1:
+        raise ValueError(f"the CPU clock times one thread only, not {threads} (it sums the CPU time of every thread)")
     if threads == 1:
-        return median_seconds_interleaved(runs, repeat, min_seconds)
+        clock = time.process_time if cpu_clock else time.perf_counter
+        return median_seconds_interleaved(runs, repeat, min_seconds, clock)
     return {name: median_seconds(run, repeat, min_seconds) for name, run in runs.items()}

@@ -152,6 +152,16 @@ def largest_divisor(extent: int | None, limit: int) -> int:
     return lanes
 
 
+def vector_width(extent: int | None, lanes: int) -> int:
+    """Elements per vector along a loop of `extent`: a power of two if one of at least half a register divides it,
+    else the largest divisor up to `lanes` (7 for the 7- and 49-long rows of 7x7 maps, where no power of two
+    above 1 divides: LLVM fills a 7-element vector into one register, a 49-element one into four)."""
+    power = largest_divisor(extent, lanes)
+    if extent is None or 2 * power >= lanes:
+        return power
+    return max(d for d in range(1, lanes + 1) if extent % d == 0)
+
+
 def vectorize_innermost(sch: s_tir.Schedule, loop, lanes: int, row: int | None = None):
     """Split `loop` so its inner part is one SIMD vector and vectorize it; returns the outer loop.
 

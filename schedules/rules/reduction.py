@@ -4,10 +4,11 @@ Fits a function whose blocks (after inlining what can be inlined) share their le
 one reduction block: rows run in parallel over the fused leading axes, every block is computed at that row loop,
 injective blocks are vectorized on their inner axes, and each reduction over a single innermost axis is rfactored
 into a vector of partial results (one per SIMD lane, zeroed before the loop so it stays in a register) that a
-short scalar tail combines. A per-row value (a row's mean, LayerNorm's rsqrt, softmax's reciprocal) stays a stage
-of its own: rows then go in tiles of one vector, so it is computed for a vector of rows at once. A reduction over
-several axes alone (a pooling window, a direct convolution) runs its window for a vector of outputs along the last
-spatial axis.
+short scalar tail combines (a global pool's (h, w) counts as one axis when it walks whole planes; a 1x1 conv on a
+1x1 map, `x[0, c, 0, 0]`, reads c contiguously). A per-row value (a row's mean, LayerNorm's rsqrt, softmax's
+reciprocal) stays a stage of its own: rows then go in tiles of one vector, so it is computed for a vector of rows
+at once. A reduction over several axes alone (a pooling window, a direct convolution) runs its window for a vector
+of outputs along the last spatial axis.
 """
 
 import math
@@ -18,8 +19,7 @@ from tvm.target import Target
 
 from ..target import vector_lanes
 from .common import CPURule, inline_injective, largest_divisor, output_dtype, parallelize, read_stride
-from .common import static_extent
-from .common import vectorize_innermost
+from .common import static_extent, vector_width, vectorize_innermost
 from .elementwise import Elementwise
 
 
@@ -43,7 +43,38 @@ def _reads_contiguously(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
     axis = info.iters[-1].var
     inputs = [r for r in block.reads if not r.source.same_as(block.writes[0].source)]
     varying = [r for r in inputs if any(v.same_as(axis) for d in r.region for v in tirx.analysis.undefined_vars(d.min))]
-    return bool(varying) and all(r.region[-1].min.same_as(axis) for r in varying)
+    return bool(varying) and all(_innermost_index(r).same_as(axis) for r in varying)
+
+
+def _reads_whole_planes(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
+    """Whether a reduction over its last two axes (h, w) reads every input that varies with them as whole
+    trailing planes `x[..., h, w]` (w spanning the last dimension): the two axes are then one contiguous run, and
+    a global average pool reduces it in vectors like a row."""
+    if info.dom_kind().count("R") != 2 or not info.dom_kind().endswith("RR"):
+        return False
+    block = sch.get(info.block_rv)
+    h, w = (it.var for it in info.iters[-2:])
+    width = info.dom()[-1]
+    for read in block.reads:
+        if read.source.same_as(block.writes[0].source):
+            continue
+        indices = [r.min for r in read.region]
+        used = {v for index in indices for v in tirx.analysis.undefined_vars(index)}
+        if not any(v.same_as(h) or v.same_as(w) for v in used):
+            continue
+        if len(indices) < 2 or not (indices[-2].same_as(h) and indices[-1].same_as(w)):
+            return False
+        if not isinstance(width, (int, tirx.IntImm)) or int(read.source.shape[-1]) != int(width):
+            return False
+    return True
+
+
+def _innermost_index(read):
+    """The index of the innermost dimension of a read that is not of extent 1: the one whose steps are
+    contiguous (a 1x1 conv on a 1x1 map, a squeeze-and-excitation gate's, reads `x[0, c, 0, 0]`)."""
+    shape = read.source.shape
+    dims = [k for k, extent in enumerate(shape) if not _is_unit(extent)]
+    return read.region[dims[-1] if dims else -1].min
 
 
 def _per_row_values(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> list[SBlockInfo]:
@@ -101,7 +132,8 @@ class Reduction(CPURule):
                 return self._apart(sch, blocks, lanes, target)
             return self._place(sch, blocks, 0, lanes, target, tile_rows=False, rfactor=False)
         single_row = all(_is_unit(d) for d in blocks[0].dom()[:rows])
-        if len(blocks) == 1 and blocks[0].dom_kind().count("R") > 1 and rows >= 2:
+        window = blocks[0].dom_kind().count("R") > 1 and not _reads_whole_planes(sch, blocks[0])
+        if len(blocks) == 1 and window and rows >= 2:  # a pooling window (a global pool is a row: `_rfactor`)
             return self._window(sch, blocks[0], rows, lanes, target)
         if single_row and any(info.dom_kind().count("R") > 1 for info in blocks):
             return None  # no rows to run in parallel and no single reduction axis to vectorize
@@ -210,8 +242,11 @@ class Reduction(CPURule):
     def _rfactor(sch: s_tir.Schedule, info: SBlockInfo, lanes: int):
         """rfactor the innermost reduction loop by the SIMD width; returns the partial-result block or None."""
         loops = sch.get_loops(info.block_rv)
-        factor = largest_divisor(static_extent(sch, loops[-1]), lanes)
-        if info.dom_kind().count("R") != 1 or factor < 2 or not _reads_contiguously(sch, info):
+        reductions = info.dom_kind().count("R")
+        if _reads_whole_planes(sch, info):
+            loops, reductions = loops[:-2] + [sch.fuse(*loops[-2:])], 1  # a mean over (h, w): one run of h * w
+        factor = vector_width(static_extent(sch, loops[-1]), lanes)
+        if reductions != 1 or factor < 2 or not _reads_contiguously(sch, info):
             return None
         _, inner = sch.split(loops[-1], factors=[None, factor])
         return sch.rfactor(inner, factor_axis=len(loops) - 1)
@@ -221,6 +256,10 @@ class Reduction(CPURule):
         """Vectorize what one row of a block computes (`loops`: its loops below the row loop)."""
         if kind == "injective" and loops:
             row = static_extent(sch, loops[-1])
+            if largest_divisor(row, lanes) < vector_width(row, lanes):  # (c, 49) of a 7x7 map's gate multiply
+                _, inner = sch.split(loops[-1], factors=[None, vector_width(row, lanes)])
+                sch.vectorize(inner)
+                return
             inner = sch.fuse(*loops) if len(loops) > 1 else loops[0]
             vectorize_innermost(sch, inner, lanes, row=row)
         elif kind == "partial":

@@ -42,3 +42,19 @@ def test_mobilenet_v3_small_has_the_papers_shape():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 224, 224))
     assert out.shape == (1, 1000) and torch.isfinite(out).all() and out.abs().max() > 1e-2
+
+
+def test_the_cpu_clock_times_one_thread_and_is_named_in_the_json(tmp_path):
+    out = tmp_path / "zoo.json"
+    assert zoo.main(["--models", "fashion-cnn", "--repeat", "1", "--clock", "cpu", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["clock"] == "cpu" and all(ms > 0 for ms in payload["models"][0]["latency_ms"].values())
+    with pytest.raises(SystemExit):
+        zoo.main(["--models", "fashion-cnn", "--threads", "2", "--clock", "cpu"])
+
+
+def test_the_median_timer_reads_the_clock_it_is_given():
+    from tvm_lut.timing import median_seconds
+
+    ticks = iter(range(0, 10_000, 5))  # every reading 5 s after the last: a call of 5 s per the fake clock
+    assert median_seconds(lambda: None, repeat=3, min_seconds=0.0, clock=lambda: next(ticks)) == 5

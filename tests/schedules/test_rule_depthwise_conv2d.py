@@ -4,6 +4,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tvm import te, topi
 
 from schedules.rules import DepthwiseConv2d, default_rules
+from schedules.rules.depthwise_conv2d import row_vector
 from tests.schedules.rule_harness import TARGET, loop_kinds, run, scheduled
 
 RNG = np.random.default_rng(11)
@@ -50,6 +51,13 @@ CASES = [
     ((1, 3, 7, 7), 5, 1, 2, 1, "relu6"),
     ((1, 4, 12, 11), 3, 1, 2, 2, "relu6"),
     ((2, 6, 10, 19), 3, 3, 0, 1, "hardswish"),
+    ((1, 5, 7, 7), 3, 1, 1, 1, "relu6"),  # vectors of 7 (row_vector)
+    ((1, 3, 14, 14), 5, 1, 2, 1, "hardswish"),  # vectors of 14 (AVX-512) or 7
+    ((1, 4, 13, 13), 3, 2, 1, 1, "relu6"),  # 7 outputs a row from a stride of 2
+    ((1, 8, 16, 16), 3, 2, 1, 1, "relu6"),  # even padded width
+    ((1, 8, 17, 17), 3, 2, 0, 1, "relu6"),  # odd width, no padding (TF "same" padding comes as a pad op before it)
+    ((2, 3, 12, 10), 5, 2, 2, 1, "hardswish"),
+    ((1, 5, 7, 7), 3, 2, 1, 1, "relu6"),
 ]
 
 
@@ -77,6 +85,28 @@ def test_depthwise_alone_propagates_nan_and_inf(shape, k, stride, padding):
 def test_depthwise_is_parallel_and_vectorized():
     kinds = loop_kinds(scheduled(DepthwiseConv2d(), _depthwise((1, 32, 16, 16), 3, 1, 1)))
     assert {"vectorized", "unroll"} <= kinds
+
+
+@pytest.mark.parametrize("width, lanes, taps, expected", [
+    (56, 16, 3, 8), (112, 8, 3, 8), (7, 8, 3, 7), (7, 16, 3, 7), (14, 16, 3, 14), (14, 8, 3, 7), (14, 16, 7, 14),
+    (7, 16, 5, 1), (7, 16, 7, 1), (28, 16, 3, 14), (13, 8, 3, 1), (1, 8, 1, 1)])
+def test_row_vector_takes_odd_widths_only_when_a_vector_spans_two_windows(width, lanes, taps, expected):
+    assert row_vector(width, lanes, taps) == expected
+
+
+@pytest.mark.parametrize("width", [16, 17])
+def test_strided_stage_stores_each_phase_of_a_row_contiguously(width):
+    """Padded widths 18 and 19 (a multiple of the stride or not): after the de-interleaving layout, the stage's
+    column loop is split by the stride with the phase outside, so the innermost loop stores contiguously."""
+    sch = DepthwiseConv2d().apply(_depthwise((1, 8, width, width), 3, 2, 1), TARGET, False)
+    kinds = [inst.kind.name for inst in sch.trace.insts]
+    laid_out = kinds.index("TransformLayout")
+    assert kinds[laid_out + 1 : laid_out + 4] == ["GetLoops", "Split", "Reorder"]
+
+
+def test_seven_wide_rows_are_vectors():
+    text = scheduled(DepthwiseConv2d(), _depthwise((1, 8, 7, 7), 3, 1, 1)).script()
+    assert "T.vectorized(7)" in text
 
 
 def test_default_rules_pick_depthwise_for_depthwise_convs():

@@ -233,3 +233,40 @@ def test_layer_norm_over_other_axes_matches_numpy(shape, axes):
         assert len(axes) == len(shape)
         return
     np.testing.assert_allclose(run(sch.mod["main"], data, g, b), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 56, 56), (2, 6, 7, 7), (1, 5, 14, 14), (1, 3, 17, 19)])
+def test_a_global_mean_over_whole_planes_is_one_vector_reduction(shape):
+    """(h, w) is one contiguous run: rfactored into vector partials (lanes, or 7 for 7x7 and 14x14 maps); a plane
+    of 17x19 (no divisor from 2 to 16) stays scalar; all match NumPy."""
+    x = te.placeholder(shape, name="x")
+    func = scheduled(Reduction(), te.create_prim_func([x, topi.sum(x, axis=(2, 3), keepdims=True)]))
+    data = RNG.standard_normal(shape, dtype="float32")
+    data[0, 0, 0, 0] = np.inf
+    np.testing.assert_allclose(run(func, data), data.sum((2, 3), keepdims=True), rtol=1e-5, atol=1e-4)
+    assert ("_rf" in func.script()) == (shape[2] != 17)
+
+
+def test_a_mean_over_transposed_planes_is_not_fused():
+    """x[n, c, w, h] summed over (h, w): the two axes do not walk memory in order, so no plane-long vectors."""
+    x = te.placeholder((2, 4, 8, 16), name="x")
+    h, w = te.reduce_axis((0, 16), "h"), te.reduce_axis((0, 8), "w")
+    out = te.compute((2, 4), lambda n, c: te.sum(x[n, c, w, h], axis=[h, w]), name="out")
+    func = scheduled(Reduction(), te.create_prim_func([x, out]))
+    assert "_rf" not in func.script()
+    data = RNG.standard_normal((2, 4, 8, 16), dtype="float32")
+    np.testing.assert_allclose(run(func, data), data.sum((2, 3)), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels, squeeze", [(576, 144), (96, 24), (17, 5)])
+def test_a_1x1_conv_on_a_1x1_map_reduces_in_vectors(channels, squeeze):
+    """A squeeze-and-excitation gate's 1x1 conv reads x[0, c, 0, 0] and w[o, c, 0, 0]: contiguous along c despite
+    the unit trailing dimensions, so it is rfactored (where c has a divisor from 2 to the lanes) and matches NumPy."""
+    x = te.placeholder((1, channels, 1, 1), name="x")
+    w = te.placeholder((squeeze, channels, 1, 1), name="w")
+    func = scheduled(Reduction(), te.create_prim_func([x, w, topi.nn.relu(topi.nn.conv2d_nchw(x, w, 1, 0, 1))]))
+    assert ("_rf" in func.script()) == (channels != 17)
+    data = RNG.standard_normal((1, channels, 1, 1), dtype="float32")
+    weight = RNG.standard_normal((squeeze, channels, 1, 1), dtype="float32")
+    expected = np.maximum(weight[:, :, 0, 0] @ data[0, :, 0, 0], 0).reshape(1, squeeze, 1, 1)
+    np.testing.assert_allclose(run(func, data, weight), expected, rtol=1e-4, atol=1e-4)

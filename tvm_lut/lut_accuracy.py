@@ -321,28 +321,38 @@ def run_experiment(
     )
 
 
-def onnx_runtime_encoders(model, example, onnx_path: Path) -> dict:
-    """ONNX Runtime fp32 and int8 (dynamic quantization of every MatMul) encoders of `model`, exported to
-    `onnx_path` (opset 17, the TorchScript exporter, static shapes of `example`)."""
-    import onnxruntime as ort
+def export_onnx(model, example, onnx_path: Path) -> None:
+    """The encoder `model` as ONNX at `onnx_path` (opset 17, the TorchScript exporter, static shapes of `example`)."""
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from tvm_lut.frontend import DEFAULT_ONNX_OPSET
 
     with torch.no_grad():
         torch.onnx.export(model.eval(), example, str(onnx_path), input_names=["input_ids", "attention_mask"],
                           opset_version=DEFAULT_ONNX_OPSET, dynamo=False)
-    int8_path = onnx_path.with_suffix(".int8.onnx")
-    quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
+
+
+def ort_encoder(model):
+    """An encoder running an ONNX model (a path, or serialized bytes) with ONNX Runtime on torch's thread count."""
+    import onnxruntime as ort
+    import torch
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(model) if isinstance(model, Path) else model, options,
+                                   providers=["CPUExecutionProvider"])
+    return lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
-    def encoder(path: Path):
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
-    return {"ort_fp32": encoder(onnx_path), "ort_int8": encoder(int8_path)}
+def onnx_runtime_encoders(model, example, onnx_path: Path) -> dict:
+    """ONNX Runtime fp32 and int8 (dynamic quantization of every MatMul) encoders of `model`, exported to
+    `onnx_path` (`export_onnx`)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    export_onnx(model, example, onnx_path)
+    int8_path = onnx_path.with_suffix(".int8.onnx")
+    quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
+    return {"ort_fp32": ort_encoder(onnx_path), "ort_int8": ort_encoder(int8_path)}
 
 
 def _pass_report(executable, name: str = "LUTNonlinear") -> dict:

@@ -226,9 +226,8 @@ class OnnxCapture:
         spliced = {name: entry for name, entry in fitted.items() if self.layers[name][1].conv is None}
         model = splice(self.model, spliced, {name: self.layers[name][1].node for name in spliced})
         names = list(dict.fromkeys(layer.input_name for layer in wanted))
-        present = {out.name for out in model.graph.output}
-        model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
-                                  for name in names if name not in present)
+        del model.graph.output[:]  # only what is captured: ONNX Runtime drops the nodes after it
+        model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names)
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads

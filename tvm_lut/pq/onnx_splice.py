@@ -4,9 +4,10 @@ The calibration fit (`tvm_lut.pq.calibration_fit`) needs it twice: to capture a 
 the already-fitted upstream layers quantized (sequential calibration), and to measure the PQ model on real data
 without compiling it. Each replaced MatMul / Gemm node becomes standard ONNX ops with the semantics of `PQTable`
 (`tvm_lut.pq.reference`): nearest centroid per sub-vector (ArgMin of `|c|^2 - 2 x.c`, ties to the lowest k), then
-the sum over codebooks of the table rows (`int8 * scale`, in float32). A MatMul's bias is a separate `Add` that
-stays in the graph; a Gemm's bias input is added after the sum. Conv nodes are not spliced (their patches would
-need an im2col in ONNX ops): they stay exact here and are reported so.
+the sum over codebooks of the table rows (`int8 * scale`, in float32) as the product of the one-hot codes
+(N, C*K) and the table (C*K, M). A MatMul's bias is a separate `Add` that stays in the graph; a Gemm's bias input
+is added after the sum. Conv nodes are not spliced (their patches would need an im2col in ONNX ops): they stay
+exact here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from tvm_lut.pq.table import PQTable
 
 
-def _splice_node(node, entry: PQTable, prefix: str, opset: int) -> tuple[list, list]:
+def _splice_node(node, entry: PQTable, prefix: str) -> tuple[list, list]:
     """The nodes and initializers that compute `node`'s output from its input with `entry`'s table."""
     from onnx import helper, numpy_helper
 
@@ -26,11 +27,12 @@ def _splice_node(node, entry: PQTable, prefix: str, opset: int) -> tuple[list, l
     const = {
         "centroids": -2.0 * entry.centroids.transpose(0, 2, 1),  # (C, V, K)
         "norms": (entry.centroids.astype(np.float64) ** 2).sum(-1)[:, None, :].astype(np.float32),  # (C, 1, K)
-        "offsets": (np.arange(C, dtype=np.int64) * K)[:, None],  # (C, 1)
         "table": (entry.table.astype(np.float32) * entry.scale).reshape(C * K, M),
         "rows": np.array([-1, C, V], dtype=np.int64),
+        "one_hot_rows": np.array([-1, C * K], dtype=np.int64),
+        "depth": np.array(K, dtype=np.int64),
+        "off_on": np.array([0.0, 1.0], dtype=np.float32),
         "out_dim": np.array([M], dtype=np.int64),
-        "sum_axes": np.array([0], dtype=np.int64),
         "zero": np.array([0], dtype=np.int64),
         "minus_one": np.array([-1], dtype=np.int64),
     }
@@ -38,17 +40,16 @@ def _splice_node(node, entry: PQTable, prefix: str, opset: int) -> tuple[list, l
     c = {k: f"{prefix}/{k}" for k in const}
     t = lambda name: f"{prefix}/{name}"  # noqa: E731 (a name in this splice's namespace)
     summed = t("sum") if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else y
-    reduce = (helper.make_node("ReduceSum", [t("gathered"), c["sum_axes"]], [t("flat")], keepdims=0) if opset >= 13
-              else helper.make_node("ReduceSum", [t("gathered")], [t("flat")], axes=[0], keepdims=0))
     nodes = [
         helper.make_node("Reshape", [x, c["rows"]], [t("subs")]),
         helper.make_node("Transpose", [t("subs")], [t("by_codebook")], perm=[1, 0, 2]),  # (C, N, V)
         helper.make_node("MatMul", [t("by_codebook"), c["centroids"]], [t("dots")]),  # (C, N, K): -2 x.c
         helper.make_node("Add", [t("dots"), c["norms"]], [t("distances")]),
         helper.make_node("ArgMin", [t("distances")], [t("codes")], axis=2, keepdims=0),  # (C, N)
-        helper.make_node("Add", [t("codes"), c["offsets"]], [t("rows_of_table")]),
-        helper.make_node("Gather", [c["table"], t("rows_of_table")], [t("gathered")], axis=0),  # (C, N, M)
-        reduce,
+        helper.make_node("OneHot", [t("codes"), c["depth"], c["off_on"]], [t("one_hot")], axis=-1),  # (C, N, K)
+        helper.make_node("Transpose", [t("one_hot")], [t("by_row")], perm=[1, 0, 2]),
+        helper.make_node("Reshape", [t("by_row"), c["one_hot_rows"]], [t("codes_flat")]),  # (N, C*K)
+        helper.make_node("MatMul", [t("codes_flat"), c["table"]], [t("flat")]),  # the sum of the table rows
         helper.make_node("Shape", [x], [t("in_shape")]),
         helper.make_node("Slice", [t("in_shape"), c["zero"], c["minus_one"]], [t("lead_shape")]),  # all but D
         helper.make_node("Concat", [t("lead_shape"), c["out_dim"]], [t("out_shape")], axis=0),
@@ -69,7 +70,6 @@ def splice(model, entries: dict[str, PQTable], node_names: dict[str, str]):
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    opset = max((op.version for op in out.opset_import if op.domain in ("", "ai.onnx")), default=13)
     by_node = {node_names[layer]: (layer, entry) for layer, entry in entries.items()}
     graph = out.graph
     new_nodes = []
@@ -81,7 +81,7 @@ def splice(model, entries: dict[str, PQTable], node_names: dict[str, str]):
         if node.op_type not in ("MatMul", "Gemm") or entry.layer != "linear":
             raise ValueError(f"layer {layer!r}: only MatMul / Gemm nodes are spliced, not a {node.op_type} "
                              f"({entry.layer} table)")
-        nodes, inits = _splice_node(node, entry, f"pq_splice/{index}", opset)
+        nodes, inits = _splice_node(node, entry, f"pq_splice/{index}")
         new_nodes += nodes
         graph.initializer.extend(inits)
     if by_node:

@@ -81,8 +81,9 @@ def test_bert_like_block_from_both_importers(monkeypatch, tiny_bert, source):
     model, inputs = tiny_bert
     lut = LUTNonlinear(bundle())
     mod = lut(_import(model, inputs, source))
-    assert PassReport.of(mod, "LUTNonlinear").counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}, str(PassReport.of(mod, "LUTNonlinear"))
-    assert PassReport.of(mod, "LUTNonlinear").kept == []
+    report = PassReport.of(mod, "LUTNonlinear")
+    assert report.counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}, str(report)
+    assert report.kept == []
     assert sorted(kernels.calls) == ["layer_norm_func", "pwl_func", "softmax_func"]  # the 3 LayerNorms share one
     with torch.no_grad():
         expected = model(*inputs).numpy()
@@ -96,8 +97,9 @@ def test_every_form_of_a_small_module(monkeypatch, source):
     model, x = Block().eval(), (torch.randn(24, 8) * 3,)
     lut = LUTNonlinear(bundle())
     mod = lut(_import(model, x, source))
-    assert PassReport.of(mod, "LUTNonlinear").counts() == {"gelu": 2, "softmax": 1, "layer_norm": 1}, str(PassReport.of(mod, "LUTNonlinear"))
-    forms = {e.form for e in PassReport.of(mod, "LUTNonlinear").replaced}
+    report = PassReport.of(mod, "LUTNonlinear")
+    assert report.counts() == {"gelu": 2, "softmax": 1, "layer_norm": 1}, str(report)
+    forms = {e.form for e in report.replaced}
     assert forms >= ({"erf-decomposed", "tanh-decomposed", "decomposed"} if source == 13 else {"R.nn.gelu_tanh"})
     with torch.no_grad():
         expected = model(*x).numpy()
@@ -120,7 +122,8 @@ def test_bert_like_block_with_the_lut_kernels(tiny_bert, source):
     model, inputs = tiny_bert
     lut = LUTNonlinear(bundle())
     mod = lut(_import(model, inputs, source))
-    assert PassReport.of(mod, "LUTNonlinear").counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}, str(PassReport.of(mod, "LUTNonlinear"))
+    report = PassReport.of(mod, "LUTNonlinear")
+    assert report.counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}, str(report)
     with torch.no_grad():
         expected = model(*inputs).numpy()
     np.testing.assert_allclose(_compile_and_run(mod, inputs), expected, atol=GAIN * _table_error(), rtol=0)
@@ -137,8 +140,9 @@ def test_minilm_counts(monkeypatch, source):
     inputs = (torch.randint(1000, 2000, (1, 16)), torch.ones(1, 16, dtype=torch.int64))
     lut = LUTNonlinear(bundle())
     mod = lut(_import(model, inputs, source))
-    assert PassReport.of(mod, "LUTNonlinear").counts() == {"gelu": 6, "softmax": 6, "layer_norm": 13}, str(PassReport.of(mod, "LUTNonlinear"))
-    assert PassReport.of(mod, "LUTNonlinear").kept == []
+    report = PassReport.of(mod, "LUTNonlinear")
+    assert report.counts() == {"gelu": 6, "softmax": 6, "layer_norm": 13}, str(report)
+    assert report.kept == []
 
 
 def test_default_tables_when_no_bundle(monkeypatch):
@@ -166,7 +170,8 @@ def test_minilm_with_default_tables_and_lut_kernels():
     inputs = (torch.randint(1000, 20000, (2, 16)), torch.ones(2, 16, dtype=torch.int64))
     lut = LUTNonlinear()
     mod = lut(from_torch(model, inputs))
-    assert PassReport.of(mod, "LUTNonlinear").counts() == {"gelu": 6, "softmax": 6, "layer_norm": 13}, str(PassReport.of(mod, "LUTNonlinear"))
+    report = PassReport.of(mod, "LUTNonlinear")
+    assert report.counts() == {"gelu": 6, "softmax": 6, "layer_norm": 13}, str(report)
     with torch.no_grad():
         expected = model(*inputs).numpy()
     actual = _compile_and_run(mod, inputs)
@@ -222,7 +227,8 @@ def test_onnx_backend_node_cases(monkeypatch):
         inputs, (expected, *_) = ([np.asarray(a) for a in arrays] for arrays in case.data_sets[0])
         lut = LUTNonlinear(bundle())
         mod = lut(from_onnx(case.model))
-        assert sum(PassReport.of(mod, "LUTNonlinear").counts().values()) == 1 and PassReport.of(mod, "LUTNonlinear").kept == [], (case.name, str(PassReport.of(mod, "LUTNonlinear")))
+        report = PassReport.of(mod, "LUTNonlinear")
+        assert sum(report.counts().values()) == 1 and report.kept == [], (case.name, str(report))
         vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target(TARGET)), tvm.cpu())
         actual = vm["main"](*(tvm.runtime.tensor(a) for a in inputs))
         actual = (actual if hasattr(actual, "numpy") else actual[0]).numpy()

@@ -43,8 +43,9 @@ def test_serves_3x3_stride_1_and_says_why_not_the_rest(importer):
     args = (torch.randn(2, 8, 11, 10), torch.randn(1, 3, 6, 6))
     pass_ = WinogradConv2d()
     rewritten = pass_(_import(Convs(), args, importer))
-    assert [(e.op, e.shape) for e in PassReport.of(rewritten, "WinogradConv2d").replaced] == [("conv2d", (2, 16, 11, 10))]
-    reasons = sorted(e.reason.split(":")[0] for e in PassReport.of(rewritten, "WinogradConv2d").kept)
+    report = PassReport.of(rewritten, "WinogradConv2d")
+    assert [(e.op, e.shape) for e in report.replaced] == [("conv2d", (2, 16, 11, 10))]
+    reasons = sorted(e.reason.split(":")[0] for e in report.kept)
     assert reasons == ["3 input channel(s)", "3x3 kernel, stride (1, 1), dilation (2, 2)",
                        "3x3 kernel, stride (2, 2), dilation (1, 1)", "groups=2"]
     assert sum(name.startswith("winograd_conv2d") for name in (gv.name_hint for gv in rewritten.get_global_vars())) == 1

@@ -370,8 +370,9 @@ def fit_pq_tables(layers: list[DenseLayer], capture: Capture, config: PQConfig, 
                                                  config.seed + index, exact_rows=exact[layer.name])
             entries[layer.name] = table_entry(layer, centroids, table)
             report.errors[layer.name] = errors
-            report.replaced[layer.name] = (f"{layer.kind} K={K} V={V} C={layer.weight[0].size // V}; relative output error "
-                                           f"k-means {errors['kmeans']:.4f} -> fitted {errors['fitted']:.4f}")
+            report.replaced[layer.name] = (f"{layer.kind} K={K} V={V} C={layer.weight[0].size // V}; relative "
+                                           f"output error k-means {errors['kmeans']:.4f} -> fitted "
+                                           f"{errors['fitted']:.4f}")
     log.info("%s", report)
     provenance = {"pq_config": json.loads(config.to_json()), "pq_fit": "calibration only (tvm_lut.pq.calibration_fit)",
                   "pq_fit_settings": settings.__dict__, "pq_replaced": report.replaced, "pq_kept_exact": report.kept,

@@ -2,15 +2,17 @@
 
 No labels, no backprop through the model. The model itself is run on the calibration batches (ONNX Runtime for
 ONNX, the exported program for `.pt2`) and the input of every dense / conv layer whose weight is a constant is
-captured (a uniform sample of at most `fit_rows` rows, the same rows at every run).
+captured (a uniform sample of at most `fit_rows` rows, the same rows at every run). With `FitSettings.token_mask`
+(an input (B, L) such as `attention_mask`) the rows of padding tokens are left out.
 
 Sequential calibration (`FitSettings.sequential`, as GPTQ / AdaRound fit layer after layer): the layers are fitted
 in graph order, in stages of the consecutive layers that share one input (query, key and value); each stage's input
 X is captured from the model with every layer fitted so far product-quantized (`tvm_lut.pq.onnx_splice` for ONNX,
 where a conv stays exact; the PQ reference in the exported program), while its target is the exact model's output
 Y = X_exact @ W.T for the same rows. So a layer learns to undo the error its upstream layers made, instead of
-fitting activations the deployed model never sees. Without it, X = X_exact. Then, per layer (before the bias,
-which is added exactly):
+fitting activations the deployed model never sees (MiniLM-L6 at V=16, `tvm-lut demo`: NN-LUT + PQ drop 4.4 -> 2.7
+points, cosine to FP32 0.55 -> 0.69; one more model run per stage). Without it, X = X_exact. Then, per layer
+(before the bias, which is added exactly):
 
 1. centroids by k-means, one codebook per sub-vector of length V (LUT-NN's initialisation);
 2. centroids refined by `refine_steps` Adam steps on the output reconstruction error |PQ(X) - Y|^2 / |Y|^2, the

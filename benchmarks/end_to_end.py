@@ -1,6 +1,7 @@
 """Whole-model CPU latency, accuracy and size: PyTorch, ONNX Runtime (fp32, int8) and TVM builds, in one run.
 
     python -m benchmarks.end_to_end [--models minilm-8x64 minilm-1x64 cnn] [--threads N] [--database DIR]
+    python -m benchmarks.end_to_end --models minilm-l6 fashion-cnn     # the CLI's names: minilm-8x64, cnn
         [--bundle minilm=PQ.safetensors --pq-weights minilm=PQ.model.safetensors]
         [--cnn-weights FP32.safetensors --bundle cnn=PQ.safetensors --pq-weights cnn=PQ.model.safetensors] [--profile N]
         [--json PATH]
@@ -37,6 +38,8 @@ from .helpers.engines import aligned, export_onnx, median_latencies, ort_runner,
 from .timing import add_common_arguments, format_table, median_seconds, write_json
 
 MODELS = ("minilm-8x64", "minilm-1x64", "cnn")
+# The CLI's names for the same cases (`tvm_lut.model_spec.BUILTIN_MODELS`; minilm-l6 at its default 8 x 64 input).
+ALIASES = {"minilm-l6": "minilm-8x64", "fashion-cnn": "cnn"}
 
 
 def minilm_case(batch: int, args):
@@ -209,17 +212,28 @@ def print_profile(engine: str, mod, example, target, args, **compile_options) ->
     print(f"  {engine}, by function:\n{profile.table(args.profile)}", flush=True)
 
 
+def _model_name(text: str) -> str:
+    name = ALIASES.get(text, text)
+    if name not in MODELS:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}: the models are {', '.join(MODELS)} (or "
+                                         f"{', '.join(f'{alias} for {name}' for alias, name in ALIASES.items())})")
+    return name
+
+
 def _model_path(text: str) -> tuple[str, Path]:
     model, sep, path = text.partition("=")
+    model = {"minilm-l6": "minilm", "fashion-cnn": "cnn"}.get(model, model)
     if not sep or model not in ("minilm", "cnn") or not path:
-        raise argparse.ArgumentTypeError(f"expected minilm=PATH or cnn=PATH, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected minilm=PATH or cnn=PATH (or minilm-l6=, fashion-cnn=), "
+                                         f"got {text!r}")
     return model, Path(path)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--models", nargs="+", type=_model_name, default=list(MODELS), metavar="MODEL",
+                        help=f"{', '.join(MODELS)}, or the CLI's names {', '.join(ALIASES)} (default: all)")
     parser.add_argument("--threads", type=int,
                         help="threads for every engine (default: the cores this process may use)")
     parser.add_argument("--database", "--db", help="tuning database of `tvm-lut tune` (adds the 'tvm tuned' rows)")

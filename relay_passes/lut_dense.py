@@ -17,7 +17,8 @@ VBMI + VNNI and M % 16 == 0 takes the `vpermb` + `vpdpbusd` lookup (`schedules.k
 
 Precondition: high-level Relax ops, as imported; the pass sits before LegalizeOps (phase 1 of the `tvm_lut`
 pipeline), like `LUTNonlinear`. Served: float32, static shapes, K <= 16, a target with a lookup intrinsic. A layer
-without an entry, or one that cannot be served, stays exact; `pass_.report` (a `PassReport`) says why.
+without an entry, or one that cannot be served, stays exact; the `PassReport` the run attaches to the module
+(`PassReport.of(mod, "LUTDense")`) says why.
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ class LUTDense:
         self.target = target
         self.prefer_avx512 = prefer_avx512
         self.forms = dense_patterns.forms() + conv2d_patterns.forms()
-        self.report: PassReport | None = None
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         from schedules.intrin import lookup_intrin
@@ -80,9 +80,8 @@ class LUTDense:
         used = {entry.entry for entry in rewriter.report.replaced}
         rewriter.report.unused += [UnusedEntry(name, _unused_reason(name, rewriter.report))
                                    for name, table in self.bundle.items() if table.kind == "pq" and name not in used]
-        self.report = rewriter.report
-        self.report.log(logger)
-        return mod
+        rewriter.report.log(logger)
+        return rewriter.report.attach(mod)
 
 
 class _DenseRewriter(LUTRewriter):

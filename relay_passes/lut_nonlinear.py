@@ -10,8 +10,9 @@ Precondition: high-level Relax ops, as imported; the pass sits before LegalizeOp
 pipeline). Served: float32 tensors of static shape. A matched op that cannot be served (another dtype, a dynamic
 shape, a missing table, an attribute the kernel rejects) stays exact.
 
-Report: after every run, `pass_.report` is the `PassReport` of that run (what was replaced, what was kept exact
-and why); its summary is logged on the `relay_passes.lut_nonlinear` logger, kept ops at WARNING.
+Report: every run attaches its `PassReport` (what was replaced, what was kept exact and why) to the module it
+returns, `PassReport.of(mod, "LUTNonlinear")`; the pass object keeps nothing. Its summary is logged on the
+`relay_passes.lut_nonlinear` logger, kept ops at WARNING.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from tvm import relax
 
 from .lut_rewriter import LUTRewriter
 from .patterns import Form, LUTCall, gelu, layer_norm, softmax, static_shape
-from .report import PassReport
 
 OPS = ("gelu", "softmax", "layer_norm")
 _FORMS = {"gelu": gelu.forms, "softmax": softmax.forms, "layer_norm": layer_norm.forms}
@@ -54,14 +54,12 @@ class LUTNonlinear:
         self.bundle = bundle
         self.ops = tuple(dict.fromkeys(ops))
         self.forms = [form for op in self.ops for form in _FORMS[op]()]
-        self.report: PassReport | None = None
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rewriter = _Rewriter(mod, self.bundle if self.bundle is not None else _default_bundle())
         mod = rewriter.run(mod, self.forms)
-        self.report = rewriter.report
-        self.report.log(logger)
-        return mod
+        rewriter.report.log(logger)
+        return rewriter.report.attach(mod)
 
 
 class _Rewriter(LUTRewriter):

@@ -14,8 +14,9 @@ Phases, in order:
    repacking a schedule marked as layout-rewrite preprocessing becomes its own function, folded on constants.
 4. Lowering to the VM (as TVM's CPU pipeline does).
 
-Every parameter has a default, so the registered name alone works. After a run, `pipeline.report` holds the pass
-reports of that run.
+Every parameter has a default, so the registered name alone works. The pipeline keeps no state: the reports of a
+run ride on the module it returns, `report_of(mod)` reads them (`tvm_lut.compile` does, and drops them before code
+generation).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from schedules.apply import REPORT_ATTR
 from schedules.rules.common import WEIGHT_PREPACK
 
 from .lut_nonlinear import LUTNonlinear
+from .report import PassReport
+from .report import without_reports as without_pass_reports
 from .winograd_conv2d import WinogradConv2d
 
 logger = logging.getLogger(__name__)
@@ -155,7 +158,8 @@ def prepare(mod: tvm.IRModule, target, bundle=None, nonlinear: bool = False, lut
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_lut")
 class LUTPipeline:
-    """The four phases above as one pass; `report` describes its last run."""
+    """The four phases above as one pass. It keeps no state: the reports of its run ride on the module it returns
+    (`report_of`)."""
 
     def __init__(self, bundle=None, nonlinear: bool = False, database=None, target=None, rules=None,
                  winograd: bool = True):
@@ -166,7 +170,6 @@ class LUTPipeline:
         self.database = database
         self.target = target
         self.scheduler = ApplyCPUSchedules(rules=rules, target=target)
-        self.schedules = ScheduleReport()  # the schedule report of the last run (`report`)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         target = self.target or tvm.target.Target.current(allow_none=True)
@@ -178,24 +181,31 @@ class LUTPipeline:
                 with _open_database(self.database, target):
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             mod = self.scheduler(mod)
-            self.schedules = ScheduleReport.of(mod)
-            mod = mod.without_attr(REPORT_ATTR)
             return tvm.transform.Sequential(weight_prepack_passes() + lowering_passes(target))(mod)
 
-    @property
-    def report(self) -> dict:
-        """JSON-ready: each LUT pass's report, the exact-algorithm passes' ones, the rule that scheduled each function,
-        what stayed unscheduled, and the rules that raised on a function (tried the next rule instead)."""
-        schedules = self.schedules
-        return {
-            "passes": [p.report.to_dict() for p in self.lut if getattr(p, "report", None) is not None],
-            "exact_passes": [p.report.to_dict() for p in self.exact if p.report is not None],
-            "scheduled": dict(schedules.scheduled),
-            "already_scheduled": list(schedules.already_scheduled),
-            "unscheduled": list(schedules.unscheduled),
-            "why_unscheduled": dict(schedules.why_unscheduled),
-            "rule_failures": {name: list(failures) for name, failures in schedules.rule_failures.items()},
-        }
+
+def report_of(mod: tvm.IRModule) -> dict:
+    """JSON-ready report of the pipeline run that produced `mod`: each LUT pass's report, the exact-algorithm passes'
+    ones, the rule that scheduled each function, what stayed unscheduled, and the rules that raised on a function
+    (tried the next rule instead)."""
+    exact = {type(p).__name__ for p in exact_passes()}
+    reports = [report.to_dict() for report in PassReport.all_of(mod)]
+    schedules = ScheduleReport.of(mod)
+    return {
+        "passes": [r for r in reports if r["pass"] not in exact],
+        "exact_passes": [r for r in reports if r["pass"] in exact],
+        "scheduled": dict(schedules.scheduled),
+        "already_scheduled": list(schedules.already_scheduled),
+        "unscheduled": list(schedules.unscheduled),
+        "why_unscheduled": dict(schedules.why_unscheduled),
+        "rule_failures": {name: list(failures) for name, failures in schedules.rule_failures.items()},
+    }
+
+
+def without_reports(mod: tvm.IRModule) -> tvm.IRModule:
+    """`mod` without the reports its passes attached (read them first with `report_of`)."""
+    mod = without_pass_reports(mod)
+    return mod.without_attr(REPORT_ATTR) if mod.attrs is not None and REPORT_ATTR in mod.attrs else mod
 
 
 def _open_database(database, target):

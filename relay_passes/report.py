@@ -3,13 +3,22 @@
 Every LUT pass (LUTNonlinear, LUTDense) fills one report per run and never rewrites silently: an op it matched
 but cannot serve (dtype, dynamic shape, no table, an attribute the kernel does not support) stays exact and gets a
 `KeptExact` entry with the reason. The report is plain data (`to_dict()` is JSON-ready) and logs one summary line.
+
+The passes keep no state: each run appends its report to the module it returns (the `REPORTS_ATTR` attribute, a
+JSON list), so one pass object run on two modules leaves each its own report. `PassReport.of(mod, name)` reads the
+last report of pass `name`, `PassReport.all_of(mod)` every one in the order the passes ran.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections import Counter
+
+import tvm
+
+REPORTS_ATTR = "tvm_lut.pass_reports"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +96,35 @@ class PassReport:
         for entry in self.unused:
             logger.warning("%s: bundle entry %r unused: %s", self.pass_name, entry.entry, entry.reason)
 
+    def attach(self, mod: tvm.IRModule) -> tvm.IRModule:
+        """`mod` with this report appended to the reports it carries."""
+        return mod.with_attr(REPORTS_ATTR, json.dumps(_reports_json(mod) + [self.to_dict()]))
+
+    @classmethod
+    def all_of(cls, mod: tvm.IRModule) -> list[PassReport]:
+        """The reports of every LUT pass run that produced `mod`, in order."""
+        return [cls.from_dict(entry) for entry in _reports_json(mod)]
+
+    @classmethod
+    def of(cls, mod: tvm.IRModule, pass_name: str) -> PassReport:
+        """The report of the last run of pass `pass_name` on (an ancestor of) `mod`."""
+        reports = [report for report in cls.all_of(mod) if report.pass_name == pass_name]
+        if not reports:
+            ran = sorted({report.pass_name for report in cls.all_of(mod)})
+            raise LookupError(f"no {pass_name} report on this module (reports of: {', '.join(ran) or 'no pass'})")
+        return reports[-1]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PassReport:
+        """The inverse of `to_dict`."""
+
+        def entries(kind, key):
+            return [kind(**{**e, "shape": None if e.get("shape") is None else tuple(e["shape"])})
+                    if "shape" in e else kind(**e) for e in data.get(key, [])]
+
+        return cls(data["pass"], entries(Replaced, "replaced"), entries(KeptExact, "kept"),
+                   entries(UnusedEntry, "unused"))
+
     def to_dict(self) -> dict:
         """JSON-ready form (for `--json` outputs and the compile report)."""
         return {
@@ -95,6 +133,16 @@ class PassReport:
             "kept": [dataclasses.asdict(e) for e in self.kept],
             "unused": [dataclasses.asdict(e) for e in self.unused],
         }
+
+
+def _reports_json(mod: tvm.IRModule) -> list[dict]:
+    text = mod.attrs.get(REPORTS_ATTR) if mod.attrs is not None else None
+    return json.loads(str(text)) if text is not None else []
+
+
+def without_reports(mod: tvm.IRModule) -> tvm.IRModule:
+    """`mod` without the pass reports it carries (once read)."""
+    return mod.without_attr(REPORTS_ATTR) if mod.attrs is not None and REPORTS_ATTR in mod.attrs else mod
 
 
 def _shape(shape) -> str:

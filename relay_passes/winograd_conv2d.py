@@ -32,18 +32,17 @@ _OUT_EWISE_FUSABLE = 4  # relax op_pattern kOutEWiseFusable: elementwise consume
 
 @tvm.ir.transform.module_pass(opt_level=0, name="WinogradConv2d")
 class WinogradConv2d:
-    """Rewrite the 3x3 stride-1 convs that qualify (see the module docstring); `report` describes the last run."""
+    """Rewrite the 3x3 stride-1 convs that qualify (see the module docstring); the run's report rides on the
+    module it returns (`PassReport.of(mod, "WinogradConv2d")`)."""
 
     def __init__(self):
         self.forms = [form for form in conv2d_patterns.forms() if form.name == "conv2d"]
-        self.report = None
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rewriter = _WinogradRewriter(mod)
         mod = rewriter.run(mod, self.forms)
-        self.report = rewriter.report
-        logger.info("%s", self.report)
-        return mod
+        logger.info("%s", rewriter.report)
+        return rewriter.report.attach(mod)
 
 
 class _WinogradRewriter(LUTRewriter):

@@ -15,6 +15,7 @@ BENCHMARKS = {
     "lutnn_accuracy": "LUT-NN accuracy: FP32, k-means only and learned centroids, per V",
     "pq_dense": "PQ encode + lookup vs PyTorch, ONNX Runtime fp32/int8 and TVM dense",
     "pq_compiled_accuracy": "MiniLM-L6 with learned PQ tables on tweets: PyTorch PQ vs LUTDense compiled",
+    "pq_calibration_accuracy": "MiniLM-L6 with PQ tables fitted from calibration tweets alone: accuracy vs FP32",
     "matmul_rule": "the matmul schedule rule's GFLOPS vs PyTorch",
     "end_to_end": "whole models: PyTorch, ONNX Runtime, stock TVM, our schedules, tuning, LUT passes",
     "autotune": "the autotuned CNN vs the exact build, hand-picked LUT-NN and ONNX Runtime fp32; proxies vs drops",

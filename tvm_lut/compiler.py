@@ -88,7 +88,7 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
     import tvm
     from tvm import relax
 
-    from relay_passes.pipeline import tvm_lut_pipeline
+    from relay_passes.pipeline import report_of, tvm_lut_pipeline, without_reports
     from schedules.target import resolve_target, runs_on_host, use_runtime_threads
 
     if not isinstance(mod, tvm.IRModule):
@@ -107,8 +107,10 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
                                 winograd=winograd)
     # "compiled": the VM's instruction sequence becomes native code instead of interpreted bytecode (the CNN's 35
     # instructions: 90.1 -> 88.4 us a call at one thread), the same kernels.
-    executable = relax.build(mod, target=target, relax_pipeline=pipeline, exec_mode=exec_mode)
-    report = pipeline.report
+    with target:
+        lowered = pipeline(mod)
+    report = report_of(lowered)
+    executable = relax.build(without_reports(lowered), target=target, relax_pipeline=None, exec_mode=exec_mode)
     executable.lut_report = CompileReport(target=str(target), passes=report["passes"], scheduled=report["scheduled"],
                                           tuned=report["already_scheduled"], unscheduled=report["unscheduled"],
                                           exact_passes=report["exact_passes"], rule_failures=report["rule_failures"],

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help=f"tweets per compiled batch (default {defaults.batch_size})")
     parser.add_argument("--V", type=int, default=defaults.pq_V, help=f"PQ sub-vector length (default {defaults.pq_V})")
+    parser.add_argument("--independent", action="store_true", help="fit each PQ table on the exact model's "
+                        "activations instead of sequentially (faster fit, farther from FP32: drop 4.4 vs 2.7 points)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the full result to PATH as JSON")
     model_spec.add_threads_argument(parser)
     model_spec.add_progress_argument(parser)
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     threads = model_spec.threads_from_args(args)
     torch.set_num_threads(threads)
-    config = ExperimentConfig(n_test=args.n_test, n_train=args.n_train, batch_size=args.batch_size, pq_V=args.V)
+    config = ExperimentConfig(n_test=args.n_test, n_train=args.n_train, batch_size=args.batch_size, pq_V=args.V,
+                              pq_sequential=not args.independent)
     result = run_experiment(config, target=host_target(threads), progress=model_spec.progress_from_args(args))
     print(result.summary())
     if args.json is not None:

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "measured settings, tvm_lut.pq.tasks.TASK_CONFIGS; PQConfig() with V=16 for a model file)")
     parser.add_argument("--V", type=int, help="sub-vector length of linear layers (overrides the config)")
     parser.add_argument("--nonlinear", action="store_true", help="also NN-LUT tables for GELU/Softmax/LayerNorm")
+    parser.add_argument("--token-mask", type=str, metavar="INPUT", help="model files: the input (B, L) whose zeros "
+                        "mark padding tokens, whose rows the fit skips (default: attention_mask when the model has "
+                        "it; 'none' fits every row)")
     parser.add_argument("--quick", action="store_true", help="CI-sized run: small data, one epoch, short fits")
     parser.add_argument("--checkpoint", type=str, metavar="FILE", help="built-in models: resumable training "
                         "checkpoint (.safetensors)")
@@ -74,8 +77,10 @@ def run(args: argparse.Namespace) -> int:
     if source.kind == "artifact":
         raise UsageError(f"{source.spec!r} is already a learned artifact; learn from the model itself")
     if source.kind == "builtin":
-        if args.calib is not None:
-            raise UsageError(f"{source.spec} learns on its own task data; --calib applies to model files")
+        for option in ("calib", "token_mask"):
+            if getattr(args, option) is not None:
+                raise UsageError(f"{source.spec} learns on its own task data; --{option.replace('_', '-')} applies "
+                                 "to model files")
         if args.weights is not None and source.spec != "fashion-cnn":
             raise UsageError("--weights applies to fashion-cnn only")
         return _learn_builtin(args, source, progress)
@@ -131,7 +136,12 @@ def _learn_from_calibration(args, source, threads: int, progress: bool) -> int:
 
     batches = model_spec.load_calibration(args.calib, source.inputs)
     config = _config(args, PQConfig(V=16))
-    settings = FitSettings(fit_rows=4096, refine_steps=20) if args.quick else FitSettings()
+    names = [spec.name for spec in source.inputs]
+    token_mask = args.token_mask or ("attention_mask" if "attention_mask" in names else "none")
+    if token_mask != "none" and token_mask not in names:
+        raise UsageError(f"--token-mask {token_mask!r} is not an input of the model ({', '.join(names)})")
+    settings = dataclasses.replace(FitSettings(fit_rows=4096, refine_steps=20) if args.quick else FitSettings(),
+                                   token_mask=None if token_mask == "none" else token_mask)
     if source.kind != "onnx":
         from tvm_lut.pq.calibration_fit import learn_from_pt2
 

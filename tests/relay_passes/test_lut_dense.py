@@ -7,7 +7,7 @@ import torch
 import tvm
 from tvm import relax
 
-from relay_passes import LUTDense
+from relay_passes import LUTDense, PassReport
 from schedules import host_target
 from schedules.intrin import lookup_intrin
 from tvm_lut.bundle import Bundle
@@ -75,7 +75,8 @@ def test_every_layer_is_replaced_and_equals_the_reference(net_and_bundle, import
     mod = from_torch(net, (x, image)) if importer == "torch" else from_onnx(net, example_args=(x, image))
     lut = LUTDense(bundle, target=TARGET)
     rewritten = lut(mod)
-    assert lut.report.counts() == {"dense": 2, "conv2d": 2} and not lut.report.kept
+    report = PassReport.of(rewritten, "LUTDense")
+    assert report.counts() == {"dense": 2, "conv2d": 2} and not report.kept
     text = rewritten.script()
     assert "R.matmul" not in text and "R.nn.conv2d" not in text
     assert text.count("pq_encode_") >= 4 and text.count("pq_lookup_") >= 4
@@ -93,8 +94,9 @@ def test_layers_it_cannot_serve_stay_exact_with_a_reason(net_and_bundle):
     mod = from_torch(strided, (x, image))
     lut = LUTDense(partial, target=TARGET)
     rewritten = lut(mod)
-    reasons = [entry.reason for entry in lut.report.kept]
-    assert lut.report.counts() == {"dense": 1}
+    report = PassReport.of(rewritten, "LUTDense")
+    reasons = [entry.reason for entry in report.kept]
+    assert report.counts() == {"dense": 1}
     assert sum("no pq entry" in r for r in reasons) == 2  # fc2, conv1
     assert any("stride/dilation (2, 2)/(1, 1) in the graph, (1, 1)/(1, 1) in the entry" in r for r in reasons)
     assert len(reasons) == 3
@@ -107,9 +109,10 @@ def test_a_target_without_a_lookup_intrinsic_keeps_everything_exact(net_and_bund
     net, bundle = net_and_bundle
     mod = from_torch(net, (torch.randn(2, 3, 8), torch.randn(1, 3, 6, 6)))
     lut = LUTDense(bundle, target=tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"}))
-    lut(mod)
-    assert not lut.report.replaced and len(lut.report.kept) == 4
-    assert all("no lookup intrinsic" in entry.reason for entry in lut.report.kept)
+    rewritten = lut(mod)
+    report = PassReport.of(rewritten, "LUTDense")
+    assert not report.replaced and len(report.kept) == 4
+    assert all("no lookup intrinsic" in entry.reason for entry in report.kept)
 
 
 def test_a_float16_layer_stays_exact(net_and_bundle):
@@ -124,9 +127,10 @@ def test_a_float16_layer_stays_exact(net_and_bundle):
         builder.emit_func_output(out)
     mod = builder.get()
     lut = LUTDense(bundle, target=TARGET)
-    lut(mod)
-    assert not lut.report.replaced
-    assert [entry.reason for entry in lut.report.kept] == ["dtype float16: the PQ kernels compute in float32"]
+    rewritten = lut(mod)
+    report = PassReport.of(rewritten, "LUTDense")
+    assert not report.replaced
+    assert [entry.reason for entry in report.kept] == ["dtype float16: the PQ kernels compute in float32"]
 
 
 def test_misuse_is_rejected(net_and_bundle):
@@ -151,7 +155,8 @@ def test_minilm_with_learned_tables_equals_the_pytorch_pq_model():
     learned = learn_pq(model, batches, PQConfig(K=16, V=32, epochs=1, include=("encoder.*",)), progress=False)
     lut = LUTDense(learned.bundle, target=TARGET)
     rewritten = lut(from_torch(model, (ids[:16], mask[:16])))
-    assert not lut.report.kept and lut.report.counts() == {"dense": 36}
+    report = PassReport.of(rewritten, "LUTDense")
+    assert not report.kept and report.counts() == {"dense": 36}
     got = _run(rewritten, ids[:16], mask[:16])[0]
     with torch.no_grad():
         want = learned.model(ids[:16], mask[:16]).numpy()

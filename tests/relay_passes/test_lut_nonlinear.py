@@ -15,6 +15,7 @@ from tvm import relax
 
 from nonlinear_stand_ins import ExactKernels, bundle, module_of, tables
 from relay_passes import LUTNonlinear
+from relay_passes.report import PassReport, without_reports
 from tvm_lut.frontend import from_onnx, from_torch
 from tvm_lut.models.minilm import MiniLM, MiniLMConfig
 
@@ -80,8 +81,9 @@ def test_bert_like_block_from_both_importers(monkeypatch, tiny_bert, source):
     model, inputs = tiny_bert
     lut = LUTNonlinear(bundle())
     mod = lut(_import(model, inputs, source))
-    assert lut.report.counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}, str(lut.report)
-    assert lut.report.kept == []
+    report = PassReport.of(mod, "LUTNonlinear")
+    assert report.counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}, str(report)
+    assert report.kept == []
     assert sorted(kernels.calls) == ["layer_norm_func", "pwl_func", "softmax_func"]  # the 3 LayerNorms share one
     with torch.no_grad():
         expected = model(*inputs).numpy()
@@ -95,8 +97,9 @@ def test_every_form_of_a_small_module(monkeypatch, source):
     model, x = Block().eval(), (torch.randn(24, 8) * 3,)
     lut = LUTNonlinear(bundle())
     mod = lut(_import(model, x, source))
-    assert lut.report.counts() == {"gelu": 2, "softmax": 1, "layer_norm": 1}, str(lut.report)
-    forms = {e.form for e in lut.report.replaced}
+    report = PassReport.of(mod, "LUTNonlinear")
+    assert report.counts() == {"gelu": 2, "softmax": 1, "layer_norm": 1}, str(report)
+    forms = {e.form for e in report.replaced}
     assert forms >= ({"erf-decomposed", "tanh-decomposed", "decomposed"} if source == 13 else {"R.nn.gelu_tanh"})
     with torch.no_grad():
         expected = model(*x).numpy()
@@ -108,7 +111,7 @@ def test_pass_runs_in_a_sequential_and_keeps_its_report(monkeypatch, tiny_bert):
     model, inputs = tiny_bert
     lut = LUTNonlinear(bundle(), ops=("softmax",))
     mod = tvm.ir.transform.Sequential([lut, relax.transform.LegalizeOps()])(from_torch(model, inputs))
-    assert lut.report.counts() == {"softmax": 1}
+    assert PassReport.of(mod, "LUTNonlinear").counts() == {"softmax": 1}
     assert [gv.name_hint for gv in mod.get_global_vars()].count("lut_softmax") == 1
 
 
@@ -119,7 +122,8 @@ def test_bert_like_block_with_the_lut_kernels(tiny_bert, source):
     model, inputs = tiny_bert
     lut = LUTNonlinear(bundle())
     mod = lut(_import(model, inputs, source))
-    assert lut.report.counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}, str(lut.report)
+    report = PassReport.of(mod, "LUTNonlinear")
+    assert report.counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}, str(report)
     with torch.no_grad():
         expected = model(*inputs).numpy()
     np.testing.assert_allclose(_compile_and_run(mod, inputs), expected, atol=GAIN * _table_error(), rtol=0)
@@ -135,9 +139,10 @@ def test_minilm_counts(monkeypatch, source):
     model = load_minilm()
     inputs = (torch.randint(1000, 2000, (1, 16)), torch.ones(1, 16, dtype=torch.int64))
     lut = LUTNonlinear(bundle())
-    lut(_import(model, inputs, source))
-    assert lut.report.counts() == {"gelu": 6, "softmax": 6, "layer_norm": 13}, str(lut.report)
-    assert lut.report.kept == []
+    mod = lut(_import(model, inputs, source))
+    report = PassReport.of(mod, "LUTNonlinear")
+    assert report.counts() == {"gelu": 6, "softmax": 6, "layer_norm": 13}, str(report)
+    assert report.kept == []
 
 
 def test_default_tables_when_no_bundle(monkeypatch):
@@ -148,8 +153,8 @@ def test_default_tables_when_no_bundle(monkeypatch):
 
     builders = RecordingBuilders({"pwl_func": ExactKernels().pwl_func(tables()["gelu"], (2, 8))}).install(monkeypatch)
     lut = LUTNonlinear()
-    lut(module_of(lambda bb, x: R.nn.gelu(x)))
-    assert lut.report.counts() == {"gelu": 1}
+    mod = lut(module_of(lambda bb, x: R.nn.gelu(x)))
+    assert PassReport.of(mod, "LUTNonlinear").counts() == {"gelu": 1}
     ((_, (table, *_), _),) = builders.calls
     assert table == default_bundle().pwl("gelu")
 
@@ -165,7 +170,8 @@ def test_minilm_with_default_tables_and_lut_kernels():
     inputs = (torch.randint(1000, 20000, (2, 16)), torch.ones(2, 16, dtype=torch.int64))
     lut = LUTNonlinear()
     mod = lut(from_torch(model, inputs))
-    assert lut.report.counts() == {"gelu": 6, "softmax": 6, "layer_norm": 13}, str(lut.report)
+    report = PassReport.of(mod, "LUTNonlinear")
+    assert report.counts() == {"gelu": 6, "softmax": 6, "layer_norm": 13}, str(report)
     with torch.no_grad():
         expected = model(*inputs).numpy()
     actual = _compile_and_run(mod, inputs)
@@ -176,10 +182,11 @@ def test_minilm_with_default_tables_and_lut_kernels():
 def test_a_second_run_changes_nothing(monkeypatch, tiny_bert):
     ExactKernels().install(monkeypatch)
     model, inputs = tiny_bert
-    once = LUTNonlinear(bundle())(from_torch(model, inputs))
-    again = LUTNonlinear(bundle())
-    tvm.ir.assert_structural_equal(again(once), once)
-    assert again.report.replaced == [] and again.report.kept == []
+    once = without_reports(LUTNonlinear(bundle())(from_torch(model, inputs)))
+    twice = LUTNonlinear(bundle())(once)
+    tvm.ir.assert_structural_equal(without_reports(twice), once)
+    report = PassReport.of(twice, "LUTNonlinear")
+    assert report.replaced == [] and report.kept == []
 
 
 @pytest.mark.parametrize("shape", [(0, 8), (3, 0), (1, 1, 7)])
@@ -189,7 +196,7 @@ def test_zero_size_and_odd_shapes_with_the_lut_kernels(shape):
 
     lut = LUTNonlinear(bundle())
     mod = lut(module_of(lambda bb, x: R.nn.softmax(bb.emit(R.nn.gelu(x)), axis=-1), shape))
-    assert lut.report.counts() == {"gelu": 1, "softmax": 1}
+    assert PassReport.of(mod, "LUTNonlinear").counts() == {"gelu": 1, "softmax": 1}
     data = np.random.default_rng(0).normal(size=shape).astype("float32")
     expected = torch.softmax(torch.nn.functional.gelu(torch.from_numpy(data)), dim=-1).numpy()
     np.testing.assert_allclose(_compile_and_run(mod, (torch.from_numpy(data),)), expected,
@@ -220,7 +227,8 @@ def test_onnx_backend_node_cases(monkeypatch):
         inputs, (expected, *_) = ([np.asarray(a) for a in arrays] for arrays in case.data_sets[0])
         lut = LUTNonlinear(bundle())
         mod = lut(from_onnx(case.model))
-        assert sum(lut.report.counts().values()) == 1 and lut.report.kept == [], (case.name, str(lut.report))
+        report = PassReport.of(mod, "LUTNonlinear")
+        assert sum(report.counts().values()) == 1 and report.kept == [], (case.name, str(report))
         vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target(TARGET)), tvm.cpu())
         actual = vm["main"](*(tvm.runtime.tensor(a) for a in inputs))
         actual = (actual if hasattr(actual, "numpy") else actual[0]).numpy()

@@ -9,6 +9,7 @@ from tvm.script import tirx as T
 import schedules
 from nonlinear_stand_ins import RecordingBuilders, bundle, module_of
 from relay_passes import LUTNonlinear
+from relay_passes.report import PassReport, without_reports
 
 
 @I.ir_module
@@ -56,23 +57,28 @@ class TwoSoftmaxes:
 
 def test_softmax_on_a_non_last_axis(monkeypatch):
     builders = RecordingBuilders({"softmax_func": Expected["lut_softmax"]}).install(monkeypatch)
-    lut = LUTNonlinear(bundle(knots=9))
-    tvm.ir.assert_structural_equal(lut(Before), Expected)
+    after, report = _apply(LUTNonlinear(bundle(knots=9)), Before)
+    tvm.ir.assert_structural_equal(after, Expected)
     ((name, args, kwargs),) = builders.calls
     assert (name, [t.name for t in args[:2]], tuple(args[2]), kwargs) == (
         "softmax_func", ["exp", "reciprocal"], (2, 8), {"axis": 0})
-    assert lut.report.counts() == {"softmax": 1}
+    assert report.counts() == {"softmax": 1}
+
+
+def _apply(lut, mod):
+    """The rewritten module without its report, and the report."""
+    after = lut(mod)
+    return without_reports(after), PassReport.of(after, "LUTNonlinear")
 
 
 def test_one_kernel_per_shape_and_axis_and_exact_fallbacks(monkeypatch):
     builders = RecordingBuilders({"softmax_func": Expected["lut_softmax"]}).install(monkeypatch)
-    lut = LUTNonlinear(bundle(knots=9))
-    after = lut(TwoSoftmaxes)
+    after, report = _apply(LUTNonlinear(bundle(knots=9)), TwoSoftmaxes)
     assert len(builders.calls) == 1  # a and b: same (shape, axis) once normalized
     kernels = [gv.name_hint for gv, f in after.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert kernels == ["lut_softmax"]
-    assert [e.function for e in lut.report.replaced] == ["lut_softmax", "lut_softmax"]
-    assert [(e.dtype, e.shape, e.reason) for e in lut.report.kept] == [
+    assert [e.function for e in report.replaced] == ["lut_softmax", "lut_softmax"]
+    assert [(e.dtype, e.shape, e.reason) for e in report.kept] == [
         ("float16", (2, 8), "dtype float16: the LUT kernels compute in float32"),
         ("float32", None, "dynamic shape: the LUT kernels need static shapes"),
     ]
@@ -81,9 +87,9 @@ def test_one_kernel_per_shape_and_axis_and_exact_fallbacks(monkeypatch):
 
 def test_missing_reciprocal_table(monkeypatch):
     RecordingBuilders({}).install(monkeypatch)
-    lut = LUTNonlinear(bundle(knots=9, without=("reciprocal",)))
-    tvm.ir.assert_structural_equal(lut(Before), Before)
-    assert [e.reason for e in lut.report.kept] == ["no 'reciprocal' table in the bundle"]
+    after, report = _apply(LUTNonlinear(bundle(knots=9, without=("reciprocal",))), Before)
+    tvm.ir.assert_structural_equal(after, Before)
+    assert [e.reason for e in report.kept] == ["no 'reciprocal' table in the bundle"]
 
 
 def test_a_kernel_that_rejects_the_op_keeps_it_exact(monkeypatch):
@@ -91,9 +97,9 @@ def test_a_kernel_that_rejects_the_op_keeps_it_exact(monkeypatch):
         raise ValueError("softmax axis 0 is not supported")
 
     monkeypatch.setattr(schedules, "softmax_func", reject)
-    lut = LUTNonlinear(bundle(knots=9))
-    tvm.ir.assert_structural_equal(lut(Before), Before)
-    assert [e.reason for e in lut.report.kept] == ["softmax_func: softmax axis 0 is not supported"]
+    after, report = _apply(LUTNonlinear(bundle(knots=9)), Before)
+    tvm.ir.assert_structural_equal(after, Before)
+    assert [e.reason for e in report.kept] == ["softmax_func: softmax axis 0 is not supported"]
 
 
 @pytest.mark.parametrize("ops", [("relu",), ("gelu", "sigmoid")])
@@ -123,9 +129,9 @@ def _decomposed(max_axis, sum_axis):
 
 def test_decomposed_softmax_as_onnx_expands_it(monkeypatch):
     builders = RecordingBuilders({"softmax_func": Expected["lut_softmax"]}).install(monkeypatch)
-    lut = LUTNonlinear(bundle(knots=9))
-    tvm.ir.assert_structural_equal(lut(_decomposed([0], [-2])), Expected)
-    assert [e.form for e in lut.report.replaced] == ["decomposed"]
+    after, report = _apply(LUTNonlinear(bundle(knots=9)), _decomposed([0], [-2]))
+    tvm.ir.assert_structural_equal(after, Expected)
+    assert [e.form for e in report.replaced] == ["decomposed"]
     assert builders.calls[0][2] == {"axis": 0}
 
 
@@ -133,6 +139,6 @@ def test_decomposed_softmax_as_onnx_expands_it(monkeypatch):
 def test_decomposed_look_alikes_are_left_alone(monkeypatch, max_axis, sum_axis):
     RecordingBuilders({}).install(monkeypatch)
     before = _decomposed(max_axis, sum_axis)
-    lut = LUTNonlinear(bundle(knots=9))
-    tvm.ir.assert_structural_equal(lut(before), before)
-    assert lut.report.replaced == [] and lut.report.kept == []
+    after, report = _apply(LUTNonlinear(bundle(knots=9)), before)
+    tvm.ir.assert_structural_equal(after, before)
+    assert report.replaced == [] and report.kept == []

@@ -5,7 +5,8 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from relay_passes.pipeline import LUTPipeline, tvm_lut_pipeline
+from relay_passes import PassReport
+from relay_passes.pipeline import LUTPipeline, report_of, tvm_lut_pipeline, without_reports
 from schedules import host_target
 from tvm_lut.frontend import from_onnx, from_torch
 
@@ -35,6 +36,13 @@ def block():
     return model, x, expected
 
 
+def _compile(pipeline, mod):
+    """The executable and the report of the pipeline's run (which rides on the lowered module)."""
+    with TARGET:
+        lowered = pipeline(mod)
+    return tvm.compile(without_reports(lowered), target=TARGET, relax_pipeline=None), report_of(lowered)
+
+
 def _run(executable, x: torch.Tensor) -> np.ndarray:
     out = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))
     return out.numpy()
@@ -44,10 +52,9 @@ def _run(executable, x: torch.Tensor) -> np.ndarray:
 def test_exact_model_is_fully_scheduled_and_exact(block, importer):
     model, x, expected = block
     mod = from_torch(model, (x,)) if importer == "torch" else from_onnx(model, example_args=(x,))
-    pipeline = tvm_lut_pipeline(target=TARGET)
-    result = _run(tvm.compile(mod, target=TARGET, relax_pipeline=pipeline), x)
+    executable, report = _compile(tvm_lut_pipeline(target=TARGET), mod)
+    result = _run(executable, x)
     np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-5)
-    report = pipeline.report
     assert report["unscheduled"] == [] and report["passes"] == []
     assert "Matmul" in report["scheduled"].values() and "Reduction" in report["scheduled"].values()
 
@@ -61,11 +68,11 @@ def test_registered_name_works_with_no_arguments(block):
 
 def test_nonlinear_uses_the_shipped_tables_and_reports_them(block):
     model, x, expected = block
-    pipeline = tvm_lut_pipeline(nonlinear=True, target=TARGET)
-    result = _run(tvm.compile(from_torch(model, (x,)), target=TARGET, relax_pipeline=pipeline), x)
-    (lut_report,) = pipeline.report["passes"]
+    executable, report = _compile(tvm_lut_pipeline(nonlinear=True, target=TARGET), from_torch(model, (x,)))
+    result = _run(executable, x)
+    (lut_report,) = report["passes"]
     assert lut_report["pass"] == "LUTNonlinear" and lut_report["replaced"]
-    assert pipeline.report["unscheduled"] == []
+    assert report["unscheduled"] == []
     np.testing.assert_allclose(result, expected, atol=0.05)
 
 
@@ -104,9 +111,9 @@ def test_nonlinear_and_pq_compose(block):
     x = torch.randn(2, 10, 24)
     with torch.no_grad():
         expected = model(x).numpy()
-    pipeline = tvm_lut_pipeline(bundle=pq, nonlinear=True, target=TARGET)
-    result = _run(tvm.compile(from_torch(model, (x,)), target=TARGET, relax_pipeline=pipeline), x)
-    lut, pq_report = pipeline.report["passes"]
+    executable, report = _compile(tvm_lut_pipeline(bundle=pq, nonlinear=True, target=TARGET), from_torch(model, (x,)))
+    result = _run(executable, x)
+    lut, pq_report = report["passes"]
     assert lut["pass"] == "LUTNonlinear" and {e["op"] for e in lut["replaced"]} == {"gelu", "softmax", "layer_norm"}
     assert [e["entry"] for e in pq_report["replaced"]] == ["up"] and pq_report["unused"] == []
     assert np.isfinite(result).all() and result.shape == expected.shape
@@ -122,10 +129,37 @@ def test_pq_report_names_fingerprint_mismatches(block):
     other = model.up.weight.detach().numpy() + 1e-3
     centroids = np.random.default_rng(0).standard_normal((3, 16, 8)).astype(np.float32)
     pass_ = LUTDense(Bundle({"up": PQTable.from_weight(centroids, other)}), target=TARGET)
-    pass_(from_torch(model, (x,)))
-    reasons = [entry.reason for entry in pass_.report.kept]
+    report = PassReport.of(pass_(from_torch(model, (x,))), "LUTDense")
+    reasons = [entry.reason for entry in report.kept]
     assert any("fingerprint mismatch" in r and "'up'" in r and "belongs to other weights" in r for r in reasons)
     assert any("no pq entry in the bundle for a weight of shape (24, 48)" in r for r in reasons)
-    (unused,) = pass_.report.unused
+    (unused,) = report.unused
     assert unused.entry == "up" and "matches no dense/conv weight" in unused.reason
-    assert "1 bundle entries matched no op" in pass_.report.summary()
+    assert "1 bundle entries matched no op" in report.summary()
+
+
+def test_a_pass_object_keeps_no_state_each_module_carries_its_report(block):
+    """One LUTNonlinear run on two modules: each result carries its own report, the pass object holds none; the
+    registered pipeline run twice reports each run on its own module."""
+    from relay_passes import LUTNonlinear
+    from tvm_lut import default_bundle
+
+    model, x, _ = block
+    pass_ = LUTNonlinear(default_bundle())
+    state = dict(vars(pass_))
+    with_gelu = pass_(from_torch(model, (x,)))
+    softmax_only = pass_(from_torch(nn.Softmax(dim=-1), (x,)))
+    assert PassReport.of(with_gelu, "LUTNonlinear").counts() == {"gelu": 1, "softmax": 1, "layer_norm": 1}
+    assert PassReport.of(softmax_only, "LUTNonlinear").counts() == {"softmax": 1}
+    assert vars(pass_).keys() == state.keys() and not hasattr(pass_, "report")
+    assert [r.pass_name for r in PassReport.all_of(with_gelu)] == ["LUTNonlinear"]
+    with pytest.raises(LookupError, match="no LUTDense report on this module"):
+        PassReport.of(with_gelu, "LUTDense")
+
+    pipeline = tvm_lut_pipeline(nonlinear=True, target=TARGET)
+    _, first = _compile(pipeline, from_torch(model, (x,)))
+    _, second = _compile(pipeline, from_torch(nn.Softmax(dim=-1), (x,)))
+    assert [p["pass"] for p in first["passes"]] == ["LUTNonlinear"] == [p["pass"] for p in second["passes"]]
+    assert {e["op"] for e in second["passes"][0]["replaced"]} == {"softmax"} != {
+        e["op"] for e in first["passes"][0]["replaced"]}
+    assert not hasattr(pipeline, "report") and not hasattr(pipeline, "schedules")

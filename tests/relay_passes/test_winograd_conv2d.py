@@ -7,7 +7,7 @@ import torch
 import tvm
 
 import tvm_lut
-from relay_passes import WinogradConv2d
+from relay_passes import PassReport, WinogradConv2d
 from schedules import host_target
 from tvm_lut.frontend import from_onnx, from_torch
 from tvm_lut.models.cnn import FashionCNN
@@ -43,8 +43,9 @@ def test_serves_3x3_stride_1_and_says_why_not_the_rest(importer):
     args = (torch.randn(2, 8, 11, 10), torch.randn(1, 3, 6, 6))
     pass_ = WinogradConv2d()
     rewritten = pass_(_import(Convs(), args, importer))
-    assert [(e.op, e.shape) for e in pass_.report.replaced] == [("conv2d", (2, 16, 11, 10))]
-    reasons = sorted(e.reason.split(":")[0] for e in pass_.report.kept)
+    report = PassReport.of(rewritten, "WinogradConv2d")
+    assert [(e.op, e.shape) for e in report.replaced] == [("conv2d", (2, 16, 11, 10))]
+    reasons = sorted(e.reason.split(":")[0] for e in report.kept)
     assert reasons == ["3 input channel(s)", "3x3 kernel, stride (1, 1), dilation (2, 2)",
                        "3x3 kernel, stride (2, 2), dilation (1, 1)", "groups=2"]
     assert sum(name.startswith("winograd_conv2d") for name in (gv.name_hint for gv in rewritten.get_global_vars())) == 1

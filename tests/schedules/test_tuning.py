@@ -6,7 +6,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 
-from relay_passes.pipeline import prepare, tvm_lut_pipeline
+from relay_passes.pipeline import prepare, report_of, tvm_lut_pipeline, without_reports
 from schedules import host_target, tuning
 from schedules.rpc import CONNECT_SECONDS, Tracker, free_port
 from schedules.rules import default_rules
@@ -45,9 +45,11 @@ def test_smoke_rule_record_resume_and_compile(tmp_path):
     (again,) = tune(prepare(mod, TARGET), TARGET, tmp_path, trials_per_task=1, progress=False)
     assert again.rule_ms is None and again.trials == 1  # resumed: nothing measured twice
 
-    pipeline = tvm_lut_pipeline(database=tmp_path, target=TARGET)
-    vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET, relax_pipeline=pipeline), tvm.cpu())
-    assert pipeline.report["already_scheduled"] == [first.name] and pipeline.report["scheduled"] == {}
+    with TARGET:
+        lowered = tvm_lut_pipeline(database=tmp_path, target=TARGET)(mod)
+    report = report_of(lowered)  # the pipeline keeps no state: the report rides on the module
+    vm = relax.VirtualMachine(tvm.compile(without_reports(lowered), target=TARGET, relax_pipeline=None), tvm.cpu())
+    assert report["already_scheduled"] == [first.name] and report["scheduled"] == {}
     x = np.random.default_rng(1).standard_normal((16, 32)).astype("float32")
     weight = np.random.default_rng(0).standard_normal((32, 48)).astype("float32")
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), np.maximum(x @ weight, 0), rtol=1e-4,

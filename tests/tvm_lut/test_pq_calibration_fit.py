@@ -11,7 +11,8 @@ from tvm import relax
 import tvm_lut
 from tvm_lut import fingerprint
 from tvm_lut.frontend import from_onnx
-from tvm_lut.pq.calibration_fit import FitSettings, fit_layer, learn_from_onnx, learn_from_pt2, onnx_layers
+from tvm_lut.pq.calibration_fit import (DenseLayer, FitSettings, fit_layer, learn_from_onnx, learn_from_pt2,
+                                        onnx_layers)
 from tvm_lut.pq.config import PQConfig
 from tvm_lut.pq.reference import pq_forward
 
@@ -112,3 +113,93 @@ def test_pt2_program_with_no_training_code(small):
     # so `tokens` stays exact there and is reported unused (its ONNX form is served, above).
     _compiled_matches_reference(fresh, bundle, torch.from_numpy(batches[0]["x"]), import_pt2(folder / "small.pt2"),
                                 unserved=("tokens",))
+
+
+def _run_onnx(model, batch):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, batch)
+
+
+def test_tables_spliced_into_onnx_run_as_the_pq_reference(small):
+    import onnx
+
+    from tvm_lut.pq.onnx_splice import splice_bundle
+
+    model, folder, batches = small
+    bundle, _ = learn_from_onnx(folder / "small.onnx", batches, PQConfig(V=4), FitSettings(refine_steps=0),
+                                progress=False)
+    got = _run_onnx(splice_bundle(onnx.load(str(folder / "small.onnx")), bundle), batches[1])
+    fresh = Small().eval()
+    fresh.load_state_dict(model.state_dict())
+    for name in ("fc.Gemm", "tokens.MatMul"):  # the convs are not spliced: they stay exact in the ONNX model
+        fresh.get_submodule(name.split(".")[0]).forward = lambda x, entry=bundle[name]: pq_forward(x, entry)
+    with torch.no_grad():
+        want = fresh(torch.from_numpy(batches[1]["x"]))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-4)
+
+
+class Chain(nn.Module):
+    """Four dense layers in a row: each one's PQ error reaches the next one's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(32, 32) for _ in range(4))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+@pytest.mark.parametrize("form", ["onnx", "pt2"])
+def test_the_sequential_fit_reduces_the_propagated_output_error(tmp_path, form):
+    """Fitted on what the fitted upstream layers feed it (sequential), the PQ model's output is closer to the exact
+    model's on held-out inputs than when every layer is fitted on exact activations (measured: 0.58 -> 0.45 of the
+    output's energy; the same on three seeds and on both paths)."""
+    import onnx
+
+    from tvm_lut.pq.onnx_splice import splice_bundle
+
+    torch.manual_seed(0)
+    model = Chain().eval()
+    x = torch.randn(64, 32)
+    torch.onnx.export(model, (x,), str(tmp_path / "chain.onnx"), input_names=["x"], opset_version=17, dynamo=False)
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "chain.pt2")
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.standard_normal((64, 32)).astype(np.float32)} for _ in range(33)]
+    held_out = batches.pop()
+    with torch.no_grad():
+        exact = model(torch.from_numpy(held_out["x"])).numpy()
+    errors = {}
+    for sequential in (False, True):
+        settings = FitSettings(refine_steps=0, sequential=sequential)
+        if form == "onnx":
+            bundle, report = learn_from_onnx(tmp_path / "chain.onnx", batches, PQConfig(V=8), settings, progress=False)
+            (got,) = _run_onnx(splice_bundle(onnx.load(str(tmp_path / "chain.onnx")), bundle), held_out)
+        else:
+            bundle, report = learn_from_pt2(tmp_path / "chain.pt2", batches, PQConfig(V=8), settings, progress=False)
+            for index, layer in enumerate(model.layers):
+                layer.forward = lambda inputs, entry=bundle[f"layers.{index}"]: pq_forward(inputs, entry)
+            with torch.no_grad():
+                got = model(torch.from_numpy(held_out["x"])).numpy()
+            for layer in model.layers:
+                del layer.forward
+        assert len(bundle) == 4, str(report)
+        errors[sequential] = float(np.sum((got - exact) ** 2) / np.sum(exact ** 2))
+    assert errors[True] < 0.85 * errors[False], errors
+
+
+def test_the_token_mask_leaves_padding_rows_out(small):
+    """With a token mask, a linear layer's rows are those of the tokens it marks; other inputs keep every row."""
+    layer = DenseLayer("dense", "x", np.zeros((3, 4), np.float32), None)
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+    np.testing.assert_array_equal(layer.rows(x, mask).numpy(), x[mask != 0])
+    assert layer.rows(x, mask[:, :2]).shape == (6, 4)  # not one row per token: all of them
+    _, folder, batches = small
+    with pytest.raises(ValueError, match="the token mask 'attention_mask' is not an input of the calibration"):
+        learn_from_onnx(folder / "small.onnx", batches, PQConfig(V=4), FitSettings(token_mask="attention_mask"),
+                        progress=False)

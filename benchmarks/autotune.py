@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engines import aligned, export_onnx, median_latencies, ort_runner, tvm_runner
+from .helpers.engines import aligned, export_onnx, median_latencies, ort_runner, tvm_runner
 from .timing import add_common_arguments, format_table, write_json
 
 

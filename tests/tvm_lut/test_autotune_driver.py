@@ -28,6 +28,17 @@ def fake_measure(spec, choices, target, database=None, tracker=None):
             for choice in choices}
 
 
+def fake_measure_models(variants, example_inputs, target, database=None, tracker=None):
+    """The whole MLP as the sum of its layers' fake latencies (the guard keeps what pays under this arithmetic)."""
+    shapes = {"fc1": "linear w[64, 32]", "fc2": "linear w[64, 64]", "fc3": "linear w[4, 64]"}
+    times = {}
+    for label, (_model, bundle) in variants.items():
+        pq = {} if bundle is None else dict(bundle.items())
+        times[label] = sum(EXACT_US[key] * (1.0 if name not in pq else PQ_FACTOR[key] * (
+            0.75 + pq[name].K / 64 + pq[name].V / 256)) for name, key in shapes.items())
+    return times
+
+
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -79,7 +90,7 @@ def one_torch_thread():
 @pytest.fixture
 def counted(monkeypatch):
     """Counts of latency measurements, sensitivity forward passes and learning runs."""
-    counts = {"measure": 0, "loss": 0, "learn": 0}
+    counts = {"measure": 0, "loss": 0, "learn": 0, "whole": 0}
 
     def count(name, fn):
         def wrapped(*args, **kwargs):
@@ -88,6 +99,7 @@ def counted(monkeypatch):
         return wrapped
 
     monkeypatch.setattr(latency, "measure_choices", count("measure", fake_measure))
+    monkeypatch.setattr(latency, "measure_models", count("whole", fake_measure_models))
     monkeypatch.setattr(sensitivity, "task_loss", count("loss", sensitivity.task_loss))
     monkeypatch.setattr(handler, "learn_pq", count("learn", handler.learn_pq))
     return counts
@@ -136,9 +148,32 @@ def test_resumes_after_an_interruption_without_redoing_work(tmp_path, counted):
     assert counted["measure"] == before["measure"]  # no latency measured again
     assert counted["loss"] == before["loss"]  # no sensitivity recomputed
     assert counted["learn"] == total["learn"]  # over both runs: a finished trial is not learned again
+    assert counted["whole"] == total["whole"]  # the guard ran once, in the run that finished
     assert _labels(resumed.plan) == _labels(reference.plan)
     assert resumed.plan.metric == pytest.approx(reference.plan.metric)
     assert len(resumed.trials) == len(reference.trials)
+
+
+def test_the_guard_restores_a_layer_that_does_not_pay_in_the_whole_model(tmp_path, counted, monkeypatch):
+    """fc2's PQ form is faster alone but, in the whole model, pays a 40 us cost (say, an epilogue the exact layer
+    fused): the result keeps it exact, its table leaves the bundle, and plan.json records both whole-model times."""
+    def slower_with_pq_fc2(variants, *args, **kwargs):
+        times = fake_measure_models(variants, *args, **kwargs)
+        return {label: us + (40.0 if bundle is not None and "fc2" in dict(bundle.items()) else 0.0)
+                for (label, us), (_, bundle) in zip(times.items(), variants.values())}
+
+    monkeypatch.setattr(latency, "measure_models", slower_with_pq_fc2)
+    model, batches, eval_fn = _task()
+    result = _run(tmp_path / "out", eval_fn, model, batches)
+    assert any("fc2" in trial.pq_layers for trial in result.trials)  # the solver chose it
+    assert result.plan.choices["fc2"].exact and "fc2" in result.plan.restored
+    assert result.bundle is None or "fc2" not in dict(result.bundle.items())
+    assert result.plan.whole_us <= result.plan.whole_exact_us
+    assert result.plan.drop <= 3.0
+    saved = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert saved["whole_model"] == {"exact_us": result.plan.whole_exact_us, "plan_us": result.plan.whole_us}
+    assert "fc2" in saved["restored"]
+    assert "whole model, compiled and timed together" in (tmp_path / "out" / "report.txt").read_text()
 
 
 def _labels(plan):

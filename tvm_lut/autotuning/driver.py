@@ -21,6 +21,7 @@ checkpoint): the same call on the same directory resumes. The result is written 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -30,6 +31,7 @@ from typing import Any, Callable
 
 from tvm_lut.autotuning import sensitivity as sensitivity_stage
 from tvm_lut.autotuning.config import AutotuneConfig
+from tvm_lut.autotuning.guard import restore_unpaid
 from tvm_lut.autotuning.latency import LatencyTable, cache_path
 from tvm_lut.autotuning.layers import EXACT, Choice, LayerSpec, find_layers
 from tvm_lut.autotuning.output import state_dir
@@ -43,7 +45,7 @@ STATE_NAME = "state.json"
 STATE_VERSION = 1
 CALIBRATION_STEPS = 3  # k-means plans evaluated to scale the proxy to metric points
 LOOSEN_FLOOR = 0.25  # a trial within budget loosens the prediction by at most this factor
-PARTS = ("latency", "sensitivity", "calibration", "learning", "evaluation")
+PARTS = ("latency", "sensitivity", "calibration", "learning", "evaluation", "guard")
 
 
 @dataclass
@@ -67,7 +69,7 @@ class _State:
         self.path = path
         self.data = {"version": STATE_VERSION, "config": json.loads(config.to_json()), "exact_metric": None,
                      "calibration": [], "trials": [], "alpha": None, "forced_exact": [], "phase": "loosen",
-                     "next": None, "done": False, "seconds": {part: 0.0 for part in PARTS}}
+                     "next": None, "done": False, "guard": None, "seconds": {part: 0.0 for part in PARTS}}
         if path is not None and path.is_file():
             saved = json.loads(path.read_text())
             if saved.get("version") != STATE_VERSION:
@@ -75,7 +77,8 @@ class _State:
             if saved["config"] != self.data["config"]:
                 raise ValueError(f"{path} belongs to a run with another AutotuneConfig ({saved['config']}); "
                                  "use a new output directory or the same config")
-            self.data = saved
+            # a state written before the guard existed lacks its keys: they start empty
+            self.data = {**self.data, **saved, "seconds": {**self.data["seconds"], **saved["seconds"]}}
 
     def __getitem__(self, key):
         return self.data[key]
@@ -217,7 +220,8 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
             state["next"] = planner.restored(plan, restore).to_dict()
         state["trials"] = state["trials"] + [record]
         learned_models[len(trials) - 1] = learned
-    result = _result(model, state, trials, learned_models, planner, kept, out_dir)
+    measure = _whole_model_timer(example_inputs, target, database, tracker)
+    result = _result(model, state, trials, learned_models, planner, kept, out_dir, eval_fn, measure)
     if out_dir is not None:
         from tvm_lut.autotuning.output import input_specs, write_output
 
@@ -345,17 +349,7 @@ def _load_trial(model, trial_dir: Path) -> _Trial:
 def _most_harmful(pq_model, plan: Plan, eval_fn, excess: float) -> list[str]:
     """The PQ layers to restore to exact: by the measured gain of restoring each alone (the learned model with that
     layer exact), largest first, until the gains cover `excess` (at least one layer)."""
-    from torch import nn
-
-    from tvm_lut.pq.swap import unswap_
-
-    gains = {}
-    for name in plan.pq_layers:
-        restored = copy.deepcopy(pq_model)
-        holder = nn.Module()
-        holder.layer = restored.get_submodule(name)
-        sensitivity_stage.set_module(restored, name, unswap_(holder).layer)
-        gains[name] = float(eval_fn(restored.eval())) - plan.metric
+    gains = {name: float(eval_fn(_with_exact(pq_model, [name]))) - plan.metric for name in plan.pq_layers}
     chosen, covered = [], 0.0
     for name in sorted(gains, key=gains.get, reverse=True):
         chosen.append(name)
@@ -366,18 +360,83 @@ def _most_harmful(pq_model, plan: Plan, eval_fn, excess: float) -> list[str]:
     return chosen
 
 
+def _with_exact(pq_model, names):
+    """A copy of the PQ model `pq_model` with the layers `names` exact again (their trained weights)."""
+    from torch import nn
+
+    from tvm_lut.pq.swap import unswap_
+
+    restored = copy.deepcopy(pq_model)
+    for name in names:
+        holder = nn.Module()
+        holder.layer = restored.get_submodule(name)
+        sensitivity_stage.set_module(restored, name, unswap_(holder).layer)
+    return restored.eval()
+
+
 def _result(model, state: _State, trials: list[Plan], learned_models: dict, planner: _Planner, kept: dict,
-            out_dir: Path | None) -> AutotuneResult:
-    """The fastest trial within the budget (the exact model if none)."""
+            out_dir: Path | None, eval_fn, measure) -> AutotuneResult:
+    """The fastest trial within the budget, less the PQ layers that do not pay in the whole model (`guard`; its
+    outcome is kept in the state); the exact model if no trial kept the budget or no PQ layer pays."""
     from tvm_lut.pq.swap import unswap_
 
     within = [i for i, plan in enumerate(trials) if plan.drop <= planner.budget]
+    plan, bundle, final = planner.exact_plan(), None, model
     if within:
         best = min(within, key=lambda i: trials[i].latency_us)
         learned = learned_models.get(best) or _load_trial(model, Path(state["trials"][best]["dir"]))
-        plan, bundle, final = trials[best], learned.bundle, unswap_(copy.deepcopy(learned.model)).eval()
+        trained = unswap_(copy.deepcopy(learned.model)).eval()
+        checked = state["guard"] if state["guard"] and state["guard"]["trial"] == best else None
+        if checked is None:
+            with state.timed("guard"):
+                checked = _guard(trials[best], learned, trained, planner, eval_fn, measure)
+            state["guard"] = {"trial": best, **checked}
+        guarded = dataclasses.replace(planner.restored(trials[best], checked["restored"]),
+                                      whole_exact_us=checked["exact_us"], whole_us=checked["plan_us"],
+                                      restored=tuple(checked["restored"]))
+        if checked["kept"] and checked["metric"] is not None and planner.exact_metric - checked["metric"] <= planner.budget:
+            plan, final = guarded.with_metric(checked["metric"]), trained
+            bundle = _sub_bundle(learned.bundle, checked["kept"])
+        else:
+            log.warning("no PQ layer of the best plan pays in the whole model within the budget: every layer exact")
+            plan = dataclasses.replace(plan, whole_exact_us=checked["exact_us"], whole_us=checked["exact_us"],
+                                       restored=tuple(trials[best].pq_layers))
     else:
         log.warning("no plan tried kept the drop within %.4g: the result keeps every layer exact", planner.budget)
-        plan, bundle, final = planner.exact_plan(), None, model
     return AutotuneResult(plan, bundle, final, trials, list(state["calibration"]), dict(state["seconds"]), kept,
                           out_dir)
+
+
+def _guard(plan: Plan, learned, trained, planner: _Planner, eval_fn, measure) -> dict:
+    """`guard.restore_unpaid` on `plan` (groups: the PQ layers of one shape and choice), then the metric of the
+    learned model with the restored layers exact (None when nothing is left to score)."""
+    specs = {spec.name: spec for spec in planner.specs}
+    groups: dict[str, list[str]] = {}
+    for name in plan.pq_layers:
+        groups.setdefault(f"{specs[name].key()} {plan.choices[name].label}", []).append(name)
+    outcome = restore_unpaid(groups, lambda variants: measure(trained, learned.bundle, variants))
+    metric = plan.metric
+    if outcome.restored and outcome.kept:
+        metric = float(eval_fn(_with_exact(learned.model, outcome.restored)))
+    return {"kept": list(outcome.kept), "restored": list(outcome.restored), "exact_us": outcome.exact_us,
+            "plan_us": outcome.plan_us, "metric": metric if outcome.kept else None}
+
+
+def _whole_model_timer(example_inputs: tuple, target, database, tracker):
+    """measure(model, bundle, variants): microseconds of `model` compiled with the tables of each variant's PQ
+    layers (`guard.restore_unpaid`'s `time_models`), timed together through `latency.measure_models`."""
+    from tvm_lut.autotuning import latency
+
+    def measure(model, bundle, variants: dict[str, frozenset]) -> dict[str, float]:
+        models = {label: (model, _sub_bundle(bundle, layers)) for label, layers in variants.items()}
+        return latency.measure_models(models, example_inputs, target, database, tracker)
+
+    return measure
+
+
+def _sub_bundle(bundle, names):
+    """The tables of `bundle` for the layers `names` (None when there are none)."""
+    from tvm_lut.bundle import Bundle
+
+    tables = {name: table for name, table in bundle.items() if name in set(names)}
+    return Bundle(tables) if tables else None

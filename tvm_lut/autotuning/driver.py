@@ -10,8 +10,12 @@ The cheap-to-expensive ladder (NNCF and INC end the same way, HAWQ-V3 solves the
    (`tvm_lut.pq.handler.learn_pq`) and evaluated with `eval_fn`. Within the budget, the next trial loosens the
    prediction by what learning recovered (a faster plan); over it, the layers whose restoring to exact recovers the
    most (measured, one `eval_fn` each) go back to exact until the measured gains cover the excess, and that plan
-   is learned next. At most `max_trials` trials, no new one after `time_limit_s`.
-The result is the fastest plan within the budget (the exact model when none is).
+   is learned next. At most `max_trials` trials, no new one after `time_limit_s`;
+5. the whole-model guard (`guard`): the fastest trial within the budget, the exact model, and that trial with each
+   group of its PQ layers restored are compiled whole and timed together; what does not make the compiled model
+   measurably faster goes back to exact (the learned model is evaluated again when it does).
+The result is that guarded plan (the exact model when no trial kept the budget or no PQ layer pays), so the
+autotuned model is not slower than the exact one by the measurement it was chosen on.
 
 Everything measured or learned is written to the output directory's state folder as it is produced (`state.json`,
 the latency cache, the sensitivity files, one folder per trial with its bundle, trained weights and training
@@ -199,7 +203,7 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
         state["next"] = plan.to_dict()  # resuming re-learns this same plan from its checkpoint
         trial_dir = None if work_dir is None else work_dir / "trials" / str(len(trials) + 1)
         with state.timed("learning"):
-            learned = _learn(model, learn, plan.learning_config(learning), trial_dir, progress)
+            learned = learn_cached(model, learn, plan.learning_config(learning), trial_dir, progress)
         with state.timed("evaluation"):
             plan = plan.with_metric(float(eval_fn(learned.model)))
         trials.append(plan)
@@ -295,7 +299,7 @@ class _Planner:
         return sum(self.sensitivity.value(name, c, self.config.proxy) for name, c in plan.choices.items())
 
 
-def _learn(model, batches, config: PQConfig, trial_dir: Path | None, progress: bool):
+def learn_cached(model, batches, config: PQConfig, trial_dir: Path | None, progress: bool):
     """learn_pq for one plan, its bundle and trained weights saved in `trial_dir` (reloaded when already there)."""
     from tvm_lut.pq.handler import learn_pq
 
@@ -394,7 +398,8 @@ def _result(model, state: _State, trials: list[Plan], learned_models: dict, plan
         guarded = dataclasses.replace(planner.restored(trials[best], checked["restored"]),
                                       whole_exact_us=checked["exact_us"], whole_us=checked["plan_us"],
                                       restored=tuple(checked["restored"]))
-        if checked["kept"] and checked["metric"] is not None and planner.exact_metric - checked["metric"] <= planner.budget:
+        within_budget = checked["metric"] is not None and planner.exact_metric - checked["metric"] <= planner.budget
+        if checked["kept"] and within_budget:
             plan, final = guarded.with_metric(checked["metric"]), trained
             bundle = _sub_bundle(learned.bundle, checked["kept"])
         else:

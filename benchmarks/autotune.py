@@ -132,7 +132,7 @@ def fashion_cnn(args, out: dict, scratch: Path) -> dict:
 
     started = time.perf_counter()
     setup = task_setup("fashion-cnn", weights=args.cnn_weights, epochs=args.epochs,
-                       learn_size=args.learn_size or 10000)
+                       learn_size=args.learn_size or 10000, train_epochs=args.cnn_train_epochs)
     out["seconds_fp32_training"] = time.perf_counter() - started
     out_dir = args.out_dir or scratch / "autotune"
     result = run_autotune(setup, args, out_dir, "fashion-cnn", out)
@@ -233,7 +233,9 @@ def main(argv=None) -> int:
     parser.add_argument("--test-size", type=int, help="minilm-l6: held-out tweets the metric is on (1000)")
     parser.add_argument("--uniform-V", type=int, nargs="+", default=[4, 8, 16, 32],
                         help="minilm-l6: the uniform-V bundles (K=16) compared (4 8 16 32)")
-    parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (default: train 5 epochs here)")
+    parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (default: train them here)")
+    parser.add_argument("--cnn-train-epochs", type=int, default=5,
+                        help="epochs the FP32 CNN is trained for without --cnn-weights (5)")
     parser.add_argument("--out-dir", type=Path, help="autotune output directory (resumable; default: a temporary one)")
     parser.add_argument("--no-proxy-study", dest="proxy_study", action="store_false")
     parser.add_argument("--proxy-images", type=int, default=1000,

@@ -112,6 +112,8 @@ def test_keeps_the_budget_and_writes_the_output_directory(tmp_path, counted):
     assert result.plan.drop <= 3.0 and result.plan.metric >= exact - 3.0
     assert result.plan.pq_layers  # some layer is worth PQ within this budget
     assert result.plan.choices["fc3"].exact  # PQ is slower there, whatever its accuracy
+    measured = sensitivity.Sensitivity.load(tmp_path / "out" / "autotune-state").proxies
+    assert set(measured) == {"fc1", "fc2"}  # fc3's PQ forms can never be chosen: their sensitivity is not measured
     assert result.plan.latency_us <= result.plan.exact_us
     for trial in result.trials:
         assert trial.metric is not None and trial.budget == 3.0

@@ -162,8 +162,7 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
     with state.timed("latency"):
         latencies = LatencyTable(target, cache_path(database, target, work_dir))
         latencies.measure(specs, choices, target, database, progress=progress, tracker=tracker)
-    choices = {name: [c for c in options if latencies.get(_spec(specs, name), c) is not None]
-               for name, options in choices.items()}
+    choices = {name: _worth_measuring(latencies, _spec(specs, name), options) for name, options in choices.items()}
 
     with state.timed("sensitivity"):
         sensitivity = sensitivity_stage.measure(model, specs, choices, calib, kmeans_rows=learning.kmeans_rows,
@@ -248,6 +247,13 @@ def _next_plan(planner: "_Planner", state: _State, trials: list[Plan]) -> Plan |
         if _labels(plan) == fastest:
             return None
         state["alpha"] = state["alpha"] * LOOSEN_FLOOR
+
+
+def _worth_measuring(latencies: LatencyTable, spec: LayerSpec, options: list[Choice]) -> list[Choice]:
+    """Exact and the PQ choices served and faster than exact alone: a slower one can never be chosen (exact costs no
+    accuracy), so its sensitivity is not measured (the MiniLM head's PQ forms, the CNN's conv1)."""
+    exact_us = latencies.get(spec, EXACT)
+    return [c for c in options if c.exact or (latencies.get(spec, c) is not None and latencies.get(spec, c) < exact_us)]
 
 
 def _spec(specs: list[LayerSpec], name: str) -> LayerSpec:

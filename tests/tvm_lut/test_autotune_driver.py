@@ -217,3 +217,28 @@ def test_cli_quick_writes_the_plan(tmp_path):
     report = json.loads(report_path.read_text())
     (dense,) = [r for r in report["passes"] if r["pass"] == "LUTDense"] or [{"replaced": []}]
     assert len(dense["replaced"]) == sum(layer["choice"] == "pq" for layer in plan["layers"])
+
+
+def test_repair_restores_cumulatively_in_predicted_order_until_within_budget(monkeypatch):
+    """Over budget, layers go back to exact the most harmful by the proxy first, each step measured: a step that
+    does not help is undone, and it stops as soon as the measured metric is within the budget."""
+    from tvm_lut.autotuning import driver
+    from tvm_lut.autotuning.layers import EXACT, Choice
+    from tvm_lut.autotuning.plan import LayerPlan
+
+    monkeypatch.setattr(driver, "_with_exact", lambda _model, names: frozenset(names))
+    harm = {"a": 0.5, "b": 0.0, "c": 2.0, "d": 1.5}  # measured points each layer costs
+    calls = []
+
+    def eval_fn(exact_layers):
+        calls.append(set(exact_layers))
+        return 90.0 - sum(h for name, h in harm.items() if name not in exact_layers)
+
+    layers = [LayerPlan(name, "linear", Choice(16, 4), 10.0, 5.0) for name in harm] + \
+        [LayerPlan("e", "linear", EXACT, 1.0, 1.0)]
+    plan = Plan(tuple(layers), budget=1.0, exact_metric=90.0).with_metric(86.0)
+    predicted = {"b": 3.0, "c": 2.0, "a": 1.0, "d": 0.5}  # the proxy is wrong about b
+    assert driver._most_harmful(None, plan, eval_fn, 1.0, predicted) == ["c", "a", "d"]
+    assert calls == [{"b"}, {"c"}, {"c", "a"}, {"c", "a", "d"}]  # b did not help: undone; then within budget
+    # nothing helps: the most harmful by the proxy goes back, so the next plan differs
+    assert driver._most_harmful(None, plan, lambda _model: 86.0, 1.0, predicted) == ["b"]

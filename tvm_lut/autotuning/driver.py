@@ -8,9 +8,9 @@ The cheap-to-expensive ladder (NNCF and INC end the same way, HAWQ-V3 solves the
    proxy unit costs (`alpha`), first the fastest plan, then the solver's plan at the budget;
 4. trials: the solver's plan (`solver`) at the budget is learned with the existing trainer
    (`tvm_lut.pq.handler.learn_pq`) and evaluated with `eval_fn`. Within the budget, the next trial loosens the
-   prediction by what learning recovered (a faster plan); over it, the layers whose restoring to exact recovers the
-   most (measured, one `eval_fn` each) go back to exact until the measured gains cover the excess, and that plan
-   is learned next. At most `max_trials` trials, no new one after `time_limit_s`;
+   prediction by what learning recovered (a faster plan); over it, layers go back to exact cumulatively, the most
+   harmful by the proxy first, each step measured with `eval_fn`, until the learned model is within the budget,
+   and that plan is learned next. At most `max_trials` trials, no new one after `time_limit_s`;
 5. the whole-model guard (`guard`): the fastest trial within the budget, the exact model, and that trial with each
    group of its PQ layers restored are compiled whole and timed together; what does not make the compiled model
    measurably faster goes back to exact (the learned model is evaluated again when it does).
@@ -216,7 +216,9 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
             state["next"] = None
         else:
             with state.timed("evaluation"):
-                restore = _most_harmful(learned.model, plan, eval_fn, plan.drop - budget)
+                predicted = {name: planner.sensitivity.value(name, choice, config.proxy)
+                             for name, choice in plan.choices.items() if not choice.exact}
+                restore = _most_harmful(learned.model, plan, eval_fn, budget, predicted)
             record["restored"] = restore
             state["phase"] = "repair"
             state["forced_exact"] = sorted(set(state["forced_exact"]) | set(restore))
@@ -356,18 +358,21 @@ def _load_trial(model, trial_dir: Path) -> _Trial:
     return _Trial(bundle, student.eval())
 
 
-def _most_harmful(pq_model, plan: Plan, eval_fn, excess: float) -> list[str]:
-    """The PQ layers to restore to exact: by the measured gain of restoring each alone (the learned model with that
-    layer exact), largest first, until the gains cover `excess` (at least one layer)."""
-    gains = {name: float(eval_fn(_with_exact(pq_model, [name]))) - plan.metric for name in plan.pq_layers}
-    chosen, covered = [], 0.0
-    for name in sorted(gains, key=gains.get, reverse=True):
-        chosen.append(name)
-        covered += max(gains[name], 0.0)
-        if covered >= excess:
+def _most_harmful(pq_model, plan: Plan, eval_fn, budget: float, predicted: dict[str, float]) -> list[str]:
+    """The PQ layers to restore to exact: cumulatively, the most harmful by the proxy first (`predicted`), each
+    step measured with `eval_fn` on the learned model with the layers so far exact, until it is within `budget`
+    (INC's cumulative fallback). A step that does not raise the metric is undone. One `eval_fn` per step, not one
+    per PQ layer: MiniLM's 36 layers would cost 36 evaluations of the held-out set before the first restore."""
+    order = sorted(plan.pq_layers, key=lambda n: predicted[n], reverse=True)
+    chosen, metric = [], plan.metric
+    for name in order:
+        measured = float(eval_fn(_with_exact(pq_model, chosen + [name])))
+        if measured > metric:
+            chosen, metric = chosen + [name], measured
+        if plan.exact_metric - metric <= budget:
             break
-    log.info("restoring %s to exact (measured gains %s)", chosen, gains)
-    return chosen
+    log.info("restoring %s to exact (metric %.4g -> %.4g)", chosen or order[:1], plan.metric, metric)
+    return chosen or order[:1]  # nothing helped alone: the most harmful by the proxy, so the next plan differs
 
 
 def _with_exact(pq_model, names):

@@ -168,31 +168,17 @@ def fashion_cnn(args, out: dict, scratch: Path) -> dict:
 
 def minilm(args, out: dict, scratch: Path) -> dict:
     """MiniLM-L6 at 8x64: the autotuned plan against every uniform-V bundle (K=16, learned with the same settings
-    and data as the autotuner's trials, cached in OUT_DIR/uniform/), timed in one run; returns the checks."""
-    import json
-
+    and data as the autotuner's trials, cached in OUT_DIR.uniform/), timed in one run; returns the checks."""
     from tvm_lut.autotune_cli import task_setup
-    from tvm_lut.autotuning.driver import learn_cached
-    from tvm_lut.pq.swap import unswap_
 
     setup = task_setup("minilm-l6", batch=8, length=64, epochs=args.epochs, learn_size=args.learn_size,
                        test_size=args.test_size, calib_size=args.calib_size)
     out_dir = args.out_dir or scratch / "autotune"
     result = run_autotune(setup, args, out_dir, "minilm-l6", out)
     budget, exact_metric = result.plan.budget, result.plan.exact_metric
-    uniform, metrics = {}, {}
-    for v in args.uniform_V:
-        folder = out_dir.parent / f"{out_dir.name}.uniform" / f"V{v}"
-        started = time.perf_counter()
-        learned = learn_cached(setup.model, setup.learn, dataclasses.replace(setup.learning, K=16, V=v), folder,
-                               progress=False)
-        scored = folder / "metric.json"
-        if not scored.is_file():
-            scored.write_text(json.dumps({"metric": setup.eval_fn(learned.model),
-                                          "seconds": time.perf_counter() - started}))
-        metrics[f"tvm uniform V={v}"] = json.loads(scored.read_text())["metric"]
-        uniform[f"tvm uniform V={v}"] = (unswap_(copy.deepcopy(learned.model)), learned.bundle)
-        print(f"uniform V={v}: metric {metrics[f'tvm uniform V={v}']:.2f} (exact {exact_metric:.2f})", flush=True)
+    uniform, metrics = uniform_bundles(setup, args.uniform_V, out_dir)
+    for name, metric in metrics.items():
+        print(f"{name}: metric {metric:.2f} (exact {exact_metric:.2f})", flush=True)
     built = engines(setup, {**uniform, "tvm autotuned": (result.model, result.bundle)}, scratch)
     inputs = [aligned(x.numpy()) for x in setup.example_inputs]
     seconds = median_latencies({k: (lambda run=run: run(*inputs)) for k, run in built.items()}, 1, args.repeat)
@@ -217,6 +203,30 @@ def minilm(args, out: dict, scratch: Path) -> dict:
         "autotune_wall_time_at_most_45_min": autotune_minutes <= 45,
         "autotuned_within_budget": result.plan.drop <= budget,
     }
+
+
+def uniform_bundles(setup, values: list[int], out_dir: Path) -> tuple[dict, dict]:
+    """One bundle per V in `values` (K=16, the task's learning settings: every encoder Linear), learned on the
+    task's learning data and cached in `OUT_DIR.uniform/V<v>/` with its metric; (name -> (model, bundle), name ->
+    metric). Resumable, and callable from another process while the autotuner runs."""
+    import json
+
+    from tvm_lut.autotuning.driver import learn_cached
+    from tvm_lut.pq.swap import unswap_
+
+    uniform, metrics = {}, {}
+    for v in values:
+        name, folder = f"tvm uniform V={v}", out_dir.parent / f"{out_dir.name}.uniform" / f"V{v}"
+        started = time.perf_counter()
+        learned = learn_cached(setup.model, setup.learn, dataclasses.replace(setup.learning, K=16, V=v), folder,
+                               progress=False)
+        scored = folder / "metric.json"
+        if not scored.is_file():
+            scored.write_text(json.dumps({"metric": setup.eval_fn(learned.model),
+                                          "seconds": time.perf_counter() - started}))
+        metrics[name] = json.loads(scored.read_text())["metric"]
+        uniform[name] = (unswap_(copy.deepcopy(learned.model)), learned.bundle)
+    return uniform, metrics
 
 
 def main(argv=None) -> int:

@@ -45,13 +45,12 @@ def plot_plans(plans: list[Plan], path: Path, title: str = "autotune: every plan
             axes.axhline(reference.exact_metric - reference.budget, linestyle="--", color="gray",
                          label="budget (exact - max drop)")
     if chosen is not None and chosen.whole_us is not None:
-        restored = f"; restored to exact: {', '.join(chosen.restored)}" if chosen.restored else ""
-        axes.text(0.02, 0.02, f"whole model, timed together: exact {chosen.whole_exact_us:.1f} us, "
-                  f"chosen plan {chosen.whole_us:.1f} us{restored}", transform=axes.transAxes, fontsize=7,
-                  verticalalignment="bottom")
+        restored = f"; restored: {', '.join(chosen.restored)}" if chosen.restored else ""
+        title += (f"\nwhole model, timed together: exact {chosen.whole_exact_us:.1f} us, chosen plan "
+                  f"{chosen.whole_us:.1f} us{restored}")
     axes.set_xlabel("summed layer latency (us, each layer measured alone)")
     axes.set_ylabel("metric (eval_fn, higher is better)")
-    axes.set_title(title)
+    axes.set_title(title, fontsize=9)
     axes.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

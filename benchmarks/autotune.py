@@ -1,6 +1,7 @@
-"""Per-layer autotuning of the Fashion-MNIST CNN: the autotuned model against every baseline, in one run.
+"""Per-layer autotuning: the autotuned model against every baseline, in one run (the Fashion-MNIST CNN, MiniLM-L6).
 
     python -m benchmarks.autotune [--max-drop 1.0] [--cnn-weights FP32.safetensors] [--out-dir DIR] [--json PATH]
+    python -m benchmarks.autotune --model minilm-l6 [--max-drop 1.0] [--uniform-V 4 8 16 32] [--out-dir DIR]
 
 One thread throughout (the target, TVM's runtime pool, torch, ONNX Runtime). Steps:
 1. `tvm_lut.autotune` on the CNN (`tvm-lut autotune fashion-cnn`'s task: calibration images from the end of the
@@ -13,10 +14,20 @@ One thread throughout (the target, TVM's runtime pool, torch, ONNX Runtime). Ste
    conv3 V=4, fc1 V=4, fc2 V=2, K=16; learned like a trial), and TVM with the autotuned plan. Accuracy of each on
    the test images, the compiled models run by TVM.
 The checks of issue 14 are printed: autotuned never slower than exact, >= 1.3x ONNX Runtime fp32, drop within budget.
+
+`--model minilm-l6` (8x64 batches, the metric = accuracy on `--test-size` held-out tweets, 1,000): the autotuner
+(`tvm-lut autotune minilm-l6`'s task and defaults, so `--out-dir` may be that command's output directory and this
+resumes it), then one bundle per `--uniform-V` (K=16, every encoder Linear, learned with the autotuner's trial
+settings and data, cached beside `--out-dir` in `DIR.uniform/`), then ONNX Runtime fp32, TVM exact, every uniform
+bundle and the autotuned plan timed in turn. Checks: >= 1.2x faster than the fastest uniform-V bundle within the
+budget, autotuning wall time (summed over resumed runs, by part) <= 45 minutes, the plan within the budget. The
+load average at start and end is printed: on a shared machine every wall time is inflated by it.
 """
 
 import argparse
+import copy
 import dataclasses
+import os
 import sys
 import tempfile
 import time
@@ -24,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engines import aligned, export_onnx, median_latencies, ort_runner, tvm_runner
+from .helpers.engines import aligned, export_onnx, median_latencies, ort_runner, tvm_runner
 from .timing import add_common_arguments, format_table, write_json
 
 
@@ -61,8 +72,9 @@ def _spearman(a, b) -> float:
     return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
 
 
-def engines(setup, plan_model, plan_bundle, hand_model, hand_bundle, workdir: Path):
-    """name -> callable on one numpy image batch."""
+def engines(setup, variants: dict, workdir: Path):
+    """name -> callable on numpy inputs: ONNX Runtime fp32, TVM exact under our rules, and TVM for each of
+    `variants` (name -> (torch model, bundle or None))."""
     import tvm_lut
     from schedules import host_target
     from schedules.target import use_runtime_threads
@@ -75,11 +87,10 @@ def engines(setup, plan_model, plan_bundle, hand_model, hand_bundle, workdir: Pa
     built = {"ort fp32": ort_runner(onnx_path, 1),
              "tvm rules exact": tvm_runner(tvm_lut.compile(from_torch(setup.model, example), target=target),
                                            workdir / "exact.so")[0]}
-    for label, model, bundle in (("tvm hand-picked pq", hand_model, hand_bundle),
-                                 ("tvm autotuned", plan_model, plan_bundle)):
+    for label, (model, bundle) in variants.items():
         executable = tvm_lut.compile(from_torch(model, example), bundle, target=target)
         print(f"  {label}: {executable.lut_report}", flush=True)
-        built[label] = tvm_runner(executable, workdir / f"{label.replace(' ', '_')}.so")[0]
+        built[label] = tvm_runner(executable, workdir / f"{label.replace(' ', '_').replace('=', '')}.so")[0]
     return built
 
 
@@ -94,58 +105,49 @@ def accuracy(run, batches) -> float:
     return 100.0 * correct / total
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_arguments(parser, repeat=9)
-    parser.add_argument("--max-drop", type=float, default=1.0, help="allowed test-accuracy drop in points (1.0)")
-    parser.add_argument("--max-trials", type=int, default=4, help="autotuning trials (4)")
-    parser.add_argument("--epochs", type=int, default=1, help="learning epochs per trial (1)")
-    parser.add_argument("--learn-size", type=int, default=10000, help="training images for learning (10000)")
-    parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (default: train 5 epochs here)")
-    parser.add_argument("--out-dir", type=Path, help="autotune output directory (resumable; default: a temporary one)")
-    parser.add_argument("--no-proxy-study", dest="proxy_study", action="store_false")
-    parser.add_argument("--proxy-images", type=int, default=1000,
-                        help="test images the proxy study measures single-layer drops on (1000, at most one batch)")
-    args = parser.parse_args(argv)
-
-    import torch
-
+def run_autotune(setup, args, out_dir: Path, source: str, out: dict):
+    """`tvm_lut.autotune` on a task (resumes from `out_dir`), its plan and wall time recorded in `out`."""
     from schedules import host_target
-    from tvm_lut.autotune_cli import task_setup
     from tvm_lut.autotuning.config import AutotuneConfig
     from tvm_lut.autotuning.driver import autotune
-    from tvm_lut.defaults import _cpu_model
+
+    config = AutotuneConfig(max_drop=args.max_drop, max_trials=args.max_trials)
+    result = autotune(setup.model, setup.calib, setup.eval_fn, config, host_target(1),
+                      example_inputs=setup.example_inputs, learning=setup.learning, learn_batches=setup.learn,
+                      out_dir=out_dir, source=source)
+    print(result.plan.table(), flush=True)
+    out["autotune_seconds"] = result.seconds
+    out["plan"] = result.plan.to_dict()
+    out["trials"] = [{"latency_us": t.latency_us, "metric": t.metric, "pq_layers": t.pq_layers}
+                     for t in result.trials]
+    return result
+
+
+def fashion_cnn(args, out: dict, scratch: Path) -> dict:
+    """Step 1-3 of the module docstring for the CNN; returns the checks."""
+    from tvm_lut.autotune_cli import task_setup
     from tvm_lut.pq.handler import learn_pq
     from tvm_lut.pq.swap import unswap_
     from tvm_lut.pq.tasks import CNN_PQ
 
-    torch.set_num_threads(1)
-    target = host_target(1)
-    out = {"cpu": _cpu_model(), "target": str(target), "threads": 1, "max_drop": args.max_drop}
     started = time.perf_counter()
-    setup = task_setup("fashion-cnn", weights=args.cnn_weights, epochs=args.epochs, learn_size=args.learn_size)
+    setup = task_setup("fashion-cnn", weights=args.cnn_weights, epochs=args.epochs,
+                       learn_size=args.learn_size or 10000, train_epochs=args.cnn_train_epochs)
     out["seconds_fp32_training"] = time.perf_counter() - started
-    with tempfile.TemporaryDirectory() as scratch:
-        out_dir = args.out_dir or Path(scratch) / "autotune"
-        config = AutotuneConfig(max_drop=args.max_drop, max_trials=args.max_trials)
-        result = autotune(setup.model, setup.calib, setup.eval_fn, config, target, example_inputs=setup.example_inputs,
-                          learning=setup.learning, learn_batches=setup.learn, out_dir=out_dir, source="fashion-cnn")
-        print(result.plan.table(), flush=True)
-        out["autotune_seconds"] = result.seconds
-        out["plan"] = result.plan.to_dict()
-        out["trials"] = [{"latency_us": t.latency_us, "metric": t.metric, "pq_layers": t.pq_layers}
-                         for t in result.trials]
-        if args.proxy_study:
-            out["proxy_study"] = proxy_study(setup, out_dir, args.proxy_images, out)
-            print(f"proxies against the measured single-layer k-means drop (Spearman): task loss "
-                  f"{out['spearman_task_loss']:.3f}, output error {out['spearman_output_error']:.3f}", flush=True)
-        hand_start = time.perf_counter()
-        hand = learn_pq(setup.model, setup.learn, dataclasses.replace(CNN_PQ, epochs=args.epochs), progress=False)
-        out["seconds_hand_picked_learning"] = time.perf_counter() - hand_start
-        hand_metric = setup.eval_fn(hand.model)
-        built = engines(setup, result.model, result.bundle, unswap_(hand.model), hand.bundle, Path(scratch))
-        image = aligned(setup.example_inputs[0].numpy())
-        seconds = median_latencies({k: (lambda run=run: run(image)) for k, run in built.items()}, 1, args.repeat)
+    out_dir = args.out_dir or scratch / "autotune"
+    result = run_autotune(setup, args, out_dir, "fashion-cnn", out)
+    if args.proxy_study:
+        out["proxy_study"] = proxy_study(setup, out_dir, args.proxy_images, out)
+        print(f"proxies against the measured single-layer k-means drop (Spearman): task loss "
+              f"{out['spearman_task_loss']:.3f}, output error {out['spearman_output_error']:.3f}", flush=True)
+    hand_start = time.perf_counter()
+    hand = learn_pq(setup.model, setup.learn, dataclasses.replace(CNN_PQ, epochs=args.epochs), progress=False)
+    out["seconds_hand_picked_learning"] = time.perf_counter() - hand_start
+    hand_metric = setup.eval_fn(hand.model)
+    built = engines(setup, {"tvm hand-picked pq": (unswap_(hand.model), hand.bundle),
+                            "tvm autotuned": (result.model, result.bundle)}, scratch)
+    image = aligned(setup.example_inputs[0].numpy())
+    seconds = median_latencies({k: (lambda run=run: run(image)) for k, run in built.items()}, 1, args.repeat)
     exact_metric = result.plan.exact_metric
     torch_metric = {"ort fp32": exact_metric, "tvm rules exact": exact_metric, "tvm hand-picked pq": hand_metric,
                     "tvm autotuned": result.plan.metric}
@@ -155,15 +157,121 @@ def main(argv=None) -> int:
     out["rows"] = rows
     by_name = {row["engine"]: row for row in rows}
     auto, exact = by_name["tvm autotuned"], by_name["tvm rules exact"]
-    out["checks"] = {
+    print(f"CPU {out['cpu']}; one thread; median of {args.repeat}; vs_ort_fp32 > 1 is faster than ONNX Runtime fp32")
+    print(format_table(rows, ["engine", "latency_us", "vs_ort_fp32", "accuracy_torch", "accuracy_compiled"]))
+    return {
         "autotuned_not_slower_than_exact": auto["latency_us"] <= exact["latency_us"],
         "autotuned_vs_ort_fp32_at_least_1.3x": auto["vs_ort_fp32"] >= 1.3,
         "within_budget_on_test_set": exact["accuracy_compiled"] - auto["accuracy_compiled"] <= args.max_drop,
     }
-    print(f"CPU {out['cpu']}; one thread; median of {args.repeat}; vs_ort_fp32 > 1 is faster than ONNX Runtime fp32")
-    print(format_table(rows, ["engine", "latency_us", "vs_ort_fp32", "accuracy_torch", "accuracy_compiled"]))
-    print("wall time by part (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
-    for check, ok in out["checks"].items():
+
+
+def minilm(args, out: dict, scratch: Path) -> dict:
+    """MiniLM-L6 at 8x64: the autotuned plan against every uniform-V bundle (K=16, learned with the same settings
+    and data as the autotuner's trials, cached in OUT_DIR.uniform/), timed in one run; returns the checks."""
+    from tvm_lut.autotune_cli import task_setup
+
+    setup = task_setup("minilm-l6", batch=8, length=64, epochs=args.epochs, learn_size=args.learn_size,
+                       test_size=args.test_size, calib_size=args.calib_size)
+    out_dir = args.out_dir or scratch / "autotune"
+    result = run_autotune(setup, args, out_dir, "minilm-l6", out)
+    budget, exact_metric = result.plan.budget, result.plan.exact_metric
+    uniform, metrics = uniform_bundles(setup, args.uniform_V, out_dir)
+    for name, metric in metrics.items():
+        print(f"{name}: metric {metric:.2f} (exact {exact_metric:.2f})", flush=True)
+    built = engines(setup, {**uniform, "tvm autotuned": (result.model, result.bundle)}, scratch)
+    inputs = [aligned(x.numpy()) for x in setup.example_inputs]
+    seconds = median_latencies({k: (lambda run=run: run(*inputs)) for k, run in built.items()}, 1, args.repeat)
+    metrics.update({"ort fp32": exact_metric, "tvm rules exact": exact_metric, "tvm autotuned": result.plan.metric})
+    rows = [{"engine": name, "latency_ms": 1e3 * seconds[name], "vs_ort_fp32": seconds["ort fp32"] / seconds[name],
+             "accuracy_torch": metrics[name], "drop": exact_metric - metrics[name]} for name in built]
+    out["rows"] = rows
+    within = [row for row in rows if row["engine"].startswith("tvm uniform") and row["drop"] <= budget]
+    baseline = min(within, key=lambda row: row["latency_ms"]) if within else None
+    auto = next(row for row in rows if row["engine"] == "tvm autotuned")
+    out["fastest_uniform_within_budget"] = None if baseline is None else baseline["engine"]
+    print(f"CPU {out['cpu']}; one thread; batch 8x64; median of {args.repeat}; accuracy on "
+          f"{args.test_size or 1000} held-out tweets (PyTorch, the compiled models run the same tables)")
+    print(format_table(rows, ["engine", "latency_ms", "vs_ort_fp32", "accuracy_torch", "drop"]))
+    speedup = None if baseline is None else baseline["latency_ms"] / auto["latency_ms"]
+    out["autotuned_vs_fastest_uniform"] = speedup
+    if baseline is not None:
+        print(f"autotuned vs the fastest uniform-V bundle within budget ({baseline['engine']}): {speedup:.2f}x")
+    autotune_minutes = sum(result.seconds.values()) / 60
+    return {
+        "autotuned_vs_fastest_uniform_within_budget_at_least_1.2x": speedup is not None and speedup >= 1.2,
+        "autotune_wall_time_at_most_45_min": autotune_minutes <= 45,
+        "autotuned_within_budget": result.plan.drop <= budget,
+    }
+
+
+def uniform_bundles(setup, values: list[int], out_dir: Path) -> tuple[dict, dict]:
+    """One bundle per V in `values` (K=16, the task's learning settings: every encoder Linear), learned on the
+    task's learning data and cached in `OUT_DIR.uniform/V<v>/` with its metric; (name -> (model, bundle), name ->
+    metric). Resumable, and callable from another process while the autotuner runs."""
+    import json
+
+    from tvm_lut.autotuning.driver import learn_cached
+    from tvm_lut.pq.swap import unswap_
+
+    uniform, metrics = {}, {}
+    for v in values:
+        name, folder = f"tvm uniform V={v}", out_dir.parent / f"{out_dir.name}.uniform" / f"V{v}"
+        started = time.perf_counter()
+        learned = learn_cached(setup.model, setup.learn, dataclasses.replace(setup.learning, K=16, V=v), folder,
+                               progress=False)
+        scored = folder / "metric.json"
+        if not scored.is_file():
+            scored.write_text(json.dumps({"metric": setup.eval_fn(learned.model),
+                                          "seconds": time.perf_counter() - started}))
+        metrics[name] = json.loads(scored.read_text())["metric"]
+        uniform[name] = (unswap_(copy.deepcopy(learned.model)), learned.bundle)
+    return uniform, metrics
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser, repeat=9)
+    parser.add_argument("--model", choices=("fashion-cnn", "minilm-l6"), default="fashion-cnn",
+                        help="the task (fashion-cnn)")
+    parser.add_argument("--max-drop", type=float, default=1.0, help="allowed test-accuracy drop in points (1.0)")
+    parser.add_argument("--max-trials", type=int, default=4, help="autotuning trials (4)")
+    parser.add_argument("--epochs", type=int, default=1, help="learning epochs per trial (1)")
+    parser.add_argument("--learn-size", type=int,
+                        help="training images / tweets for learning (task default: 10000 images, 1024 tweets)")
+    parser.add_argument("--calib-size", type=int, help="minilm-l6: calibration tweets (task default 256)")
+    parser.add_argument("--test-size", type=int, help="minilm-l6: held-out tweets the metric is on (1000)")
+    parser.add_argument("--uniform-V", type=int, nargs="+", default=[4, 8, 16, 32],
+                        help="minilm-l6: the uniform-V bundles (K=16) compared (4 8 16 32)")
+    parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (default: train them here)")
+    parser.add_argument("--cnn-train-epochs", type=int, default=5,
+                        help="epochs the FP32 CNN is trained for without --cnn-weights (5)")
+    parser.add_argument("--out-dir", type=Path, help="autotune output directory (resumable; default: a temporary one)")
+    parser.add_argument("--no-proxy-study", dest="proxy_study", action="store_false")
+    parser.add_argument("--proxy-images", type=int, default=1000,
+                        help="test images the proxy study measures single-layer drops on (1000, at most one batch)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from schedules import host_target
+    from tvm_lut.defaults import _cpu_model
+
+    torch.set_num_threads(1)
+    out = {"cpu": _cpu_model(), "target": str(host_target(1)), "threads": 1, "model": args.model,
+           "max_drop": args.max_drop, "load_average_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as scratch:
+        checks = (fashion_cnn if args.model == "fashion-cnn" else minilm)(args, out, Path(scratch))
+    out["checks"] = checks
+    out["load_average_end"] = os.getloadavg()
+    plan = out["plan"]
+    if plan.get("whole_model"):
+        whole = plan["whole_model"]
+        print(f"autotuner's whole-model guard (same process): exact {whole['exact_us']:.1f} us, plan "
+              f"{whole['plan_us']:.1f} us; restored {plan['restored'] or 'nothing'}")
+    print("wall time by part (s): " + ", ".join(f"{k} {v:.1f}" for k, v in out["autotune_seconds"].items()))
+    print(f"load average at start {out['load_average_start']}, at end {out['load_average_end']}")
+    for check, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {check}")
     write_json(args.json, out)
     return 0

@@ -44,8 +44,9 @@ class TaskSetup:
 
 
 def task_setup(name: str, quick: bool = False, batch: int | None = None, length: int = 64, weights=None,
-               epochs: int = 1, progress: bool = True, **sizes) -> TaskSetup:
-    """The model, data and learning settings of a built-in model (`MODELS`); `sizes` override the defaults."""
+               epochs: int = 1, progress: bool = True, train_epochs: int | None = None, **sizes) -> TaskSetup:
+    """The model, data and learning settings of a built-in model (`MODELS`); `sizes` override the defaults.
+    fashion-cnn without `weights` is trained here for `train_epochs` (default 5; 1 with `quick`)."""
     import numpy as np
     import torch
 
@@ -65,7 +66,8 @@ def task_setup(name: str, quick: bool = False, batch: int | None = None, length:
             model.load_state_dict(load_file(str(weights)))
         else:
             count = sizes["train_images"]
-            model = train_cnn(images[:count], labels[:count], epochs=1 if quick else 5, progress=progress)
+            model = train_cnn(images[:count], labels[:count], epochs=train_epochs or (1 if quick else 5),
+                              progress=progress)
         # calibration from the end of the training split, learning from its start: they never overlap
         calib_rows = slice(len(images) - sizes["calib_size"], len(images))
         example = (torch.zeros((batch or 1, 1, 28, 28)),)

@@ -28,6 +28,17 @@ def fake_measure(spec, choices, target, database=None, tracker=None):
             for choice in choices}
 
 
+def fake_measure_models(variants, example_inputs, target, database=None, tracker=None):
+    """The whole MLP as the sum of its layers' fake latencies (the guard keeps what pays under this arithmetic)."""
+    shapes = {"fc1": "linear w[64, 32]", "fc2": "linear w[64, 64]", "fc3": "linear w[4, 64]"}
+    times = {}
+    for label, (_model, bundle) in variants.items():
+        pq = {} if bundle is None else dict(bundle.items())
+        times[label] = sum(EXACT_US[key] * (1.0 if name not in pq else PQ_FACTOR[key] * (
+            0.75 + pq[name].K / 64 + pq[name].V / 256)) for name, key in shapes.items())
+    return times
+
+
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -79,7 +90,7 @@ def one_torch_thread():
 @pytest.fixture
 def counted(monkeypatch):
     """Counts of latency measurements, sensitivity forward passes and learning runs."""
-    counts = {"measure": 0, "loss": 0, "learn": 0}
+    counts = {"measure": 0, "loss": 0, "learn": 0, "whole": 0}
 
     def count(name, fn):
         def wrapped(*args, **kwargs):
@@ -88,6 +99,7 @@ def counted(monkeypatch):
         return wrapped
 
     monkeypatch.setattr(latency, "measure_choices", count("measure", fake_measure))
+    monkeypatch.setattr(latency, "measure_models", count("whole", fake_measure_models))
     monkeypatch.setattr(sensitivity, "task_loss", count("loss", sensitivity.task_loss))
     monkeypatch.setattr(handler, "learn_pq", count("learn", handler.learn_pq))
     return counts
@@ -100,6 +112,8 @@ def test_keeps_the_budget_and_writes_the_output_directory(tmp_path, counted):
     assert result.plan.drop <= 3.0 and result.plan.metric >= exact - 3.0
     assert result.plan.pq_layers  # some layer is worth PQ within this budget
     assert result.plan.choices["fc3"].exact  # PQ is slower there, whatever its accuracy
+    measured = sensitivity.Sensitivity.load(tmp_path / "out" / "autotune-state").proxies
+    assert set(measured) == {"fc1", "fc2"}  # fc3's PQ forms can never be chosen: their sensitivity is not measured
     assert result.plan.latency_us <= result.plan.exact_us
     for trial in result.trials:
         assert trial.metric is not None and trial.budget == 3.0
@@ -136,9 +150,32 @@ def test_resumes_after_an_interruption_without_redoing_work(tmp_path, counted):
     assert counted["measure"] == before["measure"]  # no latency measured again
     assert counted["loss"] == before["loss"]  # no sensitivity recomputed
     assert counted["learn"] == total["learn"]  # over both runs: a finished trial is not learned again
+    assert counted["whole"] == total["whole"]  # the guard ran once, in the run that finished
     assert _labels(resumed.plan) == _labels(reference.plan)
     assert resumed.plan.metric == pytest.approx(reference.plan.metric)
     assert len(resumed.trials) == len(reference.trials)
+
+
+def test_the_guard_restores_a_layer_that_does_not_pay_in_the_whole_model(tmp_path, counted, monkeypatch):
+    """fc2's PQ form is faster alone but, in the whole model, pays a 40 us cost (say, an epilogue the exact layer
+    fused): the result keeps it exact, its table leaves the bundle, and plan.json records both whole-model times."""
+    def slower_with_pq_fc2(variants, *args, **kwargs):
+        times = fake_measure_models(variants, *args, **kwargs)
+        return {label: us + (40.0 if bundle is not None and "fc2" in dict(bundle.items()) else 0.0)
+                for (label, us), (_, bundle) in zip(times.items(), variants.values())}
+
+    monkeypatch.setattr(latency, "measure_models", slower_with_pq_fc2)
+    model, batches, eval_fn = _task()
+    result = _run(tmp_path / "out", eval_fn, model, batches)
+    assert any("fc2" in trial.pq_layers for trial in result.trials)  # the solver chose it
+    assert result.plan.choices["fc2"].exact and "fc2" in result.plan.restored
+    assert result.bundle is None or "fc2" not in dict(result.bundle.items())
+    assert result.plan.whole_us <= result.plan.whole_exact_us
+    assert result.plan.drop <= 3.0
+    saved = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert saved["whole_model"] == {"exact_us": result.plan.whole_exact_us, "plan_us": result.plan.whole_us}
+    assert "fc2" in saved["restored"]
+    assert "whole model, compiled and timed together" in (tmp_path / "out" / "report.txt").read_text()
 
 
 def _labels(plan):
@@ -180,3 +217,28 @@ def test_cli_quick_writes_the_plan(tmp_path):
     report = json.loads(report_path.read_text())
     (dense,) = [r for r in report["passes"] if r["pass"] == "LUTDense"] or [{"replaced": []}]
     assert len(dense["replaced"]) == sum(layer["choice"] == "pq" for layer in plan["layers"])
+
+
+def test_repair_restores_cumulatively_in_predicted_order_until_within_budget(monkeypatch):
+    """Over budget, layers go back to exact the most harmful by the proxy first, each step measured: a step that
+    does not help is undone, and it stops as soon as the measured metric is within the budget."""
+    from tvm_lut.autotuning import driver
+    from tvm_lut.autotuning.layers import EXACT, Choice
+    from tvm_lut.autotuning.plan import LayerPlan
+
+    monkeypatch.setattr(driver, "_with_exact", lambda _model, names: frozenset(names))
+    harm = {"a": 0.5, "b": 0.0, "c": 2.0, "d": 1.5}  # measured points each layer costs
+    calls = []
+
+    def eval_fn(exact_layers):
+        calls.append(set(exact_layers))
+        return 90.0 - sum(h for name, h in harm.items() if name not in exact_layers)
+
+    layers = [LayerPlan(name, "linear", Choice(16, 4), 10.0, 5.0) for name in harm] + \
+        [LayerPlan("e", "linear", EXACT, 1.0, 1.0)]
+    plan = Plan(tuple(layers), budget=1.0, exact_metric=90.0).with_metric(86.0)
+    predicted = {"b": 3.0, "c": 2.0, "a": 1.0, "d": 0.5}  # the proxy is wrong about b
+    assert driver._most_harmful(None, plan, eval_fn, 1.0, predicted) == ["c", "a", "d"]
+    assert calls == [{"b"}, {"c"}, {"c", "a"}, {"c", "a", "d"}]  # b did not help: undone; then within budget
+    # nothing helps: the most harmful by the proxy goes back, so the next plan differs
+    assert driver._most_harmful(None, plan, lambda _model: 86.0, 1.0, predicted) == ["b"]

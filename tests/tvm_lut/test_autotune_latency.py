@@ -70,3 +70,16 @@ def test_latencies_of_an_aarch64_target_are_measured_on_the_device(device_pool, 
     table = LatencyTable(arm, tmp_path / "latency.json")
     table.measure([SPEC], {"fc": [EXACT, Choice(8, 4)]}, arm, progress=False, tracker=device_pool)
     assert table.get(SPEC, EXACT) > 0 and table.get(SPEC, Choice(8, 4)) > 0
+
+
+@pytest.mark.skipif(lookup_intrin(TARGET) is None, reason="this CPU has no lookup intrinsic")
+def test_whole_models_are_compiled_and_timed_together():
+    """`measure_models` (the guard's timer): a model with and without its PQ table, each compiled as a user would,
+    one median per variant (no speed is asserted)."""
+    import torch
+
+    module = latency.layer_module(SPEC)
+    bundle = latency.candidate_bundle(SPEC, module, Choice(8, 4))
+    times = latency.measure_models({"exact": (module, None), "plan": (module, bundle)}, (torch.zeros(4, 32),),
+                                   TARGET, rounds=1)
+    assert set(times) == {"exact", "plan"} and all(us > 0 for us in times.values())

@@ -8,10 +8,14 @@ The cheap-to-expensive ladder (NNCF and INC end the same way, HAWQ-V3 solves the
    proxy unit costs (`alpha`), first the fastest plan, then the solver's plan at the budget;
 4. trials: the solver's plan (`solver`) at the budget is learned with the existing trainer
    (`tvm_lut.pq.handler.learn_pq`) and evaluated with `eval_fn`. Within the budget, the next trial loosens the
-   prediction by what learning recovered (a faster plan); over it, the layers whose restoring to exact recovers the
-   most (measured, one `eval_fn` each) go back to exact until the measured gains cover the excess, and that plan
-   is learned next. At most `max_trials` trials, no new one after `time_limit_s`.
-The result is the fastest plan within the budget (the exact model when none is).
+   prediction by what learning recovered (a faster plan); over it, layers go back to exact cumulatively, the most
+   harmful by the proxy first, each step measured with `eval_fn`, until the learned model is within the budget,
+   and that plan is learned next. At most `max_trials` trials, no new one after `time_limit_s`;
+5. the whole-model guard (`guard`): the fastest trial within the budget, the exact model, and that trial with each
+   group of its PQ layers restored are compiled whole and timed together; what does not make the compiled model
+   measurably faster goes back to exact (the learned model is evaluated again when it does).
+The result is that guarded plan (the exact model when no trial kept the budget or no PQ layer pays), so the
+autotuned model is not slower than the exact one by the measurement it was chosen on.
 
 Everything measured or learned is written to the output directory's state folder as it is produced (`state.json`,
 the latency cache, the sensitivity files, one folder per trial with its bundle, trained weights and training
@@ -21,6 +25,7 @@ checkpoint): the same call on the same directory resumes. The result is written 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -30,6 +35,7 @@ from typing import Any, Callable
 
 from tvm_lut.autotuning import sensitivity as sensitivity_stage
 from tvm_lut.autotuning.config import AutotuneConfig
+from tvm_lut.autotuning.guard import restore_unpaid
 from tvm_lut.autotuning.latency import LatencyTable, cache_path
 from tvm_lut.autotuning.layers import EXACT, Choice, LayerSpec, find_layers
 from tvm_lut.autotuning.output import state_dir
@@ -43,7 +49,7 @@ STATE_NAME = "state.json"
 STATE_VERSION = 1
 CALIBRATION_STEPS = 3  # k-means plans evaluated to scale the proxy to metric points
 LOOSEN_FLOOR = 0.25  # a trial within budget loosens the prediction by at most this factor
-PARTS = ("latency", "sensitivity", "calibration", "learning", "evaluation")
+PARTS = ("latency", "sensitivity", "calibration", "learning", "evaluation", "guard")
 
 
 @dataclass
@@ -67,7 +73,7 @@ class _State:
         self.path = path
         self.data = {"version": STATE_VERSION, "config": json.loads(config.to_json()), "exact_metric": None,
                      "calibration": [], "trials": [], "alpha": None, "forced_exact": [], "phase": "loosen",
-                     "next": None, "done": False, "seconds": {part: 0.0 for part in PARTS}}
+                     "next": None, "done": False, "guard": None, "seconds": {part: 0.0 for part in PARTS}}
         if path is not None and path.is_file():
             saved = json.loads(path.read_text())
             if saved.get("version") != STATE_VERSION:
@@ -75,7 +81,8 @@ class _State:
             if saved["config"] != self.data["config"]:
                 raise ValueError(f"{path} belongs to a run with another AutotuneConfig ({saved['config']}); "
                                  "use a new output directory or the same config")
-            self.data = saved
+            # a state written before the guard existed lacks its keys: they start empty
+            self.data = {**self.data, **saved, "seconds": {**self.data["seconds"], **saved["seconds"]}}
 
     def __getitem__(self, key):
         return self.data[key]
@@ -155,8 +162,7 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
     with state.timed("latency"):
         latencies = LatencyTable(target, cache_path(database, target, work_dir))
         latencies.measure(specs, choices, target, database, progress=progress, tracker=tracker)
-    choices = {name: [c for c in options if latencies.get(_spec(specs, name), c) is not None]
-               for name, options in choices.items()}
+    choices = {name: _worth_measuring(latencies, _spec(specs, name), options) for name, options in choices.items()}
 
     with state.timed("sensitivity"):
         sensitivity = sensitivity_stage.measure(model, specs, choices, calib, kmeans_rows=learning.kmeans_rows,
@@ -196,7 +202,7 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
         state["next"] = plan.to_dict()  # resuming re-learns this same plan from its checkpoint
         trial_dir = None if work_dir is None else work_dir / "trials" / str(len(trials) + 1)
         with state.timed("learning"):
-            learned = _learn(model, learn, plan.learning_config(learning), trial_dir, progress)
+            learned = learn_cached(model, learn, plan.learning_config(learning), trial_dir, progress)
         with state.timed("evaluation"):
             plan = plan.with_metric(float(eval_fn(learned.model)))
         trials.append(plan)
@@ -210,14 +216,17 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
             state["next"] = None
         else:
             with state.timed("evaluation"):
-                restore = _most_harmful(learned.model, plan, eval_fn, plan.drop - budget)
+                predicted = {name: planner.sensitivity.value(name, choice, config.proxy)
+                             for name, choice in plan.choices.items() if not choice.exact}
+                restore = _most_harmful(learned.model, plan, eval_fn, budget, predicted)
             record["restored"] = restore
             state["phase"] = "repair"
             state["forced_exact"] = sorted(set(state["forced_exact"]) | set(restore))
             state["next"] = planner.restored(plan, restore).to_dict()
         state["trials"] = state["trials"] + [record]
         learned_models[len(trials) - 1] = learned
-    result = _result(model, state, trials, learned_models, planner, kept, out_dir)
+    measure = _whole_model_timer(example_inputs, target, database, tracker)
+    result = _result(model, state, trials, learned_models, planner, kept, out_dir, eval_fn, measure)
     if out_dir is not None:
         from tvm_lut.autotuning.output import input_specs, write_output
 
@@ -240,6 +249,13 @@ def _next_plan(planner: "_Planner", state: _State, trials: list[Plan]) -> Plan |
         if _labels(plan) == fastest:
             return None
         state["alpha"] = state["alpha"] * LOOSEN_FLOOR
+
+
+def _worth_measuring(latencies: LatencyTable, spec: LayerSpec, options: list[Choice]) -> list[Choice]:
+    """Exact and the PQ choices served and faster than exact alone: a slower one can never be chosen (exact costs no
+    accuracy), so its sensitivity is not measured (the MiniLM head's PQ forms, the CNN's conv1)."""
+    exact_us = latencies.get(spec, EXACT)
+    return [c for c in options if c.exact or (latencies.get(spec, c) is not None and latencies.get(spec, c) < exact_us)]
 
 
 def _spec(specs: list[LayerSpec], name: str) -> LayerSpec:
@@ -291,7 +307,7 @@ class _Planner:
         return sum(self.sensitivity.value(name, c, self.config.proxy) for name, c in plan.choices.items())
 
 
-def _learn(model, batches, config: PQConfig, trial_dir: Path | None, progress: bool):
+def learn_cached(model, batches, config: PQConfig, trial_dir: Path | None, progress: bool):
     """learn_pq for one plan, its bundle and trained weights saved in `trial_dir` (reloaded when already there)."""
     from tvm_lut.pq.handler import learn_pq
 
@@ -342,42 +358,101 @@ def _load_trial(model, trial_dir: Path) -> _Trial:
     return _Trial(bundle, student.eval())
 
 
-def _most_harmful(pq_model, plan: Plan, eval_fn, excess: float) -> list[str]:
-    """The PQ layers to restore to exact: by the measured gain of restoring each alone (the learned model with that
-    layer exact), largest first, until the gains cover `excess` (at least one layer)."""
+def _most_harmful(pq_model, plan: Plan, eval_fn, budget: float, predicted: dict[str, float]) -> list[str]:
+    """The PQ layers to restore to exact: cumulatively, the most harmful by the proxy first (`predicted`), each
+    step measured with `eval_fn` on the learned model with the layers so far exact, until it is within `budget`
+    (INC's cumulative fallback). A step that does not raise the metric is undone. One `eval_fn` per step, not one
+    per PQ layer: MiniLM's 36 layers would cost 36 evaluations of the held-out set before the first restore."""
+    order = sorted(plan.pq_layers, key=lambda n: predicted[n], reverse=True)
+    chosen, metric = [], plan.metric
+    for name in order:
+        measured = float(eval_fn(_with_exact(pq_model, chosen + [name])))
+        if measured > metric:
+            chosen, metric = chosen + [name], measured
+        if plan.exact_metric - metric <= budget:
+            break
+    log.info("restoring %s to exact (metric %.4g -> %.4g)", chosen or order[:1], plan.metric, metric)
+    return chosen or order[:1]  # nothing helped alone: the most harmful by the proxy, so the next plan differs
+
+
+def _with_exact(pq_model, names):
+    """A copy of the PQ model `pq_model` with the layers `names` exact again (their trained weights)."""
     from torch import nn
 
     from tvm_lut.pq.swap import unswap_
 
-    gains = {}
-    for name in plan.pq_layers:
-        restored = copy.deepcopy(pq_model)
+    restored = copy.deepcopy(pq_model)
+    for name in names:
         holder = nn.Module()
         holder.layer = restored.get_submodule(name)
         sensitivity_stage.set_module(restored, name, unswap_(holder).layer)
-        gains[name] = float(eval_fn(restored.eval())) - plan.metric
-    chosen, covered = [], 0.0
-    for name in sorted(gains, key=gains.get, reverse=True):
-        chosen.append(name)
-        covered += max(gains[name], 0.0)
-        if covered >= excess:
-            break
-    log.info("restoring %s to exact (measured gains %s)", chosen, gains)
-    return chosen
+    return restored.eval()
 
 
 def _result(model, state: _State, trials: list[Plan], learned_models: dict, planner: _Planner, kept: dict,
-            out_dir: Path | None) -> AutotuneResult:
-    """The fastest trial within the budget (the exact model if none)."""
+            out_dir: Path | None, eval_fn, measure) -> AutotuneResult:
+    """The fastest trial within the budget, less the PQ layers that do not pay in the whole model (`guard`; its
+    outcome is kept in the state); the exact model if no trial kept the budget or no PQ layer pays."""
     from tvm_lut.pq.swap import unswap_
 
     within = [i for i, plan in enumerate(trials) if plan.drop <= planner.budget]
+    plan, bundle, final = planner.exact_plan(), None, model
     if within:
         best = min(within, key=lambda i: trials[i].latency_us)
         learned = learned_models.get(best) or _load_trial(model, Path(state["trials"][best]["dir"]))
-        plan, bundle, final = trials[best], learned.bundle, unswap_(copy.deepcopy(learned.model)).eval()
+        trained = unswap_(copy.deepcopy(learned.model)).eval()
+        checked = state["guard"] if state["guard"] and state["guard"]["trial"] == best else None
+        if checked is None:
+            with state.timed("guard"):
+                checked = _guard(trials[best], learned, trained, planner, eval_fn, measure)
+            state["guard"] = {"trial": best, **checked}
+        guarded = dataclasses.replace(planner.restored(trials[best], checked["restored"]),
+                                      whole_exact_us=checked["exact_us"], whole_us=checked["plan_us"],
+                                      restored=tuple(checked["restored"]))
+        within_budget = checked["metric"] is not None and planner.exact_metric - checked["metric"] <= planner.budget
+        if checked["kept"] and within_budget:
+            plan, final = guarded.with_metric(checked["metric"]), trained
+            bundle = _sub_bundle(learned.bundle, checked["kept"])
+        else:
+            log.warning("no PQ layer of the best plan pays in the whole model within the budget: every layer exact")
+            plan = dataclasses.replace(plan, whole_exact_us=checked["exact_us"], whole_us=checked["exact_us"],
+                                       restored=tuple(trials[best].pq_layers))
     else:
         log.warning("no plan tried kept the drop within %.4g: the result keeps every layer exact", planner.budget)
-        plan, bundle, final = planner.exact_plan(), None, model
     return AutotuneResult(plan, bundle, final, trials, list(state["calibration"]), dict(state["seconds"]), kept,
                           out_dir)
+
+
+def _guard(plan: Plan, learned, trained, planner: _Planner, eval_fn, measure) -> dict:
+    """`guard.restore_unpaid` on `plan` (groups: the PQ layers of one shape and choice), then the metric of the
+    learned model with the restored layers exact (None when nothing is left to score)."""
+    specs = {spec.name: spec for spec in planner.specs}
+    groups: dict[str, list[str]] = {}
+    for name in plan.pq_layers:
+        groups.setdefault(f"{specs[name].key()} {plan.choices[name].label}", []).append(name)
+    outcome = restore_unpaid(groups, lambda variants: measure(trained, learned.bundle, variants))
+    metric = plan.metric
+    if outcome.restored and outcome.kept:
+        metric = float(eval_fn(_with_exact(learned.model, outcome.restored)))
+    return {"kept": list(outcome.kept), "restored": list(outcome.restored), "exact_us": outcome.exact_us,
+            "plan_us": outcome.plan_us, "metric": metric if outcome.kept else None}
+
+
+def _whole_model_timer(example_inputs: tuple, target, database, tracker):
+    """measure(model, bundle, variants): microseconds of `model` compiled with the tables of each variant's PQ
+    layers (`guard.restore_unpaid`'s `time_models`), timed together through `latency.measure_models`."""
+    from tvm_lut.autotuning import latency
+
+    def measure(model, bundle, variants: dict[str, frozenset]) -> dict[str, float]:
+        models = {label: (model, _sub_bundle(bundle, layers)) for label, layers in variants.items()}
+        return latency.measure_models(models, example_inputs, target, database, tracker)
+
+    return measure
+
+
+def _sub_bundle(bundle, names):
+    """The tables of `bundle` for the layers `names` (None when there are none)."""
+    from tvm_lut.bundle import Bundle
+
+    tables = {name: table for name, table in bundle.items() if name in set(names)}
+    return Bundle(tables) if tables else None

@@ -30,6 +30,7 @@ CACHE_FORMAT = "tvm-lut-autotune-latency"
 CACHE_VERSION = 1
 CACHE_NAME = "autotune_latency.json"
 ROUNDS = 5  # turns each choice of a layer is timed in (the median of all its repetitions is kept)
+WHOLE_MODEL_ROUNDS = 9  # turns whole models are timed in: their differences are a few percent (`guard`)
 
 
 class NotServed(Exception):
@@ -145,6 +146,34 @@ def measure_choices(spec: LayerSpec, choices: list[Choice], target, database=Non
     """Median microseconds of one call of the layer under each choice (or the `NotServed` reason), the choices
     built first and then timed taking turns: here, or on one device of `tracker`'s pool (uploaded, cross-linked).
     A target that cannot run here needs the tracker."""
+    x = np.random.default_rng(1).standard_normal(spec.input_shape).astype(np.float32)
+    executables, results = {}, {}
+    for choice in choices:
+        try:
+            executables[choice] = _build(spec, choice, target, database)
+        except NotServed as reason:
+            results[choice] = reason
+    results.update(time_in_turns(executables, [x], target, tracker, ROUNDS))
+    return results
+
+
+def measure_models(variants: dict, example_inputs: tuple, target, database=None, tracker=None,
+                   rounds: int = WHOLE_MODEL_ROUNDS) -> dict:
+    """Median microseconds of one call of each whole model, `variants`: label -> (torch model, bundle or None),
+    each compiled by `tvm_lut.compile` as a user would, then all timed taking turns (as `measure_choices`)."""
+    from tvm_lut.compiler import compile as compile_model
+    from tvm_lut.frontend import from_torch
+
+    inputs = [x.detach().numpy() for x in example_inputs]
+    executables = {label: compile_model(from_torch(model, example_inputs), bundle, target,
+                                        database=_usable_database(database, target))
+                   for label, (model, bundle) in variants.items()}
+    return time_in_turns(executables, inputs, target, tracker, rounds)
+
+
+def time_in_turns(executables: dict, inputs: list, target, tracker=None, rounds: int = ROUNDS) -> dict:
+    """Median microseconds of one call of each compiled model's `main` on `inputs` (numpy arrays), the models
+    timed taking turns for `rounds` rounds by tuning's evaluator: here, or on one device of `tracker`'s pool."""
     import tvm
     from tvm import relax
 
@@ -157,43 +186,45 @@ def measure_choices(spec: LayerSpec, choices: list[Choice], target, database=Non
                          "(tracker=..., or --rpc-tracker HOST:PORT --rpc-key KEY)")
     session = None if tracker is None else tracker.session()
     device = tvm.cpu() if session is None else session.cpu()
-    x = tvm.runtime.tensor(np.random.default_rng(1).standard_normal(spec.input_shape).astype(np.float32), device)
-    timers, results = {}, {}
-    for choice in choices:
-        try:
-            executable = _build(spec, choice, target, database)
-        except NotServed as reason:
-            results[choice] = reason
-            continue
+    arguments = [tvm.runtime.tensor(x, device) for x in inputs]
+    timers = {}
+    for label, executable in executables.items():
         loaded = executable if session is None else upload_library(session, executable, target)
-        timers[choice] = (evaluator(relax.VirtualMachine(loaded, device), "main", device), x)
-    seconds = {choice: [] for choice in timers}
-    for _ in range(ROUNDS):
-        for choice, (timer, x) in timers.items():
-            seconds[choice] += list(timer(x).results)
-    for choice, values in seconds.items():
+        timers[label] = evaluator(relax.VirtualMachine(loaded, device), "main", device)
+    seconds = {label: [] for label in timers}
+    for _ in range(rounds):
+        for label, timer in timers.items():
+            seconds[label] += list(timer(*arguments).results)
+    results = {}
+    for label, values in seconds.items():
         values.sort()
-        results[choice] = 1e6 * values[len(values) // 2]
+        results[label] = 1e6 * values[len(values) // 2]
     return results
+
+
+def _usable_database(database, target):
+    """`database` if it holds records for `target`, else None (the rules' schedules)."""
+    from schedules.tuning import open_database
+
+    if database is not None:
+        try:
+            open_database(database, target)
+        except FileNotFoundError:
+            return None
+    return database
 
 
 def _build(spec: LayerSpec, choice: Choice, target, database=None):
     """The one-layer model under `choice`, compiled for `target` (raises `NotServed` when the pass kept it exact)."""
     import torch
 
-    from schedules.tuning import open_database
     from tvm_lut.compiler import compile as compile_model
     from tvm_lut.frontend import from_torch
 
     module = layer_module(spec)
     mod = from_torch(module, (torch.zeros(spec.input_shape),))
     bundle = None if choice.exact else candidate_bundle(spec, module, choice)
-    if database is not None:
-        try:
-            open_database(database, target)
-        except FileNotFoundError:
-            database = None  # no records for this target yet: the rules' schedules
-    executable = compile_model(mod, bundle, target, database=database)
+    executable = compile_model(mod, bundle, target, database=_usable_database(database, target))
     if bundle is not None:
         (report,) = executable.lut_report.passes[-1:] or [{"replaced": [], "kept": []}]
         if not report["replaced"]:

@@ -99,5 +99,5 @@ def write_output(result, config: AutotuneConfig, inputs, source: str) -> Path:
             out_dir.mkdir(parents=True, exist_ok=True)
             os.replace(parked, state)
     (out_dir / REPORT_NAME).write_text(report_text(result, config))
-    plot_plans(result.trials, out_dir / PLOT_NAME)
+    plot_plans(result.trials, out_dir / PLOT_NAME, chosen=result.plan)
     return out_dir

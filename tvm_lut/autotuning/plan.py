@@ -3,7 +3,9 @@
 `plan.json` in the output directory: `{"format": "tvm-lut-autotune-plan", "version": 1, "target", "budget",
 "exact_metric", "metric", "layers": [...]}`, one entry per layer in call order with `name`, `kind`, `choice`
 ("exact" or "pq"), `K`, `V` (null when exact), `exact_us`, `chosen_us` (measured alone on the target) and
-`sensitivity` (both proxies of the chosen PQ choice, zeros when exact).
+`sensitivity` (both proxies of the chosen PQ choice, zeros when exact). The result's plan also carries
+`whole_model`: `{"exact_us", "plan_us"}`, the compiled exact model and the compiled plan timed taking turns in one
+process, and `restored`: the layers that whole-model measurement sent back to exact (`guard`).
 """
 
 from __future__ import annotations
@@ -49,9 +51,13 @@ class Plan:
     budget: float | None = None  # allowed drop, in the metric's units
     exact_metric: float | None = None
     metric: float | None = None  # the learned plan's `eval_fn`, None until evaluated
+    whole_exact_us: float | None = None  # the compiled exact model, timed beside the compiled plan (`guard`)
+    whole_us: float | None = None  # the compiled plan, same run
+    restored: tuple[str, ...] = ()  # layers whose PQ form did not pay in the whole model (`guard`)
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "restored", tuple(self.restored))
         names = [layer.name for layer in self.layers]
         if len(set(names)) != len(names):
             raise ValueError(f"a plan names each layer once, got {names}")
@@ -101,21 +107,30 @@ class Plan:
         if self.metric is not None:
             lines.append(f"metric {self.metric:.4g} (exact {self.exact_metric:.4g}, drop {self.drop:.4g}, "
                          f"budget {self.budget:.4g})")
+        if self.whole_us is not None:
+            lines.append(f"whole model, compiled and timed together: exact {self.whole_exact_us:.1f} us, plan "
+                         f"{self.whole_us:.1f} us ({self.whole_exact_us / self.whole_us:.2f}x)")
+        if self.restored:
+            lines.append(f"restored to exact by whole-model measurement: {', '.join(self.restored)}")
         return "\n".join(lines)
 
     # -- JSON ----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "target": self.target, "budget": self.budget,
                 "exact_metric": self.exact_metric, "metric": self.metric,
-                "layers": [layer.to_dict() for layer in self.layers]}
+                "whole_model": (None if self.whole_us is None
+                                else {"exact_us": self.whole_exact_us, "plan_us": self.whole_us}),
+                "restored": list(self.restored), "layers": [layer.to_dict() for layer in self.layers]}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Plan":
         if raw.get("format") != PLAN_FORMAT or raw.get("version") != PLAN_VERSION:
             raise ValueError(f"not a version-{PLAN_VERSION} {PLAN_FORMAT} document "
                              f"(format {raw.get('format')!r}, version {raw.get('version')!r})")
+        whole = raw.get("whole_model") or {}
         return cls(tuple(LayerPlan.from_dict(layer) for layer in raw["layers"]), raw.get("target", ""),
-                   raw.get("budget"), raw.get("exact_metric"), raw.get("metric"))
+                   raw.get("budget"), raw.get("exact_metric"), raw.get("metric"), whole.get("exact_us"),
+                   whole.get("plan_us"), tuple(raw.get("restored", ())))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"

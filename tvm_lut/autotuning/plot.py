@@ -19,8 +19,10 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def plot_plans(plans: list[Plan], path: Path, title: str = "autotune: every plan tried") -> Path:
-    """Write the plot of the evaluated `plans` (the exact model as a reference point and the budget line)."""
+def plot_plans(plans: list[Plan], path: Path, title: str = "autotune: every plan tried",
+               chosen: Plan | None = None) -> Path:
+    """Write the plot of the evaluated `plans` (the exact model as a reference point and the budget line), with
+    the `chosen` plan's whole-model latencies (compiled, timed beside the exact model) when it has them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,9 +44,13 @@ def plot_plans(plans: list[Plan], path: Path, title: str = "autotune: every plan
         if reference.budget is not None:
             axes.axhline(reference.exact_metric - reference.budget, linestyle="--", color="gray",
                          label="budget (exact - max drop)")
+    if chosen is not None and chosen.whole_us is not None:
+        restored = f"; restored: {', '.join(chosen.restored)}" if chosen.restored else ""
+        title += (f"\nwhole model, timed together: exact {chosen.whole_exact_us:.1f} us, chosen plan "
+                  f"{chosen.whole_us:.1f} us{restored}")
     axes.set_xlabel("summed layer latency (us, each layer measured alone)")
     axes.set_ylabel("metric (eval_fn, higher is better)")
-    axes.set_title(title)
+    axes.set_title(title, fontsize=9)
     axes.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -251,8 +251,9 @@ def _lower(call) -> PrimExpr:
     if lanes > width:  # wider than a register: one search per register
         parts = [search(tirx.Shuffle([x], list(range(k, k + width)))) for k in range(0, lanes, width)]
         return tirx.Shuffle(parts, list(range(lanes)))
-    # Fewer lanes (a narrow loop): widen to one register and back.
-    wide = x if lanes == width else tirx.Shuffle([x] * (width // lanes), list(range(width)))
+    # Fewer lanes (a narrow loop, also of a width that does not divide a register's, e.g. 7 or 15): widen to one
+    # register and back.
+    wide = x if lanes == width else tirx.Shuffle([x] * -(-width // lanes), list(range(width)))
     y = search(wide)
     return y if lanes == width else tirx.Shuffle([y], list(range(lanes)))
 

@@ -34,8 +34,9 @@ INT16_BLOCK = 256  # codebooks an int16 sum can take whatever the int8 entries a
 
 
 @dataclass(frozen=True)
-class LookupLayout:
-    """Sizes of one PQ layer's packed operands: N rows, C codebooks (K centroids each), M outputs, L lanes."""
+class PQLayerSizes:
+    """Sizes of one PQ layer, checked once for every lookup kernel's layout: N rows, C codebooks (K centroids each),
+    M outputs, and the encode kernel's row block of L lanes."""
 
     rows: int
     codebooks: int
@@ -55,7 +56,13 @@ class LookupLayout:
 
     @property
     def row_blocks(self) -> int:
+        """The encode kernel's blocks of `lanes` rows."""
         return -(-self.rows // self.lanes)
+
+
+@dataclass(frozen=True)
+class LookupLayout(PQLayerSizes):
+    """This kernel's packed operands (module docstring) for one PQ layer's sizes."""
 
     @property
     def int16_blocks(self) -> int:

@@ -30,6 +30,7 @@ from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
 from ..intrin import TABLE_ENTRIES
+from .pq_lookup import PQLayerSizes
 from .transpose16 import HALF, SQUARE, transpose_16x16
 
 GROUP = 4  # codebooks per vpermb (4 x 16 entries = 64 bytes)
@@ -49,31 +50,14 @@ def dot_lookup_supported(target: Target, outputs: int) -> bool:
 
 
 @dataclass(frozen=True)
-class DotLookupLayout:
-    """Sizes of one PQ layer's operands for this kernel: N rows, C codebooks (K centroids each), M outputs; `lanes`
-    is the encode kernel's row block (a multiple of 16)."""
-
-    rows: int
-    codebooks: int
-    centroids: int
-    outputs: int
-    lanes: int
+class DotLookupLayout(PQLayerSizes):
+    """This kernel's operands (module docstring) for one PQ layer's sizes; `lanes` is the encode kernel's row block
+    (a multiple of 16)."""
 
     def __post_init__(self):
-        for name in ("rows", "codebooks", "centroids", "outputs", "lanes"):
-            if not isinstance(getattr(self, name), (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {getattr(self, name)!r}")
-        if self.rows < 0 or self.codebooks < 1 or self.outputs < 1 or self.lanes < 1:
-            raise ValueError(f"invalid PQ layer sizes: {self}")
-        if not 1 <= self.centroids <= TABLE_ENTRIES:
-            raise ValueError(f"K = {self.centroids}: the lookup kernels serve 1 <= K <= {TABLE_ENTRIES}")
+        super().__post_init__()
         if self.outputs % SQUARE or self.lanes % SQUARE:
             raise ValueError(f"M = {self.outputs} and lanes = {self.lanes} must be multiples of {SQUARE}")
-
-    @property
-    def row_blocks(self) -> int:
-        """The encode kernel's blocks of `lanes` rows."""
-        return -(-self.rows // self.lanes)
 
     @property
     def row_groups(self) -> int:

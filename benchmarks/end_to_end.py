@@ -2,8 +2,8 @@
 
     python -m benchmarks.end_to_end [--models minilm-8x64 minilm-1x64 cnn] [--threads N] [--database DIR]
     python -m benchmarks.end_to_end --models minilm-l6 fashion-cnn     # the CLI's names: minilm-8x64, cnn
-        [--bundle minilm=PQ.safetensors --pq-weights minilm=PQ.model.safetensors]
-        [--cnn-weights FP32.safetensors --bundle cnn=PQ.safetensors --pq-weights cnn=PQ.model.safetensors] [--profile N]
+        [--bundle minilm=OUT_DIR] [--cnn-weights FP32.safetensors --bundle cnn=OUT_DIR] [--profile N]
+        [--bundle minilm=PQ.safetensors --pq-weights minilm=PQ.model.safetensors]     # a bundle file instead
         [--json PATH]
 
 For MiniLM-L6 (batch 8 x 64 and 1 x 64 tokens) and the Fashion-MNIST CNN, each row is one engine on the same inputs
@@ -11,11 +11,12 @@ and thread count (`--threads`, TVM's runtime pool included; 1 reads kernel quali
 ONNX Runtime fp32 and int8 (dynamic quantization), stock TVM (its default CPU pipeline, which schedules nothing),
 TVM with our schedule rules on the exact model (3x3 convs as Winograd kernels; for a model that has them, also
 with every conv direct: `tvm rules direct conv`), with tuning records (`--database`, written by `tvm-lut tune`; only
-read here), with NN-LUT (the shipped tables), and with NN-LUT + PQ (`--bundle MODEL=PATH`, written by `tvm-lut
-learn`; its NN-LUT tables, or the shipped ones when it has none). A bundle fits the weights it was learned with
-(`tvm-lut learn` trains them with the tables and writes them beside it): `--pq-weights MODEL=PATH` gives them to
-the NN-LUT + PQ engine alone, while the others run the FP32 model (MiniLM's pretrained weights; the CNN trained here
-for one epoch, or `--cnn-weights`, the FP32 CNN the bundle was learned from).
+read here), with NN-LUT (the shipped tables), and with NN-LUT + PQ (`--bundle MODEL=OUT_DIR`, the artifact of
+`tvm-lut learn -o OUT_DIR`; its NN-LUT tables, or the shipped ones when it has none). A bundle fits the weights it
+was learned with (`tvm-lut learn` trains them with the tables): the NN-LUT + PQ engine alone runs them (an
+artifact's model weights, or with a bundle file `--pq-weights MODEL=PATH`), while the others run the FP32 model
+(MiniLM's pretrained weights; the CNN trained here for one epoch, or `--cnn-weights`, the FP32 CNN the bundle was
+learned from).
 
 Latency is the median of `--repeat` repetitions of >= 0.1 s of calls (at 1 thread taken in turn over the engines: A
 B C A B C ...); `vs_ort_fp32` is ONNX Runtime fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM
@@ -103,29 +104,53 @@ def cnn_case(args):
     return model, (torch.from_numpy(images[:1].copy()),), score
 
 
-def nnlut_pq_bundle(path: Path):
-    """The bundle of `tvm-lut learn` with NN-LUT tables: its own, or the shipped ones when it holds PQ tables only."""
+def learned(family: str, bundle_path: Path, weights_path: Path | None):
+    """(bundle, model with the learned weights or None) of `--bundle MODEL=PATH` (and `--pq-weights`).
+
+    PATH is the artifact directory of `tvm-lut learn -o OUT_DIR` (its bundle; its model's weights, loaded into the
+    torch module so every batch size builds, `helpers.onnx_weights`) or a bundle file (with the weights file of
+    `--pq-weights`, or the FP32 model's weights when none is given). The bundle gets the shipped NN-LUT tables when
+    it holds PQ tables only."""
     from tvm_lut.bundle import Bundle
     from tvm_lut.defaults import default_bundle
 
-    bundle = Bundle.load(path)
-    return bundle if any(entry.kind == "pwl" for _, entry in bundle.items()) else default_bundle().merged(bundle)
+    if bundle_path.is_dir():
+        from tvm_lut.artifact import load_artifact
+
+        from .helpers.onnx_weights import load_onnx_weights
+
+        artifact = load_artifact(bundle_path)
+        if artifact.model_format != "onnx":
+            raise SystemExit(f"--bundle {family}={bundle_path}: the artifact's model is {artifact.model_format}; "
+                             "this benchmark reads the weights of an ONNX model (what tvm-lut learn writes)")
+        bundle, model = artifact.bundle, load_onnx_weights(fresh_model(family), artifact.model_path, artifact.inputs)
+    else:
+        bundle = Bundle.load(bundle_path)
+        model = None if weights_path is None else learned_model(family, weights_path)
+    if not any(entry.kind == "pwl" for _, entry in bundle.items()):
+        bundle = default_bundle().merged(bundle)
+    return bundle, model
 
 
-def learned_model(name: str, path: Path):
+def fresh_model(family: str):
+    """The torch module of `family` (`minilm` or `cnn`) in eval mode (MiniLM with its pretrained weights)."""
+    from tvm_lut.models.cnn import FashionCNN
+    from tvm_lut.models.minilm import load_minilm
+
+    return (load_minilm() if family == "minilm" else FashionCNN()).eval()
+
+
+def learned_model(family: str, path: Path):
     """The model (`minilm` or `cnn`) with the weights a bundle was learned with (`tvm-lut learn` trains them with the
     tables), in eval mode."""
     from safetensors.torch import load_file
 
-    from tvm_lut.models.cnn import FashionCNN
-    from tvm_lut.models.minilm import load_minilm
-
-    model = load_minilm() if name == "minilm" else FashionCNN()
+    model = fresh_model(family)
     model.load_state_dict(load_file(str(path)))
     return model.eval()
 
 
-def engines(model, example, bundle: Path | None, args, workdir: Path, bundle_model=None):
+def engines(model, example, bundle, args, workdir: Path, bundle_model=None):
     """name -> (callable on numpy inputs, size in bytes): every engine of one model."""
     import torch
     import tvm
@@ -159,10 +184,10 @@ def engines(model, example, bundle: Path | None, args, workdir: Path, bundle_mod
     yield "tvm nn-lut", *tvm_run(tvm_lut.compile(mod, target=target, nonlinear=True), "nnlut")
     if bundle is not None:
         pq_mod = mod if bundle_model is None else from_torch(bundle_model, example)
-        executable = tvm_lut.compile(pq_mod, nnlut_pq_bundle(bundle), target=target)
+        executable = tvm_lut.compile(pq_mod, bundle, target=target)
         print(f"  nn-lut + pq: {executable.lut_report}", flush=True)
         if args.profile:
-            print_profile("tvm nn-lut + pq", pq_mod, example, target, args, bundle=nnlut_pq_bundle(bundle))
+            print_profile("tvm nn-lut + pq", pq_mod, example, target, args, bundle=bundle)
         yield "tvm nn-lut + pq", *tvm_run(executable, "nnlut_pq")
 
 
@@ -176,9 +201,9 @@ def measure(name: str, args) -> list[dict]:
     rows, runs = [], {}
     with tempfile.TemporaryDirectory() as workdir:
         family = name.split("-")[0]
-        bundle = args.bundle.get(family)
-        learned = args.pq_weights.get(family)
-        bundle_model = learned_model(family, learned) if learned is not None else None
+        bundle, bundle_model = None, None
+        if family in args.bundle:
+            bundle, bundle_model = learned(family, args.bundle[family], args.pq_weights.get(family))
         for engine, run, size in engines(model, example, bundle, args, Path(workdir), bundle_model):
             stock = engine == "tvm stock"
             scored = not stock and args.eval_texts != 0
@@ -238,9 +263,11 @@ def main(argv=None) -> int:
                         help="threads for every engine (default: the cores this process may use)")
     parser.add_argument("--database", "--db", help="tuning database of `tvm-lut tune` (adds the 'tvm tuned' rows)")
     parser.add_argument("--bundle", action="append", default=[], metavar="MODEL=PATH", type=_model_path,
-                        help="PQ bundle of `tvm-lut learn` for minilm or cnn (adds the 'tvm nn-lut + pq' rows)")
+                        help="`tvm-lut learn` artifact directory (OUT_DIR), or a PQ bundle file, for minilm or cnn "
+                        "(adds the 'tvm nn-lut + pq' rows)")
     parser.add_argument("--pq-weights", action="append", default=[], metavar="MODEL=PATH", type=_model_path,
-                        help="weights a bundle was learned with (<bundle>.model.safetensors; NN-LUT + PQ engine only)")
+                        help="weights a bundle file was learned with (<bundle>.model.safetensors; NN-LUT + PQ engine "
+                        "only; an artifact directory holds its own)")
     parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (the CNN a bundle was learned from)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="also print the N slowest functions of "
                         "the 'tvm rules' and 'tvm nn-lut + pq' builds, with their rules and GFLOPS (tvm-lut profile)")
@@ -251,6 +278,12 @@ def main(argv=None) -> int:
     args.bundle, args.pq_weights = dict(args.bundle), dict(args.pq_weights)
     if set(args.pq_weights) - set(args.bundle):
         parser.error(f"--pq-weights for {', '.join(sorted(set(args.pq_weights) - set(args.bundle)))} needs --bundle")
+    for family, path in args.bundle.items():
+        if path.is_dir() and family in args.pq_weights:
+            parser.error(f"--bundle {family}={path} is an artifact directory, which holds its weights; "
+                         f"--pq-weights {family}= does not apply")
+        if not path.exists():
+            parser.error(f"--bundle {family}={path}: no such file or directory")
 
     from schedules import host_target
 

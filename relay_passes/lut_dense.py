@@ -15,6 +15,14 @@ pixels, which is NCHW for one image (a reshape) and needs only the (O, B) axes s
 intrinsic (`schedules.intrin`: AVX2 / AVX-512BW `vpshufb`, NEON `tbl`); a dense layer on a target with AVX-512
 VBMI + VNNI and M % 16 == 0 takes the `vpermb` + `vpdpbusd` lookup (`schedules.kernels.pq_lookup_dot`) instead.
 
+A dense layer whose output feeds an elementwise table kernel (NN-LUT's GELU, already rewritten by `LUTNonlinear`,
+directly or through a reshape) takes it into that lookup's epilogue when the layer gets the `vpermb` lookup:
+
+    y     = call_tir(pq_lookup_dot + table, codes, int8 table, scale, bias)   # table(scale * sum + bias)
+
+bit for bit the two kernels, without writing the layer's output and reading it back. Elsewhere the table kernel
+stays a call of its own.
+
 Precondition: high-level Relax ops, as imported; the pass sits before LegalizeOps (phase 1 of the `tvm_lut`
 pipeline), like `LUTNonlinear`. Served: float32, static shapes, K <= 16, a target with a lookup intrinsic. A layer
 without an entry, or one that cannot be served, stays exact; the `PassReport` the run attaches to the module
@@ -23,17 +31,20 @@ without an entry, or one that cannot be served, stays exact; the `PassReport` th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.relax.dpl import GlobalVarPattern, TuplePattern, is_op, wildcard
 
 from .lut_rewriter import LUTRewriter
-from .patterns import static_shape
+from .patterns import Form, static_shape
 from .patterns import conv2d as conv2d_patterns
 from .patterns import dense as dense_patterns
 from .patterns.conv2d import ConvMatch
+from .patterns.dense import DenseMatch
 from .report import PassReport, UnusedEntry
 
 logger = logging.getLogger(__name__)
@@ -66,7 +77,7 @@ class LUTDense:
         self.bundle = bundle
         self.target = target
         self.prefer_avx512 = prefer_avx512
-        self.forms = dense_patterns.forms() + conv2d_patterns.forms()
+        self.forms = _activated_forms(dense_patterns.forms()) + dense_patterns.forms() + conv2d_patterns.forms()
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         from schedules.intrin import lookup_intrin
@@ -93,6 +104,8 @@ class _DenseRewriter(LUTRewriter):
         self._kernels: dict[tuple, tuple[relax.GlobalVar, relax.GlobalVar]] = {}
 
     def serve(self, form, matched, matchings):
+        if isinstance(form, _ActivatedForm):
+            return self._serve_activated(form, matched, matchings)
         checked = self._check(form, matched, matchings)
         if not isinstance(checked, tuple):
             return checked
@@ -112,6 +125,34 @@ class _DenseRewriter(LUTRewriter):
         x2d = match.x if len(x_shape) == 2 else relax.op.reshape(match.x, (rows, table.D))
         y, kernel = self._call(name, table, x2d, rows, match.bias, source=None)
         return (y if len(x_shape) == 2 else relax.op.reshape(y, out_shape)), kernel, name
+
+    def _serve_activated(self, form, matched, matchings):
+        """The dense layer and its table kernel as one lookup, or None (the plain forms then serve the layer)."""
+        from schedules.kernels.pwl import elementwise_table
+
+        checked = self._check(form.dense, matchings[form.dense.pattern], matchings)
+        activation_gv = matchings[form.activation]
+        activation = elementwise_table(self.builder.get()[activation_gv])
+        if not isinstance(checked, tuple) or activation is None or activation.scaling != "none":
+            return None
+        match, name, table = checked
+        x_shape = static_shape(match.x)
+        rows = int(np.prod(x_shape[:-1]))
+        if (static_shape(matched) is None or int(np.prod(static_shape(matched))) != rows * table.M
+                or not self._takes_dot_lookup(rows, table)):
+            return None
+        x2d = match.x if len(x_shape) == 2 else relax.op.reshape(match.x, (rows, table.D))
+        y, kernel = self._call(name, table, x2d, rows, match.bias, source=None,
+                               activation=(activation_gv.name_hint, activation))
+        return relax.op.reshape(y, static_shape(matched)), kernel, name
+
+    def _few_rows(self, rows: int, source) -> bool:
+        return source is None and rows <= self.intrin.lanes // FEW_ROWS
+
+    def _takes_dot_lookup(self, rows: int, table, source=None) -> bool:
+        from schedules.kernels.pq_lookup_dot import dot_lookup_supported
+
+        return source is None and not self._few_rows(rows, source) and dot_lookup_supported(self.target, table.M)
 
     def _check(self, form, matched, matchings):
         """(match, entry name, table) when the layer can be served, a reason when not, None when not the op."""
@@ -139,33 +180,36 @@ class _DenseRewriter(LUTRewriter):
             return f"entry {name!r} is a {table.layer} table, the graph has a dense layer"
         return match, name, table
 
-    def _call(self, name, table, x, rows, bias, source):
+    def _call(self, name, table, x, rows, bias, source, activation=None):
         """encode + lookup calls on `x`: the output, (rows, M) for a dense layer and (M, rows) for a conv (`source`),
-        and the lookup kernel's name. A dense layer with a few rows takes the few-row kernels (`FEW_ROWS`)."""
+        and the lookup kernel's name. A dense layer with a few rows takes the few-row kernels (`FEW_ROWS`).
+        `activation`: (name, table) applied in the `vpermb` lookup's epilogue (only where it is taken)."""
         from schedules.kernels.pq_encode import pack_centroids, pq_encode_func
         from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
-        from schedules.kernels.pq_lookup_dot import (ENCODE_LANES, DotLookupLayout, dot_lookup_supported,
-                                                     pack_table_dot, pq_lookup_dot_func)
+        from schedules.kernels.pq_lookup_dot import ENCODE_LANES, DotLookupLayout, pack_table_dot, pq_lookup_dot_func
         from schedules.kernels.pq_rows import pack_centroids_by_dim, pq_encode_rows_func, pq_lookup_rows_func
 
-        few_rows = source is None and rows <= self.intrin.lanes // FEW_ROWS
-        dot = source is None and not few_rows and dot_lookup_supported(self.target, table.M)
+        few_rows = self._few_rows(rows, source)
+        dot = self._takes_dot_lookup(rows, table, source)
+        activation_name, activation_table = activation or ("", None)
         if dot:
             layout = DotLookupLayout(rows, table.C, table.K, table.M,
                                      ENCODE_LANES if rows >= ENCODE_LANES else self.intrin.lanes)
         else:
             layout = LookupLayout(rows, table.C, table.K, table.M, self.intrin.lanes)
-        key = (name, rows, source)
+        key = (name, rows, source, activation_name)
         if key not in self._kernels:
             if few_rows:
                 encode = pq_encode_rows_func(rows, table.C, table.K, table.V)
                 lookup = pq_lookup_rows_func(rows, table.C, table.K, table.M)
             else:
                 encode = pq_encode_func(layout, table.V, source)
-                lookup = (pq_lookup_dot_func(layout) if dot else
+                lookup = (pq_lookup_dot_func(layout, activation_table) if dot else
                           pq_lookup_func(layout, self.intrin, columns=source is not None))
+            suffix = f"_{activation_name}" if activation_name else ""
             self._kernels[key] = (self.builder.add_func(encode.without_attr("global_symbol"), f"pq_encode_{name}"),
-                                  self.builder.add_func(lookup.without_attr("global_symbol"), f"pq_lookup_{name}"))
+                                  self.builder.add_func(lookup.without_attr("global_symbol"),
+                                                        f"pq_lookup_{name}{suffix}"))
         encode_gv, lookup_gv = self._kernels[key]
         bias = np.zeros(table.M, np.float32) if bias is None else bias
         if few_rows:
@@ -180,6 +224,29 @@ class _DenseRewriter(LUTRewriter):
         y = relax.call_tir(lookup_gv, [codes, relax.const(lookup_table), relax.const(table.scale), relax.const(bias)],
                            relax.TensorType(y_shape, "float32"))
         return y, lookup_gv.name_hint
+
+
+@dataclasses.dataclass(frozen=True)
+class _ActivatedForm:
+    """A dense form (`dense`) whose output an elementwise table kernel reads (`activation`: its GlobalVar)."""
+
+    op: str
+    name: str
+    pattern: object
+    dense: Form
+    activation: GlobalVarPattern
+
+
+def _activated_forms(dense_forms: list[Form]) -> list[_ActivatedForm]:
+    forms = []
+    for dense in dense_forms:
+        for through_reshape in (False, True):
+            activation = GlobalVarPattern()
+            inner = is_op("relax.reshape")(dense.pattern, wildcard()) if through_reshape else dense.pattern
+            forms.append(_ActivatedForm(
+                "dense", f"{dense.name}, then a table kernel{' through a reshape' if through_reshape else ''}",
+                is_op("relax.call_tir")(activation, TuplePattern([inner])), dense, activation))
+    return forms
 
 
 def _conv_mismatch(table, match: ConvMatch) -> str | None:

@@ -13,7 +13,10 @@ Layouts (`DotLookupLayout`; codes written so by `pq_encode`, the table packed on
   Codebooks past C (CG = ceil(C / 4)) have code 0 and zero tables.
 - table (M / 16, CG, 16, 64) int8: per tile of 16 outputs and codebook group, each output's 64 bytes
   `table[4 cg + j, k, m]` at byte 16 j + k (zero for k >= K and past C): a tile's tables for one group are 1 KB.
-- y (N, M) float32.
+- y (N, M) float32; with an `activation` table (a dense layer followed by NN-LUT's GELU), `table(y)` instead:
+  the epilogue applies it to the 16 x 16 block in registers, bit for bit the lookup then the elementwise table
+  kernel (`pwl_reference` of `pq_lookup_reference`), without writing y and reading it back (MiniLM at one sentence:
+  the intermediate layer's 64 x 1536 outputs).
 
 Schedule (in the function, `tirx.is_scheduled`): output tiles x row groups in parallel (row groups inner, so a
 tile's tables stay in L1); 16 int32x16 accumulators, one per output, walk the codebook groups; the epilogue scales
@@ -31,6 +34,7 @@ from tvm.target.codegen import target_has_features
 
 from ..intrin import TABLE_ENTRIES
 from .pq_lookup import PQLayerSizes
+from .pwl_expr import PWLSpec, Table, evaluate
 from .transpose16 import HALF, SQUARE, transpose_16x16
 
 GROUP = 4  # codebooks per vpermb (4 x 16 entries = 64 bytes)
@@ -112,8 +116,14 @@ def _lookup_add(acc, tables, codes):
                                    looked_up)
 
 
-def pq_lookup_dot_func(layout: DotLookupLayout) -> tvm.tirx.PrimFunc:
-    """The scheduled lookup PrimFunc `(codes, table, scale, bias) -> y (N, M)` for `layout` (module docstring)."""
+def pq_lookup_dot_func(layout: DotLookupLayout, activation: PWLSpec | None = None) -> tvm.tirx.PrimFunc:
+    """The scheduled lookup PrimFunc `(codes, table, scale, bias) -> y (N, M)` for `layout` (module docstring),
+    with `activation` (a table with scaling "none") applied to y when given."""
+    if activation is not None:
+        activation = Table(activation, "activation")
+        if activation.scaling != "none":
+            raise ValueError(f"the lookup's activation must be a table with scaling 'none' (GELU), got "
+                             f"{activation.scaling!r}")
     num_rows, outputs, groups = layout.rows, layout.outputs, layout.codebook_groups
     used_groups, tiles = -(-num_rows // SQUARE), outputs // SQUARE
     row_groups = max(used_groups, 1)  # the divisor of the tile index (no tiles at all when N = 0)
@@ -149,6 +159,12 @@ def pq_lookup_dot_func(layout: DotLookupLayout) -> tvm.tirx.PrimFunc:
                 tail[m, every] = T.Cast("float32x16", acc_tail[m, every]) * T.Broadcast(
                     scale[tile // row_groups * SQUARE + HALF + m], SQUARE) + T.Broadcast(
                     bias[tile // row_groups * SQUARE + HALF + m], SQUARE)
+            if activation is not None:  # lane by lane, vectorized: the table op is lowered for the target's registers
+                for m in T.unroll(HALF):
+                    for lane in T.vectorized(SQUARE):
+                        head[m, lane] = evaluate(activation, head[m, lane])
+                    for lane in T.vectorized(SQUARE):
+                        tail[m, lane] = evaluate(activation, tail[m, lane])
             if num_rows % SQUARE == 0:
                 transpose_16x16(head, tail, scratch_head, scratch_tail, y, tile % row_groups * SQUARE,
                                 tile // row_groups * SQUARE)

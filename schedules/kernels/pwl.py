@@ -1,6 +1,11 @@
-"""`pwl_func`: a piecewise-linear table applied elementwise (GELU, exp, ... as NN-LUT evaluates them)."""
+"""`pwl_func`: a piecewise-linear table applied elementwise (GELU, exp, ... as NN-LUT evaluates them).
+
+The kernel carries its table as an attribute (`TABLE_ATTR`, read by `elementwise_table`): a pass that fuses the
+table into its producer (`LUTDense`: GELU into the lookup's epilogue) reads it from the function it replaces.
+"""
 
 import numbers
+from types import SimpleNamespace
 
 import numpy as np
 from tvm import te, tirx
@@ -8,6 +13,8 @@ from tvm import te, tirx
 from .pwl_expr import PWLSpec, Table, evaluate
 
 SUPPORTED_DTYPES = ("float32",)
+TABLE_ATTR = "tvm_lut.pwl_table"
+_TABLE_FIELDS = ("breakpoints", "slopes", "intercepts")
 
 
 def pwl_func(spec: PWLSpec, shape, dtype: str = "float32") -> tirx.PrimFunc:
@@ -15,7 +22,18 @@ def pwl_func(spec: PWLSpec, shape, dtype: str = "float32") -> tirx.PrimFunc:
     table = Table(spec)
     x = te.placeholder(check_shape(shape), check_dtype(dtype), name="x")
     out = te.compute(x.shape, lambda *i: evaluate(table, x[i]), name="pwl")
-    return as_kernel(te.create_prim_func([x, out]), "pwl")
+    attr = {"scaling": table.scaling, **{f: [float(v) for v in getattr(table, f)] for f in _TABLE_FIELDS}}
+    return as_kernel(te.create_prim_func([x, out]), "pwl").with_attr(TABLE_ATTR, attr)
+
+
+def elementwise_table(func) -> PWLSpec | None:
+    """The table a `pwl_func` kernel applies (its float32 values, from `TABLE_ATTR`), None for other functions."""
+    attrs = getattr(func, "attrs", None)
+    attr = attrs.get(TABLE_ATTR) if attrs is not None else None
+    if attr is None:
+        return None
+    arrays = {f: np.array([float(v) for v in attr[f]], np.float32) for f in _TABLE_FIELDS}
+    return SimpleNamespace(scaling=str(attr["scaling"]), **arrays)
 
 
 def check_shape(shape) -> tuple[int, ...]:

@@ -196,3 +196,69 @@ def test_a_dense_layer_with_a_few_rows_takes_the_few_row_kernels(net_and_bundle,
     assert kernels == {"pq_encode_rows", "pq_lookup_rows", "pq_encode", "pq_lookup"}  # dense: few rows; conv: lanes
     for got, want in zip(_run(rewritten, x, image), _reference(bundle, x, image)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+class GeluMLP(torch.nn.Module):
+    """A dense layer whose output only GELU reads (the transformer's intermediate layer), then another."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(32, 64), torch.nn.Linear(64, 16)
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+
+
+@pytest.fixture(scope="module")
+def gelu_mlp_and_bundle():
+    from tvm_lut.defaults import default_bundle
+
+    torch.manual_seed(0)
+    net, rng = GeluMLP().eval(), np.random.default_rng(0)
+    return net, default_bundle().merged(Bundle({"fc1": _entry(rng, net.fc1, 4), "fc2": _entry(rng, net.fc2, 4)}))
+
+
+def _lut_rewrites(mod, bundle, target, dense_first=False):
+    from relay_passes import LUTNonlinear
+
+    passes = [LUTNonlinear(bundle), LUTDense(bundle, target=target)]
+    with target:
+        for lut_pass in passes[::-1] if dense_first else passes:
+            mod = lut_pass(mod)
+    return mod
+
+
+def _calls(mod) -> str:
+    return "\n".join(line for line in mod["main"].script().splitlines() if "R.call_tir" in line)
+
+
+@pytest.mark.parametrize("importer", ["torch", "onnx"])
+def test_gelu_after_a_dense_layer_runs_in_its_lookups_epilogue_bit_for_bit(gelu_mlp_and_bundle, importer):
+    """With the `vpermb` lookup, the GELU kernel LUTNonlinear wrote joins the lookup before it (directly or through
+    the reshape torch.export puts between them): same outputs, bit for bit, as the two kernels (LUTDense run first,
+    which leaves GELU to LUTNonlinear)."""
+    from schedules.kernels.pq_lookup_dot import dot_lookup_supported
+
+    if not dot_lookup_supported(TARGET, 64):
+        pytest.skip("this CPU has no AVX-512 VBMI + VNNI")
+    net, bundle = gelu_mlp_and_bundle
+    x = torch.randn(2, 40, 32)
+    x[0, 0, :3] = torch.tensor([float("nan"), float("inf"), 1e30])
+    mod = from_torch(net, (x,)) if importer == "torch" else from_onnx(net, example_args=(x,))
+    fused, apart = _lut_rewrites(mod, bundle, TARGET), _lut_rewrites(mod, bundle, TARGET, dense_first=True)
+    assert "pq_lookup_fc1_lut_gelu" in _calls(fused) and "(lut_gelu," not in _calls(fused)
+    assert "(lut_gelu," in _calls(apart) and "(pq_lookup_fc1," in _calls(apart)
+    report = PassReport.of(fused, "LUTDense")
+    assert report.counts() == {"dense": 2} and "then a table kernel" in report.replaced[0].form
+    np.testing.assert_array_equal(_run(fused, x)[0], _run(apart, x)[0])
+
+
+def test_gelu_stays_a_kernel_of_its_own_where_the_lookup_has_no_epilogue(gelu_mlp_and_bundle):
+    """AVX2 (the `vpshufb` lookup): the dense layers are replaced, GELU stays the table kernel."""
+    from schedules.target import resolve_target
+
+    net, bundle = gelu_mlp_and_bundle
+    x = torch.randn(2, 40, 32)
+    rewritten = _lut_rewrites(from_torch(net, (x,)), bundle, resolve_target("x86-64-v3"))
+    assert PassReport.of(rewritten, "LUTDense").counts() == {"dense": 2}
+    assert "(lut_gelu," in _calls(rewritten) and "(pq_lookup_fc1," in _calls(rewritten)

@@ -5,6 +5,7 @@ import tvm
 
 from schedules import host_target
 from schedules.intrin import lookup_intrin
+from schedules.rules.common import for_target
 from schedules.kernels.pq_encode import pack_centroids, pq_encode_func
 from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
 from schedules.kernels.pq_lookup_dot import (DotLookupLayout, dot_lookup_supported, pack_codes_dot, pack_table_dot,
@@ -74,11 +75,12 @@ def unpack_codes_dot(packed: np.ndarray, layout: DotLookupLayout) -> np.ndarray:
     return codes[:layout.rows, :layout.codebooks]
 
 
-def run_lookup_dot(codes, table, scale, bias, lanes=32):
-    """The compiled dot-product lookup on unpacked operands (as `run_lookup`) -> (N, M) float32."""
+def run_lookup_dot(codes, table, scale, bias, lanes=32, activation=None):
+    """The compiled dot-product lookup on unpacked operands (as `run_lookup`) -> (N, M) float32, with its
+    `activation` table, built as the pipeline builds it (`rules.common.for_target`)."""
     layout = DotLookupLayout(codes.shape[0], table.shape[0], table.shape[1], table.shape[2], lanes)
     bias = np.zeros(table.shape[2], np.float32) if bias is None else bias
     scale = np.broadcast_to(np.asarray(scale, np.float32), (table.shape[2],))
     arrays = [pack_codes_dot(codes, layout), pack_table_dot(table, layout), scale, bias,
               np.zeros((codes.shape[0], layout.outputs), np.float32)]
-    return execute_here(pq_lookup_dot_func(layout), arrays)[-1]
+    return execute_here(for_target(pq_lookup_dot_func(layout, activation), TARGET), arrays)[-1]

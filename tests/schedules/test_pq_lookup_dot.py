@@ -7,9 +7,12 @@ import tvm
 
 from schedules.kernels.pq_encode import pq_encode_reference
 from schedules.kernels.pq_lookup import pq_lookup_reference
-from schedules.kernels.pq_lookup_dot import DotLookupLayout, dot_lookup_supported, pack_table_dot
+from schedules.kernels.pq_lookup_dot import DotLookupLayout, dot_lookup_supported, pack_table_dot, pq_lookup_dot_func
+from schedules.kernels.pwl import pwl_func
+from schedules.kernels.reference import pwl_reference
 from schedules.target import resolve_target
 
+from .kernel_harness import GELU, RECIPROCAL, assert_matches, run_kernel
 from .pq_harness import DOT_LOOKUP, run_encode, run_lookup_dot
 
 needs_dot = pytest.mark.skipif(not DOT_LOOKUP, reason="this CPU has no AVX-512 VBMI + VNNI")
@@ -57,6 +60,30 @@ def test_per_output_scale_and_bias_match_the_reference():
 def test_zero_rows():
     codes, table = _random(np.random.default_rng(3), 0, 4, 16, 16)
     assert run_lookup_dot(codes, table, 1.0, None).shape == (0, 16)
+
+
+@needs_dot
+@pytest.mark.parametrize("rows", [64, 37, 0])  # MiniLM's rows at one sentence, a partial row group, none
+def test_an_activation_in_the_epilogue_is_the_table_kernel_on_the_lookup_bit_for_bit(rows):
+    """GELU applied in the epilogue equals the lookup followed by the elementwise table kernel exactly, and the
+    NumPy references within the kernels' tolerance; outputs of NaN, +-inf, huge and tiny magnitude included."""
+    rng = np.random.default_rng(rows)
+    codes, table = _random(rng, rows, 24, 16, 64)
+    scale = rng.uniform(1e-4, 1e-2, 64).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32)
+    bias[:5] = [np.nan, np.inf, -np.inf, 3e38, -3e38]
+    scale[5:8] = [1e-30, 1e30, 0.0]  # tiny, huge (overflows to +-inf with the sums), zero
+    fused = run_lookup_dot(codes, table, scale, bias, activation=GELU)
+    lookup = run_lookup_dot(codes, table, scale, bias)
+    if rows:
+        np.testing.assert_array_equal(fused, run_kernel(pwl_func(GELU, lookup.shape), lookup))
+    assert_matches(fused, pwl_reference(GELU, pq_lookup_reference(codes, table, scale, bias)))
+    assert fused.shape == (rows, 64)
+
+
+def test_an_activation_needs_a_table_without_input_scaling():
+    with pytest.raises(ValueError, match="scaling 'none'"):
+        pq_lookup_dot_func(DotLookupLayout(16, 4, 16, 16, 32), activation=RECIPROCAL)
 
 
 @needs_dot

@@ -112,7 +112,7 @@ def fit_tables() -> dict:
     from tvm_lut import fit_pwl
 
     names = sorted({name for names in TABLES.values() for name in names})
-    return {name: fit_pwl(name) for name in tqdm(names, desc="fitting NN-LUT tables", leave=False)}
+    return {name: fit_pwl(name) for name in tqdm(names, desc="fitting NN-LUT tables", leave=False, disable=not sys.stderr.isatty())}
 
 
 def time_torch(op: str, shape, repeat: int, rng) -> float:
@@ -179,9 +179,9 @@ def main(argv=None) -> int:
     use_runtime_threads(target)  # TVM's own default is half the logical CPUs
     tables = fit_tables()
     torch_ms = [1e3 * time_torch(op, shape, args.repeat, np.random.default_rng(0))
-                for op, shape in tqdm(CASES, desc="timing PyTorch", leave=False)]
+                for op, shape in tqdm(CASES, desc="timing PyTorch", leave=False, disable=not sys.stderr.isatty())]
     rows = []
-    for (op, shape), torch_time in zip(tqdm(CASES, desc="timing TVM", leave=False), torch_ms):
+    for (op, shape), torch_time in zip(tqdm(CASES, desc="timing TVM", leave=False, disable=not sys.stderr.isatty()), torch_ms):
         row = run_case(op, shape, tables, target, args.repeat, args.check, np.random.default_rng(0))
         row["torch_ms"] = torch_time
         for variant in ("exact", "fastmath", "torch"):

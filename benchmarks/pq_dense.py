@@ -164,7 +164,7 @@ def main(argv=None) -> int:
                       rng.standard_normal((outputs, x_shape[1], kernel, kernel)).astype(np.float32), source))
 
     with tempfile.TemporaryDirectory() as tmp:
-        for row, x, weight, source in tqdm(cases, desc="compile and measure"):
+        for row, x, weight, source in tqdm(cases, desc="compile and measure", disable=not sys.stderr.isatty()):
             systems = _systems(row, x, weight, source, target, threads, intrin, tmp)
             for fn in systems.values():
                 fn()  # warm-up

@@ -10,8 +10,9 @@ once): MobileNetV2's error against PyTorch went 1.05e-4 -> 8-9e-5.
 Matched: `R.nn.conv2d` (any groups, strides, padding, dilation) in NCHW / OIHW with a constant float32 weight,
 optionally followed by an add of a constant per-channel bias (`(1, C, 1, 1)` or `(C, 1, 1)`, or a reshape of a
 constant to that: torch.export's conv bias), then `R.nn.batch_norm` over axis 1 with constant statistics, read
-through its first output. Runs before `WinogradConv2d` (whose filter transform then sees the folded weight) and before `DecomposeOpsForInference`
-(which would split the batch norm into the elementwise ops this pass removes). Anything else is left as it is.
+through its first output. Runs before `WinogradConv2d` (whose filter transform then sees the folded weight) and
+before `DecomposeOpsForInference` (which would split the batch norm into the elementwise ops this pass removes).
+Anything else is left as it is.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ plane anyway.
 
 Matched: `R.nn.conv2d(R.nn.pad(x), w)` in NCHW with a constant-mode pad of value 0 on the two spatial axes only
 (any non-negative widths, asymmetric too). Runs before `FoldBatchNorm` and `WinogradConv2d`. Anything else (a pad
-of channels or of a non-zero value, reflect padding, negative widths) is left as it is, and so is ONNX's Pad, which TVM's importer
-emits as a TIR function rather than `R.nn.pad`.
+of channels or of a non-zero value, reflect padding, negative widths) is left as it is, and so is ONNX's Pad,
+which TVM's importer emits as a TIR function rather than `R.nn.pad`.
 """
 
 from __future__ import annotations

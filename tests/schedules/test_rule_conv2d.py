@@ -32,8 +32,10 @@ def _conv_bias_relu(shape, co, k, stride=1, padding=0, dilation=1, epilogue=True
     b = te.placeholder((1, co, 1, 1), name="b")
     out = topi.add(out, b)
     if hardswish:  # MobileNetV3's: x * relu6(x + 3) / 6
-        return te.create_prim_func([x, w, b, topi.multiply(out, topi.divide(topi.clip(topi.add(out, 3.0), 0.0, 6.0), 6.0))])
-    return te.create_prim_func([x, w, b, topi.nn.relu(out)])
+        out = topi.multiply(out, topi.divide(topi.clip(topi.add(out, 3.0), 0.0, 6.0), 6.0))
+    else:
+        out = topi.nn.relu(out)
+    return te.create_prim_func([x, w, b, out])
 
 
 # (input NCHW, output channels, kernel, stride, padding, dilation): the CNN's layers, then odd shapes, strides,

@@ -81,13 +81,15 @@ def _rule_of(report, name: str) -> str:
 
 
 def profile_executable(executable, inputs, flops: dict[str, float] | None = None, repeat: int = 5,
-                       min_seconds: float = 0.005) -> Profile:
+                       min_seconds: float = 0.005, clock=time.perf_counter) -> Profile:
     """Time every kernel call of one run of `executable`'s `main` on `inputs` (TVM tensors or numpy arrays).
 
     executable: from `tvm_lut.compile(..., exec_mode="bytecode")`; its `lut_report` names each function's rule.
     flops: function name -> floating-point operations per call (`function_flops`), for GFLOPS.
     Each call is repeated (median of `repeat` repetitions of >= `min_seconds`) on the run's own arguments; kernels
     write only their output arguments, so repeating one changes nothing the run reads.
+    clock: wall time, or `time.process_time` (one thread only: it sums every thread's CPU time) so that other
+    processes on a shared machine do not inflate some kernels' repetitions more than others'.
     """
     import tvm
     from tvm import relax
@@ -101,7 +103,7 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
 
     def instrument(func, symbol, before_run, _ret, *args):
         if before_run and not symbol.startswith("vm.builtin."):
-            seconds.setdefault(symbol, []).append(median_seconds(lambda: func(*args), repeat, min_seconds))
+            seconds.setdefault(symbol, []).append(median_seconds(lambda: func(*args), repeat, min_seconds, clock))
         return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
 
     vm = relax.VirtualMachine(executable, device)
@@ -111,7 +113,7 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
         raise ValueError("no kernel call was seen: profile an executable built with "
                          "tvm_lut.compile(..., exec_mode='bytecode')")
     plain = relax.VirtualMachine(executable, device)["main"]
-    model_seconds = median_seconds(lambda: plain(*arguments), repeat, min_seconds)
+    model_seconds = median_seconds(lambda: plain(*arguments), repeat, min_seconds, clock)
 
     total = sum(sum(times) for times in seconds.values())
     functions = []
@@ -153,7 +155,8 @@ def example_inputs(mod) -> list:
     return arrays
 
 
-def profile_model(mod, inputs=None, target=None, repeat: int = 5, **compile_options) -> tuple[Profile, object]:
+def profile_model(mod, inputs=None, target=None, repeat: int = 5, clock=time.perf_counter,
+                  **compile_options) -> tuple[Profile, object]:
     """Compile an imported Relax module with `tvm_lut.compile(**compile_options)` and profile one run of it;
     returns (profile, executable). `inputs` default to `example_inputs(mod)`."""
     from relay_passes.pipeline import prepare
@@ -164,7 +167,8 @@ def profile_model(mod, inputs=None, target=None, repeat: int = 5, **compile_opti
     executable = compile_model(mod, target=target, exec_mode="bytecode", **compile_options)
     lut = {key: compile_options[key] for key in ("bundle", "nonlinear", "winograd") if key in compile_options}
     flops = function_flops(prepare(mod, target, **lut))
-    profile = profile_executable(executable, example_inputs(mod) if inputs is None else inputs, flops, repeat)
+    profile = profile_executable(executable, example_inputs(mod) if inputs is None else inputs, flops, repeat,
+                                 clock=clock)
     return profile, executable
 
 
@@ -175,22 +179,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=25, help="functions to list, slowest first (25; 0: all)")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions per kernel call (median; 5)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the profile and the compile report as JSON")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (default), or the process's CPU time (--threads 1 only): on a shared machine "
+                             "the time other processes take is then not counted")
 
 
 def run(args) -> int:
     import json
 
-    from schedules.target import runs_on_host
+    from schedules.target import num_cores, runs_on_host
     from tvm_lut import model_spec
 
     source, bundle, target = model_spec.build_from_args(args)
+    if args.clock == "cpu" and num_cores(target) != 1:
+        raise model_spec.UsageError(f"--clock cpu times one thread only (it sums every thread's CPU time); "
+                                    f"the target runs {num_cores(target)}: add --threads 1")
     if not runs_on_host(target):
         raise model_spec.UsageError(f"tvm-lut profile runs the model here; target {args.target!r} does not run on this "
                                     "CPU (measure it on the device: tvm-lut bench device --rpc-tracker ...)")
     started = time.perf_counter()
     profile, executable = profile_model(source.import_module(), target=target, repeat=args.repeat,
                                         bundle=bundle, nonlinear=args.nonlinear, database=args.db,
-                                        winograd=args.winograd)
+                                        winograd=args.winograd,
+                                        clock=time.process_time if args.clock == "cpu" else time.perf_counter)
     print(executable.lut_report)
     print(profile.table(args.top or None))
     print(f"(profiled in {time.perf_counter() - started:.1f} s)")

@@ -4,7 +4,8 @@
 function. Subclasses implement `schedule(sch, blocks, target)`; a schedule primitive that refuses (a
 `ScheduleError`) also means "does not fit", so no rule ever raises on a function it cannot handle. An empty
 function (a loop of extent 0) fits only rules that say `serves_empty`: splitting or fusing an empty loop divides by
-zero, and its naive loops run zero times anyway.
+zero, and its naive loops run zero times anyway. A rule that says `divides_by_reciprocal` schedules the function
+with its float32 divisions by constants turned into products (the convs' hardswish and hard-sigmoid epilogues).
 """
 
 import logging
@@ -17,7 +18,7 @@ from tvm.sym import detect_linear_equation
 from tvm.target import Target
 
 from ..kernels.segments_op import bind_register_width
-from .vector_math import vectorizable_math
+from .vector_math import divisions_as_products, vectorizable_math
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,16 @@ class CPURule(ScheduleRule):
     """A schedule rule for LLVM (CPU) targets; see the module docstring for the contract."""
 
     serves_empty = False  # whether `schedule` handles loops of extent 0
+    # whether divisions by constants become products with reciprocals (`vector_math.divisions_as_products`)
+    divides_by_reciprocal = False
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
-        sch = s_tir.Schedule(for_target(func, target))
+        func = for_target(func, target)
+        if self.divides_by_reciprocal:
+            func = divisions_as_products(func)
+        sch = s_tir.Schedule(func)
         blocks = normalize_prim_func(sch)
         if not blocks or (not self.serves_empty and _has_empty_loop(sch, blocks)):
             return None

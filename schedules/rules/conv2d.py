@@ -101,6 +101,8 @@ def _axes(sch: s_tir.Schedule, info: SBlockInfo) -> tuple[int, dict[str, int]] |
 class Conv2d(CPURule):
     """Rows parallel, a register tile of outputs per row, the epilogue per tile; see the module docstring."""
 
+    divides_by_reciprocal = True  # hardswish's `/ 6` in the epilogue
+
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
         reductions = [info for info in blocks if not info.is_injective()]
         if len(reductions) != 1:

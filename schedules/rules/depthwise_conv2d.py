@@ -96,6 +96,8 @@ class DepthwiseConv2d(CPURule):
     """Planes in parallel, the padded input plane staged (de-interleaved for strides), taps accumulated in vectors
     along the output row, the epilogue over each plane; see the module docstring."""
 
+    divides_by_reciprocal = True  # hardswish's `/ 6` in the epilogue
+
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
         reductions = [info for info in blocks if not info.is_injective()]
         if len(reductions) != 1:

@@ -23,14 +23,19 @@ def _conv_ref(x, w, stride, padding, dilation):
     return np.einsum("nchwyx,ocyx->nohw", windows, w, optimize=True).astype(np.float32)
 
 
-def _conv_bias_relu(shape, co, k, stride=1, padding=0, dilation=1, epilogue=True):
+def _conv_bias_relu(shape, co, k, stride=1, padding=0, dilation=1, epilogue=True, hardswish=False):
     x = te.placeholder(shape, name="x")
     w = te.placeholder((co, shape[1], k, k), name="w")
     out = topi.nn.conv2d_nchw(x, w, stride, padding, dilation)
     if not epilogue:
         return te.create_prim_func([x, w, out])
     b = te.placeholder((1, co, 1, 1), name="b")
-    return te.create_prim_func([x, w, b, topi.nn.relu(topi.add(out, b))])
+    out = topi.add(out, b)
+    if hardswish:  # MobileNetV3's: x * relu6(x + 3) / 6
+        out = topi.multiply(out, topi.divide(topi.clip(topi.add(out, 3.0), 0.0, 6.0), 6.0))
+    else:
+        out = topi.nn.relu(out)
+    return te.create_prim_func([x, w, b, out])
 
 
 # (input NCHW, output channels, kernel, stride, padding, dilation): the CNN's layers, then odd shapes, strides,
@@ -54,6 +59,17 @@ def test_conv_bias_relu_matches_numpy(shape, co, k, stride, padding, dilation):
     b = RNG.standard_normal((1, co, 1, 1), dtype="float32")
     expected = np.maximum(_conv_ref(x, w, stride, padding, dilation) + b, 0)
     np.testing.assert_allclose(run(scheduled(Conv2d(), func), x, w, b), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, co, k, stride, padding, dilation", [CASES[2], CASES[4]])
+def test_conv_hardswish_matches_numpy_and_divides_by_a_product(shape, co, k, stride, padding, dilation):
+    func = scheduled(Conv2d(), _conv_bias_relu(shape, co, k, stride, padding, dilation, hardswish=True))
+    assert "/ T.float32(6.0)" not in func.script()
+    x = RNG.standard_normal(shape, dtype="float32")
+    w = RNG.standard_normal((co, shape[1], k, k), dtype="float32")
+    b = RNG.standard_normal((1, co, 1, 1), dtype="float32")
+    y = _conv_ref(x, w, stride, padding, dilation) + b
+    np.testing.assert_allclose(run(func, x, w, b), y * np.clip(y + 3, 0, 6) / 6, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape, co, k, stride, padding, dilation", CASES[1:4])

@@ -124,3 +124,9 @@ def test_declines_dense_and_grouped_convs_and_matmuls():
     matmul = te.create_prim_func([a, b, topi.matmul(a, b)])
     for func in (dense, grouped, matmul):
         assert DepthwiseConv2d().apply(func, TARGET, False) is None
+
+
+def test_hardswish_divides_by_a_product():
+    """The epilogue's `/ 6` runs as a multiplication by 1/6 (a vector division is a slow instruction)."""
+    text = scheduled(DepthwiseConv2d(), _depthwise((1, 8, 14, 14), 5, padding=2, epilogue="hardswish")).script()
+    assert "T.float32(6.0)" in text and "/ T.float32(6.0)" not in text and "T.float32(0.16666666666666666)" in text

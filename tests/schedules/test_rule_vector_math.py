@@ -6,7 +6,7 @@ import tvm
 from tvm import te, tirx, topi
 
 from schedules.rules import Elementwise, Reduction
-from schedules.rules.vector_math import vectorizable_math
+from schedules.rules.vector_math import divisions_as_products, vectorizable_math
 from tests.schedules.rule_harness import TARGET, run, scheduled
 
 RNG = np.random.default_rng(0)
@@ -78,3 +78,23 @@ def test_other_dtypes_stay_exact():
 
 def test_zero_size_is_served():
     assert run(scheduled(Elementwise(), _unary(tirx.exp, (0,))), np.zeros(0, "float32")).shape == (0,)
+
+
+def test_divisions_by_float32_constants_become_products_and_others_stay():
+    """x / 6 -> x * (1/6) within an ulp (exact for powers of two); x / y and integer division are left alone."""
+    shape = (67,)
+    x, y = te.placeholder(shape, name="x"), te.placeholder(shape, name="y")
+    i = te.placeholder(shape, name="i", dtype="int32")
+    out = te.compute(shape, lambda k: x[k] / 6.0 + x[k] / 0.25 + x[k] / y[k]
+                     + tirx.Cast("float32", i[k] // 3), name="out")
+    func = te.create_prim_func([x, y, i, out])
+    text = divisions_as_products(func).script()
+    assert "* T.float32(0.16666666666666666)" in text and "* T.float32(4.0)" in text
+    assert "x[v_k] / y[v_k]" in text and "i[v_k] // 3" in text
+    a = _inputs(1e3, shape[0])
+    b = RNG.standard_normal(shape, dtype="float32")
+    n = RNG.integers(-100, 100, shape, dtype="int32")
+    with np.errstate(all="ignore"):
+        expected = a / np.float32(6) + a / np.float32(0.25) + a / b + (n // 3).astype("float32")
+        got = run(divisions_as_products(func), a, b, n)
+    np.testing.assert_allclose(got, expected, rtol=4 * 2.0**-23, equal_nan=True)

@@ -64,3 +64,17 @@ def test_cli_profile_rejects_an_unknown_model(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["profile", "no-such-model"])
     assert exit_info.value.code == 2 and "unknown model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_profile_reads_the_clock_it_is_given(net_mod):
+    """A clock that jumps a million seconds per reading makes every kernel and the model take over a second (no
+    call of this tiny net does): both are timed on it."""
+    readings = iter(range(0, 10**12, 10**6))
+    profile, _ = profile_model(net_mod, target=host_target(1), repeat=1, clock=lambda: float(next(readings)))
+    assert profile.model_ms > 1e3 and all(f.ms > 1e3 for f in profile.functions)
+
+
+def test_cli_profile_cpu_clock_needs_one_thread(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["profile", "fashion-cnn", "--batch", "1", "--threads", "2", "--clock", "cpu"])
+    assert exit_info.value.code == 2 and "--clock cpu times one thread only" in capsys.readouterr().err

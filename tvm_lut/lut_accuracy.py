@@ -192,6 +192,18 @@ def _count(entries: list[dict]) -> dict[str, int]:
     return dict(Counter(entry["op"] for entry in entries))
 
 
+def pq_calibration_tweets(splits, n: int, n_train: int):
+    """`n` tweets to fit PQ tables on: the calibration split, then (beyond its size) the training pool after its
+    first `n_train` tweets, which the heads are fitted on; never a held-out tweet."""
+    from tvm_lut.datasets.tweets import TweetSet
+
+    calibration = splits.calibration
+    if n <= len(calibration):
+        return calibration.head(n)
+    extra = TweetSet(splits.train.texts[n_train:], splits.train.labels[n_train:]).head(n - len(calibration))
+    return TweetSet(calibration.texts + extra.texts, np.concatenate([calibration.labels, extra.labels]))
+
+
 def calibration_batches(ids: np.ndarray, mask: np.ndarray, batch_size: int) -> list:
     """Token batches in the training stage's convention: `((input_ids, attention_mask), None)`, no labels."""
     import torch
@@ -269,7 +281,7 @@ def run_experiment(
         encoders = {"pytorch_fp32": fp32, **onnx_runtime_encoders(model, example, onnx_path)}
         step("ONNX export + ORT int8")
 
-        pq_ids, pq_mask = splits.calibration.head(config.n_pq_calib).tokens(config.length)
+        pq_ids, pq_mask = pq_calibration_tweets(splits, config.n_pq_calib, config.n_train).tokens(config.length)
         pq_bundle, _ = learn_from_onnx(
             onnx_path,
             [{"input_ids": pq_ids[i : i + config.batch_size], "attention_mask": pq_mask[i : i + config.batch_size]}

@@ -18,13 +18,15 @@ points, cosine to FP32 0.55 -> 0.69; one more model run per stage). Without it, 
 2. centroids refined by `refine_steps` Adam steps on the output reconstruction error |PQ(X) - Y|^2 / |Y|^2, the
    assignment straight-through and soft in the backward (as in LUT-NN's training, with the table held fixed);
 3. the table fitted to reconstruct Y from the hard codes: ridge regression of Y on the one-hot codes, shrunk
-   towards the table `centroids @ W` (`ridge` weighs that prior against the data), then int8 with per-column
-   scales (`tvm_lut.pq.quantize`). The compiled kernels read centroids and table independently, so a fitted table
+   towards the table `centroids @ W` (`ridge` weighs that prior against the data; by default chosen per layer
+   from `RIDGE_GRID` by the error on held-out calibration rows: C*K features per output, 1,536 for MiniLM's FFN
+   output layer, overfit a few thousand rows at ridge 1), then int8 with per-column scales (`tvm_lut.pq.quantize`). The compiled kernels read centroids and table independently, so a fitted table
    serves as any other; the entry's fingerprint is still the weight's, so `LUTDense` finds it in the graph.
 
 Which layers and what K and V: a `PQConfig` (`include` / `exclude` / `overrides` match the layer names, the ONNX
 node names with "/" as "."); its training fields are not used. `CalibrationFitReport` lists every layer replaced
-or kept exact (and why) with its relative output error on the calibration rows before and after step 3.
+or kept exact (and why) with its relative output error on the calibration rows before and after step 3 (and on
+the held-out rows, with the ridge chosen).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 V=`--V`) fitted by `tvm_lut.pq.calibration_fit.learn_from_onnx` on calibration tweets (no labels, no training
 code), accuracy on held-out tweets against FP32.
 
-    python -m benchmarks.pq_calibration_accuracy [--V 16] [--n-calib 256] [--fit-rows 8192] [--refine-steps 0]
+    python -m benchmarks.pq_calibration_accuracy [--V 16] [--n-calib 1024] [--fit-rows 32768] [--refine-steps 0]
         [--ridge R] [--independent] [--ablate] [--library LIB.so] [--n-test 1000] [--n-train 1000] [--json PATH]
 
 The PQ model runs in ONNX Runtime with the tables spliced into the graph (`tvm_lut.pq.onnx_splice`: the semantics
@@ -68,14 +68,18 @@ def _score_library(args, score, fp32_acc: float, fp32_emb: np.ndarray) -> int:
 
 
 def main(argv=None) -> int:
+    from tvm_lut.lut_accuracy import ExperimentConfig
     from tvm_lut.pq.calibration_fit import FitSettings
 
     defaults = FitSettings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--V", type=int, default=16, help="sub-vector length of every encoder dense layer (16)")
-    parser.add_argument("--n-calib", type=int, default=256, help="calibration tweets the tables are fitted on (256; "
+    config = ExperimentConfig()
+    parser.add_argument("--n-calib", type=int, default=config.n_pq_calib, help="calibration tweets the tables are "
+                        f"fitted on ({config.n_pq_calib}; "
                         "beyond the 512 of the calibration split, training-pool tweets the heads do not use)")
-    parser.add_argument("--fit-rows", type=int, default=8192, help="activation rows sampled per layer (8192)")
+    parser.add_argument("--fit-rows", type=int, default=config.pq_fit_rows,
+                        help=f"activation rows sampled per layer ({config.pq_fit_rows})")
     parser.add_argument("--refine-steps", type=int, default=0, help="Adam steps on the centroids (0)")
     parser.add_argument("--ridge", type=float, default=defaults.ridge,
                         help="prior weight (default: chosen per layer on held-out calibration rows)")

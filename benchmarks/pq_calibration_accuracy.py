@@ -2,7 +2,7 @@
 V=`--V`) fitted by `tvm_lut.pq.calibration_fit.learn_from_onnx` on calibration tweets (no labels, no training
 code), accuracy on held-out tweets against FP32.
 
-    python -m benchmarks.pq_calibration_accuracy [--V 16] [--n-calib 1024] [--fit-rows 32768] [--refine-steps 0]
+    python -m benchmarks.pq_calibration_accuracy [--V 16] [--n-calib 512] [--fit-rows 16384] [--refine-steps 0]
         [--ridge R] [--independent] [--ablate] [--library LIB.so] [--n-test 1000] [--n-train 1000] [--json PATH]
 
 The PQ model runs in ONNX Runtime with the tables spliced into the graph (`tvm_lut.pq.onnx_splice`: the semantics

@@ -10,6 +10,7 @@ from tvm_lut.lut_accuracy import (
     ExperimentConfig,
     ExperimentResult,
     calibration_batches,
+    pq_calibration_tweets,
     run_experiment,
 )
 from tvm_lut.models import MiniLM, MiniLMConfig
@@ -82,6 +83,19 @@ def tiny_splits():
         return TweetSet(texts, labels)
 
     return TweetSplits(train=part(48), calibration=part(8), test=part(16))
+
+
+def test_pq_calibration_tweets_never_take_a_held_out_or_head_tweet():
+    def tweets(prefix, n):
+        return TweetSet(tuple(f"{prefix}{i}" for i in range(n)), np.arange(n) % 2)
+
+    splits = TweetSplits(train=tweets("train", 10), calibration=tweets("calib", 4), test=tweets("test", 3))
+    assert pq_calibration_tweets(splits, 3, n_train=6).texts == ("calib0", "calib1", "calib2")
+    more = pq_calibration_tweets(splits, 7, n_train=6)
+    assert more.texts == ("calib0", "calib1", "calib2", "calib3", "train6", "train7", "train8")
+    assert list(more.labels) == [0, 1, 0, 1, 0, 1, 0]
+    with pytest.raises(ValueError, match="asked for 5 tweets, the set has 4"):
+        pq_calibration_tweets(splits, 9, n_train=6)
 
 
 def test_experiment_end_to_end_on_a_tiny_encoder():

@@ -70,6 +70,32 @@ def test_the_fit_reconstructs_the_output_better_than_kmeans():
         fit_layer(rows, weight, K=16, V=5)
 
 
+def _pq_output(x: np.ndarray, centroids: np.ndarray, table: np.ndarray) -> np.ndarray:
+    C, K, V = centroids.shape
+    subs = x.reshape(len(x), C, 1, V)
+    codes = ((subs - centroids[None]) ** 2).sum(-1).argmin(-1)  # (N, C)
+    return table[np.arange(C), codes].sum(1)
+
+
+def test_the_ridge_chosen_on_held_out_rows_generalizes_where_a_weak_prior_overfits():
+    generator = torch.Generator().manual_seed(1)
+    mix = torch.randn(64, 64, generator=generator)
+    rows, fresh = torch.randn(320, 64, generator=generator) @ mix, torch.randn(4096, 64, generator=generator) @ mix
+    weight = torch.randn(8, 64, generator=generator).numpy()  # 16 codebooks x 16 codes = 256 features, 320 rows
+    tables, errors = {}, {}
+    for ridge in (None, 1.0):
+        centroids, tables[ridge], errors[ridge] = fit_layer(rows, weight, K=16, V=4,
+                                                            settings=FitSettings(refine_steps=0, ridge=ridge))
+    assert errors[None]["ridge"] > 1.0 and 0 < errors[None]["held_out"] < 1, errors[None]
+    assert "held_out" not in errors[1.0]
+    target = fresh.numpy() @ weight.T
+    fresh_error = {ridge: ((_pq_output(fresh.numpy(), centroids, table) - target) ** 2).sum() / (target ** 2).sum()
+                   for ridge, table in tables.items()}
+    assert fresh_error[None] < 0.9 * fresh_error[1.0], fresh_error
+    with pytest.raises(ValueError, match="holdout must be in"):
+        FitSettings(holdout=1.0)
+
+
 def _compiled_matches_reference(model, bundle, x, mod, unserved=()):
     """Every entry but `unserved` replaces its layer, and the library equals the PyTorch PQ reference."""
     executable = tvm_lut.compile(mod, bundle)

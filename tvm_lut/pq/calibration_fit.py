@@ -18,13 +18,15 @@ points, cosine to FP32 0.55 -> 0.69; one more model run per stage). Without it, 
 2. centroids refined by `refine_steps` Adam steps on the output reconstruction error |PQ(X) - Y|^2 / |Y|^2, the
    assignment straight-through and soft in the backward (as in LUT-NN's training, with the table held fixed);
 3. the table fitted to reconstruct Y from the hard codes: ridge regression of Y on the one-hot codes, shrunk
-   towards the table `centroids @ W` (`ridge` weighs that prior against the data), then int8 with per-column
-   scales (`tvm_lut.pq.quantize`). The compiled kernels read centroids and table independently, so a fitted table
+   towards the table `centroids @ W` (`ridge` weighs that prior against the data; by default chosen per layer
+   from `RIDGE_GRID` by the error on held-out calibration rows: C*K features per output, 1,536 for MiniLM's FFN
+   output layer, overfit a few thousand rows at ridge 1), then int8 with per-column scales (`tvm_lut.pq.quantize`). The compiled kernels read centroids and table independently, so a fitted table
    serves as any other; the entry's fingerprint is still the weight's, so `LUTDense` finds it in the graph.
 
 Which layers and what K and V: a `PQConfig` (`include` / `exclude` / `overrides` match the layer names, the ONNX
 node names with "/" as "."); its training fields are not used. `CalibrationFitReport` lists every layer replaced
-or kept exact (and why) with its relative output error on the calibration rows before and after step 3.
+or kept exact (and why) with its relative output error on the calibration rows before and after step 3 (and on
+the held-out rows, with the ridge chosen).
 """
 
 from __future__ import annotations
@@ -53,11 +55,14 @@ log = logging.getLogger(__name__)
 class FitSettings:
     """How the tables are fitted (what to replace, K and V, is the `PQConfig`)."""
 
-    fit_rows: int = 16384  # activation rows sampled per layer
-    refine_steps: int = 100  # Adam steps on the centroids (0: k-means only)
+    fit_rows: int = 32768  # activation rows sampled per layer (1,024 tweets of MiniLM hold ~34k unpadded tokens)
+    refine_steps: int = 0  # Adam steps on the centroids (0: k-means only; 100 changed nothing on MiniLM)
     refine_lr: float = 3e-3
     refine_batch: int = 2048
-    ridge: float = 1.0  # prior weight in rows: the table leans on centroids @ W where a code was seen few times
+    # Prior weight in rows: the table leans on centroids @ W where a code was seen few times. None: chosen per layer
+    # from RIDGE_GRID by the output error on held-out calibration rows (`holdout` of them), then refitted on all.
+    ridge: float | None = None
+    holdout: float = 0.2
     temperature: float = 10.0
     sequential: bool = True  # fit on inputs propagated through the fitted upstream layers (module docstring)
     token_mask: str | None = None  # a model input (B, L) whose zeros mark padding: those tokens' rows are not fitted
@@ -66,8 +71,11 @@ class FitSettings:
         for name in ("fit_rows", "refine_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FitSettings.{name} must be >= 1, got {getattr(self, name)}")
-        if self.refine_steps < 0 or self.ridge < 0 or self.refine_lr <= 0 or self.temperature <= 0:
+        if self.refine_steps < 0 or (self.ridge is not None and self.ridge < 0) or self.refine_lr <= 0 \
+                or self.temperature <= 0:
             raise ValueError("FitSettings: refine_steps and ridge must be >= 0, refine_lr and temperature > 0")
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"FitSettings.holdout must be in (0, 1), got {self.holdout}")
 
 
 @dataclass
@@ -286,6 +294,32 @@ def _refine(rows, target, centroids, table, settings: FitSettings, seed: int) ->
     return centroids.detach()
 
 
+RIDGE_GRID = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0)
+
+
+def _ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, table0: torch.Tensor, ridge: float) -> torch.Tensor:
+    """argmin_T |one_hot @ T - Y|^2 + ridge |T - table0|^2 from gram = one_hot.T @ one_hot, rhs = one_hot.T @ Y."""
+    regularized = gram.clone()
+    regularized.diagonal().add_(ridge)
+    return torch.linalg.solve(regularized, rhs + ridge * table0)
+
+
+def _held_out_ridge(one_hot: torch.Tensor, target: torch.Tensor, table0: torch.Tensor, holdout: float,
+                    seed: int) -> tuple[float, float]:
+    """The ridge of RIDGE_GRID whose table, fitted on all but a random `holdout` of the rows, reconstructs the
+    held-out rows best; and that held-out relative error. With C*K one-hot features per output (1536 for
+    MiniLM's FFN output layer at V=16) and a few thousand calibration rows, a weak prior overfits."""
+    order = torch.randperm(one_hot.shape[0], generator=torch.Generator().manual_seed(seed))
+    cut = max(1, int(round(one_hot.shape[0] * holdout)))
+    test, train = order[:cut], order[cut:]
+    gram = (one_hot[train].T @ one_hot[train]).double()
+    rhs = (one_hot[train].T @ target[train]).double()
+    errors = {ridge: _relative_error(one_hot[test] @ _ridge_solve(gram, rhs, table0, ridge).float(), target[test])
+              for ridge in RIDGE_GRID}
+    best = min(errors, key=errors.get)
+    return best, errors[best]
+
+
 def fit_layer(rows: torch.Tensor, weight: np.ndarray, K: int, V: int, settings: FitSettings = FitSettings(),
               kmeans_iters: int = 20, seed: int = 0,
               exact_rows: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
@@ -312,9 +346,12 @@ def fit_layer(rows: torch.Tensor, weight: np.ndarray, K: int, V: int, settings: 
         centroids = _refine(rows, target, centroids, prior(centroids), settings, seed)
     table0 = prior(centroids).reshape(C * K, M).double()
     one_hot = _one_hot(_codes(rows, centroids), K)
+    ridge = settings.ridge
+    if ridge is None:
+        ridge, errors["held_out"] = _held_out_ridge(one_hot, target, table0, settings.holdout, seed)
+        errors["ridge"] = ridge
     gram = (one_hot.T @ one_hot).double()  # counts: exact in float32 below 2^24 rows
-    gram.diagonal().add_(settings.ridge)
-    table = torch.linalg.solve(gram, (one_hot.T @ target).double() + settings.ridge * table0).float()
+    table = _ridge_solve(gram, (one_hot.T @ target).double(), table0, ridge).float()
     errors["fitted"] = _relative_error(one_hot @ table, target)
     return centroids.numpy(), table.reshape(C, K, M).numpy(), errors
 
@@ -372,9 +409,11 @@ def fit_pq_tables(layers: list[DenseLayer], capture: Capture, config: PQConfig, 
                                                  config.seed + index, exact_rows=exact[layer.name])
             entries[layer.name] = table_entry(layer, centroids, table)
             report.errors[layer.name] = errors
+            held_out = (f" (held-out {errors['held_out']:.4f} at ridge {errors['ridge']:g})"
+                        if "held_out" in errors else "")
             report.replaced[layer.name] = (f"{layer.kind} K={K} V={V} C={layer.weight[0].size // V}; relative "
                                            f"output error k-means {errors['kmeans']:.4f} -> fitted "
-                                           f"{errors['fitted']:.4f}")
+                                           f"{errors['fitted']:.4f}{held_out}")
     log.info("%s", report)
     provenance = {"pq_config": json.loads(config.to_json()), "pq_fit": "calibration only (tvm_lut.pq.calibration_fit)",
                   "pq_fit_settings": settings.__dict__, "pq_replaced": report.replaced, "pq_kept_exact": report.kept,

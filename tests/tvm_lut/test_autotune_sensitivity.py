@@ -88,8 +88,8 @@ def test_proxies_match_the_whole_model_with_one_layer_pq(labelled):
 
 
 def test_one_exact_forward_serves_every_layer(monkeypatch):
-    """The stem runs once per batch in the exact pass (plus one probe of the call order), never again: every
-    layer's proxies replay it."""
+    """The stem runs once per batch in the exact pass and once in the gradient pass (plus one probe of the call
+    order), never again: every layer's task loss replays it."""
     model, batches, specs = _setup(True)
     calls = {"n": 0}
     convolve = model.conv._conv_forward  # what Conv2d.forward computes with (hooks fire for a replay too)
@@ -101,7 +101,7 @@ def test_one_exact_forward_serves_every_layer(monkeypatch):
     monkeypatch.setattr(model.conv, "_conv_forward", counted)
     pq_after_stem = {s.name: (CHOICES if s.name != "conv" else [EXACT]) for s in specs}
     sensitivity.measure(model, specs, pq_after_stem, batches, kmeans_rows=256, kmeans_iters=5, progress=False)
-    assert calls["n"] == len(batches) + 1
+    assert calls["n"] == 2 * len(batches) + 1
     cached = sensitivity.exact_pass(model, {"blocks.1.fc": 0}, batches, kmeans_rows=64)
     assert sorted(cached.prefix["blocks.1.fc"]) == ["blocks.0", "conv", "relu"]
 
@@ -122,3 +122,35 @@ def test_resume_measures_only_the_missing_layers(tmp_path, monkeypatch):
     for name in ("blocks.1.fc", "head"):  # the same rows sampled and clustered as in one uninterrupted run
         assert resumed.proxies[name][CHOICES[1].label]["output_error"] == \
             pytest.approx(whole.proxies[name][CHOICES[1].label]["output_error"], rel=1e-5)
+
+
+def test_fisher_weights_the_output_error_by_the_loss_gradient(monkeypatch):
+    """`output_fisher` equals the squared gradient of each batch's loss at the layer's output channels (summed over
+    rows, averaged over batches), taken by hand; without the task loss no per-choice forward pass runs, and the
+    weights' requires_grad flags are left as they were."""
+    model, batches, specs = _setup(True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    fisher = sensitivity.output_fisher(model, ["conv", "blocks.1.fc"], batches, None)
+    expected = {"conv": 0.0, "blocks.1.fc": 0.0}
+    for x, y in batches:
+        kept = {}
+        handles = [model.get_submodule(n).register_forward_hook(
+            lambda _m, _a, out, n=n: kept.__setitem__(n, out)) for n in expected]
+        with torch.enable_grad():
+            x = x.clone().requires_grad_(True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            grads = torch.autograd.grad(loss, [kept[n] for n in expected])
+        for handle in handles:
+            handle.remove()
+        expected["conv"] = expected["conv"] + (grads[0] ** 2).sum((0, 2, 3)) / len(batches)
+        expected["blocks.1.fc"] = expected["blocks.1.fc"] + (grads[1] ** 2).sum(0) / len(batches)
+    for name, value in expected.items():
+        torch.testing.assert_close(fisher[name], value, rtol=1e-4, atol=1e-10)
+    assert not any(p.requires_grad for p in model.parameters())
+
+    monkeypatch.setattr(sensitivity, "task_loss", lambda *a, **k: pytest.fail("no task loss was asked for"))
+    cheap = sensitivity.measure(model, specs, {s.name: CHOICES for s in specs}, batches, kmeans_rows=256,
+                                kmeans_iters=5, progress=False, with_task_loss=False)
+    assert all(set(v) == {"output_error", "fisher"} and v["fisher"] > 0 for p in cheap.proxies.values()
+               for v in p.values())

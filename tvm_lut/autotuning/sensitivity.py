@@ -3,8 +3,13 @@
 For every layer and PQ choice, on the calibration batches, two proxies of the accuracy drop:
 - `task_loss`: the increase of the task loss (cross entropy with the batch labels; without labels, the KL
   divergence from the exact model's outputs) over the exact model's;
-- `output_error`: the layer's relative squared output error `|y_pq - y|^2 / |y|^2` on its sampled input rows.
-Which one predicts the measured drop better is measured by `benchmarks/autotune.py`; the solver reads the one
+- `output_error`: the layer's relative squared output error `|y_pq - y|^2 / |y|^2` on its sampled input rows;
+- `fisher`: the output error weighted per output channel by the squared gradient of the task loss there (a diagonal
+  Fisher estimate of the loss increase, as HAWQ and BRECQ weight quantization error), the gradients from one
+  backward pass of the exact model.
+The task loss costs a forward pass of the calibration set per choice (from the layer onward: the outputs of what
+runs before the layer are replayed from one exact pass); the other two cost no pass beyond that exact one and one
+backward. Which predicts the measured drop best is measured by `benchmarks/autotune.py`; the solver reads the one
 `AutotuneConfig.proxy` names. Each layer's input rows are sampled once (they do not depend on K or V: rows are
 the im2col patches of length D) and clustered per choice; the centroids are kept, so that a plan's k-means model
 (`kmeans_model`) is built without clustering again.
@@ -32,7 +37,8 @@ CENTROIDS_NAME = "sensitivity_centroids.safetensors"
 
 @dataclass
 class Sensitivity:
-    """`proxies[layer][choice label] = {"task_loss": .., "output_error": ..}`; `centroids[(layer, label)]`."""
+    """`proxies[layer][choice label] = {"task_loss": .., "output_error": .., "fisher": ..}`;
+    `centroids[(layer, label)]`."""
 
     baseline_loss: float
     proxies: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
@@ -93,13 +99,17 @@ def kmeans_model(model, plan: dict[str, Choice], sensitivity: Sensitivity):
     return copied.eval()
 
 
-def _batch_loss(logits, labels, reference) -> float:
+def _batch_loss_tensor(logits, labels, reference):
     import torch.nn.functional as F
 
     if labels is not None:
-        return float(F.cross_entropy(logits, labels.flatten()))
-    return float(F.kl_div(F.log_softmax(logits, -1), F.log_softmax(reference, -1), log_target=True,
-                          reduction="batchmean"))
+        return F.cross_entropy(logits, labels.flatten())
+    return F.kl_div(F.log_softmax(logits, -1), F.log_softmax(reference.detach(), -1), log_target=True,
+                    reduction="batchmean")
+
+
+def _batch_loss(logits, labels, reference) -> float:
+    return float(_batch_loss_tensor(logits, labels, reference))
 
 
 def task_loss(model, batches, reference: list | None, replay: "Replay | None" = None) -> float:
@@ -195,6 +205,7 @@ class ExactPass:
     samples: dict
     reference: list | None
     loss: float  # the exact model's task loss
+    fisher: dict  # per layer: the summed squared loss gradient per output channel, averaged over batches
     prefix: dict[str, list[str]]
     replay: Replay
 
@@ -239,13 +250,54 @@ def exact_pass(model, seeds: dict[str, int], batches, *, kmeans_rows: int) -> Ex
             handle.remove()
     reference = None if labelled else logits
     loss = sum(_batch_loss(out, split_batch(batch)[1], out) for out, batch in zip(logits, batches)) / len(batches)
-    return ExactPass(samples, reference, loss, prefix, Replay(model, outputs))
+    return ExactPass(samples, reference, loss, output_fisher(model, list(seeds), batches, reference), prefix,
+                     Replay(model, outputs))
+
+
+def output_fisher(model, names: list[str], batches, reference: list | None) -> dict:
+    """Per layer in `names`: sum over output rows of the squared gradient of the batch's task loss with respect to
+    each output channel, averaged over batches (one forward and backward pass per batch; weights untouched)."""
+    import torch
+
+    from tvm_lut.batches import split_batch
+
+    fisher = {name: 0.0 for name in names}
+    if not names:
+        return fisher
+    params = [p for p in model.parameters()]
+    flags = [p.requires_grad for p in params]
+    for name in names:  # a gradient must reach every layer's output
+        model.get_submodule(name).weight.requires_grad_(True)
+    outputs: dict[str, list] = {}
+    handles = [model.get_submodule(name).register_forward_hook(
+        lambda _m, _a, out, name=name: outputs.setdefault(name, []).append(out)) for name in names]
+    try:
+        with torch.enable_grad():
+            for index, batch in enumerate(batches):
+                outputs.clear()
+                inputs, labels = split_batch(batch)
+                logits = model(*inputs).flatten(0, -2)
+                loss = _batch_loss_tensor(logits, labels, None if reference is None else reference[index])
+                called = [(name, out) for name, outs in outputs.items() for out in outs]
+                grads = torch.autograd.grad(loss, [out for _, out in called], allow_unused=True)
+                for (name, out), grad in zip(called, grads):
+                    if grad is not None:  # channels: dim 1 of a conv's output, the last of a linear's
+                        grad = grad.movedim(1, -1) if out.dim() == 4 else grad
+                        fisher[name] = fisher[name] + (grad * grad).reshape(-1, grad.shape[-1]).sum(0) / len(batches)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+    return fisher
 
 
 def measure(model, specs: list[LayerSpec], choices: dict[str, list[Choice]], calib_batches, *, kmeans_rows: int = 4096,
-            kmeans_iters: int = 20, seed: int = 0, out_dir: Path | None = None, progress: bool = True) -> Sensitivity:
-    """Both proxies for every PQ choice of every layer (resuming from `out_dir` when it holds some). One exact
-    forward (`exact_pass`) serves every layer; a layer's task loss is computed from that layer onward."""
+            kmeans_iters: int = 20, seed: int = 0, out_dir: Path | None = None, progress: bool = True,
+            with_task_loss: bool = True) -> Sensitivity:
+    """The proxies of every PQ choice of every layer (resuming from `out_dir` when it holds some): the task loss only
+    `with_task_loss` (the costly one). One exact forward (`exact_pass`) serves every layer; a layer's task loss is
+    computed from that layer onward."""
     import torch
     from tqdm import tqdm
 
@@ -277,11 +329,14 @@ def measure(model, specs: list[LayerSpec], choices: dict[str, list[Choice]], cal
                     set_module(model, spec.name, layer)
                     bias = 0 if original.bias is None else original.bias
                     error = layer.pq_rows(rows) - bias - exact_rows
-                    loss = task_loss(model, batches, cached.reference, cached.replay.only(cached.prefix[spec.name]))
+                    squared = error * error
                     results[choice.label] = {
-                        "task_loss": loss - state.baseline_loss,
-                        "output_error": float((error * error).sum() / (exact_rows * exact_rows).sum().clamp(min=1e-30)),
+                        "output_error": float(squared.sum() / (exact_rows * exact_rows).sum().clamp(min=1e-30)),
+                        "fisher": float((squared.mean(0) * cached.fisher[spec.name]).sum()),
                     }
+                    if with_task_loss:
+                        loss = task_loss(model, batches, cached.reference, cached.replay.only(cached.prefix[spec.name]))
+                        results[choice.label]["task_loss"] = loss - state.baseline_loss
                     state.centroids[(spec.name, choice.label)] = layer.centroids.detach().numpy().copy()
         finally:
             set_module(model, spec.name, original)

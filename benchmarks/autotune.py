@@ -109,10 +109,11 @@ def accuracy(run, batches) -> float:
 def run_autotune(setup, args, out_dir: Path, source: str, out: dict):
     """`tvm_lut.autotune` on a task (resumes from `out_dir`), its plan and wall time recorded in `out`."""
     from schedules import host_target
+    from tvm_lut.autotune_cli import TASK_PROXY
     from tvm_lut.autotuning.config import AutotuneConfig
     from tvm_lut.autotuning.driver import autotune
 
-    config = AutotuneConfig(max_drop=args.max_drop, max_trials=args.max_trials)
+    config = AutotuneConfig(max_drop=args.max_drop, max_trials=args.max_trials, proxy=TASK_PROXY[source])
     result = autotune(setup.model, setup.calib, setup.eval_fn, config, host_target(1),
                       example_inputs=setup.example_inputs, learning=setup.learning, learn_batches=setup.learn,
                       out_dir=out_dir, source=source)
@@ -143,7 +144,7 @@ def fashion_cnn(args, out: dict, scratch: Path) -> dict:
         print("proxies against the measured single-layer k-means drop (Spearman): " + ", ".join(
             f"{proxy} {out[f'spearman_{proxy}']:.3f}" for proxy in PROXIES), flush=True)
     hand_start = time.perf_counter()
-    hand = learn_pq(setup.model, setup.learn, dataclasses.replace(CNN_PQ, epochs=args.epochs), progress=False)
+    hand = learn_pq(setup.model, setup.learn, dataclasses.replace(CNN_PQ, epochs=setup.learning.epochs), progress=False)
     out["seconds_hand_picked_learning"] = time.perf_counter() - hand_start
     hand_metric = setup.eval_fn(hand.model)
     built = engines(setup, {"tvm hand-picked pq": (unswap_(hand.model), hand.bundle),
@@ -238,9 +239,9 @@ def main(argv=None) -> int:
                         help="the task (fashion-cnn)")
     parser.add_argument("--max-drop", type=float, default=1.0, help="allowed test-accuracy drop in points (1.0)")
     parser.add_argument("--max-trials", type=int, default=4, help="autotuning trials (4)")
-    parser.add_argument("--epochs", type=int, default=1, help="learning epochs per trial (1)")
+    parser.add_argument("--epochs", type=int, help="learning epochs per trial (task default: CNN 1, MiniLM 2)")
     parser.add_argument("--learn-size", type=int,
-                        help="training images / tweets for learning (task default: 10000 images, 1024 tweets)")
+                        help="training images / tweets for learning (task default: 10000 images, 4096 tweets)")
     parser.add_argument("--calib-size", type=int, help="minilm-l6: calibration tweets (task default 256)")
     parser.add_argument("--test-size", type=int, help="minilm-l6: held-out tweets the metric is on (1000)")
     parser.add_argument("--uniform-V", type=int, nargs="+", default=[4, 8, 16, 32],

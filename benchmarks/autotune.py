@@ -7,7 +7,7 @@ One thread throughout (the target, TVM's runtime pool, torch, ONNX Runtime). Ste
 1. `tvm_lut.autotune` on the CNN (`tvm-lut autotune fashion-cnn`'s task: calibration images from the end of the
    training split, learning from its start, the metric = test accuracy in percent), into `--out-dir` (resumable).
 2. Which proxy predicts the drop: for every layer and PQ choice, the measured accuracy drop (first
-   `--proxy-images` test images) of the model with only that layer PQ (k-means centroids) against both proxies
+   `--proxy-images` test images) of the model with only that layer PQ (k-means centroids) against each proxy
    (Spearman rank correlation).
 3. Whole-model latency at batch 1, engines timed in turn (A B C A B C ...): ONNX Runtime fp32, TVM with our rules
    (exact, Winograd), TVM with the hand-picked LUT-NN settings of `tvm_lut.pq.tasks.CNN_PQ` (conv1 exact, conv2 V=9,
@@ -44,6 +44,7 @@ def proxy_study(setup, result_dir: Path, images: int, out: dict) -> list[dict]:
     that layer PQ (k-means)."""
     import torch
 
+    from tvm_lut.autotuning.config import PROXIES
     from tvm_lut.autotuning.layers import EXACT, Choice
     from tvm_lut.autotuning.output import STATE_DIR
     from tvm_lut.autotuning.sensitivity import Sensitivity, kmeans_model
@@ -62,7 +63,7 @@ def proxy_study(setup, result_dir: Path, images: int, out: dict) -> list[dict]:
                 plan[name] = Choice.from_label(label)
                 drop = exact - 100.0 * torch_accuracy(kmeans_model(setup.model, plan, sensitivity), subset)
                 rows.append({"layer": name, "choice": label, "drop": drop, **values})
-    for proxy in ("task_loss", "output_error"):
+    for proxy in PROXIES:
         out[f"spearman_{proxy}"] = _spearman([r[proxy] for r in rows], [r["drop"] for r in rows])
     return rows
 
@@ -108,10 +109,11 @@ def accuracy(run, batches) -> float:
 def run_autotune(setup, args, out_dir: Path, source: str, out: dict):
     """`tvm_lut.autotune` on a task (resumes from `out_dir`), its plan and wall time recorded in `out`."""
     from schedules import host_target
+    from tvm_lut.autotune_cli import TASK_PROXY
     from tvm_lut.autotuning.config import AutotuneConfig
     from tvm_lut.autotuning.driver import autotune
 
-    config = AutotuneConfig(max_drop=args.max_drop, max_trials=args.max_trials)
+    config = AutotuneConfig(max_drop=args.max_drop, max_trials=args.max_trials, proxy=TASK_PROXY[source])
     result = autotune(setup.model, setup.calib, setup.eval_fn, config, host_target(1),
                       example_inputs=setup.example_inputs, learning=setup.learning, learn_batches=setup.learn,
                       out_dir=out_dir, source=source)
@@ -126,6 +128,7 @@ def run_autotune(setup, args, out_dir: Path, source: str, out: dict):
 def fashion_cnn(args, out: dict, scratch: Path) -> dict:
     """Step 1-3 of the module docstring for the CNN; returns the checks."""
     from tvm_lut.autotune_cli import task_setup
+    from tvm_lut.autotuning.config import PROXIES
     from tvm_lut.pq.handler import learn_pq
     from tvm_lut.pq.swap import unswap_
     from tvm_lut.pq.tasks import CNN_PQ
@@ -138,10 +141,10 @@ def fashion_cnn(args, out: dict, scratch: Path) -> dict:
     result = run_autotune(setup, args, out_dir, "fashion-cnn", out)
     if args.proxy_study:
         out["proxy_study"] = proxy_study(setup, out_dir, args.proxy_images, out)
-        print(f"proxies against the measured single-layer k-means drop (Spearman): task loss "
-              f"{out['spearman_task_loss']:.3f}, output error {out['spearman_output_error']:.3f}", flush=True)
+        print("proxies against the measured single-layer k-means drop (Spearman): " + ", ".join(
+            f"{proxy} {out[f'spearman_{proxy}']:.3f}" for proxy in PROXIES), flush=True)
     hand_start = time.perf_counter()
-    hand = learn_pq(setup.model, setup.learn, dataclasses.replace(CNN_PQ, epochs=args.epochs), progress=False)
+    hand = learn_pq(setup.model, setup.learn, dataclasses.replace(CNN_PQ, epochs=setup.learning.epochs), progress=False)
     out["seconds_hand_picked_learning"] = time.perf_counter() - hand_start
     hand_metric = setup.eval_fn(hand.model)
     built = engines(setup, {"tvm hand-picked pq": (unswap_(hand.model), hand.bundle),
@@ -236,9 +239,9 @@ def main(argv=None) -> int:
                         help="the task (fashion-cnn)")
     parser.add_argument("--max-drop", type=float, default=1.0, help="allowed test-accuracy drop in points (1.0)")
     parser.add_argument("--max-trials", type=int, default=4, help="autotuning trials (4)")
-    parser.add_argument("--epochs", type=int, default=1, help="learning epochs per trial (1)")
+    parser.add_argument("--epochs", type=int, help="learning epochs per trial (task default: CNN 1, MiniLM 2)")
     parser.add_argument("--learn-size", type=int,
-                        help="training images / tweets for learning (task default: 10000 images, 1024 tweets)")
+                        help="training images / tweets for learning (task default: 10000 images, 4096 tweets)")
     parser.add_argument("--calib-size", type=int, help="minilm-l6: calibration tweets (task default 256)")
     parser.add_argument("--test-size", type=int, help="minilm-l6: held-out tweets the metric is on (1000)")
     parser.add_argument("--uniform-V", type=int, nargs="+", default=[4, 8, 16, 32],

@@ -219,9 +219,9 @@ def test_cli_quick_writes_the_plan(tmp_path):
     assert len(dense["replaced"]) == sum(layer["choice"] == "pq" for layer in plan["layers"])
 
 
-def test_repair_restores_cumulatively_in_predicted_order_until_within_budget(monkeypatch):
-    """Over budget, layers go back to exact the most harmful by the proxy first, each step measured: a step that
-    does not help is undone, and it stops as soon as the measured metric is within the budget."""
+def test_repair_restores_the_shortest_run_in_predicted_order_within_budget(monkeypatch):
+    """Over budget, layers go back to exact the most harmful by the proxy first: the shortest such run that brings
+    the measured metric within the budget, found by doubling then bisecting (about 2 log2(n) evaluations, not n)."""
     from tvm_lut.autotuning import driver
     from tvm_lut.autotuning.layers import EXACT, Choice
     from tvm_lut.autotuning.plan import LayerPlan
@@ -237,8 +237,19 @@ def test_repair_restores_cumulatively_in_predicted_order_until_within_budget(mon
     layers = [LayerPlan(name, "linear", Choice(16, 4), 10.0, 5.0) for name in harm] + \
         [LayerPlan("e", "linear", EXACT, 1.0, 1.0)]
     plan = Plan(tuple(layers), budget=1.0, exact_metric=90.0).with_metric(86.0)
-    predicted = {"b": 3.0, "c": 2.0, "a": 1.0, "d": 0.5}  # the proxy is wrong about b
-    assert driver._most_harmful(None, plan, eval_fn, 1.0, predicted) == ["c", "a", "d"]
-    assert calls == [{"b"}, {"c"}, {"c", "a"}, {"c", "a", "d"}]  # b did not help: undone; then within budget
+    predicted = {"c": 3.0, "b": 2.0, "d": 1.0, "a": 0.5}  # the proxy is wrong about b
+    assert driver._most_harmful(None, plan, eval_fn, 1.0, predicted) == ["c", "b", "d"]
+    assert calls == [{"c"}, {"c", "b"}, {"c", "b", "d", "a"}, {"c", "b", "d"}]  # 1, 2, 4 layers; then bisected
     # nothing helps: the most harmful by the proxy goes back, so the next plan differs
-    assert driver._most_harmful(None, plan, lambda _model: 86.0, 1.0, predicted) == ["b"]
+    assert driver._most_harmful(None, plan, lambda _model: 86.0, 1.0, predicted) == ["c"]
+
+    # 36 layers (MiniLM's), each costing 0.25 points: the 12 most harmful must go back, in 2 log2(36) evaluations
+    names = [f"l{i}" for i in range(36)]
+    big = Plan(tuple(LayerPlan(n, "linear", Choice(16, 4), 10.0, 5.0) for n in names), budget=6.0,
+               exact_metric=90.0).with_metric(81.0)
+    calls.clear()
+    restored = driver._most_harmful(None, big, lambda exact: calls.append(1) or 81.0 + 0.25 * len(exact), 6.0,
+                                    {n: -i for i, n in enumerate(names)})
+    assert restored == names[:12] and len(calls) <= 11
+
+

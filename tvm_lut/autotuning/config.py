@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 
 CONFIG_VERSION = 1
 DROP_KINDS = ("absolute", "relative")
-PROXIES = ("task_loss", "output_error")
+PROXIES = ("task_loss", "output_error", "fisher")
 # The lookup kernels hold one codebook's K table rows in a 16-byte shuffle register (`relay_passes.LUTDense`).
 KERNEL_MAX_K = 16
 
@@ -33,7 +33,8 @@ class AutotuneConfig:
     - `max_trials`: plans learned and evaluated at most (each learns centroids, the expensive part);
       `time_limit_s`: no new trial starts after this many seconds (None: no limit).
     - `proxy`: the sensitivity the solver reads, "task_loss" (loss increase on calibration data when only that
-      layer is PQ with k-means centroids) or "output_error" (that layer's relative output error).
+      layer is PQ with k-means centroids), "output_error" (that layer's relative output error) or "fisher" (the
+      output error weighted by the loss gradient's square per output channel: no forward pass per choice).
     - `resolution`: steps of the predicted-drop axis in the solver's dynamic program.
     """
 

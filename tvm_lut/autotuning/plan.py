@@ -3,7 +3,7 @@
 `plan.json` in the output directory: `{"format": "tvm-lut-autotune-plan", "version": 1, "target", "budget",
 "exact_metric", "metric", "layers": [...]}`, one entry per layer in call order with `name`, `kind`, `choice`
 ("exact" or "pq"), `K`, `V` (null when exact), `exact_us`, `chosen_us` (measured alone on the target) and
-`sensitivity` (both proxies of the chosen PQ choice, zeros when exact). The result's plan also carries
+`sensitivity` (the proxies of the chosen PQ choice, zeros when exact). The result's plan also carries
 `whole_model`: `{"exact_us", "plan_us"}`, the compiled exact model and the compiled plan timed taking turns in one
 process, and `restored`: the layers that whole-model measurement sent back to exact (`guard`).
 """
@@ -97,10 +97,11 @@ class Plan:
     def table(self) -> str:
         """The plan as an aligned text table, one row per layer, then the totals."""
         rows = [(layer.name, layer.choice.label, f"{layer.exact_us:.1f}", f"{layer.chosen_us:.1f}",
-                 f"{layer.sensitivity.get('task_loss', 0.0):.4g}", f"{layer.sensitivity.get('output_error', 0.0):.4g}")
+                 f"{layer.sensitivity.get('task_loss', 0.0):.4g}", f"{layer.sensitivity.get('output_error', 0.0):.4g}",
+                 f"{layer.sensitivity.get('fisher', 0.0):.4g}")
                 for layer in self.layers]
-        rows.append(("total", f"{len(self.pq_layers)} PQ", f"{self.exact_us:.1f}", f"{self.latency_us:.1f}", "", ""))
-        header = ("layer", "choice", "exact us", "chosen us", "d task loss", "output err")
+        rows.append(("total", f"{len(self.pq_layers)} PQ", f"{self.exact_us:.1f}", f"{self.latency_us:.1f}", "", "", ""))
+        header = ("layer", "choice", "exact us", "chosen us", "d task loss", "output err", "fisher")
         widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
         lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
         lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]

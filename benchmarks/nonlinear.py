@@ -108,11 +108,12 @@ def torch_op(op: str):
 
 
 def fit_tables() -> dict:
-    from tqdm import tqdm
+    from tvm_lut.progress import progress_bar
     from tvm_lut import fit_pwl
 
     names = sorted({name for names in TABLES.values() for name in names})
-    return {name: fit_pwl(name) for name in tqdm(names, desc="fitting NN-LUT tables", leave=False, disable=not sys.stderr.isatty())}
+    return {name: fit_pwl(name)
+            for name in progress_bar(names, desc="fitting NN-LUT tables", leave=False, progress=True)}
 
 
 def time_torch(op: str, shape, repeat: int, rng) -> float:
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from tqdm import tqdm
+    from tvm_lut.progress import progress_bar
     from schedules import host_target
     from schedules.target import num_cores, use_runtime_threads
 
@@ -179,9 +180,9 @@ def main(argv=None) -> int:
     use_runtime_threads(target)  # TVM's own default is half the logical CPUs
     tables = fit_tables()
     torch_ms = [1e3 * time_torch(op, shape, args.repeat, np.random.default_rng(0))
-                for op, shape in tqdm(CASES, desc="timing PyTorch", leave=False, disable=not sys.stderr.isatty())]
+                for op, shape in progress_bar(CASES, desc="timing PyTorch", leave=False, progress=True)]
     rows = []
-    for (op, shape), torch_time in zip(tqdm(CASES, desc="timing TVM", leave=False, disable=not sys.stderr.isatty()), torch_ms):
+    for (op, shape), torch_time in zip(progress_bar(CASES, desc="timing TVM", leave=False, progress=True), torch_ms):
         row = run_case(op, shape, tables, target, args.repeat, args.check, np.random.default_rng(0))
         row["torch_ms"] = torch_time
         for variant in ("exact", "fastmath", "torch"):

@@ -137,7 +137,7 @@ def main(argv=None) -> int:
         parser.error("--threads must be at least 1")
 
     import torch
-    from tqdm import tqdm
+    from tvm_lut.progress import progress_bar
 
     from schedules import host_target
     from schedules.intrin import lookup_intrin
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
                       rng.standard_normal((outputs, x_shape[1], kernel, kernel)).astype(np.float32), source))
 
     with tempfile.TemporaryDirectory() as tmp:
-        for row, x, weight, source in tqdm(cases, desc="compile and measure", disable=not sys.stderr.isatty()):
+        for row, x, weight, source in progress_bar(cases, desc="compile and measure", progress=True):
             systems = _systems(row, x, weight, source, target, threads, intrin, tmp)
             for fn in systems.values():
                 fn()  # warm-up

@@ -116,7 +116,7 @@ def observe_ranges(model: torch.nn.Module, calib_batches, percentile: float = 99
                    progress: bool = True) -> dict[str, ObservedRange]:
     """Run `model` on every batch (a tensor, or `(inputs, labels)` with inputs a tensor or tuple) in eval
     mode without gradients and return what each LUT function saw, keyed by function name."""
-    from tqdm import tqdm
+    from tvm_lut.progress import progress_bar
 
     if not 50 < percentile <= 100:
         raise ValueError(f"percentile must be in (50, 100], got {percentile}")
@@ -127,7 +127,8 @@ def observe_ranges(model: torch.nn.Module, calib_batches, percentile: float = 99
     model.eval()
     try:
         with torch.no_grad(), recorder:
-            for batch in tqdm(calib_batches, desc="calibrating ranges", disable=not progress, leave=False):
+            for batch in progress_bar(calib_batches, desc="calibrating ranges", unit="batch", progress=progress,
+                                      leave=False):
                 model(*split_batch(batch)[0])
                 batches += 1
     finally:

@@ -49,14 +49,14 @@ def _cpu_model() -> str | None:
 
 def fit_default_bundle(progress: bool = True) -> Bundle:
     """Fit the default tables now (what `python -m tvm_lut.defaults` writes)."""
-    from tqdm import tqdm
+    from tvm_lut.progress import progress_bar
 
     from tvm_lut.functions import FUNCTIONS
     from tvm_lut.pwl_fit import fit_pwl
 
     bundle = Bundle(provenance={"generator": "python -m tvm_lut.defaults", "entries": DEFAULT_ENTRIES,
                                 **fit_platform()})
-    for name in tqdm(sorted(FUNCTIONS), desc="fitting default tables", disable=not progress):
+    for name in progress_bar(sorted(FUNCTIONS), desc="fitting default tables", unit="table", progress=progress):
         bundle.add(name, fit_pwl(name, DEFAULT_ENTRIES))
     return bundle
 

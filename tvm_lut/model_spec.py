@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -353,12 +352,14 @@ def threads_from_args(args: argparse.Namespace) -> int:
 
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                        help="no progress bars (the default when stderr is not a terminal: one line per step)")
+                        help="no progress output (default: a bar on a terminal, a line per tenth of each step in "
+                        "a log)")
 
 
 def progress_from_args(args: argparse.Namespace) -> bool:
-    """Progress bars only on a terminal unless asked otherwise: a log gets the step lines, not carriage returns."""
-    return sys.stderr.isatty() if args.progress is None else args.progress
+    """Progress unless `--no-progress`: a bar on a terminal, a line per tenth of each step in a log
+    (`tvm_lut.progress`)."""
+    return args.progress is not False
 
 
 def add_lut_arguments(parser: argparse.ArgumentParser) -> None:

@@ -74,12 +74,12 @@ def embed(
     progress: bool = True,
 ) -> np.ndarray:
     """Embeddings `(N, H)` float32 of all rows, computed in batches of exactly `batch_size` (progress bar)."""
-    from tqdm import tqdm
+    from tvm_lut.progress import progress_bar
 
     outputs = []
     total = -(-len(input_ids) // batch_size) if batch_size > 0 else 0
-    for ids, mask, real in tqdm(
-        _batches(input_ids, attention_mask, batch_size), total=total, desc=desc, unit="batch", disable=not progress
+    for ids, mask, real in progress_bar(
+        _batches(input_ids, attention_mask, batch_size), total=total, desc=desc, unit="batch", progress=progress
     ):
         outputs.append(np.asarray(encoder(ids, mask), dtype=np.float32)[:real])
     if not outputs:

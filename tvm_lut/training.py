@@ -126,7 +126,7 @@ def learn_nonlinear(model, calib_batches: Sequence, config: NonlinearConfig, *, 
     """Calibrate each function's range on the model's activations, then fit its table. A function the model
     never calls (or calls where calibration cannot see, e.g. inside scaled_dot_product_attention) gets its
     default range, so the bundle still serves it; the provenance records which ranges were calibrated."""
-    from tqdm import tqdm
+    from tvm_lut.progress import progress_bar
 
     from tvm_lut.calibrate import observe_ranges
     from tvm_lut.defaults import fit_platform
@@ -147,6 +147,6 @@ def learn_nonlinear(model, calib_batches: Sequence, config: NonlinearConfig, *, 
                                         "seen_count": observed[name].count} if name in observed else {})}
                              for name in config.functions}}
     bundle = Bundle(provenance=provenance)
-    for name in tqdm(config.functions, desc="fitting NN-LUT tables", disable=not progress):
+    for name in progress_bar(config.functions, desc="fitting NN-LUT tables", unit="table", progress=progress):
         bundle.add(name, fit_pwl(name, config.entries, ranges[name]))
     return bundle

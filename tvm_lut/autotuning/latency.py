@@ -95,7 +95,7 @@ class LatencyTable:
                 progress: bool = True, tracker=None) -> int:
         """Measure every (layer, choice) not cached yet, a layer's choices together; returns how many were
         measured. `tracker` (`schedules.rpc.Tracker`): time them on a device of its pool instead of here."""
-        from tqdm import tqdm
+        from tvm_lut.progress import progress_bar
 
         todo: dict[str, tuple[LayerSpec, list[Choice]]] = {}  # equal shapes are measured once
         for spec in specs:
@@ -103,7 +103,7 @@ class LatencyTable:
             if missing:
                 listed = todo.setdefault(spec.key(), (spec, []))[1]
                 listed += [c for c in missing if c not in listed]
-        for spec, missing in tqdm(list(todo.values()), desc="latency table", unit="layer", disable=not progress):
+        for spec, missing in progress_bar(list(todo.values()), desc="latency table", unit="layer", progress=progress):
             for choice, measured in measure_choices(spec, missing, target, database, tracker).items():
                 if isinstance(measured, NotServed):
                     log.warning("%s %s: not served: %s", spec.name, choice.label, measured)

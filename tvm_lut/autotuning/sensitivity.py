@@ -299,7 +299,7 @@ def measure(model, specs: list[LayerSpec], choices: dict[str, list[Choice]], cal
     `with_task_loss` (the costly one). One exact forward (`exact_pass`) serves every layer; a layer's task loss is
     computed from that layer onward."""
     import torch
-    from tqdm import tqdm
+    from tvm_lut.progress import progress_bar
 
     from tvm_lut.batches import as_batch_list
 
@@ -312,8 +312,8 @@ def measure(model, specs: list[LayerSpec], choices: dict[str, list[Choice]], cal
         return state
     cached = exact_pass(model, seeds, batches, kmeans_rows=kmeans_rows)
     state = state or Sensitivity(cached.loss)
-    for spec in tqdm([spec for spec in specs if spec.name in seeds], desc="sensitivity", unit="layer",
-                     disable=not progress):
+    for spec in progress_bar([spec for spec in specs if spec.name in seeds], desc="sensitivity", unit="layer",
+                             progress=progress):
         original = model.get_submodule(spec.name)
         sample = cached.samples[spec.name]
         rows = sample.rows

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tvm_lut.progress import progress_bar
 
 
 class FashionCNN(nn.Module):
@@ -42,7 +42,7 @@ def train_cnn(images: np.ndarray, labels: np.ndarray, epochs: int = 2, batch_siz
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
     gen = torch.Generator().manual_seed(seed)
     steps = epochs * -(-len(x) // batch_size)
-    with tqdm(total=steps, desc="training the CNN", disable=not progress) as bar:
+    with progress_bar(total=steps, desc="training the CNN", unit="step", progress=progress) as bar:
         for _ in range(epochs):
             for idx in torch.randperm(len(x), generator=gen).split(batch_size):
                 loss = F.cross_entropy(model(x[idx]), y[idx])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from tvm_lut.progress import progress_bar
 
 from tvm_lut.batches import as_batch_list, split_batch
 from tvm_lut.pq.config import PQConfig
@@ -26,11 +26,12 @@ def init_centroids(model: nn.Module, batches, config: PQConfig, progress: bool =
     model.eval()
     try:
         with torch.no_grad():
-            for batch in tqdm(as_batch_list(batches), desc="PQ calibration", disable=not progress, leave=False):
+            for batch in progress_bar(as_batch_list(batches), desc="PQ calibration", unit="batch", progress=progress,
+                                      leave=False):
                 inputs, _ = split_batch(batch)
                 model(*inputs)
-        for index, (name, layer) in enumerate(tqdm(layers.items(), desc="k-means", disable=not progress,
-                                                   leave=False)):
+        for index, (name, layer) in enumerate(progress_bar(layers.items(), desc="k-means", unit="layer",
+                                                           progress=progress, leave=False)):
             try:
                 layer.finish_calibration(config.kmeans_iters, config.seed + index)
             except (RuntimeError, ValueError) as err:

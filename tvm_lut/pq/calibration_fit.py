@@ -381,7 +381,7 @@ def fit_pq_tables(layers: list[DenseLayer], capture: Capture, config: PQConfig, 
                   kept: dict[str, str] | None = None, progress: bool = True) -> tuple[Bundle, CalibrationFitReport]:
     """Fit every selected layer of `layers` (in graph order) on what `capture` returns (module docstring), and
     return the bundle and the report."""
-    from tqdm import tqdm
+    from tvm_lut.progress import progress_bar
 
     report = CalibrationFitReport(kept=dict(kept or {}))
     chosen = []  # (index, layer, K, V)
@@ -401,7 +401,7 @@ def fit_pq_tables(layers: list[DenseLayer], capture: Capture, config: PQConfig, 
         raise ValueError(f"no layer of the model can be served by PQ with this config:\n{report}")
     exact = capture({}, [layer for _, layer, _, _ in chosen])
     entries: dict[str, PQTable] = {}
-    for stage in tqdm(_stages(chosen), desc="fitting PQ tables", disable=not progress):
+    for stage in progress_bar(_stages(chosen), desc="fitting PQ tables", unit="stage", progress=progress):
         wanted = [layer for _, layer, _, _ in stage]
         rows = capture(dict(entries), wanted) if settings.sequential and entries else exact
         for index, layer, K, V in stage:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from tvm_lut.progress import progress_bar
 
 from tvm_lut.batches import as_batch_list, split_batch
 from tvm_lut.pq.config import PQConfig
@@ -204,8 +204,8 @@ def train_centroids(student: nn.Module, teacher: nn.Module, batches, config: PQC
         return loss.item()
 
     total = config.epochs * len(batches)
-    bar = tqdm(total=total, initial=min(total, done["epoch"] * len(batches) + done["step"]),
-               desc="PQ centroid learning", disable=not progress)
+    bar = progress_bar(total=total, initial=min(total, done["epoch"] * len(batches) + done["step"]),
+                       desc="PQ centroid learning", unit="step", progress=progress)
     try:
         for epoch in range(done["epoch"], config.epochs):
             order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))

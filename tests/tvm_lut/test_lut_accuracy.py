@@ -129,9 +129,11 @@ def test_demo_command_prints_table_and_writes_json(monkeypatch, tmp_path, capsys
     monkeypatch.setattr(tvm_lut.lut_accuracy, "run_experiment", fake_run)
     assert main(["demo", "--n-test", "1200", "--batch-size", "4", "--json", str(tmp_path / "out" / "r.json")]) == 0
     assert (seen["config"].n_test, seen["config"].batch_size) == (1200, 4)
-    assert seen["progress"] is False  # pytest's stderr is not a terminal: step lines, no bars
+    assert seen["progress"] is True  # progress on; in a log (pytest's stderr) it is drawn as lines, not bars
     assert "targets met" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "r.json").read_text())["meets_targets"] is True
+    assert main(["demo", "--no-progress"]) == 0
+    assert seen["progress"] is False
     seen["lut_accuracy"] = 0.80
     assert main(["demo"]) == 1  # a missed target fails the job
     assert "targets MISSED" in capsys.readouterr().out

@@ -14,3 +14,14 @@ def device_pool():
         pytest.skip(reason)
     with rpc.emulated_pool(2, threads=1) as tracker:
         yield tracker
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, as the CLI runs torch (the machine's cores are shared); restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

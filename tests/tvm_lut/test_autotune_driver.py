@@ -78,13 +78,7 @@ def _run(out_dir, eval_fn, model, batches):
                             learning=LEARNING, out_dir=out_dir, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One thread, as the CLI runs torch (the machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -39,6 +39,8 @@ import numpy as np
 import tvm
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
+from tvm.ir.utils import derived_object
+from tvm.support.popen_pool import PopenPoolExecutor
 from tvm.target import Target
 
 from .rules import default_rules
@@ -49,7 +51,8 @@ from .target import architecture, export_library, num_cores, resolve_target, run
 _WORKLOADS = "database_workload.json"
 _RECORDS = "database_tuning_record.json"
 _SEARCH = "search"  # subdirectory: MetaSchedule's own trials (resume and budget), never read by compiling
-# Builder/runner workers import TVM first: on a busy 2-core machine that alone can take half a minute.
+# Builder/runner workers import TVM first: on a busy 2-core machine that alone can take half a minute. A remote
+# trial (one kernel: connect, upload, load, time) under qemu takes seconds.
 _TIMEOUT_SECONDS = 300
 # In-process timing (rule schedule, confirmation): repetitions of at least this many milliseconds each.
 _REPEAT = 3
@@ -213,12 +216,30 @@ def _search(task, database, target: Target, trials: int, per_iter: int, work_dir
 
 def _rpc_runner(tracker, devices: int, threads: int) -> ms.runner.RPCRunner:
     """MetaSchedule's runner on the tracker's pool: one worker per device (so they measure side by side), long
-    sessions, the device runtime on `threads` threads."""
+    sessions, the device runtime on `threads` threads, each trial bounded by `_TIMEOUT_SECONDS`."""
     config = ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port, tracker_key=tracker.key,
                                  session_timeout_sec=int(tracker.session_seconds))
     evaluator = ms.runner.EvaluatorConfig(number=1, repeat=_REPEAT, min_repeat_ms=_MIN_REPEAT_MS)
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=max(devices, 1),
-                               f_create_session=functools.partial(_create_session, threads=threads))
+    return _BoundedRPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=max(devices, 1),
+                             f_create_session=functools.partial(_create_session, threads=threads))
+
+
+@derived_object
+class _BoundedRPCRunner(ms.runner.RPCRunner._cls):
+    """MetaSchedule's RPC runner whose trials end after `_TIMEOUT_SECONDS`: its own pool waits on a trial for as
+    long as the session may last (30 minutes), so one trial stuck on a device stalled a whole search."""
+
+    def __init__(self, *, max_workers: int, **kwargs):
+        super().__init__(max_workers=max_workers, **kwargs)
+        self.pool.shutdown(wait=False)
+        # A trial past the timeout has its worker killed and fails with "Timeout"; the search goes on.
+        self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=_TIMEOUT_SECONDS)
+
+    def run(self, runner_inputs):
+        futures = super().run(runner_inputs)
+        for future in futures:
+            future.timeout_sec = _TIMEOUT_SECONDS  # what its "Timeout, killed after N seconds" reports
+        return futures
 
 
 def _create_session(rpc_config, threads: int):

@@ -1,3 +1,4 @@
+import socket
 import time
 
 import numpy as np
@@ -130,6 +131,21 @@ def test_an_unreachable_tracker_fails_fast_and_keeps_the_database(tmp_path):
              tracker=Tracker("127.0.0.1", free_port(), "nobody"))
     assert time.monotonic() - started < 2 * CONNECT_SECONDS
     assert _database_files(tmp_path) == before
+
+
+def test_a_trial_stuck_on_a_device_fails_after_the_trial_timeout(monkeypatch):
+    """A device that accepts the connection and never answers (the stall seen in CI): the trial ends as a
+    "Timeout" failure after the trial bound, not after the 30-minute session bound."""
+    monkeypatch.setattr(tuning, "_TIMEOUT_SECONDS", 5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the handshake; nobody ever reads or replies
+        runner = tuning._rpc_runner(Tracker("127.0.0.1", silent.getsockname()[1], "silent"), devices=1, threads=1)
+        started = time.monotonic()
+        (future,) = runner.run([ms.runner.RunnerInput("trial_none.so", "cpu", [])])
+        result = future.result()
+    assert "Timeout, killed after 5 seconds" in result.error_msg and result.run_secs is None
+    assert time.monotonic() - started < 60
 
 
 def test_a_target_that_cannot_run_here_needs_a_device(tmp_path):

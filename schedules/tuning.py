@@ -94,11 +94,12 @@ class TaskResult:
 
 
 def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: int = 64,
-         num_trials_per_iter: int = 16, rules=None, progress: bool = True, tracker=None) -> list[TaskResult]:
+         num_trials_per_iter: int = 16, rules=None, progress=True, tracker=None) -> list[TaskResult]:
     """Tune every unscheduled PrimFunc of `mod` (legalized and fused) for `target`; write records under `root`.
 
     `tracker`: a `schedules.rpc.Tracker` whose devices measure (see the module docstring); None measures here,
-    which needs a target this machine runs.
+    which needs a target this machine runs. `progress`: True/False for a tqdm bar over the tasks, or the caller's
+    own `tqdm`-like wrapper (the CLI's prints plain lines in a log).
     """
     if trials_per_task < 1:
         raise ValueError(f"trials_per_task must be >= 1, got {trials_per_task}")
@@ -106,7 +107,10 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
         raise ValueError(f"target {target} does not run on this machine: measure on the device "
                          "(--rpc-tracker HOST:PORT --rpc-key KEY)")
     devices = tracker.check() if tracker is not None else 0  # before anything is written
-    from tqdm import tqdm
+    if not callable(progress):
+        from tqdm import tqdm
+
+        progress = functools.partial(tqdm, disable=not progress)
 
     database = open_database(root, target, create=True)
     search_database = open_database(root, target, create=True, search=True)
@@ -117,7 +121,7 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
     work_dir = str(Path(root) / target_key(target))  # MetaSchedule keeps its per-task logs in work_dir/logs
     measure = _Measure(tracker, devices)
     with _timed_on_threads_of(target) if tracker is None else contextlib.nullcontext():
-        for task in tqdm(extracted, desc="tuning", unit="task", disable=not progress):
+        for task in progress(extracted, desc="tuning", unit="task"):
             results.append(_tune_task(task, database, search_database, target, rules, trials_per_task,
                                       num_trials_per_iter, work_dir, measure))
     return results

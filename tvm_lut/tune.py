@@ -11,6 +11,7 @@ continues with what each function still lacks. The model options are `tvm_lut.mo
 """
 
 import argparse
+import functools
 
 from tvm_lut import model_spec
 
@@ -18,6 +19,7 @@ from tvm_lut import model_spec
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     model_spec.add_build_arguments(parser, "tuning database directory (created; one folder per target)",
                                    db_required=True, rpc=True)
+    model_spec.add_progress_argument(parser)
     parser.add_argument("--trials", type=int, default=64, help="measured trials per function, including the "
                         "rules' own schedule (64)")
     parser.add_argument("--trials-per-iter", type=int, default=16, help="candidates measured per search round (16)")
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from relay_passes.pipeline import prepare
     from schedules.tuning import tune
+    from tvm_lut.progress import progress_bar
     from tvm_lut.target_args import resolve_tracker
 
     source, bundle, target = model_spec.build_from_args(args)
@@ -33,7 +36,8 @@ def run(args) -> int:
     mod = prepare(source.import_module(), target, bundle=bundle, nonlinear=args.nonlinear, winograd=args.winograd)
     try:
         results = tune(mod, target, args.db, trials_per_task=args.trials, num_trials_per_iter=args.trials_per_iter,
-                       tracker=tracker)
+                       tracker=tracker, progress=functools.partial(progress_bar,
+                                                                   progress=model_spec.progress_from_args(args)))
     except ValueError as err:
         raise SystemExit(f"tvm-lut tune: {err}") from None
     for result in results:

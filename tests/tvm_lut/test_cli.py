@@ -174,3 +174,21 @@ def test_cli_failure_modes_name_what_is_wrong(tmp_path, capsys, tiny_onnx):
     assert "format version 0, this tvm-lut writes version 1" in _error(
         capsys, ["learn", str(tiny_onnx), "--calib", str(tmp_path / "calib.npz"), "--quick", "-o", str(old)])
     assert "format version 0; this tvm-lut reads version 1" in _error(capsys, ["compile", str(old), "-o", so])
+
+
+@pytest.mark.parametrize("flags, lines", [([], True), (["--no-progress"], False)])
+def test_tune_reports_progress_as_lines_in_a_log(flags, lines, tmp_path, capsys, monkeypatch):
+    """`tvm-lut tune` hands the search its progress form: plain lines when stderr is a log, none with --no-progress
+    (the search itself is stubbed: only the wiring is under test)."""
+    from schedules import tuning
+
+    def search(mod, target, root, progress, **_):
+        for _task in progress(range(3), desc="tuning", unit="task"):
+            pass
+        return []
+
+    monkeypatch.setattr(tuning, "tune", search)
+    assert cli.main(["tune", "fashion-cnn", "--batch", "1", "--db", str(tmp_path), *flags]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert ("tuning: 3/3 task" in err) == lines, err

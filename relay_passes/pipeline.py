@@ -201,6 +201,7 @@ def report_of(mod: tvm.IRModule) -> dict:
         "exact_passes": [r for r in reports if r["pass"] in exact],
         "scheduled": dict(schedules.scheduled),
         "already_scheduled": list(schedules.already_scheduled),
+        "kernels": dict(schedules.kernels),
         "unscheduled": list(schedules.unscheduled),
         "why_unscheduled": dict(schedules.why_unscheduled),
         "rule_failures": {name: list(failures) for name, failures in schedules.rule_failures.items()},

@@ -1,7 +1,8 @@
 """`ApplyCPUSchedules`: schedule every PrimFunc of a module with the CPU rules, and say which ones it could not.
 
 Runs after legalization and fusion (every Relax op is a PrimFunc by then) and before TIR lowering. Functions that
-carry `tirx.is_scheduled` (hand-scheduled kernels, tuned functions) keep their schedule; only their float32 exp
+carry `tirx.is_scheduled` (tuned functions, and hand-scheduled kernels tagged `KERNEL_ATTR`) keep their schedule; the
+report tells the two apart (`already_scheduled`, `kernels`). Only their float32 exp
 and erf become vector arithmetic and their table lookups get the target's registers, as in every rule
 (`rules.common.for_target`). A function no rule fits stays naive; it is named in a warning and in the report's
 `unscheduled`, never dropped silently.
@@ -30,15 +31,18 @@ from .rules.common import for_target
 logger = logging.getLogger(__name__)
 
 REPORT_ATTR = "tvm_lut.schedule_report"
+KERNEL_ATTR = "tvm_lut.kernel"  # a hand-written kernel's kind ("pq_encode", ...), on the PrimFunc it built
 
 
 @dataclasses.dataclass
 class ScheduleReport:
     """What one run of `ApplyCPUSchedules` did: function name -> rule name, the names no rule fitted, and the
-    rules that raised on a function (function name -> [{"rule": ..., "error": ...}], in the order tried)."""
+    rules that raised on a function (function name -> [{"rule": ..., "error": ...}], in the order tried).
+    Scheduled before the rules ran: `already_scheduled` (tuning records) and `kernels` (name -> kernel kind)."""
 
     scheduled: dict[str, str] = dataclasses.field(default_factory=dict)
     already_scheduled: list[str] = dataclasses.field(default_factory=list)
+    kernels: dict[str, str] = dataclasses.field(default_factory=dict)
     unscheduled: list[str] = dataclasses.field(default_factory=list)
     rule_failures: dict[str, list[dict[str, str]]] = dataclasses.field(default_factory=dict)
     why_unscheduled: dict[str, str] = dataclasses.field(default_factory=dict)  # function -> what no rule serves
@@ -82,7 +86,11 @@ class ApplyCPUSchedules:
             name = gvar.name_hint
             target = self._target_of(func)
             if is_scheduled(func):
-                report.already_scheduled.append(name)
+                kernel = func.attrs.get(KERNEL_ATTR)
+                if kernel is not None:
+                    report.kernels[name] = str(kernel)
+                else:
+                    report.already_scheduled.append(name)
                 # A tuning record replays its schedule on the function as legalized (libm exp and erf, unbound
                 # table lookups included).
                 rewritten = for_target(func, target)

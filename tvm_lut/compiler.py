@@ -23,12 +23,13 @@ class CompileReport:
     target: str
     passes: list[dict]  # LUT passes: what became a table lookup, what stayed exact and why
     scheduled: dict[str, str]  # PrimFunc -> the rule that scheduled it
-    tuned: list[str]  # PrimFuncs scheduled from the tuning database (or already scheduled kernels)
+    tuned: list[str]  # PrimFuncs scheduled from the tuning database
     unscheduled: list[str]  # PrimFuncs no rule fitted: naive loops, named here and in a warning
     exact_passes: list[dict] = dataclasses.field(default_factory=list)  # algorithm choices (Winograd convs)
     # PrimFunc -> [{"rule", "error"}]: rules that raised on it (a bug in the rule); the next rule was tried
     rule_failures: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
     why_unscheduled: dict[str, str] = dataclasses.field(default_factory=dict)  # PrimFunc -> what no rule serves
+    kernels: dict[str, str] = dataclasses.field(default_factory=dict)  # PrimFunc -> hand-written LUT kernel kind
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -54,7 +55,8 @@ class CompileReport:
         rules = {}
         for rule in self.scheduled.values():
             rules[rule] = rules.get(rule, 0) + 1
-        lines.append(f"scheduled by rules {rules}; from the tuning database {len(self.tuned)}")
+        kernels = f"; LUT kernels {len(self.kernels)}" if self.kernels else ""
+        lines.append(f"scheduled by rules {rules}{kernels}; from the tuning database {len(self.tuned)}")
         lines.append(f"unscheduled: {', '.join(self.unscheduled) or 'none'}")
         lines += [f"  {name}: {why}" for name, why in self.why_unscheduled.items()]
         for name, failures in self.rule_failures.items():
@@ -114,7 +116,7 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
     executable.lut_report = CompileReport(target=str(target), passes=report["passes"], scheduled=report["scheduled"],
                                           tuned=report["already_scheduled"], unscheduled=report["unscheduled"],
                                           exact_passes=report["exact_passes"], rule_failures=report["rule_failures"],
-                                          why_unscheduled=report["why_unscheduled"])
+                                          why_unscheduled=report["why_unscheduled"], kernels=report["kernels"])
     return executable
 
 

@@ -26,7 +26,7 @@ _PREPACKED = "_prepacked"
 @dataclasses.dataclass
 class FunctionTime:
     name: str
-    rule: str  # the rule that scheduled it, "tuned" (a tuning record or a hand-scheduled kernel), or "unscheduled"
+    rule: str  # the rule that scheduled it, "tuned" (a tuning record), "LUT kernel" (hand-written), or "unscheduled"
     calls: int
     ms: float  # per model run, all calls
     share: float  # of the kernels' total
@@ -77,6 +77,8 @@ def _rule_of(report, name: str) -> str:
         return report.scheduled[name]
     if name in report.tuned:
         return "tuned"
+    if name in report.kernels:
+        return "LUT kernel"
     return "unscheduled" if name in report.unscheduled else "?"
 
 

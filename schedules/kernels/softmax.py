@@ -60,7 +60,8 @@ def _rows_softmax(exp_table: Table, recip_table: Table, rows: int, length: int, 
 
     @T.prim_func(s_tir=True)
     def softmax(x_in: T.Buffer(shape, "float32"), out_in: T.Buffer(shape, "float32")):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": OPAQUE})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": OPAQUE,
+                     "tvm_lut.kernel": "softmax"})
         with T.sblock("root"):  # a root block: Relax's reshape analysis reads only block-structured TIR
             x = T.decl_buffer((rows, length), "float32", data=x_in.data)
             out = T.decl_buffer((rows, length), "float32", data=out_in.data)

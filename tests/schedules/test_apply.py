@@ -4,6 +4,7 @@ import tvm
 from tvm import te, topi
 
 from schedules import ApplyCPUSchedules, RuleFailureWarning, ScheduleReport, UnscheduledWarning, host_target
+from schedules.apply import KERNEL_ATTR
 from schedules.rules import Elementwise, Reduction, default_rules
 from tests.schedules.rule_harness import TARGET, run
 
@@ -48,6 +49,12 @@ def test_keeps_functions_already_scheduled():
     mod = apply(_module(done=func))
     assert ScheduleReport.of(mod).already_scheduled == ["done"]
     tvm.ir.assert_structural_equal(mod["done"], func.with_attr("global_symbol", "done"))
+
+
+def test_reports_hand_written_kernels_apart_from_tuning_records():
+    kernel = _full_sum().with_attr("tirx.is_scheduled", True).with_attr(KERNEL_ATTR, "pq_encode")
+    report = ScheduleReport.of(ApplyCPUSchedules(target=host_target())(_module(kernel=kernel)))
+    assert report.kernels == {"kernel": "pq_encode"} and report.already_scheduled == []
 
 
 def test_already_scheduled_functions_get_vector_exp():

@@ -60,6 +60,8 @@ def test_learn_fashion_cnn_quick_then_compile_the_artifact(tmp_path, capsys):
     report = json.loads(report_path.read_text())
     (dense,) = [p for p in report["passes"] if p["pass"] == "LUTDense"]
     assert {entry["entry"] for entry in dense["replaced"]} == pq_entries and dense["unused"] == []
+    # no database: the PQ kernels are reported as what they are, not as tuning records
+    assert report["tuned"] == [] and {"pq_encode", "pq_lookup"} <= set(report["kernels"].values())
 
     # the PyTorch PQ model: the stored model's weights, each PQ layer computed by the reference of its table
     import onnx

@@ -60,7 +60,7 @@ def _var(expr) -> tirx.Var | None:
     return expr if isinstance(expr, tirx.Var) else None
 
 
-def _axes(sch: s_tir.Schedule, info: SBlockInfo) -> tuple[int, dict[str, int]] | None:
+def conv_axes(sch: s_tir.Schedule, info: SBlockInfo) -> tuple[int, dict[str, int]] | None:
     """(read index of the weight, loop position of each conv axis) if the block is a direct NCHW conv2d.
 
     The block is normalized (dlight drops unit axes: a batch of 1 or a 1x1 window has no loop), so the axes are
@@ -108,7 +108,7 @@ class Conv2d(CPURule):
         if len(reductions) != 1:
             return None
         conv = reductions[0]
-        matched = _axes(sch, conv)
+        matched = conv_axes(sch, conv)
         if matched is None:
             return None
         weight_index, axes = matched

@@ -16,8 +16,9 @@ from .winograd import Winograd
 
 
 def default_rules() -> tuple[CPURule, ...]:
-    return (Winograd(), Matmul(), PointwiseConv2d(), Conv2d(), DepthwiseConv2d(), Reduction(), Padding(), Elementwise())
+    return (Winograd(), Matmul(), PointwiseConv2d(), Conv2d(), DepthwiseConv2d(), Reduction(), Padding(),
+            Elementwise())
 
 
-__all__ = ["CPURule", "Conv2d", "DepthwiseConv2d", "Elementwise", "Matmul", "Padding", "PointwiseConv2d", "Reduction", "Winograd",
-           "default_rules"]
+__all__ = ["CPURule", "Conv2d", "DepthwiseConv2d", "Elementwise", "Matmul", "Padding", "PointwiseConv2d", "Reduction",
+           "Winograd", "default_rules"]

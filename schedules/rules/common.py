@@ -74,6 +74,11 @@ def static_extent(sch: s_tir.Schedule, loop) -> int | None:
     return int(extent) if isinstance(extent, tirx.IntImm) else None
 
 
+def output_shape(sch: s_tir.Schedule, block) -> list[int]:
+    """The static shape of the buffer the block writes."""
+    return [int(d) for d in sch.get(block).writes[0].source.shape]
+
+
 def output_dtype(sch: s_tir.Schedule, block) -> str:
     writes = sch.get(block).writes
     return str(writes[0].source.dtype) if writes else "float32"

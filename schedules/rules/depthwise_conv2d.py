@@ -20,8 +20,8 @@ from tvm.sym import detect_linear_equation
 from tvm.target import Target
 
 from ..target import vector_lanes
-from .common import PARTITION_HINT, CPURule, inline_injective, largest_divisor, output_dtype, parallelize
-from .common import static_extent, vector_width, vectorize_innermost
+from .common import PARTITION_HINT, CPURule, inline_injective, largest_divisor, output_dtype, output_shape
+from .common import parallelize, static_extent, vector_width, vectorize_innermost
 
 # Unroll the (kh, kw) taps while the unrolled body stays small (7x7 = 49 taps is ConvNeXt's).
 MAX_UNROLLED_TAPS = 49
@@ -156,7 +156,7 @@ class DepthwiseConv2d(CPURule):
             init = sch.decompose_reduction(conv.block_rv, taps[0])
             if ow_inner is not None:
                 sch.vectorize(sch.get_loops(init)[-1])
-        same_shape = all(_shape(sch, consumer) == _shape(sch, conv.block_rv) for consumer in epilogue)
+        same_shape = all(output_shape(sch, consumer) == output_shape(sch, conv.block_rv) for consumer in epilogue)
         for consumer in epilogue:
             if same_shape:  # each output row while it is in registers, in the conv's vectors
                 sch.reverse_compute_at(consumer, row, preserve_unit_loops=True)
@@ -170,7 +170,3 @@ class DepthwiseConv2d(CPURule):
             vectorize_innermost(sch, sch.fuse(*rows) if len(rows) > 1 else rows[0], lanes, row=row_extent)
         return sch
 
-
-
-def _shape(sch: s_tir.Schedule, block) -> list:
-    return [int(d) for d in sch.get(block).writes[0].source.shape]

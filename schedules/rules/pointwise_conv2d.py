@@ -20,8 +20,8 @@ from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
 
 from ..target import vector_lanes
-from .common import CPURule, inline_injective, largest_divisor, output_dtype, parallelize, static_extent
-from .common import vectorize_innermost
+from .common import CPURule, inline_injective, largest_divisor, output_dtype, output_shape, parallelize
+from .common import static_extent, vectorize_innermost
 from .conv2d import conv_axes
 
 # Vectors along the output row per register tile (more: fewer weight broadcasts per multiply-add, more registers).
@@ -84,7 +84,7 @@ class PointwiseConv2d(CPURule):
         channels, rows_per_tile, row_vectors = register_tile(extents["oh"], extents["ow"] // vector, extents["co"],
                                                              registers)
         epilogue = [info.block_rv for info in inline_injective(sch, blocks[position + 1 :])]
-        if any(_shape(sch, consumer) != _shape(sch, conv.block_rv) for consumer in epilogue):
+        if any(output_shape(sch, consumer) != output_shape(sch, conv.block_rv) for consumer in epilogue):
             return None  # a fused next-layer padding: the tiles would leave its border unwritten
 
         co_outer, co_inner = sch.split(loops["co"], [None, channels])
@@ -109,7 +109,3 @@ class PointwiseConv2d(CPURule):
         init = sch.decompose_reduction(conv.block_rv, loops["ci"])
         sch.vectorize(sch.get_loops(init)[-1])
         return sch
-
-
-def _shape(sch: s_tir.Schedule, block) -> list:
-    return [int(d) for d in sch.get(block).writes[0].source.shape]

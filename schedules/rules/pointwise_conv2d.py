@@ -63,8 +63,8 @@ class PointwiseConv2d(CPURule):
         if matched is None:
             return None
         weight_index, axes = matched
-        if "kh" in axes or "kw" in axes or "ci" not in axes:
-            return None
+        if "kh" in axes or "kw" in axes or not {"co", "oh", "ow", "ci"} <= set(axes):
+            return None  # a window, or a unit axis dropped (one channel, a one-pixel row or column)
         block = sch.get(conv.block_rv)
         data = next([r.min for r in read.region] for k, read in enumerate(block.reads)
                     if k != weight_index and not read.source.same_as(block.writes[0].source))

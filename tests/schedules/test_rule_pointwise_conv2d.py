@@ -77,6 +77,18 @@ def test_declines_what_the_channel_block_serves(shape, co, k, stride, padding):
     assert Conv2d().apply(func, TARGET, False) is not None
 
 
+@pytest.mark.parametrize("shape, co", [((1, 4, 8, 16), 1), ((1, 4, 1, 16), 8), ((1, 1, 8, 16), 8)],
+                         ids=["one-output-channel", "one-row", "one-input-channel"])
+def test_declines_unit_axes_and_the_rules_still_compute_them(shape, co):
+    """A unit axis is dropped by dlight's normalization: the rule declines (does not raise), another serves it."""
+    func = _conv_bias_relu(shape, co, 1)
+    assert PointwiseConv2d().apply(func, TARGET, False) is None
+    sch = next(s for s in (rule.apply(func, TARGET, False) for rule in default_rules()) if s is not None)
+    x, w, b = _inputs(shape, co)
+    np.testing.assert_allclose(run(sch.mod["main"], x, w, b), np.maximum(_conv_ref(x, w, 1, 0, 1) + b, 0),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_declines_a_fused_padding_of_the_next_layer():
     x = te.placeholder((1, 4, 8, 16), name="x")
     w = te.placeholder((8, 4, 1, 1), name="w")

@@ -10,13 +10,15 @@ from .depthwise_conv2d import DepthwiseConv2d
 from .elementwise import Elementwise
 from .matmul import Matmul
 from .padding import Padding
+from .pointwise_conv2d import PointwiseConv2d
 from .reduction import Reduction
 from .winograd import Winograd
 
 
 def default_rules() -> tuple[CPURule, ...]:
-    return (Winograd(), Matmul(), Conv2d(), DepthwiseConv2d(), Reduction(), Padding(), Elementwise())
+    return (Winograd(), Matmul(), PointwiseConv2d(), Conv2d(), DepthwiseConv2d(), Reduction(), Padding(),
+            Elementwise())
 
 
-__all__ = ["CPURule", "Conv2d", "DepthwiseConv2d", "Elementwise", "Matmul", "Padding", "Reduction", "Winograd",
-           "default_rules"]
+__all__ = ["CPURule", "Conv2d", "DepthwiseConv2d", "Elementwise", "Matmul", "Padding", "PointwiseConv2d", "Reduction",
+           "Winograd", "default_rules"]

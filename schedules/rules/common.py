@@ -74,6 +74,11 @@ def static_extent(sch: s_tir.Schedule, loop) -> int | None:
     return int(extent) if isinstance(extent, tirx.IntImm) else None
 
 
+def output_shape(sch: s_tir.Schedule, block) -> list[int]:
+    """The static shape of the buffer the block writes."""
+    return [int(d) for d in sch.get(block).writes[0].source.shape]
+
+
 def output_dtype(sch: s_tir.Schedule, block) -> str:
     writes = sch.get(block).writes
     return str(writes[0].source.dtype) if writes else "float32"
@@ -92,11 +97,19 @@ def inline_injective(sch: s_tir.Schedule, blocks: list[SBlockInfo], keep=()) -> 
             if not info.is_injective() or len(remaining) == 1 or info in keep:
                 continue
             if _try(sch.compute_inline, info.block_rv, single_consumer=sch) or (
-                _reads_producers_one_to_one(sch, info.block_rv) and _try(sch.reverse_compute_inline, info.block_rv)
+                _reads_producers_one_to_one(sch, info.block_rv) and not _producers_initialize(sch, info.block_rv)
+                and _try(sch.reverse_compute_inline, info.block_rv)
             ):
                 remaining.remove(info)
                 changed = True
     return remaining
+
+
+def _producers_initialize(sch: s_tir.Schedule, block_rv) -> bool:
+    """Whether a producer of the block has an init statement: a reduction whose reduced axes all have extent 1 (a 1x1
+    conv of one input channel), which dlight's normalization calls injective. TVM 0.27's `reverse_compute_inline`
+    inlines a consumer into both its init and its update, so the epilogue (bias, ReLU) is applied twice."""
+    return any(sch.get(producer).init is not None for producer in sch.get_producers(block_rv))
 
 
 def _reads_producers_one_to_one(sch: s_tir.Schedule, block_rv) -> bool:

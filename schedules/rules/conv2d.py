@@ -32,7 +32,7 @@ from tvm.target import Target
 
 from ..target import vector_lanes
 from .common import PARTITION_HINT, WEIGHT_PREPACK, CPURule, inline_injective, largest_divisor, output_dtype
-from .common import parallelize, read_stride, static_extent, vectorize_innermost
+from .common import output_shape, parallelize, read_stride, static_extent, vectorize_innermost
 
 # Output pixels per register tile, best first: R accumulator vectors plus a weight vector and a broadcast must
 # fit the 16 vector registers of AVX2, or the 32 of AVX-512 (its wider tile loads each weight vector half as
@@ -60,7 +60,7 @@ def _var(expr) -> tirx.Var | None:
     return expr if isinstance(expr, tirx.Var) else None
 
 
-def _axes(sch: s_tir.Schedule, info: SBlockInfo) -> tuple[int, dict[str, int]] | None:
+def conv_axes(sch: s_tir.Schedule, info: SBlockInfo) -> tuple[int, dict[str, int]] | None:
     """(read index of the weight, loop position of each conv axis) if the block is a direct NCHW conv2d.
 
     The block is normalized (dlight drops unit axes: a batch of 1 or a 1x1 window has no loop), so the axes are
@@ -108,7 +108,7 @@ class Conv2d(CPURule):
         if len(reductions) != 1:
             return None
         conv = reductions[0]
-        matched = _axes(sch, conv)
+        matched = conv_axes(sch, conv)
         if matched is None:
             return None
         weight_index, axes = matched
@@ -118,7 +118,8 @@ class Conv2d(CPURule):
             return None
         position = blocks.index(conv)
         consumers = blocks[position + 1 :]
-        resized = [info for info in consumers if _shape(sch, info) != _shape(sch, conv)]
+        shape = output_shape(sch, conv.block_rv)
+        resized = [info for info in consumers if output_shape(sch, info.block_rv) != shape]
         if resized and (len(resized) > 1 or resized[0] is not consumers[-1] or len(consumers) < 2):
             return None
         # A last stage of another shape (the next layer's padding, fused in) cannot run per tile: the tiles cover
@@ -177,10 +178,6 @@ class Conv2d(CPURule):
         if vector_size > 1:
             sch.vectorize(sch.get_loops(init)[-1])
         return sch
-
-
-def _shape(sch: s_tir.Schedule, info: SBlockInfo) -> list[int]:
-    return [int(d) for d in sch.get(info.block_rv).writes[0].source.shape]
 
 
 def _schedule_copy(sch: s_tir.Schedule, block, target: Target) -> None:

@@ -7,7 +7,8 @@ block, so it is a stencil over one plane: planes (n, c) run in parallel; each pl
 (and, with a stride s along the width, de-interleaved into s phases, so the taps of a strided row are one
 contiguous vector load instead of a gather); then for each output row, vectors along the output width accumulate
 the kh x kw taps (unrolled, each a broadcast weight times a vector of inputs), and the epilogue (batch norm, bias,
-ReLU6, hardswish, the next layer's padding) runs over the plane while it is in cache.
+ReLU6, hardswish) runs on each output row in the conv's vectors while they are in registers (a fused padding of
+the next layer, of another shape, runs over the plane while it is in cache).
 """
 
 import math
@@ -19,8 +20,8 @@ from tvm.sym import detect_linear_equation
 from tvm.target import Target
 
 from ..target import vector_lanes
-from .common import PARTITION_HINT, CPURule, inline_injective, largest_divisor, output_dtype, parallelize
-from .common import static_extent, vector_width, vectorize_innermost
+from .common import PARTITION_HINT, CPURule, inline_injective, largest_divisor, output_dtype, output_shape
+from .common import parallelize, static_extent, vector_width, vectorize_innermost
 
 # Unroll the (kh, kw) taps while the unrolled body stays small (7x7 = 49 taps is ConvNeXt's).
 MAX_UNROLLED_TAPS = 49
@@ -121,7 +122,7 @@ class DepthwiseConv2d(CPURule):
         lanes = vector_lanes(target, output_dtype(sch, conv.block_rv))
 
         loops = sch.get_loops(conv.block_rv)
-        plane, (_, ow, *taps) = loops[:plane_axes], loops[plane_axes:]
+        plane, (row, ow, *taps) = loops[:plane_axes], loops[plane_axes:]
         work = math.prod(static_extent(sch, loop) for loop in loops)
         anchor = sch.fuse(*plane) if len(plane) > 1 else plane[0]
         parallelize(sch, anchor, work, target)
@@ -155,10 +156,17 @@ class DepthwiseConv2d(CPURule):
             init = sch.decompose_reduction(conv.block_rv, taps[0])
             if ow_inner is not None:
                 sch.vectorize(sch.get_loops(init)[-1])
+        same_shape = all(output_shape(sch, consumer) == output_shape(sch, conv.block_rv) for consumer in epilogue)
         for consumer in epilogue:
-            sch.reverse_compute_at(consumer, anchor, preserve_unit_loops=True)
+            if same_shape:  # each output row while it is in registers, in the conv's vectors
+                sch.reverse_compute_at(consumer, row, preserve_unit_loops=True)
+                width = sch.get_loops(consumer)[-1]
+                if factor > 1:
+                    sch.vectorize(sch.split(width, factors=[None, factor])[-1])
+                continue
+            sch.reverse_compute_at(consumer, anchor, preserve_unit_loops=True)  # a fused padding: over the plane
             rows = sch.get_loops(consumer)[1:]
-            row = static_extent(sch, rows[-1])  # vectors within a row: their indices stay linear
-            vectorize_innermost(sch, sch.fuse(*rows) if len(rows) > 1 else rows[0], lanes, row=row)
+            row_extent = static_extent(sch, rows[-1])  # vectors within a row: their indices stay linear
+            vectorize_innermost(sch, sch.fuse(*rows) if len(rows) > 1 else rows[0], lanes, row=row_extent)
         return sch
 

@@ -130,3 +130,21 @@ def test_hardswish_divides_by_a_product():
     """The epilogue's `/ 6` runs as a multiplication by 1/6 (a vector division is a slow instruction)."""
     text = scheduled(DepthwiseConv2d(), _depthwise((1, 8, 14, 14), 5, padding=2, epilogue="hardswish")).script()
     assert "T.float32(6.0)" in text and "/ T.float32(6.0)" not in text and "T.float32(0.16666666666666666)" in text
+
+
+def test_epilogue_runs_per_row_in_the_convs_vectors():
+    """14-wide rows: the bias and ReLU6 in the conv's 14-lane vectors, per row (not 2-lane vectors over the plane)."""
+    text = scheduled(DepthwiseConv2d(), _depthwise((1, 8, 14, 14), 3, 1, 1)).script()
+    assert text.count("T.vectorized(14)") == 3 and "T.vectorized(2)" not in text  # init, taps, epilogue
+
+
+def test_fused_padding_of_the_next_layer_runs_over_the_plane():
+    """An epilogue of another shape (the next conv's padding) cannot run per output row; it runs per plane."""
+    shape = (2, 8, 9, 12)
+    x, w = te.placeholder(shape, name="x"), te.placeholder((shape[1], 1, 3, 3), name="w")
+    conv = topi.clip(topi.nn.group_conv2d_nchw(x, w, 1, 1, 1, groups=shape[1]), 0.0, 6.0)
+    func = scheduled(DepthwiseConv2d(), te.create_prim_func([x, w, topi.nn.pad(conv, [0, 0, 1, 2], [0, 0, 2, 1])]))
+    data = RNG.standard_normal(shape, dtype="float32")
+    weight = RNG.standard_normal((shape[1], 1, 3, 3), dtype="float32")
+    expected = np.pad(np.clip(_depthwise_ref(data, weight, 1, 1, 1), 0, 6), ((0, 0), (0, 0), (1, 2), (2, 1)))
+    np.testing.assert_allclose(run(func, data, weight), expected, rtol=1e-5, atol=1e-5)

@@ -78,3 +78,14 @@ def test_a_gate_read_by_two_broadcasts_is_served_and_matches_numpy(shape):
     ys = RNG.standard_normal(shape, dtype="float32")
     g = 1 / (1 + np.exp(-xs))
     np.testing.assert_allclose(run(func, xs, ys), ys * g + g, rtol=1e-5, atol=1e-6)
+
+
+def test_a_reduction_over_unit_axes_keeps_its_epilogue_once():
+    """A 1x1 conv of one input channel reduces over axes of extent 1 only, so dlight calls it injective; its bias and
+    ReLU must not be inlined into its init as well as its update (TVM's reverse inlining does both)."""
+    x, w, b = (te.placeholder(shape, name=name) for shape, name in (((1, 1, 4, 8), "x"), ((3, 1, 1, 1), "w"),
+                                                                    ((1, 3, 1, 1), "b")))
+    func = te.create_prim_func([x, w, b, topi.nn.relu(topi.add(topi.nn.conv2d_nchw(x, w, 1, 0, 1), b))])
+    data, weight, bias = (RNG.standard_normal([int(d) for d in t.shape], dtype="float32") for t in (x, w, b))
+    expected = np.maximum(data * weight.reshape(1, 3, 1, 1) + bias, 0)
+    np.testing.assert_allclose(run(scheduled(Elementwise(), func), data, weight, bias), expected, rtol=1e-6)

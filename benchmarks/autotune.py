@@ -337,7 +337,7 @@ def main(argv=None) -> int:
                         help="the task (fashion-cnn)")
     parser.add_argument("--max-drop", type=float, default=1.0, help="allowed test-accuracy drop in points (1.0)")
     parser.add_argument("--max-trials", type=int, default=4, help="autotuning trials (4)")
-    parser.add_argument("--epochs", type=int, help="learning epochs per trial (task default: CNN 1, MiniLM 2)")
+    parser.add_argument("--epochs", type=int, help="learning epochs per trial (task default: 1)")
     parser.add_argument("--learn-size", type=int,
                         help="training images / tweets for learning (task default: 10000 images, 4096 tweets)")
     parser.add_argument("--calib-size", type=int, help="minilm-l6: calibration tweets (task default 256)")

@@ -2,6 +2,7 @@
 
     python -m benchmarks.autotune [--max-drop 1.0] [--cnn-weights FP32.safetensors] [--out-dir DIR] [--json PATH]
     python -m benchmarks.autotune --model minilm-l6 [--max-drop 1.0] [--uniform-V 4 8 16 32] [--out-dir DIR]
+    python -m benchmarks.autotune --model minilm-l6 --speed-bound [--clock cpu]
 
 One thread throughout (the target, TVM's runtime pool, torch, ONNX Runtime). Steps:
 1. `tvm_lut.autotune` on the CNN (`tvm-lut autotune fashion-cnn`'s task: calibration images from the end of the
@@ -21,7 +22,15 @@ resumes it), then one bundle per `--uniform-V` (K=16, every encoder Linear, lear
 settings and data, cached beside `--out-dir` in `DIR.uniform/`), then ONNX Runtime fp32, TVM exact, every uniform
 bundle and the autotuned plan timed in turn. Checks: >= 1.2x faster than the fastest uniform-V bundle within the
 budget, autotuning wall time (summed over resumed runs, by part) <= 45 minutes, the plan within the budget. The
-load average at start and end is printed: on a shared machine every wall time is inflated by it.
+load average at start and end is printed: on a shared machine every wall time is inflated by it (`--clock cpu`
+times the process's CPU time instead).
+
+`--speed-bound` (minilm-l6) learns nothing: it asks how much any per-layer plan *can* gain over a uniform bundle.
+The model (the pretrained encoder, a random head) is compiled with random PQ tables (speed does not depend on their
+values) as every uniform (K, V) of `--uniform-V` with K in {8, 16}, and as the fastest plan by the autotuner's
+latency table ignoring accuracy (exact where PQ is slower); each with NN-LUT off (as the comparison above compiles)
+and on (the deployed LUT model); all timed in turn. No plan the autotuner finds can beat a uniform bundle by more
+than the fastest plan does.
 """
 
 import argparse
@@ -150,7 +159,8 @@ def fashion_cnn(args, out: dict, scratch: Path) -> dict:
     built = engines(setup, {"tvm hand-picked pq": (unswap_(hand.model), hand.bundle),
                             "tvm autotuned": (result.model, result.bundle)}, scratch)
     image = aligned(setup.example_inputs[0].numpy())
-    seconds = median_latencies({k: (lambda run=run: run(image)) for k, run in built.items()}, 1, args.repeat)
+    seconds = median_latencies({k: (lambda run=run: run(image)) for k, run in built.items()}, 1, args.repeat,
+                               cpu_clock=args.clock == "cpu")
     exact_metric = result.plan.exact_metric
     torch_metric = {"ort fp32": exact_metric, "tvm rules exact": exact_metric, "tvm hand-picked pq": hand_metric,
                     "tvm autotuned": result.plan.metric}
@@ -160,7 +170,7 @@ def fashion_cnn(args, out: dict, scratch: Path) -> dict:
     out["rows"] = rows
     by_name = {row["engine"]: row for row in rows}
     auto, exact = by_name["tvm autotuned"], by_name["tvm rules exact"]
-    print(f"CPU {out['cpu']}; one thread; median of {args.repeat}; vs_ort_fp32 > 1 is faster than ONNX Runtime fp32")
+    print(f"CPU {out['cpu']}; one thread; {args.clock} clock; median of {args.repeat}; vs_ort_fp32 > 1 is faster than ONNX Runtime fp32")
     print(format_table(rows, ["engine", "latency_us", "vs_ort_fp32", "accuracy_torch", "accuracy_compiled"]))
     return {
         "autotuned_not_slower_than_exact": auto["latency_us"] <= exact["latency_us"],
@@ -184,7 +194,8 @@ def minilm(args, out: dict, scratch: Path) -> dict:
         print(f"{name}: metric {metric:.2f} (exact {exact_metric:.2f})", flush=True)
     built = engines(setup, {**uniform, "tvm autotuned": (result.model, result.bundle)}, scratch)
     inputs = [aligned(x.numpy()) for x in setup.example_inputs]
-    seconds = median_latencies({k: (lambda run=run: run(*inputs)) for k, run in built.items()}, 1, args.repeat)
+    seconds = median_latencies({k: (lambda run=run: run(*inputs)) for k, run in built.items()}, 1, args.repeat,
+                               cpu_clock=args.clock == "cpu")
     metrics.update({"ort fp32": exact_metric, "tvm rules exact": exact_metric, "tvm autotuned": result.plan.metric})
     rows = [{"engine": name, "latency_ms": 1e3 * seconds[name], "vs_ort_fp32": seconds["ort fp32"] / seconds[name],
              "accuracy_torch": metrics[name], "drop": exact_metric - metrics[name]} for name in built]
@@ -193,7 +204,7 @@ def minilm(args, out: dict, scratch: Path) -> dict:
     baseline = min(within, key=lambda row: row["latency_ms"]) if within else None
     auto = next(row for row in rows if row["engine"] == "tvm autotuned")
     out["fastest_uniform_within_budget"] = None if baseline is None else baseline["engine"]
-    print(f"CPU {out['cpu']}; one thread; batch 8x64; median of {args.repeat}; accuracy on "
+    print(f"CPU {out['cpu']}; one thread; {args.clock} clock; batch 8x64; median of {args.repeat}; accuracy on "
           f"{args.test_size or 1000} held-out tweets (PyTorch, the compiled models run the same tables)")
     print(format_table(rows, ["engine", "latency_ms", "vs_ort_fp32", "accuracy_torch", "drop"]))
     speedup = None if baseline is None else baseline["latency_ms"] / auto["latency_ms"]
@@ -232,6 +243,93 @@ def uniform_bundles(setup, values: list[int], out_dir: Path) -> tuple[dict, dict
     return uniform, metrics
 
 
+def random_bundle(model, specs, plan: dict):
+    """A bundle of random PQ tables for the PQ choices of `plan` (layer name -> `Choice`), or None if it has none.
+    Each layer gets its own seed: equal centroids would let the compiler merge the encodes of layers reading one
+    input (MiniLM's query, key and value), which learned tables never allow."""
+    from tvm_lut.bundle import Bundle
+    from tvm_lut.pq.table import PQTable
+
+    tables = {}
+    for index, spec in enumerate(specs):
+        choice = plan[spec.name]
+        if choice.exact:
+            continue
+        layer = model.get_submodule(spec.name)
+        centroids = np.random.default_rng(index).standard_normal(
+            (spec.in_features // choice.V, choice.K, choice.V)).astype(np.float32)
+        bias = None if layer.bias is None else layer.bias.detach().numpy()
+        tables[spec.name] = PQTable.from_weight(centroids, layer.weight.detach().numpy(), bias)
+    return Bundle(tables) if tables else None
+
+
+def fastest_plan(specs, choices: dict, latencies) -> dict:
+    """Layer name -> its fastest choice in the latency table (`LatencyTable`), accuracy ignored; a choice the pass
+    does not serve (no latency) is never taken."""
+    return {spec.name: min((c for c in choices[spec.name] if latencies.get(spec, c) is not None),
+                           key=lambda c, spec=spec: latencies.get(spec, c)) for spec in specs}
+
+
+def speed_bound(args, out: dict, scratch: Path) -> dict:
+    """`--speed-bound` (module docstring): whole-model latency of uniform and fastest plans with random tables;
+    returns the checks (the fastest plan against the uniform K=16 bundle of each V)."""
+    import torch
+    from torch import nn
+
+    import tvm_lut
+    from schedules import host_target
+    from tvm_lut.autotuning.config import AutotuneConfig
+    from tvm_lut.autotuning.latency import LatencyTable
+    from tvm_lut.autotuning.layers import Choice, find_layers
+    from tvm_lut.frontend import from_torch
+    from tvm_lut.models.minilm import load_minilm
+    from tvm_lut.pq.tasks import MINILM_PQ, TweetClassifier
+
+    if args.model != "minilm-l6":
+        raise SystemExit("--speed-bound compares uniform bundles of every encoder Linear: --model minilm-l6 only")
+    target = host_target(1)
+    torch.manual_seed(0)
+    model = TweetClassifier(load_minilm(), nn.Linear(384, 2)).eval()
+    ids = torch.ones((8, 64), dtype=torch.int64)
+    example = (ids, torch.ones_like(ids))
+    config = AutotuneConfig()
+    specs, _ = find_layers(model, example, config)
+    choices = {spec.name: spec.choices(config) for spec in specs}
+    latencies = LatencyTable(target)
+    latencies.measure(specs, choices, target, progress=False)
+    plans = {"exact": {spec.name: Choice() for spec in specs}}
+    uniform = AutotuneConfig(include=MINILM_PQ.include)
+    for k in sorted(config.K, reverse=True):
+        for v in args.uniform_V:
+            plans[f"uniform K={k} V={v}"] = {spec.name: Choice(k, v) if uniform.selects(spec.name) else Choice()
+                                             for spec in specs}
+    plans["fastest per layer"] = fastest_plan(specs, choices, latencies)
+    out["fastest_plan"] = {name: choice.label for name, choice in plans["fastest per layer"].items()}
+    built = {}
+    for nonlinear in (False, True):
+        for label, plan in plans.items():
+            executable = tvm_lut.compile(from_torch(model, example), random_bundle(model, specs, plan), target,
+                                         nonlinear=nonlinear)
+            name = f"{label}{', NN-LUT' if nonlinear else ''}"
+            built[name] = tvm_runner(executable, scratch / f"bound{len(built)}.so")[0]
+    inputs = [aligned(x.numpy()) for x in example]
+    seconds = median_latencies({k: (lambda run=run: run(*inputs)) for k, run in built.items()}, 1, args.repeat,
+                               cpu_clock=args.clock == "cpu")
+    rows = []
+    for nonlinear in (False, True):
+        suffix = ", NN-LUT" if nonlinear else ""
+        fastest = seconds[f"fastest per layer{suffix}"]
+        rows += [{"plan": label, "nn_lut": nonlinear, "latency_ms": 1e3 * seconds[label + suffix],
+                  "this_over_fastest": seconds[label + suffix] / fastest} for label in plans]
+    out["rows"] = rows
+    print(f"CPU {out['cpu']}; one thread; {args.clock} clock; batch 8x64; median of {args.repeat}; random tables; "
+          "this_over_fastest: the most any plan can gain over this one")
+    print(format_table(rows, ["plan", "nn_lut", "latency_ms", "this_over_fastest"]))
+    return {f"fastest plan at least 1.2x uniform K=16 V={v} (NN-LUT {'on' if nonlinear else 'off'})":
+            row["this_over_fastest"] >= 1.2 for nonlinear in (False, True) for v in args.uniform_V
+            for row in rows if row["plan"] == f"uniform K=16 V={v}" and row["nn_lut"] == nonlinear}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser, repeat=9)
@@ -239,7 +337,7 @@ def main(argv=None) -> int:
                         help="the task (fashion-cnn)")
     parser.add_argument("--max-drop", type=float, default=1.0, help="allowed test-accuracy drop in points (1.0)")
     parser.add_argument("--max-trials", type=int, default=4, help="autotuning trials (4)")
-    parser.add_argument("--epochs", type=int, help="learning epochs per trial (task default: CNN 1, MiniLM 2)")
+    parser.add_argument("--epochs", type=int, help="learning epochs per trial (task default: 1)")
     parser.add_argument("--learn-size", type=int,
                         help="training images / tweets for learning (task default: 10000 images, 4096 tweets)")
     parser.add_argument("--calib-size", type=int, help="minilm-l6: calibration tweets (task default 256)")
@@ -249,6 +347,12 @@ def main(argv=None) -> int:
     parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (default: train them here)")
     parser.add_argument("--cnn-train-epochs", type=int, default=5,
                         help="epochs the FP32 CNN is trained for without --cnn-weights (5)")
+    parser.add_argument("--speed-bound", action="store_true",
+                        help="minilm-l6: no learning; how much faster than each uniform bundle the fastest plan "
+                             "could be (random tables)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (default), or the process's CPU time: on a shared machine the time other "
+                             "processes take is then not counted")
     parser.add_argument("--out-dir", type=Path, help="autotune output directory (resumable; default: a temporary one)")
     parser.add_argument("--no-proxy-study", dest="proxy_study", action="store_false")
     parser.add_argument("--proxy-images", type=int, default=1000,
@@ -264,15 +368,17 @@ def main(argv=None) -> int:
     out = {"cpu": _cpu_model(), "target": str(host_target(1)), "threads": 1, "model": args.model,
            "max_drop": args.max_drop, "load_average_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as scratch:
-        checks = (fashion_cnn if args.model == "fashion-cnn" else minilm)(args, out, Path(scratch))
+        task = speed_bound if args.speed_bound else fashion_cnn if args.model == "fashion-cnn" else minilm
+        checks = task(args, out, Path(scratch))
     out["checks"] = checks
     out["load_average_end"] = os.getloadavg()
-    plan = out["plan"]
+    plan = out.get("plan", {})  # no plan with --speed-bound
     if plan.get("whole_model"):
         whole = plan["whole_model"]
         print(f"autotuner's whole-model guard (same process): exact {whole['exact_us']:.1f} us, plan "
               f"{whole['plan_us']:.1f} us; restored {plan['restored'] or 'nothing'}")
-    print("wall time by part (s): " + ", ".join(f"{k} {v:.1f}" for k, v in out["autotune_seconds"].items()))
+    if "autotune_seconds" in out:
+        print("wall time by part (s): " + ", ".join(f"{k} {v:.1f}" for k, v in out["autotune_seconds"].items()))
     print(f"load average at start {out['load_average_start']}, at end {out['load_average_end']}")
     for check, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {check}")

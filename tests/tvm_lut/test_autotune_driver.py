@@ -172,6 +172,25 @@ def test_the_guard_restores_a_layer_that_does_not_pay_in_the_whole_model(tmp_pat
     assert "whole model, compiled and timed together" in (tmp_path / "out" / "report.txt").read_text()
 
 
+def test_a_finished_run_called_again_does_no_work(tmp_path, counted):
+    """Not even the proxy's calibration: once a trial exists its scale was loosened by what learning recovered, and a
+    calibration step redone on resume would overwrite it (a resumed MiniLM run re-scaled its proxy 9x)."""
+    model, batches, eval_fn = _task()
+    first = _run(tmp_path / "out", eval_fn, model, batches)
+    state = json.loads((tmp_path / "out" / "autotune-state" / "state.json").read_text())
+    # fewer steps than CALIBRATION_STEPS, as a run whose calibration converged early (here none, so that the plan a
+    # redone step would solve is new whatever the loosened scale)
+    state["calibration"] = []
+    (tmp_path / "out" / "autotune-state" / "state.json").write_text(json.dumps(state))
+    before = dict(counted)
+    calls = []
+    again = _run(tmp_path / "out", lambda m: calls.append(1) or eval_fn(m), model, batches)
+    assert calls == [] and counted == before
+    assert _labels(again.plan) == _labels(first.plan)
+    saved = json.loads((tmp_path / "out" / "autotune-state" / "state.json").read_text())
+    assert saved["alpha"] == state["alpha"] and saved["calibration"] == []
+
+
 def _labels(plan):
     return {name: choice.label for name, choice in plan.choices.items()}
 

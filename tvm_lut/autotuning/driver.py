@@ -182,7 +182,9 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
     planner = _Planner(specs, choices, latencies, sensitivity, config, str(target), budget, exact_metric)
 
     with state.timed("calibration"), torch.no_grad():
-        while len(state["calibration"]) < CALIBRATION_STEPS and not out_of_time():
+        # only before the first trial: a trial rescales the proxy by what learning recovered, which a calibration
+        # step redone on resume would overwrite
+        while not state["trials"] and len(state["calibration"]) < CALIBRATION_STEPS and not out_of_time():
             alpha = state["alpha"]
             plan = planner.solve(float("inf") if alpha is None else budget / alpha, set())
             if any(entry["choices"] == _labels(plan) for entry in state["calibration"]):

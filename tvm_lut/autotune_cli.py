@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from pathlib import Path
 
 MODELS = ("fashion-cnn", "minilm-l6")
@@ -177,17 +178,19 @@ def run(args: argparse.Namespace) -> int:
     print(result.plan.table())
     print("wall time by part (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
     if args.tune_trials is not None and result.bundle is not None:
-        _tune_plan(result, setup.example_inputs, target, args.db, args.tune_trials, tracker)
+        _tune_plan(result, setup.example_inputs, target, args.db, args.tune_trials, tracker, progress)
     print(f"wrote {args.output} (plan.json, report.txt, plans.png)")
     return 0
 
 
-def _tune_plan(result, example_inputs, target, db, trials: int, tracker=None) -> None:
+def _tune_plan(result, example_inputs, target, db, trials: int, tracker=None, progress: bool = True) -> None:
     """MetaSchedule tuning of the chosen plan's functions (the PQ kernels carry their own schedule)."""
     from relay_passes.pipeline import prepare
     from schedules.tuning import tune
     from tvm_lut.frontend import from_torch
+    from tvm_lut.progress import progress_bar
 
     mod = prepare(from_torch(result.model, example_inputs), target, bundle=result.bundle)
-    for task in tune(mod, target, db, trials_per_task=trials, tracker=tracker):
+    for task in tune(mod, target, db, trials_per_task=trials, tracker=tracker,
+                     progress=functools.partial(progress_bar, progress=progress)):
         print(f"tuned {task.name}: {task.trials} trials, best {task.best_ms} ms")

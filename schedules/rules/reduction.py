@@ -18,8 +18,8 @@ from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
 
 from ..target import vector_lanes
-from .common import CPURule, inline_injective, largest_divisor, output_dtype, parallelize, read_stride
-from .common import static_extent, vector_width, vectorize_innermost
+from .common import PARTITION_HINT, CPURule, inline_injective, largest_divisor, output_dtype, parallelize
+from .common import read_stride, static_extent, vector_width, vectorize_innermost
 from .elementwise import Elementwise
 
 
@@ -75,6 +75,16 @@ def _innermost_index(read):
     shape = read.source.shape
     dims = [k for k, extent in enumerate(shape) if not _is_unit(extent)]
     return read.region[dims[-1] if dims else -1].min
+
+
+def _loops_by_iter(sch: s_tir.Schedule, block) -> list:
+    """The loops of `block` in the order of the block's iterators (each bound to one loop variable)."""
+    loops = sch.get_loops(block)
+    realize = sch.get(loops[-1]).body
+    while not isinstance(realize, s_tir.SBlockRealize):
+        realize = realize.body
+    by_var = {sch.get(loop).loop_var: loop for loop in loops}
+    return [next(rv for var, rv in by_var.items() if value.same_as(var)) for value in realize.iter_values]
 
 
 def _per_row_values(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> list[SBlockInfo]:
@@ -138,6 +148,8 @@ class Reduction(CPURule):
         if single_row and any(info.dom_kind().count("R") > 1 for info in blocks):
             return None  # no rows to run in parallel and no single reduction axis to vectorize
 
+        if not single_row and any(self._ragged(sch, info, lanes) for info in blocks if not info.is_injective()):
+            return self._ragged_rows(sch, blocks, rows, lanes, target)
         # With per-row values (LayerNorm's rsqrt, softmax's reciprocal), rows go in tiles of one vector: every stage
         # but the output runs over the tile's rows, so a per-row value is computed for a vector of rows at once
         # (a tile's rows stay in L1 for the output pass). Where the tiled form does not fit, rows go one by one.
@@ -182,6 +194,43 @@ class Reduction(CPURule):
             self._vectorize_row(sch, block, sch.get_loops(block)[anchor_depth:], kind, lanes)
         last, kind = stages[-1]
         self._vectorize_row(sch, last, sch.get_loops(last)[anchor_depth + (tile > 1) :], kind, lanes)
+        return sch
+
+    @staticmethod
+    def _ragged(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> bool:
+        """Whether a reduction runs over a single contiguous axis longer than a vector that no vector width divides
+        (ViT's 197 tokens, a prime: `_place` would leave it scalar). Swin's 49-token windows are not ragged: 7-lane
+        vectors divide them, and measured faster than whole vectors with a tail in `_ragged_rows`."""
+        extent = static_extent(sch, sch.get_loops(info.block_rv)[-1])
+        return (info.dom_kind().count("R") == 1 and extent is not None and extent > lanes
+                and vector_width(extent, lanes) < 2 and _reads_contiguously(sch, info))
+
+    def _ragged_rows(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], rows: int, lanes: int,
+                     target: Target) -> s_tir.Schedule:
+        """Rows whose reduction axis no vector divides, each stage a pass of its own over every row (rows in
+        parallel). A reduction goes in whole vectors of partial results and a last, partial vector: the axis is split
+        by the vector width with a bound check, and rfactored. The stages stay apart because TVM 0.27's `compute_at`
+        drops a split's bound check (the partial vector would read past the row) and `rfactor` refuses a reduction
+        that shares its row loop with an earlier stage. An elementwise stage's row is left to LLVM's vectorizer,
+        which adds its own tail."""
+        for info in blocks:
+            loops = sch.get_loops(info.block_rv)
+            extents = [static_extent(sch, loop) for loop in loops]
+            work = None if None in extents else math.prod(extents)
+            if info.is_injective() or not self._ragged(sch, info, lanes):
+                row = sch.fuse(*loops[:rows]) if rows > 1 else loops[0]
+                parallelize(sch, row, work, target)
+                continue
+            outer, inner = sch.split(loops[-1], factors=[None, lanes])
+            partial = sch.rfactor(inner, factor_axis=rows)
+            lane, *row_loops, outer = _loops_by_iter(sch, partial)  # rfactor's iters: lane, rows, outer
+            sch.reorder(*row_loops, outer, lane)
+            row = sch.fuse(*row_loops) if len(row_loops) > 1 else row_loops[0]
+            parallelize(sch, row, work, target)
+            sch.annotate(outer, PARTITION_HINT, 1)
+            sch.vectorize(lane)
+            final = sch.get_loops(info.block_rv)
+            parallelize(sch, sch.fuse(*final[:rows]) if rows > 1 else final[0], work, target)
         return sch
 
     def _apart(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], lanes: int, target: Target) -> s_tir.Schedule:

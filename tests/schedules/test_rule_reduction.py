@@ -261,12 +261,57 @@ def test_a_mean_over_transposed_planes_is_not_fused():
 @pytest.mark.parametrize("channels, squeeze", [(576, 144), (96, 24), (17, 5)])
 def test_a_1x1_conv_on_a_1x1_map_reduces_in_vectors(channels, squeeze):
     """A squeeze-and-excitation gate's 1x1 conv reads x[0, c, 0, 0] and w[o, c, 0, 0]: contiguous along c despite
-    the unit trailing dimensions, so it is rfactored (where c has a divisor from 2 to the lanes) and matches NumPy."""
+    the unit trailing dimensions, so it is rfactored (17 channels, a prime above the lanes, in whole vectors and a
+    bound-checked tail) and matches NumPy."""
     x = te.placeholder((1, channels, 1, 1), name="x")
     w = te.placeholder((squeeze, channels, 1, 1), name="w")
     func = scheduled(Reduction(), te.create_prim_func([x, w, topi.nn.relu(topi.nn.conv2d_nchw(x, w, 1, 0, 1))]))
-    assert ("_rf" in func.script()) == (channels != 17)
+    assert "_rf" in func.script()
     data = RNG.standard_normal((1, channels, 1, 1), dtype="float32")
     weight = RNG.standard_normal((squeeze, channels, 1, 1), dtype="float32")
     expected = np.maximum(weight[:, :, 0, 0] @ data[0, :, 0, 0], 0).reshape(1, squeeze, 1, 1)
     np.testing.assert_allclose(run(func, data, weight), expected, rtol=1e-4, atol=1e-4)
+
+
+def _prime_above(n: int) -> int:
+    return next(p for p in range(n + 1, 4 * n) if all(p % d for d in range(2, p)))
+
+
+@pytest.mark.parametrize("rows", [(3,), (2, 5)])
+def test_ragged_rows_reduce_in_whole_vectors_with_a_tail_and_match_numpy(rows):
+    """Rows of a prime length above a vector (ViT's 197 tokens; 17 on AVX2, 19 on AVX-512): both softmax reductions
+    go in partial vectors of the full width, with a bound check for the last one, and keep NaN and inf as NumPy."""
+    lanes = vector_lanes(TARGET, "float32")
+    shape = (*rows, _prime_above(lanes))
+    x = te.placeholder(shape, name="x")
+    func = scheduled(Reduction(), te.create_prim_func([x, topi.nn.softmax(x, axis=-1)]))
+    text = func.script()
+    for reduction in ("T_softmax_maxelem", "T_softmax_expsum"):
+        assert re.search(rf'T\.vectorized\({lanes}\):\s*\n\s*with T\.sblock\("{reduction}_rf"\)', text)
+    assert "T.where" in text
+    data = RNG.standard_normal(shape, dtype="float32") * 10
+    data.flat[4], data.flat[-1] = np.nan, np.inf
+    with np.errstate(all="ignore"):
+        expected = _softmax_ref(data)
+    np.testing.assert_allclose(run(func, data), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_ragged_row_of_one_vector_and_a_divisible_one_keep_the_fused_form():
+    """A row no longer than a vector, or one a vector width divides (Swin's 49 = 7 x 7), stays in `_place`'s form:
+    every stage at the row loop, no bound-checked partial vectors."""
+    lanes = vector_lanes(TARGET, "float32")
+    for length in (lanes - 1, 49):
+        x = te.placeholder((6, length), name="x")
+        text = scheduled(Reduction(), te.create_prim_func([x, topi.nn.softmax(x, axis=-1)])).script()
+        assert "T.where" not in text
+
+
+@pytest.mark.parametrize("op", ["sum", "max", "min"])
+def test_ragged_row_reductions_start_from_their_identity(op):
+    """The lanes past the row's end keep the reduction's initial value: all-negative rows for max, positive for min."""
+    shape = (4, _prime_above(vector_lanes(TARGET, "float32")))
+    x = te.placeholder(shape, name="x")
+    func = te.create_prim_func([x, getattr(topi, op)(x, axis=1)])
+    data = RNG.random(shape, dtype="float32") + 1
+    data = -data if op == "max" else data
+    np.testing.assert_allclose(run(scheduled(Reduction(), func), data), getattr(np, op)(data, axis=1), rtol=1e-5)

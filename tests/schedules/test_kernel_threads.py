@@ -29,19 +29,20 @@ def check_at_threads():
     assert tvm.get_global_func("runtime.NumThreads")() == THREADS
     rng = np.random.default_rng(3)
     if INTRIN is not None:
-        for rows, codebooks, sub_len in ((64, 5, 16), (45, 7, 16), (130, 3, 9), (1, 5, 4)):  # 5, 7, 9, 5 tasks
+        # One row block of 64 (its codebooks in 3 ranges: 2 + 2 + 1, 3 + 3 + 1), two (4 + 3 each), three (one each)
+        for rows, codebooks, sub_len in ((1, 5, 16), (45, 7, 16), (100, 7, 9), (130, 3, 4)):
             cents = rng.standard_normal((codebooks, 16, sub_len)).astype(np.float32)
             x = rng.standard_normal((rows, codebooks * sub_len)).astype(np.float32)
             x.flat[:len(EDGE_VALUES)] = EDGE_VALUES
             want = pq_encode_reference(x, cents)
-            np.testing.assert_array_equal(run_encode(x, cents), want)
+            np.testing.assert_array_equal(run_encode(x, cents, lanes=64, threads=THREADS), want)
             if DOT_LOOKUP and sub_len == 16:  # C = 5, 7: padded codebooks in the dot layout
-                np.testing.assert_array_equal(run_encode(x, cents, lanes=64, dot=True), want)
-        conv = Im2col((1, 3, 7, 5), (3, 3), padding=(1, 1, 1, 1))  # 35 rows, 3 codebooks of V = 9
+                np.testing.assert_array_equal(run_encode(x, cents, lanes=64, dot=True, threads=THREADS), want)
+        conv = Im2col((1, 3, 7, 5), (3, 3), padding=(1, 1, 1, 1))  # 35 rows: one block, 3 codebooks of V = 9
         cents = rng.standard_normal((3, 16, 9)).astype(np.float32)
         image = rng.standard_normal(conv.input_shape).astype(np.float32)
-        codes = run_encode(image, cents, source=conv)
-        assert codes.shape == (35, 3) and codes.max() < 16
+        codes = run_encode(image, cents, source=conv, threads=THREADS)
+        np.testing.assert_array_equal(codes, run_encode(image, cents, source=conv))
         codes, table = rng.integers(0, 16, (45, 7)), rng.integers(-128, 128, (7, 16, 48)).astype(np.int8)
         want = pq_lookup_reference(codes, table, 1.0, None)  # exact sums (the epilogue's FMA rounds once)
         np.testing.assert_array_equal(run_lookup(codes, table, 1.0, None), want)

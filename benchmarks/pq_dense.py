@@ -77,13 +77,14 @@ def _lut_kernels(rows, features, outputs, sub_len, target, intrin, source=None):
 
     from schedules.kernels.pq_encode import pack_centroids, pq_encode_func
     from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
+    from schedules.target import num_cores
 
     rng = np.random.default_rng(0)
     layout = LookupLayout(rows, features // sub_len, 16, outputs, intrin.lanes)
     centroids = rng.standard_normal((layout.codebooks, 16, sub_len)).astype(np.float32)
     table = rng.integers(-127, 128, (layout.codebooks, 16, outputs)).astype(np.int8)
     built = [tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)["main"]
-             for f in (pq_encode_func(layout, sub_len, source), pq_lookup_func(layout, intrin))]
+             for f in (pq_encode_func(layout, sub_len, source, num_cores(target)), pq_lookup_func(layout, intrin))]
     operands = [tvm.runtime.tensor(a) for a in (pack_centroids(centroids, layout), np.zeros(layout.codes_shape, np.uint8),
                                                 pack_table(table, layout), np.full(outputs, 0.01, np.float32),
                                                 np.zeros(outputs, np.float32),

@@ -188,6 +188,7 @@ class _DenseRewriter(LUTRewriter):
         from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
         from schedules.kernels.pq_lookup_dot import ENCODE_LANES, DotLookupLayout, pack_table_dot, pq_lookup_dot_func
         from schedules.kernels.pq_rows import pack_centroids_by_dim, pq_encode_rows_func, pq_lookup_rows_func
+        from schedules.target import num_cores
 
         few_rows = self._few_rows(rows, source)
         dot = self._takes_dot_lookup(rows, table, source)
@@ -203,7 +204,7 @@ class _DenseRewriter(LUTRewriter):
                 encode = pq_encode_rows_func(rows, table.C, table.K, table.V)
                 lookup = pq_lookup_rows_func(rows, table.C, table.K, table.M)
             else:
-                encode = pq_encode_func(layout, table.V, source)
+                encode = pq_encode_func(layout, table.V, source, threads=num_cores(self.target))
                 lookup = (pq_lookup_dot_func(layout, activation_table) if dot else
                           pq_lookup_func(layout, self.intrin, columns=source is not None))
             suffix = f"_{activation_name}" if activation_name else ""

@@ -11,7 +11,9 @@ Semantics at the edges (also the NumPy reference's): ties go to the lowest k; a 
 wins, so a sub-vector holding NaN or +-inf gets code 0, as in the PyTorch reference. Squares are float32: when
 |x - c| exceeds ~1e19 a distance overflows to inf and cannot win either.
 
-Schedule (written into the function, which is marked `tirx.is_scheduled`): row blocks in parallel; per codebook,
+Schedule (written into the function, which is marked `tirx.is_scheduled`): row blocks in parallel, each split
+into ranges of codebooks when there are fewer blocks than threads (MiniLM at one sentence is one block of 64 rows,
+whose encodes, a third of its time, ran on one thread of two); per codebook,
 the `L x V` slice of x moves into a transposed local tile (rows in lanes; rows past N repeat row N-1): for dense
 rows with V = 16 by 16 x 16 shuffle transposes of contiguous row loads (strided gathers cost 40% of the kernel),
 for conv patches by vector loads from the transposed patch matrix built first (element by element, with the
@@ -115,15 +117,18 @@ def pq_encode_reference(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
-                   source: DenseRows | Im2col | None = None) -> tvm.tirx.PrimFunc:
+                   source: DenseRows | Im2col | None = None, threads: int = 1) -> tvm.tirx.PrimFunc:
     """The scheduled encode PrimFunc `(x, centroids (CP, K, V)) -> codes`: (NB, CP, L) uint8 for a `LookupLayout`,
     the dot-product lookup's (NG, CG, 64) for a `DotLookupLayout`.
 
     `source` says how rows are read from `x`: `DenseRows` (the default, x is (N, C*V)) or `Im2col` (x is a conv's
-    NCHW input); its rows and features must be the layout's N and C * V.
+    NCHW input); its rows and features must be the layout's N and C * V. `threads`: the threads it will run on
+    (the target's `num-cores`), which fewer row blocks than threads split by codebooks.
     """
     if not isinstance(sub_len, (int, np.integer)) or sub_len < 1:
         raise ValueError(f"sub-vector length V must be a positive int, got {sub_len!r}")
+    if not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
     num_rows, lanes, num_centroids = layout.rows, layout.lanes, layout.centroids
     features = layout.codebooks * sub_len
     source = source if source is not None else DenseRows(num_rows, features)
@@ -135,6 +140,10 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
     groups_per_block = lanes // SQUARE
     transpose_in_registers = (isinstance(source, DenseRows) and sub_len == SQUARE and lanes % SQUARE == 0)
     group = next(g for g in (4, 2, 1) if num_centroids % g == 0)
+    # Each row block's codebooks in `parts` ranges, so that `threads` threads have a task each (one range when the
+    # row blocks alone are enough: a task allocates its four local buffers, a workspace call each, ~0.2 us a task).
+    per_part = -(-layout.codebooks // min(layout.codebooks, -(-threads // max(layout.row_blocks, 1))))
+    parts = -(-layout.codebooks // per_part)
 
     im2col = isinstance(source, Im2col)
     if im2col:
@@ -165,8 +174,9 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
                         b, ch, oh * stride_h + kh * dilation_h, ow * stride_w + kw * dilation_w]
             for f, r in T.grid(features, layout.row_blocks * lanes - num_rows):
                 patches[f, num_rows + r] = T.float32(0)  # rows past N: codes computed, never used
-        for block in T.parallel(layout.row_blocks):
-            for c in range(layout.codebooks):
+        for task in T.parallel(layout.row_blocks * parts):
+            block = T.meta_var(task // parts)
+            for c in range(task % parts * per_part, T.min(task % parts * per_part + per_part, layout.codebooks)):
                 tile = T.alloc_local((sub_len, lanes), "float32")
                 dist = T.alloc_local((group, lanes), "float32")
                 best = T.alloc_local((lanes,), "float32")
@@ -218,12 +228,12 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
                 else:
                     for i in T.vectorized(lanes):
                         codes[block, c, i] = T.Cast("uint8", best_k[i])
-            for c, i in T.grid(padded - layout.codebooks, lanes):  # padded codebooks: code 0
-                if dot:
-                    codes[block * groups_per_block + i // SQUARE, (layout.codebooks + c) // GROUP,
-                          i % SQUARE * GROUP + (layout.codebooks + c) % GROUP] = T.Cast(
-                        "uint8", (layout.codebooks + c) % GROUP * TABLE_ENTRIES)
-                else:
-                    codes[block, layout.codebooks + c, i] = T.uint8(0)
+        for block, extra, i in T.grid(layout.row_blocks, padded - layout.codebooks, lanes):  # padded codebooks: code 0
+            if dot:
+                codes[block * groups_per_block + i // SQUARE, (layout.codebooks + extra) // GROUP,
+                      i % SQUARE * GROUP + (layout.codebooks + extra) % GROUP] = T.Cast(
+                    "uint8", (layout.codebooks + extra) % GROUP * TABLE_ENTRIES)
+            else:
+                codes[block, layout.codebooks + extra, i] = T.uint8(0)
 
     return pq_encode

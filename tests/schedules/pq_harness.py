@@ -52,9 +52,9 @@ def run_lookup(codes, table, scale, bias, intrin=INTRIN, execute=execute_here, c
     return out.T if columns else out
 
 
-def run_encode(x, centroids, lanes=None, source=None, execute=execute_here, dot=False):
+def run_encode(x, centroids, lanes=None, source=None, execute=execute_here, dot=False, threads=1):
     """The compiled encode kernel: x (N, C*V) (or a conv input with `source`), centroids (C, K, V) -> codes (N, C);
-    with `dot`, written in the dot-product lookup's layout (and unpacked from it)."""
+    with `dot`, written in the dot-product lookup's layout (and unpacked from it); built for `threads` threads."""
     num_codebooks, num_centroids, sub_len = centroids.shape
     rows = x.shape[0] if source is None else source.rows
     if dot:
@@ -62,7 +62,7 @@ def run_encode(x, centroids, lanes=None, source=None, execute=execute_here, dot=
     else:
         layout = LookupLayout(rows, num_codebooks, num_centroids, 1, lanes or INTRIN.lanes)
     arrays = [x, pack_centroids(centroids, layout), np.full(layout.codes_shape, 255, np.uint8)]
-    codes = execute(pq_encode_func(layout, sub_len, source), arrays)[-1]
+    codes = execute(pq_encode_func(layout, sub_len, source, threads), arrays)[-1]
     return unpack_codes_dot(codes, layout) if dot else unpack_codes(codes, rows, num_codebooks)
 
 

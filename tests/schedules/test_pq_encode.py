@@ -40,6 +40,21 @@ def test_random_inputs(rows, codebooks, centroids, sub_len):
     assert (codes != reference).mean() < 0.01  # only near-ties may differ (an FMA rounds once)
 
 
+@pytest.mark.parametrize("rows, codebooks, threads", [(64, 24, 2), (1, 7, 3), (100, 5, 4), (45, 3, 8)])
+def test_codebook_ranges_for_threads_give_the_same_codes(rows, codebooks, threads):
+    """Fewer row blocks than threads: each block's codebooks split into ranges (uneven where C does not divide;
+    more threads than codebooks: one codebook a task), the codes unchanged."""
+    rng = np.random.default_rng(codebooks)
+    cents = rng.standard_normal((codebooks, 16, 16)).astype(np.float32)
+    x = rng.standard_normal((rows, codebooks * 16)).astype(np.float32)
+    np.testing.assert_array_equal(run_encode(x, cents, lanes=64, threads=threads), pq_encode_reference(x, cents))
+
+
+def test_threads_must_be_positive():
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        pq_encode_func(LookupLayout(8, 2, 16, 1, 32), 4, threads=0)
+
+
 @pytest.mark.parametrize("sub_len", [4, 16])  # 16: the in-register transpose path
 def test_edge_values_follow_the_reference(sub_len):
     """NaN and +-inf sub-vectors get code 0; huge, tiny (subnormal) and zero inputs pick the nearest centroid."""

@@ -1,0 +1,68 @@
+"""The hand-scheduled kernels split over threads: the same results at 3 threads as the NumPy references, on sizes
+whose parallel tasks do not divide evenly (the test process runs TVM's pool at one thread, so this runs in a
+subprocess with three)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+THREADS = 3
+
+
+def check_at_threads():
+    """Every split kernel on uneven sizes against its reference; run with a pool of THREADS threads."""
+    import tvm
+
+    from schedules import layer_norm_func, softmax_func
+    from schedules.kernels.pq_encode import Im2col, pq_encode_reference
+    from schedules.kernels.pq_lookup import pq_lookup_reference
+    from schedules.kernels.reference import layer_norm_reference, softmax_reference
+
+    from .kernel_harness import EDGE_VALUES, EXP, RECIPROCAL, RSQRT, assert_matches, run_kernel
+    from .pq_harness import DOT_LOOKUP, INTRIN, run_encode, run_lookup, run_lookup_dot
+
+    tvm.get_global_func("runtime.config_threadpool")(1, THREADS)
+    assert tvm.get_global_func("runtime.NumThreads")() == THREADS
+    rng = np.random.default_rng(3)
+    if INTRIN is not None:
+        # One row block of 64 (its codebooks in 3 ranges: 2 + 2 + 1, 3 + 3 + 1), two (4 + 3 each), three (one each)
+        for rows, codebooks, sub_len in ((1, 5, 16), (45, 7, 16), (100, 7, 9), (130, 3, 4)):
+            cents = rng.standard_normal((codebooks, 16, sub_len)).astype(np.float32)
+            x = rng.standard_normal((rows, codebooks * sub_len)).astype(np.float32)
+            x.flat[:len(EDGE_VALUES)] = EDGE_VALUES
+            want = pq_encode_reference(x, cents)
+            np.testing.assert_array_equal(run_encode(x, cents, lanes=64, threads=THREADS), want)
+            if DOT_LOOKUP and sub_len == 16:  # C = 5, 7: padded codebooks in the dot layout
+                np.testing.assert_array_equal(run_encode(x, cents, lanes=64, dot=True, threads=THREADS), want)
+        conv = Im2col((1, 3, 7, 5), (3, 3), padding=(1, 1, 1, 1))  # 35 rows: one block, 3 codebooks of V = 9
+        cents = rng.standard_normal((3, 16, 9)).astype(np.float32)
+        image = rng.standard_normal(conv.input_shape).astype(np.float32)
+        codes = run_encode(image, cents, source=conv, threads=THREADS)
+        np.testing.assert_array_equal(codes, run_encode(image, cents, source=conv))
+        codes, table = rng.integers(0, 16, (45, 7)), rng.integers(-128, 128, (7, 16, 48)).astype(np.int8)
+        want = pq_lookup_reference(codes, table, 1.0, None)  # exact sums (the epilogue's FMA rounds once)
+        np.testing.assert_array_equal(run_lookup(codes, table, 1.0, None), want)
+        if DOT_LOOKUP:
+            np.testing.assert_array_equal(run_lookup_dot(codes, table, 1.0, None), want)
+    scores = (rng.standard_normal((3, 5, 7, 64)) * 4).astype(np.float32)
+    scores.flat[:len(EDGE_VALUES)] = EDGE_VALUES
+    assert_matches(run_kernel(softmax_func(EXP, RECIPROCAL, scores.shape, -1), scores),
+                   softmax_reference(EXP, RECIPROCAL, scores, -1))
+    rows = rng.standard_normal((5, 7, 48)).astype(np.float32)
+    rows.flat[:len(EDGE_VALUES)] = EDGE_VALUES
+    gamma, beta = rng.standard_normal(48).astype(np.float32), rng.standard_normal(48).astype(np.float32)
+    assert_matches(run_kernel(layer_norm_func(RSQRT, rows.shape, [-1]), rows, gamma, beta),
+                   layer_norm_reference(RSQRT, rows, [-1], 1e-5, gamma, beta))
+    print("ok")
+
+
+def test_kernels_split_over_threads_match_their_references():
+    env = dict(os.environ, TVM_NUM_THREADS=str(THREADS), PYTHONPATH=str(ROOT))
+    code = "from tests.schedules.test_kernel_threads import check_at_threads; check_at_threads()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env,
+                            cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.split()[-1:] == ["ok"], result.stderr[-4000:]

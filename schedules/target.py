@@ -127,7 +127,11 @@ class CPUParams:
     prepack_min_elements: 2-D weights at least this large are repacked into column panels.
     """
 
-    min_parallel_work: int = 4096
+    # 2 threads, AMD EPYC znver4 (2 vCPUs, shared): at 4096 the Fashion-MNIST CNN's pools went parallel and a call
+    # took 1.06-1.24x longer than at 16k (MobileNetV3-Small, ResNet-50: same within noise). 64k gains the CNN more
+    # (1.07-1.56x) but cost MobileNetV3-Small 3-6% in two of three runs: its depthwise convs count taps as
+    # multiply-adds, run far below matmul speed, and still gain from a second thread at 16k-64k of them.
+    min_parallel_work: int = 16 * 1024
     matmul_row_tiles: tuple[int, ...] = (8, 6, 4, 7, 5, 3, 2, 1)
     matmul_k_unroll: int = 4
     prepack_min_elements: int = 64 * 1024

@@ -3,6 +3,7 @@ import pytest
 from tvm import te, topi
 
 from schedules.rules import Elementwise, Reduction
+from schedules.target import CPUParams, override_params
 from tests.schedules.rule_harness import TARGET, loop_kinds, run, scheduled
 
 RNG = np.random.default_rng(0)
@@ -31,6 +32,15 @@ def test_broadcast_chain_matches_numpy(shape):
 def test_large_chain_is_parallel_and_vectorized():
     kinds = loop_kinds(scheduled(Elementwise(), _add_relu_bias((64, 384))))
     assert {"parallel", "vectorized"} <= kinds
+
+
+def test_min_parallel_work_decides_threads():
+    """12k elements: one thread at the default threshold (a 2-thread launch costs more), two below it."""
+    func = _add_relu_bias((32, 384))
+    assert 32 * 384 < CPUParams().min_parallel_work
+    assert "parallel" not in loop_kinds(scheduled(Elementwise(), func))
+    with override_params(min_parallel_work=32 * 384):
+        assert "parallel" in loop_kinds(scheduled(Elementwise(), func))
 
 
 def test_tiny_chain_stays_on_one_thread():

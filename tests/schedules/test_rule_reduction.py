@@ -5,7 +5,7 @@ import pytest
 from tvm import te, topi
 
 from schedules.rules import Reduction
-from schedules.target import vector_lanes
+from schedules.target import override_params, vector_lanes
 from tests.schedules.rule_harness import TARGET, loop_kinds, run, scheduled
 
 RNG = np.random.default_rng(1)
@@ -61,7 +61,8 @@ def test_layer_norm_matches_numpy(shape):
 
 def test_rows_parallel_and_reduction_vectorized():
     x = te.placeholder((512, 384), name="x")
-    kinds = loop_kinds(scheduled(Reduction(), te.create_prim_func([x, topi.sum(x, axis=1)])))
+    with override_params(min_parallel_work=4096):  # the rule counts rows x vector lanes (8192) as the work
+        kinds = loop_kinds(scheduled(Reduction(), te.create_prim_func([x, topi.sum(x, axis=1)])))
     assert {"parallel", "vectorized"} <= kinds
 
 
@@ -87,7 +88,8 @@ def test_conv2d_rows_parallel_matches_numpy():
     padded = np.pad(data, ((0, 0), (0, 0), (1, 1), (1, 1)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))  # n c h w kh kw
     expected = np.einsum("nchwij,ocij->nohw", windows, weight)
-    func = scheduled(Reduction(), func)
+    with override_params(min_parallel_work=4096):  # 13.6k multiply-adds: below the default threshold
+        func = scheduled(Reduction(), func)
     assert "parallel" in loop_kinds(func)
     np.testing.assert_allclose(run(func, data, weight), expected, rtol=1e-4, atol=1e-4)
 

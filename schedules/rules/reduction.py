@@ -28,6 +28,18 @@ def _leading_spatial(info: SBlockInfo) -> int:
     return len(kinds) - len(kinds.lstrip("S"))
 
 
+def _size(info: SBlockInfo) -> int | None:
+    """A block's iteration count (a reduction's outputs times its reduced extent); None for a dynamic shape."""
+    extents = [int(d) if isinstance(d, (int, tirx.IntImm)) else None for d in info.dom()]
+    return None if None in extents else math.prod(extents)
+
+
+def _iterations(blocks: list[SBlockInfo]) -> int | None:
+    """The largest stage's iteration count: the work a thread launch is weighed against (`parallelize`)."""
+    sizes = [_size(info) for info in blocks]
+    return None if None in sizes else max(sizes)
+
+
 def _is_unit(extent) -> bool:
     return isinstance(extent, (int, tirx.IntImm)) and int(extent) == 1
 
@@ -94,17 +106,13 @@ def _per_row_values(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> list[SBloc
     output = blocks[-1]
     width = _leading_spatial(output)
 
-    def size(info):
-        extents = [int(d) if isinstance(d, (int, tirx.IntImm)) else None for d in info.dom()]
-        return None if None in extents else math.prod(extents)
-
     downstream, kept = set(), []
     for info in blocks:  # in program order: producers first
         producers = {sch.get(p).name_hint for p in sch.get_producers(info.block_rv)}
         if not info.is_injective() or producers & downstream:
             downstream.add(sch.get(info.block_rv).name_hint)
         if info.is_injective() and producers & downstream and (
-            len(info.dom()) < width or (None not in (size(info), size(output)) and size(info) < size(output))
+            len(info.dom()) < width or (None not in (_size(info), _size(output)) and _size(info) < _size(output))
         ):
             kept.append(info)
     return kept
@@ -167,6 +175,7 @@ class Reduction(CPURule):
         # Split each innermost reduction into per-lane partial results before the blocks move under the row loop
         # (rfactor under that loop would hoist the partials into a loop nest of their own, all rows first).
         stages = []  # (block, kind) in program order; kind: "injective", "partial", "reduce"
+        work = _iterations(blocks)  # before rfactor: a row sum's last stage would count rows x lanes only
         for info in blocks:
             if info.is_injective():
                 stages.append((info.block_rv, "injective"))
@@ -186,7 +195,7 @@ class Reduction(CPURule):
             if tile > 1:  # the tile splits the last row axis alone: fused first, the bindings would not stay affine
                 *row_loops, _ = row_loops[:-1] + sch.split(row_loops[-1], factors=[None, tile])
             anchor = sch.fuse(*row_loops) if len(row_loops) > 1 else row_loops[0]
-            parallelize(sch, anchor, None if None in extents else math.prod(extents), target)
+            parallelize(sch, anchor, work, target)
             for block, _ in reversed(stages[:-1]):
                 sch.compute_at(block, anchor, preserve_unit_loops=True)
             anchor_depth = 1

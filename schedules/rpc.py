@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,24 @@ def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def serving_port(port: int) -> int:
+    """`port`, unless a process holds it without serving there (the worker of a server whose run was killed keeps
+    its listening socket and never answers): then a free port, with a warning, so the device still starts."""
+    if _listening(port):
+        return port
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            pass
+    spare = free_port()
+    warnings.warn(f"port {port} is held by a process that does not serve RPC (an orphaned server worker? "
+                  f"`ss -ltnp | grep {port}`); the emulated device starts on port {spare}", RuntimeWarning,
+                  stacklevel=3)
+    return spare
 
 
 def free_port() -> int:
@@ -133,7 +152,7 @@ def stop_server(server: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def emulated_device(port: int | None = None):
     """An RPC session on the emulated aarch64 device (started here unless one already listens on `port`)."""
-    port = port or device_port()
+    port = serving_port(port or device_port())
     server = None if _listening(port) else start_server(port)
     try:
         yield rpc.connect("127.0.0.1", port, session_timeout=600)

@@ -153,3 +153,4 @@ def test_a_target_that_cannot_run_here_needs_a_device(tmp_path):
     with pytest.raises(ValueError, match="does not run on this machine.*--rpc-tracker"):
         tune(prepare(_matmul_relu(), arm), arm, tmp_path, trials_per_task=1, progress=False)
     assert not any(tmp_path.iterdir())
+

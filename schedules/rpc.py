@@ -72,6 +72,7 @@ def serving_port(port: int) -> int:
     if _listening(port):
         return port
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT holds nothing
         try:
             sock.bind(("127.0.0.1", port))
             return port

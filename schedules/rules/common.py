@@ -68,6 +68,12 @@ def _has_empty_loop(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> bool:
     return any(static_extent(sch, loop) == 0 for info in blocks for loop in sch.get_loops(info.block_rv))
 
 
+def the_reduction(blocks: list[SBlockInfo]) -> SBlockInfo | None:
+    """The one reduction block of a function (a conv's, a matmul's), or None when it has none or several."""
+    reductions = [info for info in blocks if not info.is_injective()]
+    return reductions[0] if len(reductions) == 1 else None
+
+
 def static_extent(sch: s_tir.Schedule, loop) -> int | None:
     """The loop's extent if it is a constant, else None."""
     extent = sch.get(loop).extent

@@ -32,7 +32,7 @@ from tvm.target import Target
 
 from ..target import vector_lanes
 from .common import PARTITION_HINT, WEIGHT_PREPACK, CPURule, inline_injective, largest_divisor, output_dtype
-from .common import output_shape, parallelize, read_stride, static_extent, vectorize_innermost
+from .common import output_shape, parallelize, read_stride, static_extent, the_reduction, vectorize_innermost
 
 # Output pixels per register tile, best first: R accumulator vectors plus a weight vector and a broadcast must
 # fit the 16 vector registers of AVX2, or the 32 of AVX-512 (its wider tile loads each weight vector half as
@@ -104,10 +104,9 @@ class Conv2d(CPURule):
     divides_by_reciprocal = True  # hardswish's `/ 6` in the epilogue
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
-        reductions = [info for info in blocks if not info.is_injective()]
-        if len(reductions) != 1:
+        conv = the_reduction(blocks)
+        if conv is None:
             return None
-        conv = reductions[0]
         matched = conv_axes(sch, conv)
         if matched is None:
             return None

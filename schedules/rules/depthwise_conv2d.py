@@ -21,7 +21,7 @@ from tvm.target import Target
 
 from ..target import vector_lanes
 from .common import PARTITION_HINT, CPURule, inline_injective, largest_divisor, output_dtype, output_shape
-from .common import parallelize, static_extent, vector_width, vectorize_innermost
+from .common import parallelize, static_extent, the_reduction, vector_width, vectorize_innermost
 
 # Unroll the (kh, kw) taps while the unrolled body stays small (7x7 = 49 taps is ConvNeXt's).
 MAX_UNROLLED_TAPS = 49
@@ -100,10 +100,9 @@ class DepthwiseConv2d(CPURule):
     divides_by_reciprocal = True  # hardswish's `/ 6` in the epilogue
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
-        reductions = [info for info in blocks if not info.is_injective()]
-        if len(reductions) != 1:
+        conv = the_reduction(blocks)
+        if conv is None:
             return None
-        conv = reductions[0]
         matched = _match(sch, conv)
         if matched is None:
             return None

@@ -17,7 +17,7 @@ from tvm.target import Target
 
 from ..target import cpu_params, vector_lanes
 from .common import PARTITION_HINT, WEIGHT_PREPACK, CPURule, inline_injective, largest_divisor, output_dtype
-from .common import parallelize, static_extent, vectorize_innermost
+from .common import parallelize, static_extent, the_reduction, vectorize_innermost
 
 # Rows of C per register tile (MR x 2 vectors of accumulators, plus 2 B vectors and a broadcast, must fit the
 # vector registers), the k unrolling and the repacking threshold are per-target `CPUParams` (`schedules.target`).
@@ -33,10 +33,9 @@ class Matmul(CPURule):
     """Register-tiled, vectorized, parallel matmul with its epilogue computed per tile."""
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
-        reductions = [info for info in blocks if not info.is_injective()]
-        if len(reductions) != 1:
+        matmul = the_reduction(blocks)
+        if matmul is None:
             return None
-        matmul = reductions[0]
         has_rows = self._has_rows(sch, matmul)
         if has_rows is None:
             return None

@@ -23,7 +23,7 @@ from tvm.target import Target
 
 from ..target import vector_lanes
 from .common import CPURule, inline_injective, largest_divisor, output_dtype, output_shape, parallelize
-from .common import static_extent, vectorize_innermost
+from .common import static_extent, the_reduction, vectorize_innermost
 from .conv2d import conv_axes
 
 # Vectors along the output row per register tile (more: fewer weight broadcasts per multiply-add, more registers).
@@ -54,10 +54,9 @@ class PointwiseConv2d(CPURule):
     divides_by_reciprocal = True  # hardswish's `/ 6` in the epilogue
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], target: Target) -> s_tir.Schedule | None:
-        reductions = [info for info in blocks if not info.is_injective()]
-        if len(reductions) != 1:
+        conv = the_reduction(blocks)
+        if conv is None:
             return None
-        conv = reductions[0]
         position = blocks.index(conv)
         for producer in blocks[:position]:  # the input's copy (a padding of 0) is read in place
             sch.compute_inline(producer.block_rv)

@@ -15,7 +15,8 @@ Schedule (written into the function, which is marked `tirx.is_scheduled`): row b
 into ranges of codebooks when there are fewer blocks than threads (MiniLM at one sentence is one block of 64 rows,
 whose encodes, a third of its time, ran on one thread of two); per codebook,
 the `L x V` slice of x moves into a transposed local tile (rows in lanes; rows past N repeat row N-1): for dense
-rows with V = 16 by 16 x 16 shuffle transposes of contiguous row loads (strided gathers cost 40% of the kernel),
+rows with V a multiple of 16 by 16 x 16 shuffle transposes of contiguous row loads (strided gathers cost 40%
+of the kernel at V = 16; at V = 32 they made MiniLM's 512 x 384 encode 1.5x slower than V = 16's),
 for conv patches by vector loads from the transposed patch matrix built first (element by element, with the
 index arithmetic and border test per element, it took 86 of the CNN's 3x3 conv encode's 37 us), otherwise
 element by element (other V). Then every
@@ -138,7 +139,7 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
     padded = layout.padded_codebooks
     dot = isinstance(layout, DotLookupLayout)  # the codes in `pq_lookup_dot`'s layout, else in `pq_lookup`'s
     groups_per_block = lanes // SQUARE
-    transpose_in_registers = (isinstance(source, DenseRows) and sub_len == SQUARE and lanes % SQUARE == 0)
+    transpose_in_registers = (isinstance(source, DenseRows) and sub_len % SQUARE == 0 and lanes % SQUARE == 0)
     group = next(g for g in (4, 2, 1) if num_centroids % g == 0)
     # Each row block's codebooks in `parts` ranges, so that `threads` threads have a task each (one range when the
     # row blocks alone are enough: a task allocates its four local buffers, a workspace call each, ~0.2 us a task).
@@ -183,17 +184,17 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
                 best_k = T.alloc_local((lanes,), "int32")
                 # Rows past N repeat row N-1 (conv patches: zeros): their codes are computed but never used.
                 if transpose_in_registers:  # 16 x 16 blocks transposed by shuffles (`transpose16`)
-                    for half in range(lanes // SQUARE):
+                    for half, square in T.grid(lanes // SQUARE, sub_len // SQUARE):
                         head = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
                         tail = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
                         scratch_head = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
                         scratch_tail = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
                         for r in T.unroll(HALF):
                             head[r, T.ramp(0, 1, SQUARE)] = x[T.min(block * lanes + half * SQUARE + r, num_rows - 1),
-                                                             T.ramp(c * SQUARE, 1, SQUARE)]
-                            tail[r, T.ramp(0, 1, SQUARE)] = x[
-                                T.min(block * lanes + half * SQUARE + HALF + r, num_rows - 1), T.ramp(c * SQUARE, 1, SQUARE)]
-                        transpose_16x16(head, tail, scratch_head, scratch_tail, tile, 0, half * SQUARE)
+                                                             T.ramp(c * sub_len + square * SQUARE, 1, SQUARE)]
+                            tail[r, T.ramp(0, 1, SQUARE)] = x[T.min(block * lanes + half * SQUARE + HALF + r, num_rows - 1),
+                                                             T.ramp(c * sub_len + square * SQUARE, 1, SQUARE)]
+                        transpose_16x16(head, tail, scratch_head, scratch_tail, tile, square * SQUARE, half * SQUARE)
                 elif im2col:
                     for v in range(sub_len):
                         for i in T.vectorized(lanes):

@@ -26,6 +26,8 @@ def assert_codes_nearest(x, centroids, codes, rtol=1e-5):
     (1, 24, 16, 16),   # one token
     (45, 3, 16, 16),   # V = 16 (rows transposed in registers), a partial last block
     (96, 2, 12, 16),   # V = 16, three full blocks, K = 12
+    (70, 3, 16, 32),   # V = 32 (two 16 x 16 transposes per 16 rows), a partial last block
+    (33, 2, 8, 48),    # V = 48, K = 8
     (37, 5, 16, 9),    # odd rows, V = 9 (a 3x3 patch)
     (64, 7, 8, 3),     # K = 8, odd V, D = 21
     (100, 3, 7, 4),    # K = 7 (no group of 4 or 2 centroids)
@@ -55,7 +57,7 @@ def test_threads_must_be_positive():
         pq_encode_func(LookupLayout(8, 2, 16, 1, 32), 4, threads=0)
 
 
-@pytest.mark.parametrize("sub_len", [4, 16])  # 16: the in-register transpose path
+@pytest.mark.parametrize("sub_len", [4, 16, 32])  # 16, 32: the in-register transpose path
 def test_edge_values_follow_the_reference(sub_len):
     """NaN and +-inf sub-vectors get code 0; huge, tiny (subnormal) and zero inputs pick the nearest centroid."""
     rng = np.random.default_rng(5)

@@ -22,7 +22,9 @@ index arithmetic and border test per element, it took 86 of the CNN's 3x3 conv e
 element by element (other V). Then every
 centroid's distances to the L rows are accumulated with vector FMAs, four centroids at a time (independent
 chains hide the FMA latency), and the running minimum and its index are updated with vector selects (no branches).
-The output is one L-byte vector of codes per row block and codebook.
+The output is one L-byte vector of codes per row block and codebook; in the dot-product lookup's layout, one
+64-byte vector per 16 rows and group of 4 codebooks, assembled in int32 lanes (a byte store per row and codebook,
+64 `vpextrb` with their address arithmetic, was 6-11 % of MiniLM's encodes).
 """
 
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from tvm.script import tirx as T
 
 from ..intrin import TABLE_ENTRIES
 from .pq_lookup import LookupLayout
-from .pq_lookup_dot import GROUP, DotLookupLayout
+from .pq_lookup_dot import BYTES, GROUP, DotLookupLayout
 from .transpose16 import HALF, SQUARE, transpose_16x16
 
 
@@ -143,8 +145,12 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
     group = next(g for g in (4, 2, 1) if num_centroids % g == 0)
     # Each row block's codebooks in `parts` ranges, so that `threads` threads have a task each (one range when the
     # row blocks alone are enough: a task allocates its four local buffers, a workspace call each, ~0.2 us a task).
-    per_part = -(-layout.codebooks // min(layout.codebooks, -(-threads // max(layout.row_blocks, 1))))
-    parts = -(-layout.codebooks // per_part)
+    # Units of work: codebooks, or in the dot layout groups of GROUP codebooks (their codes are one vector store).
+    per_unit = GROUP if dot else 1
+    units = -(-layout.codebooks // per_unit)
+    per_part = -(-units // min(units, -(-threads // max(layout.row_blocks, 1))))
+    parts = -(-units // per_part)
+    offsets = sum(j * TABLE_ENTRIES << 8 * j for j in range(GROUP))  # codebook j's codes start at 16 j
 
     im2col = isinstance(source, Im2col)
     if im2col:
@@ -154,6 +160,53 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
         top, left, bottom, right = source.padding
         padded_shape = (batch, channels, height + top + bottom, width + left + right)
         out_h, out_w = source.output_hw
+
+    @T.macro
+    def nearest_centroids(x, centroids, patches, block, c, best_k):
+        """best_k[i] = the nearest centroid of codebook c to row i of the block (module docstring)."""
+        tile = T.alloc_local((sub_len, lanes), "float32")
+        dist = T.alloc_local((group, lanes), "float32")
+        best = T.alloc_local((lanes,), "float32")
+        # Rows past N repeat row N-1 (conv patches: zeros): their codes are computed but never used.
+        if transpose_in_registers:  # 16 x 16 blocks transposed by shuffles (`transpose16`)
+            for half, square in T.grid(lanes // SQUARE, sub_len // SQUARE):
+                head = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
+                tail = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
+                scratch_head = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
+                scratch_tail = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
+                for r in T.unroll(HALF):
+                    head[r, T.ramp(0, 1, SQUARE)] = x[T.min(block * lanes + half * SQUARE + r, num_rows - 1),
+                                                     T.ramp(c * sub_len + square * SQUARE, 1, SQUARE)]
+                    tail[r, T.ramp(0, 1, SQUARE)] = x[T.min(block * lanes + half * SQUARE + HALF + r, num_rows - 1),
+                                                     T.ramp(c * sub_len + square * SQUARE, 1, SQUARE)]
+                transpose_16x16(head, tail, scratch_head, scratch_tail, tile, square * SQUARE, half * SQUARE)
+        elif im2col:
+            for v in range(sub_len):
+                for i in T.vectorized(lanes):
+                    tile[v, i] = patches[c * sub_len + v, block * lanes + i]
+        else:
+            for i, v in T.grid(lanes, sub_len):
+                tile[v, i] = x[T.min(block * lanes + i, num_rows - 1), c * sub_len + v]
+        for i in T.vectorized(lanes):
+            best[i] = T.float32("inf")
+            best_k[i] = 0
+        # `group` centroids at a time: independent FMA chains hide the FMA latency.
+        for k_outer in range(num_centroids // group):
+            for k_inner in T.unroll(group):
+                for i in T.vectorized(lanes):
+                    dist[k_inner, i] = T.float32(0)
+            for v in range(sub_len):
+                for k_inner in T.unroll(group):
+                    for i in T.vectorized(lanes):
+                        # Written twice: bound to a name (a LetStmt in this vectorized loop) it gave wrong
+                        # codes in TVM 0.27. LLVM merges the two subtractions.
+                        dist[k_inner, i] = dist[k_inner, i] + (
+                            tile[v, i] - centroids[c, k_outer * group + k_inner, v]) * (
+                            tile[v, i] - centroids[c, k_outer * group + k_inner, v])
+            for k_inner in T.unroll(group):
+                for i in T.vectorized(lanes):
+                    best_k[i] = T.Select(dist[k_inner, i] < best[i], k_outer * group + k_inner, best_k[i])
+                    best[i] = T.Select(dist[k_inner, i] < best[i], dist[k_inner, i], best[i])
 
     @T.prim_func
     def pq_encode(x: T.Buffer(source.input_shape, "float32"),
@@ -177,64 +230,30 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
                 patches[f, num_rows + r] = T.float32(0)  # rows past N: codes computed, never used
         for task in T.parallel(layout.row_blocks * parts):
             block = T.meta_var(task // parts)
-            for c in range(task % parts * per_part, T.min(task % parts * per_part + per_part, layout.codebooks)):
-                tile = T.alloc_local((sub_len, lanes), "float32")
-                dist = T.alloc_local((group, lanes), "float32")
-                best = T.alloc_local((lanes,), "float32")
-                best_k = T.alloc_local((lanes,), "int32")
-                # Rows past N repeat row N-1 (conv patches: zeros): their codes are computed but never used.
-                if transpose_in_registers:  # 16 x 16 blocks transposed by shuffles (`transpose16`)
-                    for half, square in T.grid(lanes // SQUARE, sub_len // SQUARE):
-                        head = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
-                        tail = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
-                        scratch_head = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
-                        scratch_tail = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
-                        for r in T.unroll(HALF):
-                            head[r, T.ramp(0, 1, SQUARE)] = x[T.min(block * lanes + half * SQUARE + r, num_rows - 1),
-                                                             T.ramp(c * sub_len + square * SQUARE, 1, SQUARE)]
-                            tail[r, T.ramp(0, 1, SQUARE)] = x[T.min(block * lanes + half * SQUARE + HALF + r, num_rows - 1),
-                                                             T.ramp(c * sub_len + square * SQUARE, 1, SQUARE)]
-                        transpose_16x16(head, tail, scratch_head, scratch_tail, tile, square * SQUARE, half * SQUARE)
-                elif im2col:
-                    for v in range(sub_len):
-                        for i in T.vectorized(lanes):
-                            tile[v, i] = patches[c * sub_len + v, block * lanes + i]
-                else:
-                    for i, v in T.grid(lanes, sub_len):
-                        tile[v, i] = x[T.min(block * lanes + i, num_rows - 1), c * sub_len + v]
-                for i in T.vectorized(lanes):
-                    best[i] = T.float32("inf")
-                    best_k[i] = 0
-                # `group` centroids at a time: independent FMA chains hide the FMA latency.
-                for k_outer in range(num_centroids // group):
-                    for k_inner in T.unroll(group):
-                        for i in T.vectorized(lanes):
-                            dist[k_inner, i] = T.float32(0)
-                    for v in range(sub_len):
-                        for k_inner in T.unroll(group):
-                            for i in T.vectorized(lanes):
-                                # Written twice: bound to a name (a LetStmt in this vectorized loop) it gave wrong
-                                # codes in TVM 0.27. LLVM merges the two subtractions.
-                                dist[k_inner, i] = dist[k_inner, i] + (
-                                    tile[v, i] - centroids[c, k_outer * group + k_inner, v]) * (
-                                    tile[v, i] - centroids[c, k_outer * group + k_inner, v])
-                    for k_inner in T.unroll(group):
-                        for i in T.vectorized(lanes):
-                            best_k[i] = T.Select(dist[k_inner, i] < best[i], k_outer * group + k_inner, best_k[i])
-                            best[i] = T.Select(dist[k_inner, i] < best[i], dist[k_inner, i], best[i])
-                if dot:  # row i's byte of its 16-row group and 4-codebook group, offset by 16 (c % 4)
-                    for i in range(lanes):
-                        codes[block * groups_per_block + i // SQUARE, c // GROUP, i % SQUARE * GROUP + c % GROUP] = (
-                            T.Cast("uint8", best_k[i] + c % GROUP * TABLE_ENTRIES))
-                else:
+            for unit in range(task % parts * per_part, T.min(task % parts * per_part + per_part, units)):
+                # dot layout: the codes of a 16-row group and 4-codebook group as 16 int32 lanes (row r's bytes
+                # 4 r + j = code + 16 j, little-endian), OR-ed together and stored as one 64-byte vector
+                packed = T.alloc_buffer((lanes,), "int32", scope="global")
+                if dot:
                     for i in T.vectorized(lanes):
-                        codes[block, c, i] = T.Cast("uint8", best_k[i])
-        for block, extra, i in T.grid(layout.row_blocks, padded - layout.codebooks, lanes):  # padded codebooks: code 0
-            if dot:
-                codes[block * groups_per_block + i // SQUARE, (layout.codebooks + extra) // GROUP,
-                      i % SQUARE * GROUP + (layout.codebooks + extra) % GROUP] = T.Cast(
-                    "uint8", (layout.codebooks + extra) % GROUP * TABLE_ENTRIES)
-            else:
+                        packed[i] = T.int32(offsets)
+                for j in range(per_unit):
+                    c = T.meta_var(unit * per_unit + j)
+                    if c < layout.codebooks:  # a dot layout's codebooks past C: code 0 (the offset alone)
+                        best_k = T.alloc_local((lanes,), "int32")
+                        nearest_centroids(x, centroids, patches, block, c, best_k)
+                        if dot:
+                            for i in T.vectorized(lanes):
+                                packed[i] = packed[i] | T.shift_left(best_k[i], j * 8)
+                        else:
+                            for i in T.vectorized(lanes):
+                                codes[block, c, i] = T.Cast("uint8", best_k[i])
+                if dot:
+                    for g in range(groups_per_block):
+                        codes[block * groups_per_block + g, unit, T.ramp(0, 1, BYTES)] = T.reinterpret(
+                            f"uint8x{BYTES}", packed[T.ramp(g * SQUARE, 1, SQUARE)])
+        if not dot:
+            for block, extra, i in T.grid(layout.row_blocks, padded - layout.codebooks, lanes):  # code 0
                 codes[block, layout.codebooks + extra, i] = T.uint8(0)
 
     return pq_encode

@@ -19,8 +19,10 @@ Layouts (`DotLookupLayout`; codes written so by `pq_encode`, the table packed on
   the intermediate layer's 64 x 1536 outputs).
 
 Schedule (in the function, `tirx.is_scheduled`): output tiles x row groups in parallel (row groups inner, so a
-tile's tables stay in L1); 16 int32x16 accumulators, one per output, walk the codebook groups; the epilogue scales
-them (one FMA per output) and transposes the 16 x 16 block in registers (`transpose16`) into 16 rows of y.
+tile's tables stay in L1); the first row group of a tile prefetches the next tile's tables into L2 (`prefetch`: with
+the tables flushed from cache, MiniLM's 64 x 384 -> 1536 lookup 85 -> 68 us, 39 us warm; 64 x 384 -> 384 25 -> 23
+us, 13 us warm; AMD EPYC znver4); 16 int32x16 accumulators, one per output, walk the codebook groups; the epilogue
+scales them (one FMA per output) and transposes the 16 x 16 block in registers (`transpose16`) into 16 rows of y.
 Needs M % 16 == 0 and a target with avx512vbmi and avx512vnni (`dot_lookup_supported`); otherwise `pq_lookup`.
 """
 
@@ -34,6 +36,7 @@ from tvm.target.codegen import target_has_features
 
 from ..intrin import TABLE_ENTRIES
 from .pq_lookup import PQLayerSizes
+from .prefetch import prefetch
 from .pwl_expr import PWLSpec, Table, evaluate
 from .transpose16 import HALF, SQUARE, transpose_16x16
 
@@ -146,6 +149,9 @@ def pq_lookup_dot_func(layout: DotLookupLayout, activation: PWLSpec | None = Non
                 acc_head[m, every] = T.Broadcast(T.int32(0), SQUARE)
                 acc_tail[m, every] = T.Broadcast(T.int32(0), SQUARE)
             for cg in range(groups):
+                if tile % row_groups == 0:  # the next tile's tables, while this tile's first row group runs
+                    for m in T.unroll(SQUARE):
+                        prefetch(T.address_of(table[T.min(tile // row_groups + 1, tiles - 1), cg, m, 0]))
                 for m in T.unroll(HALF):
                     acc_head[m, every] = _lookup_add(acc_head[m, every], table[tile // row_groups, cg, m, all_bytes],
                                                      codes[tile % row_groups, cg, all_bytes])

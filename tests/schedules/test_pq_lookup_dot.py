@@ -87,7 +87,7 @@ def test_an_activation_needs_a_table_without_input_scaling():
 
 
 @needs_dot
-@pytest.mark.parametrize("rows, sub_len, lanes", [(45, 16, 32), (70, 16, 64), (37, 4, 32)])
+@pytest.mark.parametrize("rows, sub_len, lanes", [(45, 16, 32), (70, 16, 64), (37, 4, 32), (70, 32, 64), (33, 48, 32)])
 def test_encode_writes_the_dot_layout(rows, sub_len, lanes):
     """Same codes as the reference, NaN / +-inf sub-vectors code 0, huge, tiny and zero rows nearest."""
     rng = np.random.default_rng(rows)

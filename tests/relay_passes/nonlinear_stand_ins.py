@@ -93,12 +93,19 @@ class ExactKernels:
         x = te.placeholder(shape, dtype, name="x")
         return self._func("pwl_func", [x, te.compute(shape, lambda *i: exact(x[i]), name="y")])
 
-    def softmax_func(self, exp_spec, recip_spec, shape, axis):
+    def softmax_func(self, exp_spec, recip_spec, shape, axis, scale=None, mask_shape=None):
         from tvm import te, topi
 
         assert (exp_spec.name, recip_spec.name) == ("exp", "reciprocal")
         x = te.placeholder(shape, "float32", name="x")
-        return self._func("softmax_func", [x, topi.nn.softmax(x, axis)])
+        inputs = [x]
+        if mask_shape is not None:
+            mask = te.placeholder(mask_shape, "float32", name="mask")
+            inputs.append(mask)
+            op, c = scale if scale is not None else ("multiply", 1.0)
+            scaled = topi.divide(x, c) if op == "divide" else topi.multiply(x, c)
+            x = topi.add(scaled, mask)
+        return self._func("softmax_func", [*inputs, topi.nn.softmax(x, axis)])
 
     def layer_norm_func(self, rsqrt_spec, shape, axes, eps, has_gamma=True, has_beta=True, residual=False):
         from tvm import te, topi

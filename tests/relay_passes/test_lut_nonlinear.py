@@ -87,6 +87,7 @@ def test_bert_like_block_from_both_importers(monkeypatch, tiny_bert, source):
     # The two LayerNorms after a residual add share one kernel (with the add fused in); the embeddings' has its own.
     assert sorted(kernels.calls) == ["layer_norm_func", "layer_norm_func", "pwl_func", "softmax_func"]
     assert sum(e.form.endswith(", residual add") for e in report.replaced) == 2, str(report)
+    assert [e.form for e in report.replaced if e.op == "softmax"] == ["R.nn.softmax, scale and mask add"]
     with torch.no_grad():
         expected = model(*inputs).numpy()
     np.testing.assert_allclose(_compile_and_run(mod, inputs), expected, atol=1e-5, rtol=1e-5)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from tvm.relax.dpl import is_const, is_op, wildcard
 
+from schedules.kernels.softmax import mask_fits
+
 from . import Form, LUTCall, constant_scalar, normalized_axes, static_shape
 
 
@@ -49,9 +51,7 @@ def masked(scaled: bool, mask_first: bool = False) -> Form:
             return None
         if normalized_axes(int(matchings[softmax].attrs.axis), len(shape)) != (len(shape) - 1,):
             return None
-        padded = (1,) * (len(shape) - len(mask_shape)) + mask_shape
-        if len(mask_shape) > len(shape) or padded[-1] != shape[-1] or any(m not in (1, d)
-                                                                            for m, d in zip(padded, shape)):
+        if not mask_fits(shape, mask_shape):
             return None  # not a mask along the rows (a per-row shift, or one that broadcasts x itself)
         params = (("axis", len(shape) - 1), ("mask_shape", mask_shape))
         if scaled:

@@ -59,14 +59,20 @@ def softmax_func(exp_spec: PWLSpec, recip_spec: PWLSpec, shape, axis: int = -1, 
     return as_kernel(te.create_prim_func([x, out]), "softmax")
 
 
+def mask_fits(shape, mask_shape) -> bool:
+    """Whether a mask of `mask_shape` broadcasts against `shape` (numpy rules) and spans its whole last axis (a mask
+    along the rows, not a per-row shift)."""
+    padded = (1,) * (len(shape) - len(mask_shape)) + tuple(mask_shape)
+    return (len(mask_shape) <= len(shape) and len(shape) > 0 and padded[-1] == shape[-1]
+            and all(m in (1, d) for m, d in zip(padded, shape)))
+
+
 def _check_mask(shape, mask_shape, scale, rows_kernel: bool) -> None:
     if mask_shape is None:
         raise ValueError(f"softmax scales its input only with a mask to add (got scale {scale!r} without one)")
     if not rows_kernel:
         raise ValueError(f"softmax with a mask is served along the last axis of a non-empty tensor, not of {shape}")
-    mask_shape = check_shape(mask_shape)
-    padded = (1,) * (len(shape) - len(mask_shape)) + mask_shape
-    if len(mask_shape) > len(shape) or padded[-1] != shape[-1] or any(m not in (1, d) for m, d in zip(padded, shape)):
+    if not mask_fits(shape, check_shape(mask_shape)):
         raise ValueError(f"a mask of shape {mask_shape} does not broadcast against {shape} along its whole last axis")
     if scale is not None and not (isinstance(scale, (tuple, list)) and len(scale) == 2 and scale[0] in (
             "divide", "multiply") and isinstance(scale[1], numbers.Real)):

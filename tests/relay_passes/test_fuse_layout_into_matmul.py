@@ -15,21 +15,8 @@ from relay_passes.pipeline import legalize_passes
 from relay_passes.report import PassReport
 from schedules import ApplyCPUSchedules, ScheduleReport, host_target
 from tvm_lut.frontend import from_onnx, from_torch
-from tvm_lut.models.minilm import MiniLM, MiniLMConfig
 
-TINY = MiniLMConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=64, max_position_embeddings=16)
 TARGET = host_target(1)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert():
-    torch.manual_seed(0)
-    model = MiniLM(TINY, output="tokens").eval()
-    ids = torch.randint(1, TINY.vocab_size, (2, 8))
-    mask = torch.ones(2, 8, dtype=torch.int64)
-    mask[1, 6:] = 0
-    return model, (ids, mask)
 
 
 def _run(mod, inputs):

@@ -17,12 +17,9 @@ from nonlinear_stand_ins import ExactKernels, bundle, module_of, tables
 from relay_passes import LUTNonlinear
 from relay_passes.report import PassReport, without_reports
 from tvm_lut.frontend import from_onnx, from_torch
-from tvm_lut.models.minilm import MiniLM, MiniLMConfig
 
 GAIN = 2.0
 TARGET = {"kind": "llvm"}
-TINY = MiniLMConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=64, max_position_embeddings=16)
 
 
 def _table_error() -> float:
@@ -62,16 +59,6 @@ def _import(model, inputs, source):
     if source == "torch":
         return from_torch(model, inputs)
     return from_onnx(model, opset=source, example_args=inputs)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert():
-    torch.manual_seed(0)
-    model = MiniLM(TINY, output="tokens").eval()
-    ids = torch.randint(1, TINY.vocab_size, (2, 8))
-    mask = torch.ones(2, 8, dtype=torch.int64)
-    mask[1, 6:] = 0
-    return model, (ids, mask)
 
 
 @pytest.mark.parametrize("source", ["torch", 14, 17, 20])

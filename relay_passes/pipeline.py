@@ -8,7 +8,8 @@ Phases, in order:
    fills in the shipped default tables) and `LUTDense` (when the bundle holds `pq` entries); then, for the convs
    that stay exact, `FoldPadIntoConv` (an explicit zero padding into the conv's own), `FoldBatchNorm` (a batch
    norm after a conv into its weight and bias) and `WinogradConv2d`
-   (3x3 stride 1; `winograd=False` keeps every conv direct).
+   (3x3 stride 1; `winograd=False` keeps every conv direct); `FuseLayoutIntoMatmul` (attention's head reshapes and
+   transposes grouped with its matmuls, which then read and write the heads' layout themselves).
 2. Legalize and fuse: TVM's CPU library dispatch (sort, scan, top-k, sampling), then every op becomes a PrimFunc;
    constant weights are folded (transposes of weights vanish).
 3. Schedules: records of a tuning database when one is given (only read, never written here), then the CPU rules
@@ -37,6 +38,7 @@ from schedules.rules.common import WEIGHT_PREPACK
 
 from .fold_batch_norm import FoldBatchNorm
 from .fold_pad_into_conv import FoldPadIntoConv
+from .fuse_layout_into_matmul import FuseLayoutIntoMatmul
 from .lut_nonlinear import LUTNonlinear
 from .report import PassReport
 from .report import without_reports as without_pass_reports
@@ -91,8 +93,9 @@ def keep_int32_kernels_unfused(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 
 def exact_passes(winograd: bool = True) -> list:
     """Phase 1, after the LUT rewrites: for the convs that stay exact, explicit paddings and batch norms folded into
-    them, then algorithm choices (3x3 convs to Winograd)."""
-    return [FoldPadIntoConv(), FoldBatchNorm()] + ([WinogradConv2d()] if winograd else [])
+    them, then algorithm choices (3x3 convs to Winograd); for attention, the heads' reshapes and transposes grouped
+    with its matmuls."""
+    return [FoldPadIntoConv(), FoldBatchNorm()] + ([WinogradConv2d()] if winograd else []) + [FuseLayoutIntoMatmul()]
 
 
 def legalize_passes(target) -> list:

@@ -20,11 +20,12 @@ from .pwl_expr import PWLSpec, Table, evaluate
 
 
 def layer_norm_func(rsqrt_spec: PWLSpec, shape, axes, eps: float = 1e-5, has_gamma: bool = True,
-                    has_beta: bool = True) -> tirx.PrimFunc:
+                    has_beta: bool = True, residual: bool = False) -> tirx.PrimFunc:
     """LayerNorm of a float32 tensor of `shape` over `axes`; an unscheduled PrimFunc `(x, [gamma], [beta], out)`.
 
     gamma and beta have the shape of the normalized axes (as `relax.op.nn.layer_norm`); `rsqrt_spec` is a "pow4"
-    table.
+    table. `residual`: LayerNorm of `x + residual` (a transformer's residual add fused in), `(x, residual, gamma,
+    beta, out)`, residual of x's shape; served over trailing axes with gamma and beta, on a non-empty tensor.
     """
     table = Table(rsqrt_spec, "rsqrt_spec")
     if table.scaling != "pow4":
@@ -40,9 +41,13 @@ def layer_norm_func(rsqrt_spec: PWLSpec, shape, axes, eps: float = 1e-5, has_gam
     beta = params[-1] if has_beta else None
     row_shape = tuple(d for a, d in enumerate(shape) if a not in axes)
     count = math.prod(shape[a] for a in axes)
-    if has_gamma and has_beta and axes == tuple(range(len(shape) - len(axes), len(shape))) and count > 0:
+    rows_kernel = has_gamma and has_beta and axes == tuple(range(len(shape) - len(axes), len(shape))) and count > 0
+    if residual and not rows_kernel:
+        raise ValueError(f"layer_norm with a residual is served over trailing axes with gamma and beta of a non-empty "
+                         f"tensor, not axes {axes} of shape {shape} (gamma {has_gamma}, beta {has_beta})")
+    if rows_kernel:
         return as_kernel(_rows_layer_norm(table, shape, tuple(shape[a] for a in axes), math.prod(row_shape),
-                                                  float(eps)), "layer_norm")
+                                          float(eps), residual), "layer_norm")
     inv_count = tirx.const(1.0 / count if count else 0.0, "float32")
 
     def row_of(index):
@@ -85,9 +90,10 @@ def layer_norm_func(rsqrt_spec: PWLSpec, shape, axes, eps: float = 1e-5, has_gam
     return as_kernel(te.create_prim_func([x, *params, out]), "layer_norm")
 
 
-def _rows_layer_norm(table: Table, shape, norm_shape, rows: int, eps: float) -> tirx.PrimFunc:
+def _rows_layer_norm(table: Table, shape, norm_shape, rows: int, eps: float, residual: bool) -> tirx.PrimFunc:
     """LayerNorm of `rows` contiguous rows of `norm_shape` (the trailing axes), gamma and beta of that shape,
-    scheduled (see the module docstring).
+    scheduled (see the module docstring); with `residual`, of `x + residual` (a block of rows summed into `out`
+    first, then normalized in place: the float32 sum the separate add would store, read from L1).
 
     Sums are taken in LANES partial sums (the tail, plus the lanes folded pairwise): within float32 rounding of the
     reference's order.
@@ -96,6 +102,68 @@ def _rows_layer_norm(table: Table, shape, norm_shape, rows: int, eps: float) -> 
     chunks, tail = divmod(length, LANES)
     group = rows_at_once(rows)
     inv_count = 1.0 / length
+
+    @T.macro
+    def normalize(x, gamma, beta, out, step):
+        """Rows `step * group ...` of `x` normalized into `out` (which may be `x`: each element is read before it
+        is written)."""
+        part = T.alloc_buffer((group, LANES), "float32", scope="global")
+        stats = T.alloc_buffer((group, 2), "float32", scope="global")  # per row its mean, then its inv_std
+        for r in T.unroll(group):
+            for lane in T.vectorized(LANES):
+                part[r, lane] = T.float32(0)
+        for r, j in T.grid(group, chunks):
+            for lane in T.vectorized(LANES):
+                part[r, lane] = part[r, lane] + x[step * group + r, j * LANES + lane]
+        for r in T.unroll(group):
+            stats[r, 0] = T.float32(0)
+            for t in range(tail):
+                stats[r, 0] = stats[r, 0] + x[step * group + r, chunks * LANES + t]
+            stats[r, 0] = (stats[r, 0] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)])) * T.float32(inv_count)
+            for lane in T.vectorized(LANES):
+                part[r, lane] = T.float32(0)
+        for r, j in T.grid(group, chunks):
+            for lane in T.vectorized(LANES):
+                part[r, lane] = part[r, lane] + (x[step * group + r, j * LANES + lane] - stats[r, 0]) * (
+                    x[step * group + r, j * LANES + lane] - stats[r, 0])
+        for r in T.unroll(group):
+            stats[r, 1] = T.float32(0)
+            for t in range(tail):
+                stats[r, 1] = stats[r, 1] + (x[step * group + r, chunks * LANES + t] - stats[r, 0]) * (
+                    x[step * group + r, chunks * LANES + t] - stats[r, 0])
+            stats[r, 1] = evaluate(table, (stats[r, 1] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)])) * T.float32(
+                inv_count) + T.float32(eps))
+        for r, j in T.grid(group, chunks):
+            for lane in T.vectorized(LANES):
+                out[step * group + r, j * LANES + lane] = (x[step * group + r, j * LANES + lane] - stats[r, 0]) * (
+                    stats[r, 1]) * gamma[j * LANES + lane] + beta[j * LANES + lane]
+        for r, t in T.grid(group, tail):
+            out[step * group + r, chunks * LANES + t] = (x[step * group + r, chunks * LANES + t] - stats[r, 0]) * (
+                stats[r, 1]) * gamma[chunks * LANES + t] + beta[chunks * LANES + t]
+
+    if residual:
+        @T.prim_func(s_tir=True)
+        def layer_norm_of_sum(x_in: T.Buffer(shape, "float32"), residual_in: T.Buffer(shape, "float32"),
+                              gamma_in: T.Buffer(norm_shape, "float32"), beta_in: T.Buffer(norm_shape, "float32"),
+                              out_in: T.Buffer(shape, "float32")):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": OPAQUE})
+            with T.sblock("root"):
+                x = T.decl_buffer((rows, length), "float32", data=x_in.data)
+                res = T.decl_buffer((rows, length), "float32", data=residual_in.data)
+                gamma = T.decl_buffer((length,), "float32", data=gamma_in.data)
+                beta = T.decl_buffer((length,), "float32", data=beta_in.data)
+                out = T.decl_buffer((rows, length), "float32", data=out_in.data)
+                for step in T.parallel(rows // group):
+                    for r, j in T.grid(group, chunks):
+                        for lane in T.vectorized(LANES):
+                            out[step * group + r, j * LANES + lane] = (x[step * group + r, j * LANES + lane]
+                                                                       + res[step * group + r, j * LANES + lane])
+                    for r, t in T.grid(group, tail):
+                        out[step * group + r, chunks * LANES + t] = (x[step * group + r, chunks * LANES + t]
+                                                                     + res[step * group + r, chunks * LANES + t])
+                    normalize(out, gamma, beta, out, step)
+
+        return layer_norm_of_sum
 
     @T.prim_func(s_tir=True)
     def layer_norm(x_in: T.Buffer(shape, "float32"), gamma_in: T.Buffer(norm_shape, "float32"),
@@ -107,39 +175,6 @@ def _rows_layer_norm(table: Table, shape, norm_shape, rows: int, eps: float) -> 
             beta = T.decl_buffer((length,), "float32", data=beta_in.data)
             out = T.decl_buffer((rows, length), "float32", data=out_in.data)
             for step in T.parallel(rows // group):
-                part = T.alloc_buffer((group, LANES), "float32", scope="global")
-                stats = T.alloc_buffer((group, 2), "float32", scope="global")  # per row its mean, then its inv_std
-                for r in T.unroll(group):
-                    for lane in T.vectorized(LANES):
-                        part[r, lane] = T.float32(0)
-                for r, j in T.grid(group, chunks):
-                    for lane in T.vectorized(LANES):
-                        part[r, lane] = part[r, lane] + x[step * group + r, j * LANES + lane]
-                for r in T.unroll(group):
-                    stats[r, 0] = T.float32(0)
-                    for t in range(tail):
-                        stats[r, 0] = stats[r, 0] + x[step * group + r, chunks * LANES + t]
-                    stats[r, 0] = (stats[r, 0] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)])) * T.float32(inv_count)
-                    for lane in T.vectorized(LANES):
-                        part[r, lane] = T.float32(0)
-                for r, j in T.grid(group, chunks):
-                    for lane in T.vectorized(LANES):
-                        part[r, lane] = part[r, lane] + (x[step * group + r, j * LANES + lane] - stats[r, 0]) * (
-                            x[step * group + r, j * LANES + lane] - stats[r, 0])
-                for r in T.unroll(group):
-                    stats[r, 1] = T.float32(0)
-                    for t in range(tail):
-                        stats[r, 1] = stats[r, 1] + (x[step * group + r, chunks * LANES + t] - stats[r, 0]) * (
-                            x[step * group + r, chunks * LANES + t] - stats[r, 0])
-                    stats[r, 1] = evaluate(table, (stats[r, 1] + fold(tirx.Add, part[r, T.ramp(0, 1, LANES)])) * T.float32(
-                        inv_count) + T.float32(eps))
-                for r, j in T.grid(group, chunks):
-                    for lane in T.vectorized(LANES):
-                        out[step * group + r, j * LANES + lane] = (x[step * group + r, j * LANES + lane] - stats[r, 0]) * (
-                            stats[r, 1]) * gamma[j * LANES + lane] + beta[j * LANES + lane]
-                for r, t in T.grid(group, tail):
-                    out[step * group + r, chunks * LANES + t] = (x[step * group + r, chunks * LANES + t] - stats[r, 0]) * (
-                        stats[r, 1]) * gamma[chunks * LANES + t] + beta[chunks * LANES + t]
+                normalize(x, gamma, beta, out, step)
 
     return layer_norm
-

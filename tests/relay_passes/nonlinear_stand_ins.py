@@ -93,23 +93,34 @@ class ExactKernels:
         x = te.placeholder(shape, dtype, name="x")
         return self._func("pwl_func", [x, te.compute(shape, lambda *i: exact(x[i]), name="y")])
 
-    def softmax_func(self, exp_spec, recip_spec, shape, axis):
+    def softmax_func(self, exp_spec, recip_spec, shape, axis, scale=None, mask_shape=None):
         from tvm import te, topi
 
         assert (exp_spec.name, recip_spec.name) == ("exp", "reciprocal")
         x = te.placeholder(shape, "float32", name="x")
-        return self._func("softmax_func", [x, topi.nn.softmax(x, axis)])
+        inputs = [x]
+        if mask_shape is not None:
+            mask = te.placeholder(mask_shape, "float32", name="mask")
+            inputs.append(mask)
+            op, c = scale if scale is not None else ("multiply", 1.0)
+            scaled = topi.divide(x, c) if op == "divide" else topi.multiply(x, c)
+            x = topi.add(scaled, mask)
+        return self._func("softmax_func", [*inputs, topi.nn.softmax(x, axis)])
 
-    def layer_norm_func(self, rsqrt_spec, shape, axes, eps, has_gamma=True, has_beta=True):
+    def layer_norm_func(self, rsqrt_spec, shape, axes, eps, has_gamma=True, has_beta=True, residual=False):
         from tvm import te, topi
 
         assert rsqrt_spec.name == "rsqrt"
         x = te.placeholder(shape, "float32", name="x")
+        inputs = [x]
+        if residual:
+            inputs.append(te.placeholder(shape, "float32", name="residual"))
+            x = te.compute(shape, lambda *i: inputs[0][i] + inputs[1][i], name="sum")
         normalized = [shape[a] for a in axes]
         params = [te.placeholder(normalized, "float32", name=n) for n, on in (("g", has_gamma), ("b", has_beta)) if on]
         gamma = params[0] if has_gamma else te.compute(normalized, lambda *i: 1.0, name="one")
         beta = params[-1] if has_beta else te.compute(normalized, lambda *i: 0.0, name="zero")
-        return self._func("layer_norm_func", [x, *params, topi.nn.layer_norm(x, gamma, beta, list(axes), eps)])
+        return self._func("layer_norm_func", [*inputs, *params, topi.nn.layer_norm(x, gamma, beta, list(axes), eps)])
 
     def _func(self, name, tensors):
         from tvm import te

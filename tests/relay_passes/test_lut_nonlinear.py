@@ -17,12 +17,9 @@ from nonlinear_stand_ins import ExactKernels, bundle, module_of, tables
 from relay_passes import LUTNonlinear
 from relay_passes.report import PassReport, without_reports
 from tvm_lut.frontend import from_onnx, from_torch
-from tvm_lut.models.minilm import MiniLM, MiniLMConfig
 
 GAIN = 2.0
 TARGET = {"kind": "llvm"}
-TINY = MiniLMConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=64, max_position_embeddings=16)
 
 
 def _table_error() -> float:
@@ -64,16 +61,6 @@ def _import(model, inputs, source):
     return from_onnx(model, opset=source, example_args=inputs)
 
 
-@pytest.fixture(scope="module")
-def tiny_bert():
-    torch.manual_seed(0)
-    model = MiniLM(TINY, output="tokens").eval()
-    ids = torch.randint(1, TINY.vocab_size, (2, 8))
-    mask = torch.ones(2, 8, dtype=torch.int64)
-    mask[1, 6:] = 0
-    return model, (ids, mask)
-
-
 @pytest.mark.parametrize("source", ["torch", 14, 17, 20])
 def test_bert_like_block_from_both_importers(monkeypatch, tiny_bert, source):
     """Exact stand-in kernels: the rewritten graph must match PyTorch to float rounding."""
@@ -84,7 +71,10 @@ def test_bert_like_block_from_both_importers(monkeypatch, tiny_bert, source):
     report = PassReport.of(mod, "LUTNonlinear")
     assert report.counts() == {"gelu": 1, "softmax": 1, "layer_norm": 3}, str(report)
     assert report.kept == []
-    assert sorted(kernels.calls) == ["layer_norm_func", "pwl_func", "softmax_func"]  # the 3 LayerNorms share one
+    # The two LayerNorms after a residual add share one kernel (with the add fused in); the embeddings' has its own.
+    assert sorted(kernels.calls) == ["layer_norm_func", "layer_norm_func", "pwl_func", "softmax_func"]
+    assert sum(e.form.endswith(", residual add") for e in report.replaced) == 2, str(report)
+    assert [e.form for e in report.replaced if e.op == "softmax"] == ["R.nn.softmax, scale and mask add"]
     with torch.no_grad():
         expected = model(*inputs).numpy()
     np.testing.assert_allclose(_compile_and_run(mod, inputs), expected, atol=1e-5, rtol=1e-5)

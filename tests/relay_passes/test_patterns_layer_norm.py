@@ -159,3 +159,69 @@ def test_different_reduction_axes_are_not_a_layer_norm(monkeypatch):
     after, report, builders = _run(monkeypatch, before, Expected["lut_layer_norm"])
     tvm.ir.assert_structural_equal(after, before)
     assert report.replaced == [] and builders.calls == []
+
+
+@I.ir_module
+class ExpectedResidual:
+    @T.prim_func(private=True)
+    def lut_layer_norm(x: T.Buffer((2, 8), "float32"), residual: T.Buffer((2, 8), "float32"),
+                       gamma: T.Buffer((8,), "float32"), beta: T.Buffer((8,), "float32"),
+                       out: T.Buffer((2, 8), "float32")):
+        T.func_attr({"tvm_lut.kernel": "stand-in"})
+        for i, j in T.grid(2, 8):
+            out[i, j] = (x[i, j] + residual[i, j]) * gamma[j] + beta[j]
+
+    @R.function
+    def main(x: R.Tensor((2, 8), "float32"), gamma: R.Tensor((8,), "float32"),
+             beta: R.Tensor((8,), "float32")) -> R.Tensor((2, 8), "float32"):
+        cls = ExpectedResidual
+        with R.dataflow():
+            h = R.multiply(x, R.const(2.0, "float32"))
+            y = R.call_tir(cls.lut_layer_norm, (h, x, gamma, beta), out_ty=R.Tensor((2, 8), "float32"))
+            R.output(y)
+        return y
+
+
+def _residual(layer_norm, residual_shape=(2, 8)):
+    """`layer_norm(2 * x + r, gamma, beta)`: r is x itself, or a constant of `residual_shape` (broadcast)."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((2, 8), "float32"), gamma: R.Tensor((8,), "float32"),
+                 beta: R.Tensor((8,), "float32")) -> R.Tensor((2, 8), "float32"):
+            with R.dataflow():
+                h = R.multiply(x, R.const(2.0, "float32"))
+                s = R.add(h, x)
+                y = layer_norm(s, gamma, beta)
+                R.output(y)
+            return y
+
+    if residual_shape == (2, 8):
+        return Before
+    return tvm.script.from_source(Before.script().replace("R.add(h, x)", "R.add(h, R.const(1.0, 'float32'))"))
+
+
+def _fused_layer_norm(s, gamma, beta):
+    return R.nn.layer_norm(s, gamma, beta, axes=[-1], epsilon=1e-5)
+
+
+def _onnx_layer_norm(s, gamma, beta):
+    d = R.subtract(s, R.mean(s, axis=[-1], keepdims=True))
+    v = R.mean(R.power(d, R.const(2.0, "float32")), axis=[-1], keepdims=True)
+    return R.add(R.multiply(R.divide(d, R.sqrt(R.add(v, R.const(1e-5, "float32")))), gamma), beta)
+
+
+@pytest.mark.parametrize("layer_norm, form", [(_fused_layer_norm, "R.nn.layer_norm, residual add"),
+                                              (_onnx_layer_norm, "decomposed, gamma+beta, residual add")])
+def test_a_residual_add_before_layer_norm_is_fused_in(monkeypatch, layer_norm, form):
+    after, report, builders = _run(monkeypatch, _residual(layer_norm), ExpectedResidual["lut_layer_norm"])
+    tvm.ir.assert_structural_equal(after, ExpectedResidual)
+    assert [e.form for e in report.replaced] == [form]
+    ((_, _, kwargs),) = builders.calls
+    assert kwargs["residual"] is True
+
+
+def test_a_broadcasting_add_before_layer_norm_stays(monkeypatch):
+    after, report, builders = _run(monkeypatch, _residual(_fused_layer_norm, ()), Expected["lut_layer_norm"])
+    assert [e.form for e in report.replaced] == ["R.nn.layer_norm"]
+    assert "R.add(" in after["main"].script() and "residual" not in builders.calls[0][2]

@@ -142,3 +142,39 @@ def test_decomposed_look_alikes_are_left_alone(monkeypatch, max_axis, sum_axis):
     after, report = _apply(LUTNonlinear(bundle(knots=9)), before)
     tvm.ir.assert_structural_equal(after, before)
     assert report.replaced == [] and report.kept == []
+
+
+def _attention_scores(scale_op, mask_shape=(1, 8), mask_first=False, axis=-1):
+    """`softmax(x op c + mask, axis)` of (2, 8) scores: the scaling (divide, multiply, none) then the mask add."""
+    def build(bb, x):
+        mask = bb.emit(R.multiply(R.const(-10000.0, "float32"), bb.emit(R.ones(R.shape(mask_shape), "float32"))))
+        c = R.const(4.0, "float32")
+        scores = {"divide": lambda: bb.emit(R.divide(x, c)), "multiply": lambda: bb.emit(R.multiply(c, x)),
+                  None: lambda: x}[scale_op]()
+        total = bb.emit(R.add(mask, scores) if mask_first else R.add(scores, mask))
+        return R.nn.softmax(total, axis=axis)
+
+    return module_of(build)
+
+
+@pytest.mark.parametrize("scale_op, mask_first, form, scale", [
+    ("divide", False, "R.nn.softmax, scale and mask add", ("divide", 4.0)),
+    ("multiply", True, "R.nn.softmax, scale and mask add", ("multiply", 4.0)),
+    (None, False, "R.nn.softmax, mask add", None),
+])
+def test_scale_and_mask_add_before_a_last_axis_softmax_are_fused_in(monkeypatch, scale_op, mask_first, form, scale):
+    builders = RecordingBuilders({"softmax_func": Expected["lut_softmax"]}).install(monkeypatch)
+    after, report = _apply(LUTNonlinear(bundle(knots=9)), _attention_scores(scale_op, mask_first=mask_first))
+    assert [e.form for e in report.replaced] == [form]
+    ((_, _, kwargs),) = builders.calls
+    assert kwargs["mask_shape"] == (1, 8) and kwargs.get("scale") == scale
+    script = after["main"].script()
+    assert "R.add(" not in script and "R.divide(" not in script
+
+
+@pytest.mark.parametrize("mask_shape, axis", [((2, 1), -1), ((1, 8), 0)])
+def test_a_per_row_shift_or_another_axis_keeps_its_add(monkeypatch, mask_shape, axis):
+    builders = RecordingBuilders({"softmax_func": Expected["lut_softmax"]}).install(monkeypatch)
+    after, report = _apply(LUTNonlinear(bundle(knots=9)), _attention_scores("divide", mask_shape, axis=axis))
+    assert [e.form for e in report.replaced] == ["R.nn.softmax"]
+    assert "mask_shape" not in builders.calls[0][2] and "R.add(" in after["main"].script()

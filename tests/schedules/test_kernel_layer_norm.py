@@ -3,7 +3,7 @@ import pytest
 
 from schedules import layer_norm_func
 from schedules.kernels.reference import layer_norm_reference
-from tests.schedules.kernel_harness import RECIPROCAL, RSQRT, assert_matches, run_kernel
+from tests.schedules.kernel_harness import EDGE_VALUES, RECIPROCAL, RSQRT, assert_matches, run_kernel
 
 RNG = np.random.default_rng(0)
 
@@ -65,3 +65,27 @@ def test_misuse_is_rejected(spec, axes, eps, match):
 def test_numpy_scalars_are_accepted():
     func = layer_norm_func(RSQRT, (2, 8), np.array([1]), np.float32(1e-5))
     assert func.attrs["tvm_lut.kernel"] == "layer_norm"
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 384), (5, 37), (3, 1), (0, 8)])
+def test_residual_add_is_the_layer_norm_of_the_sum_bit_for_bit(shape):
+    """The fused residual: the same float32 sum the separate add stores, so the same output bit for bit; edge values
+    (NaN, inf, huge, tiny) go through the add as they would."""
+    x = (RNG.standard_normal(shape) * 2).astype(np.float32)
+    residual = RNG.standard_normal(shape).astype(np.float32)
+    flat = x.reshape(-1, shape[-1])
+    edges = np.resize(EDGE_VALUES, flat.shape[1])
+    if flat.shape[0] > 1:
+        flat[0] = edges
+    g = RNG.uniform(0.5, 1.5, shape[-1]).astype(np.float32)
+    b = RNG.standard_normal(shape[-1]).astype(np.float32)
+    fused = run_kernel(layer_norm_func(RSQRT, shape, [-1], 1e-5, residual=True), x, residual, g, b)
+    plain = run_kernel(layer_norm_func(RSQRT, shape, [-1], 1e-5), x + residual, g, b)
+    np.testing.assert_array_equal(fused, plain)
+    assert_matches(fused, layer_norm_reference(RSQRT, x + residual, [-1], 1e-5, g, b))
+
+
+@pytest.mark.parametrize("shape, axes, affine", [((4, 8), [0], True), ((4, 8), [-1], False), ((4, 0), [-1], True)])
+def test_residual_needs_the_row_kernel(shape, axes, affine):
+    with pytest.raises(ValueError, match="residual"):
+        layer_norm_func(RSQRT, shape, axes, has_gamma=affine, has_beta=affine, residual=True)

@@ -3,7 +3,7 @@ import pytest
 
 from schedules import softmax_func
 from schedules.kernels.reference import softmax_reference
-from tests.schedules.kernel_harness import EXP, GELU, RECIPROCAL, RSQRT, assert_matches, run_kernel
+from tests.schedules.kernel_harness import EDGE_VALUES, EXP, GELU, RECIPROCAL, RSQRT, assert_matches, run_kernel
 
 RNG = np.random.default_rng(0)
 
@@ -46,3 +46,45 @@ def test_rows_stay_distributions_and_special_rows_follow_the_arithmetic():
 def test_misuse_is_rejected(exp_spec, recip_spec, axis, match):
     with pytest.raises((TypeError, ValueError), match=match):
         softmax_func(exp_spec, recip_spec, (4, 8), axis)
+
+
+def _scaled(x, scale):
+    if scale is None:
+        return x
+    return x / np.float32(scale[1]) if scale[0] == "divide" else x * np.float32(scale[1])
+
+
+@pytest.mark.parametrize("shape, mask_shape, scale", [
+    ((1, 12, 64, 64), (1, 1, 1, 64), ("divide", 5.656854)),  # MiniLM's attention at 1 x 64
+    ((2, 3, 5, 37), (2, 1, 1, 37), ("multiply", 0.125)),      # a mask per sequence, odd row length
+    ((2, 3, 5, 37), (3, 5, 37), None),                         # fewer dims, broadcast over the batch
+    ((4, 7), (7,), None),
+    ((0, 3, 16), (1, 16), ("divide", 4.0)),                    # zero rows
+])
+def test_scale_and_mask_are_the_softmax_of_the_sum_bit_for_bit(shape, mask_shape, scale):
+    """The fused mask: the float32 `x / c + mask` the separate ops store, so the softmax of it bit for bit;
+    edge values (NaN, inf, huge, tiny) in the scores and a -inf in the mask go through as they would."""
+    x = (RNG.standard_normal(shape) * 4).astype(np.float32)
+    mask = np.where(RNG.random(mask_shape) < 0.3, np.float32(-10000), np.float32(0)).astype(np.float32)
+    flat = x.reshape(-1, shape[-1])
+    if flat.shape[0] > 2:
+        flat[0] = np.resize(EDGE_VALUES, shape[-1])
+        mask.reshape(-1)[1] = -np.inf
+    summed = (_scaled(x, scale) + mask).astype(np.float32)
+    fused = run_kernel(softmax_func(EXP, RECIPROCAL, shape, scale=scale, mask_shape=mask_shape), x, mask)
+    np.testing.assert_array_equal(fused, run_kernel(softmax_func(EXP, RECIPROCAL, shape), summed))
+    assert_matches(fused, softmax_reference(EXP, RECIPROCAL, summed, -1))
+
+
+@pytest.mark.parametrize("shape, axis, mask_shape, scale, match", [
+    ((4, 8), -1, None, ("divide", 2.0), "without"),
+    ((4, 8), 0, (8,), None, "last axis"),
+    ((4, 0), -1, (0,), None, "last axis"),
+    ((4, 8), -1, (4, 1), None, "broadcast"),
+    ((4, 8), -1, (3, 8), None, "broadcast"),
+    ((4, 8), -1, (2, 4, 8), None, "broadcast"),
+    ((4, 8), -1, (8,), ("sqrt", 2.0), "scale"),
+])
+def test_mask_misuse_is_rejected(shape, axis, mask_shape, scale, match):
+    with pytest.raises(ValueError, match=match):
+        softmax_func(EXP, RECIPROCAL, shape, axis, scale=scale, mask_shape=mask_shape)

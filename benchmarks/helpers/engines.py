@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..timing import median_seconds, median_seconds_interleaved
+from ..timing import Timing, timings
 
 
 def export_onnx(model, example, workdir: Path) -> tuple[Path, Path]:
@@ -85,13 +85,19 @@ def aligned(array: np.ndarray) -> np.ndarray:
 
 def median_latencies(runs: dict[str, Callable[[], object]], threads: int, repeat: int,
                      min_seconds: float = 0.1, cpu_clock: bool = False) -> dict[str, float]:
-    """Seconds per call of each engine. On one thread, repetitions taken in turn over the engines, so a busy
-    machine's load hits all of them alike; on several, one engine after the other (a runtime's idle workers spin
-    for a while after each call and would slow whichever engine runs next). `cpu_clock` (one thread only) times
-    the process's CPU time instead of wall time: on a shared machine, the time others take is not counted."""
+    """Seconds per call of each engine (the medians of `engine_timings`)."""
+    return {name: timing.median for name, timing in engine_timings(runs, threads, repeat, min_seconds,
+                                                                   cpu_clock).items()}
+
+
+def engine_timings(runs: dict[str, Callable[[], object]], threads: int, repeat: int,
+                   min_seconds: float = 0.1, cpu_clock: bool = False) -> dict[str, Timing]:
+    """Every repetition of each engine, taken in turn over the engines (A B C A B C ...), so a busy machine's load
+    hits all of them alike. On several threads each repetition waits until the engine before has parked its workers
+    (they spin for 60-400 ms after a call and would take a core from the next engine: `tvm_lut.timing`), so every
+    engine runs with the process's cores to itself. `cpu_clock` (one thread only) times the process's CPU time
+    instead of wall time: on a shared machine, the time others take is not counted."""
     if cpu_clock and threads != 1:
         raise ValueError(f"the CPU clock times one thread only, not {threads} (it sums the CPU time of every thread)")
-    if threads == 1:
-        clock = time.process_time if cpu_clock else time.perf_counter
-        return median_seconds_interleaved(runs, repeat, min_seconds, clock)
-    return {name: median_seconds(run, repeat, min_seconds) for name, run in runs.items()}
+    clock = time.process_time if cpu_clock else time.perf_counter
+    return timings(runs, repeat, min_seconds, clock, settle=threads > 1)

@@ -1,0 +1,26 @@
+"""benchmarks.helpers.engines.engine_timings: at several threads every engine's repetition starts once the workers
+the engine before left spinning have stopped; the CPU clock stays a one-thread clock. No speed is asserted."""
+
+import sys
+
+import pytest
+
+from benchmarks.helpers.engines import engine_timings
+from tvm_lut import timing
+
+from tests.tvm_lut.test_timing import _spin
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread states come from /proc")
+def test_at_two_threads_no_engine_runs_beside_the_previous_engines_spinning_workers():
+    seen_busy = []
+    timed = engine_timings({"spins after": lambda: _spin(0.05),
+                            "checks": lambda: seen_busy.append(timing._others_runnable())},
+                           threads=2, repeat=2, min_seconds=0.0)
+    assert seen_busy and not any(seen_busy)
+    assert all(len(t.seconds) == 2 for t in timed.values())
+
+
+def test_the_cpu_clock_is_refused_at_two_threads():
+    with pytest.raises(ValueError, match="one thread only"):
+        engine_timings({"a": lambda: None}, threads=2, repeat=1, cpu_clock=True)

@@ -23,7 +23,8 @@ Latency is the median of `--repeat` repetitions of >= 0.1 s of calls, taken in t
 engine has the cores to itself: `benchmarks.helpers.engines.engine_timings`); `vs_ort_fp32` is ONNX Runtime fp32
 latency / this latency (> 1 is faster); `cpu_wait` is how many of the process's threads stood waiting for a CPU
 that other processes held, during the engine's repetitions (median; 0 on a quiet machine, so a figure with a high
-one is the shared machine's, not the engine's). Accuracy: MiniLM
+one is the shared machine's, not the engine's); `threads_ran` the most threads of the process that ran during one
+of them (at N threads, N: no other engine's worker ran beside it). Accuracy: MiniLM
 embeddings feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on
 held-out tweets; an engine running other weights (NN-LUT + PQ with `--pq-weights minilm=...`) is another model,
 whose head is fitted the same way on its own embeddings of the same training tweets (its accuracy with the FP32
@@ -229,6 +230,7 @@ def measure(name: str, args) -> list[dict]:
         timing = timed.get(row["engine"])
         if timing is not None:
             row["latency_ms"], row["cpu_wait"] = 1e3 * timing.median, timing.median_waiting
+            row["threads_ran"] = timing.most_threads_ran
             row["latency_ms_repetitions"] = [1e3 * s for s in timing.seconds]
         row.setdefault("latency_ms", float("nan"))
     baseline = next(r["latency_ms"] for r in rows if r["engine"] == "ort fp32")
@@ -299,8 +301,10 @@ def main(argv=None) -> int:
     rows = [row for name in args.models for row in measure(name, args)]
     print(f"target {host_target(args.threads)}; median of {args.repeat}; vs_ort_fp32 > 1 means faster than ONNX Runtime "
           f"fp32; cpu_wait: this process's threads waiting for a CPU other processes held (median; 0 on a quiet "
-          f"machine); load average {load_average()}")
-    print(format_table(rows, ["model", "engine", "latency_ms", "vs_ort_fp32", "accuracy", "size_mb", "cpu_wait"]))
+          f"machine); threads_ran: the most threads of the process that ran during one of the engine's "
+          f"repetitions; load average {load_average()}")
+    print(format_table(rows, ["model", "engine", "latency_ms", "vs_ort_fp32", "accuracy", "size_mb", "cpu_wait",
+                              "threads_ran"]))
     write_json(args.json and Path(args.json), {"target": str(host_target(args.threads)), "load_average": load_average(),
                                                "rows": rows})
     return 0

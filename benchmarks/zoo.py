@@ -15,7 +15,9 @@ PyTorch's output over the largest magnitude of that output (relative to the outp
 do not blow it up). A model torch.export refuses is imported from its ONNX file instead, shape computations folded by ONNX
 Runtime's basic optimizations (`importer` in the JSON).
 `cpu_wait` is the most threads of any engine that stood waiting for a CPU other processes held (median over its
-repetitions; 0 on a quiet machine: a row with a high one measured the shared machine).
+repetitions; 0 on a quiet machine: a row with a high one measured the shared machine); `threads_ran` the most
+threads of the process that ran during one engine's repetition (at N threads, N: no other engine's worker ran
+beside it).
 `unscheduled` counts the functions no rule fitted (named in the JSON with the whole compile
 report). A model or engine that fails (import, export, compile) is recorded with its error and the zoo goes on.
 """
@@ -38,7 +40,7 @@ from .helpers.zoo_models import MODELS
 
 COLUMNS = ["model", "pytorch_ms", "ort_fp32_ms", "ort_int8_ms", "rules_ms", "rules_vs_ort", "tuned_ms",
            "tuned_vs_ort", "pytorch_vs_ort", "rules_err", "tuned_err", "ort_fp32_err", "ort_int8_err", "unscheduled",
-           "cpu_wait"]
+           "cpu_wait", "threads_ran"]
 
 
 def max_relative_error(output: np.ndarray, reference: np.ndarray) -> float:
@@ -140,6 +142,7 @@ def measure(name: str, args, target) -> dict:
     record["latency_ms"] = {engine: 1e3 * timing.median for engine, timing in timed.items()}
     record["latency_ms_repetitions"] = {engine: [1e3 * s for s in timing.seconds] for engine, timing in timed.items()}
     record["cpu_wait"] = {engine: timing.median_waiting for engine, timing in timed.items()}
+    record["threads_ran"] = {engine: timing.most_threads_ran for engine, timing in timed.items()}
     del model, runs, calls
     gc.collect()
     return record
@@ -160,6 +163,8 @@ def table_row(record: dict) -> dict:
     row["unscheduled"] = len(report["unscheduled"]) if report is not None else None
     waits = [w for w in record.get("cpu_wait", {}).values() if w is not None]
     row["cpu_wait"] = max(waits) if waits else None
+    ran = [n for n in record.get("threads_ran", {}).values() if n is not None]
+    row["threads_ran"] = max(ran) if ran else None
     return row
 
 
@@ -213,7 +218,8 @@ def main(argv=None) -> int:
     overall = summary(rows)
     print(f"\nCPU {cpu_name()}; target {target}; {args.threads} thread(s); {args.clock} clock; "
           f"median of {args.repeat}; *_vs_ort > 1 means faster than ONNX Runtime fp32; cpu_wait: the most any "
-          f"engine's threads waited for a CPU other processes held (0 on a quiet machine); "
+          f"engine's threads waited for a CPU other processes held (0 on a quiet machine); threads_ran: the most "
+          f"threads of the process that ran in one engine's repetition; "
           f"load average {load_average()}")
     print(format_table(rows, COLUMNS))
     median = overall["median_rules_vs_ort"]

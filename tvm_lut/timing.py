@@ -28,11 +28,13 @@ _TASKS = "/proc/self/task"
 
 @dataclasses.dataclass
 class Timing:
-    """One function's repetitions: seconds per call, and the mean number of this process's threads that waited for a
-    CPU during each (None where the kernel does not say: not Linux)."""
+    """One function's repetitions: seconds per call; the mean number of this process's threads that waited for a
+    CPU during each; how many of its threads ran (more than 1 % of the repetition) during each: with settled
+    repetitions, the function's own (None where the kernel does not say: not Linux)."""
 
     seconds: list[float]
     waiting: list[float | None]
+    threads_ran: list[int | None] = dataclasses.field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -42,6 +44,11 @@ class Timing:
     def median_waiting(self) -> float | None:
         known = [w for w in self.waiting if w is not None]
         return statistics.median(known) if known else None
+
+    @property
+    def most_threads_ran(self) -> int | None:
+        known = [n for n in self.threads_ran if n is not None]
+        return max(known) if known else None
 
 
 def median_seconds(fn: Callable[[], object], repeat: int = 7, min_seconds: float = 0.02,
@@ -79,15 +86,21 @@ def timings(fns: dict[str, Callable[[], object]], repeat: int = 7, min_seconds: 
             if settle:
                 wait_for_idle_threads()
                 fn()  # wakes this function's own workers
-            queued, wall = _run_queue_seconds(), time.perf_counter()
+            before, wall = _schedstats(), time.perf_counter()
             start = clock()
             for _ in range(numbers[name]):
                 fn()
             elapsed = clock() - start
-            wall, queued_after = time.perf_counter() - wall, _run_queue_seconds()
+            wall, after = max(time.perf_counter() - wall, 1e-9), _schedstats()
             results[name].seconds.append(elapsed / numbers[name])
-            results[name].waiting.append(None if queued is None or queued_after is None
-                                         else (queued_after - queued) / max(wall, 1e-9))
+            if before is None or after is None:
+                results[name].waiting.append(None)
+                results[name].threads_ran.append(None)
+                continue
+            results[name].waiting.append(sum(queued - before.get(task, (0, 0))[1]
+                                             for task, (_, queued) in after.items()) / 1e9 / wall)
+            results[name].threads_ran.append(sum(ran - before.get(task, (0, 0))[0] > 0.01 * wall * 1e9
+                                                 for task, (ran, _) in after.items()))
     return results
 
 
@@ -147,11 +160,6 @@ def _schedstats() -> dict[int, tuple[int, int]] | None:
             continue
         stats[int(task)] = (int(ran), int(queued))
     return stats or None
-
-
-def _run_queue_seconds() -> float | None:
-    stats = _schedstats()
-    return None if stats is None else sum(queued for _, queued in stats.values()) / 1e9
 
 
 def _calls_per_repetition(fn: Callable[[], object], min_seconds: float) -> int:

@@ -19,6 +19,7 @@ def test_at_two_threads_no_engine_runs_beside_the_previous_engines_spinning_work
                            threads=2, repeat=2, min_seconds=0.0)
     assert seen_busy and not any(seen_busy)
     assert all(len(t.seconds) == 2 for t in timed.values())
+    assert timed["checks"].most_threads_ran == 1  # no worker of the engine before ran beside it
 
 
 def test_the_cpu_clock_is_refused_at_two_threads():

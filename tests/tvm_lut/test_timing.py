@@ -31,8 +31,9 @@ def test_repetitions_are_taken_in_turn_and_each_is_kept():
                             min_seconds=0.0)
     assert calls[-6:] == ["a", "b"] * 3
     for name in "ab":
-        assert len(result[name].seconds) == len(result[name].waiting) == 3
+        assert len(result[name].seconds) == len(result[name].waiting) == len(result[name].threads_ran) == 3
         assert all(w is None or w >= 0 for w in result[name].waiting)
+        assert all(n is None or n >= 1 for n in result[name].threads_ran)  # the caller's thread at least
         assert result[name].median == sorted(result[name].seconds)[1]
     with pytest.raises(ValueError, match="repeat must be >= 1"):
         timing.timings({"a": lambda: None}, repeat=0)

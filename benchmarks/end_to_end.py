@@ -18,8 +18,13 @@ artifact's model weights, or with a bundle file `--pq-weights MODEL=PATH`), whil
 (MiniLM's pretrained weights; the CNN trained here for one epoch, or `--cnn-weights`, the FP32 CNN the bundle was
 learned from).
 
-Latency is the median of `--repeat` repetitions of >= 0.1 s of calls (at 1 thread taken in turn over the engines: A
-B C A B C ...); `vs_ort_fp32` is ONNX Runtime fp32 latency / this latency (> 1 is faster). Accuracy: MiniLM
+Latency is the median of `--repeat` repetitions of >= 0.1 s of calls, taken in turn over the engines (A B C A B C
+...; at several threads each repetition starts once the engine before has parked its spinning workers, so every
+engine has the cores to itself: `benchmarks.helpers.engines.engine_timings`); `vs_ort_fp32` is ONNX Runtime fp32
+latency / this latency (> 1 is faster); `cpu_wait` is how many of the process's threads stood waiting for a CPU
+that other processes held, during the engine's repetitions (median; 0 on a quiet machine, so a figure with a high
+one is the shared machine's, not the engine's); `threads_ran` the most threads of the process that ran during one
+of them (at N threads, N: no other engine's worker ran beside it). Accuracy: MiniLM
 embeddings feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on
 held-out tweets; an engine running other weights (NN-LUT + PQ with `--pq-weights minilm=...`) is another model,
 whose head is fitted the same way on its own embeddings of the same training tweets (its accuracy with the FP32
@@ -35,8 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .helpers.engines import aligned, export_onnx, median_latencies, ort_runner, torch_runner, tvm_runner
-from .timing import add_common_arguments, format_table, median_seconds, write_json
+from .helpers.engines import aligned, engine_timings, export_onnx, free_runtime_threads, ort_runner, torch_runner, \
+    tvm_runner
+from .timing import add_common_arguments, format_table, load_average, median_seconds, wait_for_idle_threads, write_json
 
 MODELS = ("minilm-8x64", "minilm-1x64", "cnn")
 # The CLI's names for the same cases (`tvm_lut.model_spec.BUILTIN_MODELS`; minilm-l6 at its default 8 x 64 input).
@@ -157,11 +163,10 @@ def engines(model, example, bundle, args, workdir: Path, bundle_model=None):
 
     import tvm_lut
     from schedules import host_target
-    from schedules.target import use_runtime_threads
     from tvm_lut.frontend import from_torch
 
     target = host_target(args.threads)
-    threads = use_runtime_threads(target)
+    threads = free_runtime_threads(target)
     torch.set_num_threads(threads)
     onnx_path, int8_path = export_onnx(model, example, workdir)
 
@@ -211,7 +216,8 @@ def measure(name: str, args) -> list[dict]:
             if scored and engine == "tvm nn-lut + pq" and bundle_model is not None and family == "minilm":
                 # Other weights than the FP32 model's: a model of its own, whose head is fitted as the FP32 one was.
                 row["accuracy_fp32_head"], row["accuracy"] = row["accuracy"], score(run, own_head=True)
-            if stock:  # seconds per call: one repetition
+            if stock:  # seconds per call: one repetition (once the engines scored before have parked their workers)
+                wait_for_idle_threads()
                 row["latency_ms"] = 1e3 * median_seconds(lambda: run(*arrays), 1, 0.0)
             else:
                 runs[engine] = lambda run=run: run(*arrays)
@@ -219,9 +225,14 @@ def measure(name: str, args) -> list[dict]:
             fp32_head = row.get("accuracy_fp32_head")
             fp32_head = "" if fp32_head is None else f" (with the FP32 model's head: {fp32_head})"
             print(f"  {name} {engine}: built, accuracy {row['accuracy']}{fp32_head}", flush=True)
-        seconds = median_latencies(runs, args.threads, args.repeat)
+        timed = engine_timings(runs, args.threads, args.repeat)
     for row in rows:
-        row.setdefault("latency_ms", 1e3 * seconds.get(row["engine"], float("nan")))
+        timing = timed.get(row["engine"])
+        if timing is not None:
+            row["latency_ms"], row["cpu_wait"] = 1e3 * timing.median, timing.median_waiting
+            row["threads_ran"] = timing.most_threads_ran
+            row["latency_ms_repetitions"] = [1e3 * s for s in timing.seconds]
+        row.setdefault("latency_ms", float("nan"))
     baseline = next(r["latency_ms"] for r in rows if r["engine"] == "ort fp32")
     for row in rows:
         row["vs_ort_fp32"] = baseline / row["latency_ms"]
@@ -288,9 +299,14 @@ def main(argv=None) -> int:
     from schedules import host_target
 
     rows = [row for name in args.models for row in measure(name, args)]
-    print(f"target {host_target(args.threads)}; median of {args.repeat}; vs_ort_fp32 > 1 means faster than ONNX Runtime fp32")
-    print(format_table(rows, ["model", "engine", "latency_ms", "vs_ort_fp32", "accuracy", "size_mb"]))
-    write_json(args.json and Path(args.json), {"target": str(host_target(args.threads)), "rows": rows})
+    print(f"target {host_target(args.threads)}; median of {args.repeat}; vs_ort_fp32 > 1 means faster than ONNX Runtime "
+          f"fp32; cpu_wait: this process's threads waiting for a CPU other processes held (median; 0 on a quiet "
+          f"machine); threads_ran: the most threads of the process that ran during one of the engine's "
+          f"repetitions; load average {load_average()}")
+    print(format_table(rows, ["model", "engine", "latency_ms", "vs_ort_fp32", "accuracy", "size_mb", "cpu_wait",
+                              "threads_ran"]))
+    write_json(args.json and Path(args.json), {"target": str(host_target(args.threads)), "load_average": load_average(),
+                                               "rows": rows})
     return 0
 
 

@@ -5,11 +5,13 @@ what to read.
 
 import argparse
 import json
+import os
 from pathlib import Path
 
-from tvm_lut.timing import median_seconds, median_seconds_interleaved
+from tvm_lut.timing import Timing, median_seconds, median_seconds_interleaved, timings, wait_for_idle_threads
 
-__all__ = ["add_common_arguments", "format_table", "median_seconds", "median_seconds_interleaved", "write_json"]
+__all__ = ["Timing", "add_common_arguments", "format_table", "load_average", "median_seconds",
+           "median_seconds_interleaved", "timings", "wait_for_idle_threads", "write_json"]
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
@@ -24,6 +26,14 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
+
+
+def load_average() -> str:
+    """The machine's 1-minute load average (`uptime`), to name beside figures taken on a shared machine."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, repeat: int = 7) -> None:

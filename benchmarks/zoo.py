@@ -6,13 +6,18 @@ For each model of `benchmarks.helpers.zoo_models` (ResNet-50, MobileNetV2, Mobil
 224 px, Swin-T, BERT-base and DistilBERT at 128 tokens with random weights from `transformers` configurations;
 MiniLM-L6 at 128 tokens and the Fashion-MNIST CNN; batch 1) on the same inputs and thread count: PyTorch fp32,
 ONNX Runtime fp32 and int8 (dynamic quantization), `tvm_lut.compile` with our rules (exact, untuned) and, with
-`--db`, with the records of `tvm-lut tune`. Latency is the median of `--repeat` repetitions of >= 0.1 s of calls (at
-one thread taken in turn over the engines; wall time, or with `--clock cpu` at one thread the process's CPU time,
+`--db`, with the records of `tvm-lut tune`. Latency is the median of `--repeat` repetitions of >= 0.1 s of calls,
+taken in turn over the engines (at several threads each once the engine before has parked its spinning workers:
+`benchmarks.helpers.engines.engine_timings`; wall time, or with `--clock cpu` at one thread the process's CPU time,
 which a shared machine's other processes do not inflate); `*_vs_ort` is ONNX Runtime fp32 latency / the engine's (> 1 is
 faster), and the zoo's median of `rules_vs_ort` closes the table. `*_err` is the largest absolute difference from
 PyTorch's output over the largest magnitude of that output (relative to the output's scale, so elements near zero
 do not blow it up). A model torch.export refuses is imported from its ONNX file instead, shape computations folded by ONNX
 Runtime's basic optimizations (`importer` in the JSON).
+`cpu_wait` is the most threads of any engine that stood waiting for a CPU other processes held (median over its
+repetitions; 0 on a quiet machine: a row with a high one measured the shared machine); `threads_ran` the most
+threads of the process that ran during one engine's repetition (at N threads, N: no other engine's worker ran
+beside it).
 `unscheduled` counts the functions no rule fitted (named in the JSON with the whole compile
 report). A model or engine that fails (import, export, compile) is recorded with its error and the zoo goes on.
 """
@@ -29,12 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .helpers.engines import aligned, export_onnx, median_latencies, ort_runner, torch_runner, tvm_runner
-from .timing import add_common_arguments, format_table, write_json
+from .helpers.engines import aligned, engine_timings, export_onnx, free_runtime_threads, ort_runner, torch_runner, \
+    tvm_runner
+from .timing import add_common_arguments, format_table, load_average, write_json
 from .helpers.zoo_models import MODELS
 
 COLUMNS = ["model", "pytorch_ms", "ort_fp32_ms", "ort_int8_ms", "rules_ms", "rules_vs_ort", "tuned_ms",
-           "tuned_vs_ort", "pytorch_vs_ort", "rules_err", "tuned_err", "ort_fp32_err", "ort_int8_err", "unscheduled"]
+           "tuned_vs_ort", "pytorch_vs_ort", "rules_err", "tuned_err", "ort_fp32_err", "ort_int8_err", "unscheduled",
+           "cpu_wait", "threads_ran"]
 
 
 def max_relative_error(output: np.ndarray, reference: np.ndarray) -> float:
@@ -132,8 +139,11 @@ def measure(name: str, args, target) -> dict:
                 record["error"][engine] = max_relative_error(output, reference)
         torch.set_num_threads(threads)
         calls = {engine: (lambda run=run: run(*arrays)) for engine, run in runs.items()}
-        seconds = median_latencies(calls, threads, args.repeat, cpu_clock=args.clock == "cpu")
-    record["latency_ms"] = {engine: 1e3 * s for engine, s in seconds.items()}
+        timed = engine_timings(calls, threads, args.repeat, cpu_clock=args.clock == "cpu")
+    record["latency_ms"] = {engine: 1e3 * timing.median for engine, timing in timed.items()}
+    record["latency_ms_repetitions"] = {engine: [1e3 * s for s in timing.seconds] for engine, timing in timed.items()}
+    record["cpu_wait"] = {engine: timing.median_waiting for engine, timing in timed.items()}
+    record["threads_ran"] = {engine: timing.most_threads_ran for engine, timing in timed.items()}
     del model, runs, calls
     gc.collect()
     return record
@@ -152,6 +162,10 @@ def table_row(record: dict) -> dict:
         row[f"{engine}_err"] = error.get(engine)
     report = record["reports"].get("rules")
     row["unscheduled"] = len(report["unscheduled"]) if report is not None else None
+    waits = [w for w in record.get("cpu_wait", {}).values() if w is not None]
+    row["cpu_wait"] = max(waits) if waits else None
+    ran = [n for n in record.get("threads_ran", {}).values() if n is not None]
+    row["threads_ran"] = max(ran) if ran else None
     return row
 
 
@@ -193,10 +207,8 @@ def main(argv=None) -> int:
                      f"got --threads {args.threads}")
 
     from schedules import host_target
-    from schedules.target import use_runtime_threads
-
     target = host_target(args.threads)
-    use_runtime_threads(target)
+    free_runtime_threads(target)
     records = []
     for name in args.models:
         print(f"{name}:", flush=True)
@@ -204,7 +216,10 @@ def main(argv=None) -> int:
     rows = [table_row(record) for record in records]
     overall = summary(rows)
     print(f"\nCPU {cpu_name()}; target {target}; {args.threads} thread(s); {args.clock} clock; "
-          f"median of {args.repeat}; *_vs_ort > 1 means faster than ONNX Runtime fp32")
+          f"median of {args.repeat}; *_vs_ort > 1 means faster than ONNX Runtime fp32; cpu_wait: the most any "
+          f"engine's threads waited for a CPU other processes held (0 on a quiet machine); threads_ran: the most "
+          f"threads of the process that ran in one engine's repetition; "
+          f"load average {load_average()}")
     print(format_table(rows, COLUMNS))
     median = overall["median_rules_vs_ort"]
     print(f"zoo median rules_vs_ort: {'n/a' if median is None else f'{median:.3f}'}"
@@ -216,7 +231,7 @@ def main(argv=None) -> int:
         if report is not None and report["unscheduled"]:
             print(f"unscheduled in {record['model']}: {', '.join(report['unscheduled'])}")
     write_json(args.json, {"cpu": cpu_name(), "target": str(target), "threads": args.threads, "clock": args.clock,
-                           "repeat": args.repeat,
+                           "repeat": args.repeat, "load_average": load_average(),
                            "summary": overall, "rows": rows, "models": records})
     return 0
 

@@ -28,9 +28,10 @@ class FunctionTime:
     name: str
     rule: str  # the rule that scheduled it, "tuned" (a tuning record), "LUT kernel" (hand-written), or "unscheduled"
     calls: int
-    ms: float  # per model run, all calls
+    ms: float  # per model run, all calls, each repeated warm
     share: float  # of the kernels' total
     gflops: float | None = None
+    in_model_ms: float | None = None  # per model run, all calls, as the model makes them (once each, in its order)
 
 
 @dataclasses.dataclass
@@ -44,8 +45,14 @@ class Profile:
     def kernels_ms(self) -> float:
         return sum(f.ms for f in self.functions)
 
+    @property
+    def kernels_in_model_ms(self) -> float | None:
+        times = [f.in_model_ms for f in self.functions]
+        return None if None in times else sum(times)
+
     def to_dict(self) -> dict:
         return {"model_ms": self.model_ms, "kernels_ms": self.kernels_ms,
+                "kernels_in_model_ms": self.kernels_in_model_ms,
                 "functions": [dataclasses.asdict(f) for f in self.functions]}
 
     def by_rule(self) -> dict[str, float]:
@@ -58,15 +65,20 @@ class Profile:
     def table(self, top: int | None = None) -> str:
         shown = self.functions if top is None else self.functions[:top]
         width = max([len(f.name) for f in shown] + [8])
-        lines = [f"{'function':<{width}}  {'rule':<12} {'calls':>5} {'ms':>9} {'share':>6} {'GFLOPS':>7}"]
+        lines = [f"{'function':<{width}}  {'rule':<12} {'calls':>5} {'ms':>9} {'share':>6} {'GFLOPS':>7} {'in model':>9}"]
         for f in shown:
             gflops = "" if f.gflops is None else f"{f.gflops:7.1f}"
-            lines.append(f"{f.name:<{width}}  {f.rule:<12} {f.calls:>5} {f.ms:9.3f} {100 * f.share:5.1f}% {gflops:>7}")
+            in_model = "" if f.in_model_ms is None else f"{f.in_model_ms:9.3f}"
+            lines.append(f"{f.name:<{width}}  {f.rule:<12} {f.calls:>5} {f.ms:9.3f} {100 * f.share:5.1f}% {gflops:>7} "
+                         f"{in_model:>9}")
         rest = self.functions[len(shown):]
         if rest:
             lines.append(f"({len(rest)} more functions: {sum(f.ms for f in rest):.3f} ms)")
         rules = ", ".join(f"{rule} {ms:.3f}" for rule, ms in self.by_rule().items())
-        lines.append(f"kernels {self.kernels_ms:.3f} ms of the model's {self.model_ms:.3f} ms; by rule (ms): {rules}")
+        in_model = self.kernels_in_model_ms
+        in_model = "" if in_model is None else f" ({in_model:.3f} ms as the model calls them)"
+        lines.append(f"kernels {self.kernels_ms:.3f} ms{in_model} of the model's {self.model_ms:.3f} ms; "
+                     f"by rule (ms): {rules}")
         return "\n".join(lines)
 
 
@@ -89,7 +101,10 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
     executable: from `tvm_lut.compile(..., exec_mode="bytecode")`; its `lut_report` names each function's rule.
     flops: function name -> floating-point operations per call (`function_flops`), for GFLOPS.
     Each call is repeated (median of `repeat` repetitions of >= `min_seconds`) on the run's own arguments; kernels
-    write only their output arguments, so repeating one changes nothing the run reads.
+    write only their output arguments, so repeating one changes nothing the run reads. Warm and alone, a kernel can
+    run faster than in the model, where its inputs may come from another core's cache or from memory (at several
+    threads consecutive kernels split their work differently): `in_model_ms` is each function's time as the model
+    calls it (median over `repeat` instrumented runs; each call includes a few microseconds of the callback).
     clock: wall time, or `time.process_time` (one thread only: it sums every thread's CPU time) so that other
     processes on a shared machine do not inflate some kernels' repetitions more than others'.
     """
@@ -108,13 +123,15 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
             seconds.setdefault(symbol, []).append(median_seconds(lambda: func(*args), repeat, min_seconds, clock))
         return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
 
+    plain = relax.VirtualMachine(executable, device)["main"]
+    plain(*arguments)  # warm-up: the model's own first run
+    in_model = _in_model_seconds(executable, arguments, repeat, clock)
     vm = relax.VirtualMachine(executable, device)
     vm.set_instrument(instrument)
     vm["main"](*arguments)
     if not seconds:
         raise ValueError("no kernel call was seen: profile an executable built with "
                          "tvm_lut.compile(..., exec_mode='bytecode')")
-    plain = relax.VirtualMachine(executable, device)["main"]
     model_seconds = median_seconds(lambda: plain(*arguments), repeat, min_seconds, clock)
 
     total = sum(sum(times) for times in seconds.values())
@@ -124,9 +141,36 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
         work = (flops or {}).get(name)
         functions.append(FunctionTime(name=symbol, rule=_rule_of(report, name), calls=len(times), ms=1e3 * sum(times),
                                       share=sum(times) / total,
-                                      gflops=work / statistics.median(times) / 1e9 if work else None))
+                                      gflops=work / statistics.median(times) / 1e9 if work else None,
+                                      in_model_ms=1e3 * in_model[symbol] if symbol in in_model else None))
     functions.sort(key=lambda f: -f.ms)
     return Profile(functions=functions, model_ms=1e3 * model_seconds)
+
+
+def _in_model_seconds(executable, arguments, repeat: int, clock) -> dict[str, float]:
+    """Function -> seconds per model run over all its calls, each call timed once as the model makes it (median
+    over `repeat` runs)."""
+    import tvm
+    from tvm import relax
+
+    runs: list[dict[str, float]] = []
+    started: list[float] = []
+
+    def instrument(func, symbol, before_run, _ret, *args):
+        if symbol.startswith("vm.builtin."):
+            return 0
+        if before_run:
+            started.append(clock())
+        else:
+            runs[-1][symbol] = runs[-1].get(symbol, 0.0) + clock() - started.pop()
+        return 0
+
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    vm.set_instrument(instrument)
+    for _ in range(repeat):
+        runs.append({})
+        vm["main"](*arguments)
+    return {symbol: statistics.median(run.get(symbol, 0.0) for run in runs) for symbol in runs[0]}
 
 
 def function_flops(mod) -> dict[str, float]:

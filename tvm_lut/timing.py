@@ -4,11 +4,51 @@ Numbers are medians of `repeat` repetitions, each long enough (>= `min_seconds`)
 overhead do not matter. The clock is wall time (`time.perf_counter`) unless given: `time.process_time` (the
 process's CPU time) measures single-threaded code without the time other processes of a shared machine take from
 it (it sums every thread, so it is no latency for multi-threaded code).
+
+Several engines in one process at several threads: each runtime's idle workers spin for a while after its last call
+(measured on a 2-core AMD EPYC: ONNX Runtime ~60 ms, PyTorch's OpenMP ~400 ms, TVM's pool ~350 ms, each holding a
+core), and an engine timed meanwhile loses a core to them (a 2.7 ms TVM model took 79-179 ms right after an ONNX
+Runtime call). `settle=True` waits before each repetition until no other thread of the process runs
+(`wait_for_idle_threads`), so every engine gets the cores to itself. Each repetition also records how many of the
+process's threads stood ready to run while other processes held the CPUs (`Timing.waiting`, from the kernel's
+per-thread run-queue time): the load of a shared machine, named beside its figures.
 """
 
+from __future__ import annotations
+
+import dataclasses
+import os
 import statistics
+import threading
 import time
 from typing import Callable
+
+_TASKS = "/proc/self/task"
+
+
+@dataclasses.dataclass
+class Timing:
+    """One function's repetitions: seconds per call; the mean number of this process's threads that waited for a
+    CPU during each; how many of its threads ran during each (the caller, and every other thread that ran for more
+    than 1 % of it): with settled repetitions, the function's own (None where the kernel does not say: not Linux)."""
+
+    seconds: list[float]
+    waiting: list[float | None]
+    threads_ran: list[int | None] = dataclasses.field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def median_waiting(self) -> float | None:
+        known = [w for w in self.waiting if w is not None]
+        return statistics.median(known) if known else None
+
+    @property
+    def most_threads_ran(self) -> int | None:
+        known = [n for n in self.threads_ran if n is not None]
+        return max(known) if known else None
 
 
 def median_seconds(fn: Callable[[], object], repeat: int = 7, min_seconds: float = 0.02,
@@ -18,23 +58,109 @@ def median_seconds(fn: Callable[[], object], repeat: int = 7, min_seconds: float
 
 
 def median_seconds_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 7, min_seconds: float = 0.02,
-                               clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Median time per call of each function, repetitions taken in turn (A B C A B C ...).
+                               clock: Callable[[], float] = time.perf_counter,
+                               settle: bool = False) -> dict[str, float]:
+    """Median time per call of each function, repetitions taken in turn (A B C A B C ...); see `timings`."""
+    return {name: timing.median for name, timing in timings(fns, repeat, min_seconds, clock, settle).items()}
+
+
+def timings(fns: dict[str, Callable[[], object]], repeat: int = 7, min_seconds: float = 0.02,
+            clock: Callable[[], float] = time.perf_counter, settle: bool = False) -> dict[str, Timing]:
+    """Every repetition of each function, taken in turn (A B C A B C ...).
 
     Interleaving spreads the load of a shared, noisy machine evenly over the variants, so their ratios hold up
-    better than when each is timed in one block.
+    better than when each is timed in one block. `settle`: before each repetition (and each warm-up), wait until
+    the other threads of this process have stopped running (`wait_for_idle_threads`), so a function never shares
+    the cores with the spinning workers of the one before it.
     """
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
-    numbers = {name: _calls_per_repetition(fn, min_seconds) for name, fn in fns.items()}
-    samples = {name: [] for name in fns}
+    numbers = {}
+    for name, fn in fns.items():
+        if settle:
+            wait_for_idle_threads()
+        numbers[name] = _calls_per_repetition(fn, min_seconds)
+    results = {name: Timing([], []) for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
+            if settle:
+                wait_for_idle_threads()
+                fn()  # wakes this function's own workers
+            before, wall = _schedstats(), time.perf_counter()
             start = clock()
             for _ in range(numbers[name]):
                 fn()
-            samples[name].append((clock() - start) / numbers[name])
-    return {name: statistics.median(values) for name, values in samples.items()}
+            elapsed = clock() - start
+            wall, after = max(time.perf_counter() - wall, 1e-9), _schedstats()
+            results[name].seconds.append(elapsed / numbers[name])
+            if before is None or after is None:
+                results[name].waiting.append(None)
+                results[name].threads_ran.append(None)
+                continue
+            results[name].waiting.append(sum(queued - before.get(task, (0, 0))[1]
+                                             for task, (_, queued) in after.items()) / 1e9 / wall)
+            me = threading.get_native_id()  # ran the repetition (its kernel count lags on a short one)
+            results[name].threads_ran.append(1 + sum(ran - before.get(task, (0, 0))[0] > 0.01 * wall * 1e9
+                                                     for task, (ran, _) in after.items() if task != me))
+    return results
+
+
+def wait_for_idle_threads(window: float = 0.005, timeout: float = 3.0) -> float:
+    """Wait until no other thread of the process is running or ready to run, twice in a row `window` apart; returns
+    the seconds waited (`timeout` at most).
+
+    Runtimes park their workers (asleep on a lock) only after spinning a while (see the module docstring); a spinning
+    worker stays runnable even while other processes hold the CPUs, so this is the moment they all sleep. Where the
+    kernel gives no thread states (not Linux), waits `timeout / 6` instead.
+    """
+    started = time.perf_counter()
+    idle_checks = 0
+    while idle_checks < 2 and time.perf_counter() - started < timeout:
+        busy = _others_runnable()
+        if busy is None:
+            time.sleep(timeout / 6)
+            break
+        idle_checks = 0 if busy else idle_checks + 1
+        if idle_checks < 2:
+            time.sleep(window)
+    return time.perf_counter() - started
+
+
+def _others_runnable() -> bool | None:
+    """Whether another thread of this process is running or waiting for a CPU (state R); None without /proc."""
+    try:
+        tasks = os.listdir(_TASKS)
+    except OSError:
+        return None
+    me = threading.get_native_id()
+    for task in tasks:
+        if int(task) == me:
+            continue
+        try:
+            with open(f"{_TASKS}/{task}/stat") as file:
+                state = file.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):  # the thread ended meanwhile
+            continue
+        if state == "R":
+            return True
+    return False
+
+
+def _schedstats() -> dict[int, tuple[int, int]] | None:
+    """Thread id -> (nanoseconds run, nanoseconds waited on a run queue) for every thread of this process."""
+    try:
+        tasks = os.listdir(_TASKS)
+    except OSError:
+        return None
+    stats = {}
+    for task in tasks:
+        try:
+            with open(f"{_TASKS}/{task}/schedstat") as file:
+                ran, queued, _ = file.read().split()
+        except (OSError, ValueError):  # the thread ended meanwhile, or no schedstat in this kernel
+            continue
+        stats[int(task)] = (int(ran), int(queued))
+    return stats or None
 
 
 def _calls_per_repetition(fn: Callable[[], object], min_seconds: float) -> int:

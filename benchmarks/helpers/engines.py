@@ -6,13 +6,14 @@ all on the same thread count; `end_to_end` and `zoo` share them, and `median_lat
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ..timing import median_seconds, median_seconds_interleaved
+from ..timing import Timing, timings
 
 
 def export_onnx(model, example, workdir: Path) -> tuple[Path, Path]:
@@ -26,6 +27,23 @@ def export_onnx(model, example, workdir: Path) -> tuple[Path, Path]:
     onnx.save(_torch_to_onnx(model, example, DEFAULT_ONNX_OPSET), onnx_path)
     quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
     return onnx_path, int8_path
+
+
+def free_runtime_threads(target) -> int:
+    """Size TVM's thread pool for `target` (`schedules.target.use_runtime_threads`) with its threads free to run on
+    every core, as ONNX Runtime's and PyTorch's are; returns the threads it runs. Call before any TVM kernel runs.
+
+    TVM pins its workers one per core (worker 1 on core 1; at one thread the calling thread, and every thread
+    created after it, on core 0) and its threads yield while they wait at a barrier. Beside a busy thread held on
+    core 1 by another process (every two-thread TVM process pins its worker there), the NN-LUT + PQ MiniLM at 1x64
+    took 2,166 ms a call with the pinned worker, 52 ms with a free one and 8.9 ms without that thread (ONNX Runtime
+    fp32: 135 against 80 ms); alone, pinned or free made no difference (8.87 / 8.54 ms). `TVM_BIND_THREADS=0`
+    (read when the pool sets its affinity) keeps every thread free, unless the caller set the variable.
+    """
+    from schedules.target import use_runtime_threads
+
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    return use_runtime_threads(target)
 
 
 def torch_runner(model) -> Callable:
@@ -85,13 +103,19 @@ def aligned(array: np.ndarray) -> np.ndarray:
 
 def median_latencies(runs: dict[str, Callable[[], object]], threads: int, repeat: int,
                      min_seconds: float = 0.1, cpu_clock: bool = False) -> dict[str, float]:
-    """Seconds per call of each engine. On one thread, repetitions taken in turn over the engines, so a busy
-    machine's load hits all of them alike; on several, one engine after the other (a runtime's idle workers spin
-    for a while after each call and would slow whichever engine runs next). `cpu_clock` (one thread only) times
-    the process's CPU time instead of wall time: on a shared machine, the time others take is not counted."""
+    """Seconds per call of each engine (the medians of `engine_timings`)."""
+    return {name: timing.median for name, timing in engine_timings(runs, threads, repeat, min_seconds,
+                                                                   cpu_clock).items()}
+
+
+def engine_timings(runs: dict[str, Callable[[], object]], threads: int, repeat: int,
+                   min_seconds: float = 0.1, cpu_clock: bool = False) -> dict[str, Timing]:
+    """Every repetition of each engine, taken in turn over the engines (A B C A B C ...), so a busy machine's load
+    hits all of them alike. On several threads each repetition waits until the engine before has parked its workers
+    (they spin for 60-400 ms after a call and would take a core from the next engine: `tvm_lut.timing`), so every
+    engine runs with the process's cores to itself. `cpu_clock` (one thread only) times the process's CPU time
+    instead of wall time: on a shared machine, the time others take is not counted."""
     if cpu_clock and threads != 1:
         raise ValueError(f"the CPU clock times one thread only, not {threads} (it sums the CPU time of every thread)")
-    if threads == 1:
-        clock = time.process_time if cpu_clock else time.perf_counter
-        return median_seconds_interleaved(runs, repeat, min_seconds, clock)
-    return {name: median_seconds(run, repeat, min_seconds) for name, run in runs.items()}
+    clock = time.process_time if cpu_clock else time.perf_counter
+    return timings(runs, repeat, min_seconds, clock, settle=threads > 1)

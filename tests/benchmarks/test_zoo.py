@@ -34,6 +34,9 @@ def test_a_failing_model_is_recorded_and_the_zoo_goes_on(tmp_path, monkeypatch):
     (row,) = [row for row in payload["rows"] if row["model"] == "fashion-cnn"]
     assert row["rules_vs_ort"] == pytest.approx(cnn["latency_ms"]["ort_fp32"] / cnn["latency_ms"]["rules"])
     assert payload["summary"]["models_timed"] == 1 and payload["threads"] == 1
+    # the load each figure was taken under: the machine's, and each engine's threads' wait for a CPU
+    assert payload["load_average"] and set(cnn["cpu_wait"]) == set(cnn["latency_ms"])
+    assert all(len(reps) == 1 for reps in cnn["latency_ms_repetitions"].values())
 
 
 def test_mobilenet_v3_small_has_the_papers_shape():
@@ -52,9 +55,3 @@ def test_the_cpu_clock_times_one_thread_and_is_named_in_the_json(tmp_path):
     with pytest.raises(SystemExit):
         zoo.main(["--models", "fashion-cnn", "--threads", "2", "--clock", "cpu"])
 
-
-def test_the_median_timer_reads_the_clock_it_is_given():
-    from tvm_lut.timing import median_seconds
-
-    ticks = iter(range(0, 10_000, 5))  # every reading 5 s after the last: a call of 5 s per the fake clock
-    assert median_seconds(lambda: None, repeat=3, min_seconds=0.0, clock=lambda: next(ticks)) == 5

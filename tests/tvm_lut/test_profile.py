@@ -37,6 +37,9 @@ def test_profile_names_every_kernel_its_rule_and_gflops(net_mod):
     conv = next(f for f in profile.functions if "conv2d" in f.name)
     assert conv.rule == "Conv2d" and conv.gflops > 0 and conv.calls == 1
     assert "Conv2d" in profile.table() and json.dumps(profile.to_dict())
+    # each function also as the model calls it (once per call, in the model's order, caches as the model leaves them)
+    assert all(f.in_model_ms > 0 for f in profile.functions) and "as the model calls them" in profile.table()
+    assert profile.to_dict()["kernels_in_model_ms"] == pytest.approx(sum(f.in_model_ms for f in profile.functions))
 
 
 def test_profile_needs_a_bytecode_executable(net_mod):

@@ -1,0 +1,54 @@
+"""benchmarks.helpers.engines.engine_timings: at several threads every engine's repetition starts once the workers
+the engine before left spinning have stopped; the CPU clock stays a one-thread clock. No speed is asserted."""
+
+import sys
+
+import pytest
+
+from benchmarks.helpers.engines import engine_timings
+from tvm_lut import timing
+
+from tests.tvm_lut.test_timing import _spin
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread states come from /proc")
+def test_at_two_threads_no_engine_runs_beside_the_previous_engines_spinning_workers():
+    seen_busy = []
+    timed = engine_timings({"spins after": lambda: _spin(0.05),
+                            "checks": lambda: seen_busy.append(timing._others_runnable())},
+                           threads=2, repeat=2, min_seconds=0.0)
+    assert seen_busy and not any(seen_busy)
+    assert all(len(t.seconds) == 2 for t in timed.values())
+    assert timed["checks"].most_threads_ran == 1  # no worker of the engine before ran beside it
+
+
+def test_the_cpu_clock_is_refused_at_two_threads():
+    with pytest.raises(ValueError, match="one thread only"):
+        engine_timings({"a": lambda: None}, threads=2, repeat=1, cpu_clock=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread affinities come from /proc")
+def test_tvm_threads_are_left_free_to_run_on_every_core(monkeypatch):
+    """TVM's pool is per calling thread: a new thread's pool, created through free_runtime_threads, pins nothing."""
+    import os
+    import threading
+
+    from benchmarks.helpers.engines import free_runtime_threads
+    from schedules import host_target
+
+    def affinities():
+        return {int(task): os.sched_getaffinity(int(task)) for task in os.listdir("/proc/self/task")}
+
+    monkeypatch.delenv("TVM_BIND_THREADS", raising=False)
+    before, seen = affinities(), {}
+
+    def configure():
+        free_runtime_threads(host_target(2))
+        seen.update(affinities())
+
+    thread = threading.Thread(target=configure)
+    thread.start()
+    thread.join()
+    every_core = os.sched_getaffinity(0)
+    new = {task: cores for task, cores in seen.items() if task not in before}
+    assert new and all(cores == every_core for cores in new.values())

@@ -1,0 +1,67 @@
+"""tvm_lut.timing: repetitions taken in turn, each engine's repetition started only once the workers the engine before
+left spinning have stopped (what lets several multi-threaded runtimes be timed in one process), and the run-queue
+wait recorded beside each repetition. No speed is asserted."""
+
+import sys
+import threading
+import time
+
+import pytest
+
+from tvm_lut import timing
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread states come from /proc")
+
+
+def _spin(seconds: float) -> threading.Thread:
+    """A thread that stays runnable for `seconds`, as a runtime's worker spins after a call."""
+    def spin():
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_repetitions_are_taken_in_turn_and_each_is_kept():
+    calls = []
+    result = timing.timings({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=3,
+                            min_seconds=0.0)
+    assert calls[-6:] == ["a", "b"] * 3
+    for name in "ab":
+        assert len(result[name].seconds) == len(result[name].waiting) == len(result[name].threads_ran) == 3
+        assert all(w is None or w >= 0 for w in result[name].waiting)
+        assert all(n is None or n >= 1 for n in result[name].threads_ran)  # the caller's thread at least
+        assert result[name].median == sorted(result[name].seconds)[1]
+    with pytest.raises(ValueError, match="repeat must be >= 1"):
+        timing.timings({"a": lambda: None}, repeat=0)
+
+
+@linux_only
+def test_waiting_for_idle_threads_outlasts_a_spinning_worker():
+    assert timing.wait_for_idle_threads(timeout=2.0) < 2.0  # nothing spins: returns before the timeout
+    worker = _spin(0.2)
+    waited = timing.wait_for_idle_threads(timeout=5.0)
+    assert not worker.is_alive() and waited < 5.0
+
+
+@linux_only
+def test_settled_repetitions_never_share_the_cpus_with_the_previous_functions_workers():
+    seen_busy = []
+
+    def leaves_a_spinning_worker():
+        _spin(0.05)
+
+    def checks_for_others():
+        seen_busy.append(timing._others_runnable())
+
+    timing.timings({"spinner": leaves_a_spinning_worker, "checker": checks_for_others}, repeat=2, min_seconds=0.0,
+                   settle=True)
+    assert seen_busy and not any(seen_busy)
+
+
+def test_the_median_timer_reads_the_clock_it_is_given():
+    ticks = iter(range(0, 10_000, 5))  # every reading 5 s after the last: a call of 5 s per the fake clock
+    assert timing.median_seconds(lambda: None, repeat=3, min_seconds=0.0, clock=lambda: next(ticks)) == 5

@@ -215,6 +215,8 @@ def minilm(args, out: dict, scratch: Path) -> dict:
     autotune_minutes = sum(result.seconds.values()) / 60
     return {
         "autotuned_vs_fastest_uniform_within_budget_at_least_1.2x": speedup is not None and speedup >= 1.2,
+        # what a per-layer plan must do at the least (today's kernels bound the gain at ~1.1x: README, --speed-bound)
+        "autotuned_at_least_as_fast_as_the_fastest_uniform_within_budget": speedup is not None and speedup >= 1.0,
         "autotune_wall_time_at_most_45_min": autotune_minutes <= 45,
         "autotuned_within_budget": result.plan.drop <= budget,
     }

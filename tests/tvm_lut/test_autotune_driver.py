@@ -299,6 +299,16 @@ def test_fastest_start_learns_the_fastest_plan_then_repairs_by_measurement(tmp_p
     assert result.plan.drop <= 3.0
 
 
+def test_fastest_start_measures_no_repair_it_has_no_trial_left_to_learn(tmp_path, counted):
+    model, batches, eval_fn = _task()
+    config = dataclasses.replace(CONFIG, start="fastest", max_trials=1)
+    result = tvm_lut.autotune(model, batches, _penalized(eval_fn, 2.0), config, example_inputs=(torch.zeros(1, 32),),
+                              learning=LEARNING, out_dir=tmp_path / "out", progress=False)
+    state = json.loads((tmp_path / "out" / "autotune-state" / "state.json").read_text())
+    assert len(result.trials) == 1 and "effects" not in state["trials"][0] and result.seconds["repair"] == 0
+    assert result.plan.pq_layers == [] and state["done"]  # over budget: the exact model
+
+
 def test_repaired_shares_the_measured_drop_by_effect_and_only_moves_to_safer_choices():
     """Layer a carries all the measured drop (4 points, effect 0.4; b's effect 0): a moves to its safer choice
     (proxy a quarter of its current one: 1 point predicted) to fit the 2-point budget, b keeps its choice; b's

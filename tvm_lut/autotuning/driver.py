@@ -235,6 +235,8 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
             else:
                 state["done"] = True  # repaired to within budget: the repair found its plan
             state["next"] = None
+        elif config.start == "fastest" and len(trials) >= config.max_trials:
+            state["done"], state["next"] = True, None  # no trial left to learn a repair: measuring it is wasted
         elif config.start == "fastest":
             with state.timed("repair"), torch.no_grad():
                 effects = sensitivity_stage.restore_effects(

@@ -118,11 +118,12 @@ def accuracy(run, batches) -> float:
 def run_autotune(setup, args, out_dir: Path, source: str, out: dict):
     """`tvm_lut.autotune` on a task (resumes from `out_dir`), its plan and wall time recorded in `out`."""
     from schedules import host_target
-    from tvm_lut.autotune_cli import TASK_PROXY
+    from tvm_lut.autotune_cli import TASK_PROXY, TASK_START
     from tvm_lut.autotuning.config import AutotuneConfig
     from tvm_lut.autotuning.driver import autotune
 
-    config = AutotuneConfig(max_drop=args.max_drop, max_trials=args.max_trials, proxy=TASK_PROXY[source])
+    config = AutotuneConfig(max_drop=args.max_drop, max_trials=args.max_trials, proxy=TASK_PROXY[source],
+                            start=args.start or TASK_START[source])
     result = autotune(setup.model, setup.calib, setup.eval_fn, config, host_target(1),
                       example_inputs=setup.example_inputs, learning=setup.learning, learn_batches=setup.learn,
                       out_dir=out_dir, source=source)
@@ -214,6 +215,8 @@ def minilm(args, out: dict, scratch: Path) -> dict:
     autotune_minutes = sum(result.seconds.values()) / 60
     return {
         "autotuned_vs_fastest_uniform_within_budget_at_least_1.2x": speedup is not None and speedup >= 1.2,
+        # what a per-layer plan must do at the least (today's kernels bound the gain at ~1.1x: README, --speed-bound)
+        "autotuned_at_least_as_fast_as_the_fastest_uniform_within_budget": speedup is not None and speedup >= 1.0,
         "autotune_wall_time_at_most_45_min": autotune_minutes <= 45,
         "autotuned_within_budget": result.plan.drop <= budget,
     }
@@ -331,6 +334,8 @@ def speed_bound(args, out: dict, scratch: Path) -> dict:
 
 
 def main(argv=None) -> int:
+    from tvm_lut.autotuning.config import STARTS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser, repeat=9)
     parser.add_argument("--model", choices=("fashion-cnn", "minilm-l6"), default="fashion-cnn",
@@ -338,6 +343,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-drop", type=float, default=1.0, help="allowed test-accuracy drop in points (1.0)")
     parser.add_argument("--max-trials", type=int, default=4, help="autotuning trials (4)")
     parser.add_argument("--epochs", type=int, help="learning epochs per trial (task default: 1)")
+    parser.add_argument("--start", choices=STARTS,
+                        help="the autotuner's first trial (AutotuneConfig.start; task default: fashion-cnn "
+                        "calibrated, minilm-l6 fastest)")
     parser.add_argument("--learn-size", type=int,
                         help="training images / tweets for learning (task default: 10000 images, 4096 tweets)")
     parser.add_argument("--calib-size", type=int, help="minilm-l6: calibration tweets (task default 256)")

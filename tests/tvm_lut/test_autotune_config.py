@@ -29,6 +29,7 @@ def test_config_round_trip():
     ({"max_trials": 0}, "max_trials must be an int >= 1"),
     ({"time_limit_s": 0}, "time_limit_s must be > 0"),
     ({"proxy": "hessian"}, "proxy must be one of"),
+    ({"start": "slowest"}, "start must be one of"),
     ({"version": 99}, "version 99"),
 ])
 def test_bad_configs_name_the_field(changes, message):

@@ -2,6 +2,7 @@
 holds the plan, report and plot, and a run interrupted mid-way resumes without measuring or learning again what it
 had, ending where an uninterrupted run ends. Then `tvm-lut autotune fashion-cnn --quick` end to end."""
 
+import dataclasses
 import json
 
 import pytest
@@ -266,3 +267,72 @@ def test_repair_restores_the_shortest_run_in_predicted_order_within_budget(monke
     assert restored == names[:12] and len(calls) <= 11
 
 
+
+
+def _penalized(eval_fn, points: float):
+    """eval_fn less `points` per K=8 PQ layer of the model: a learned drop the test decides."""
+    from tvm_lut.pq.swap import pq_layers
+
+    return lambda m: eval_fn(m) - points * sum(layer.K == 8 for layer in pq_layers(m).values())
+
+
+def test_fastest_start_learns_the_fastest_plan_then_repairs_by_measurement(tmp_path, counted):
+    """start="fastest": no k-means calibration; trial 1 is the fastest plan of the latency table; over the budget,
+    the repair measures each PQ layer's effect on the learned model and moves layers to choices the proxy ranks as
+    safe or safer (never faster-and-riskier), and that plan is learned next; the result keeps the budget."""
+    model, batches, eval_fn = _task()
+    config = dataclasses.replace(CONFIG, start="fastest")
+    scored = _penalized(eval_fn, 2.0)  # two K=8 layers: 4 points, over the 3-point budget
+    result = tvm_lut.autotune(model, batches, scored, config, example_inputs=(torch.zeros(1, 32),),
+                              learning=LEARNING, out_dir=tmp_path / "out", progress=False)
+    first, second = result.trials[:2]
+    # fake_measure: PQ is fastest at the smallest K and V on fc1 and fc2, and slower than exact on fc3
+    assert _labels(first) == {"fc1": "pq K=8 V=2", "fc2": "pq K=8 V=2", "fc3": "exact"} and first.drop > 3.0
+    state = json.loads((tmp_path / "out" / "autotune-state" / "state.json").read_text())
+    assert state["calibration"] == [] and set(state["trials"][0]["effects"]) == {"fc1", "fc2"}
+    proxies = sensitivity.Sensitivity.load(tmp_path / "out" / "autotune-state").proxies
+    for name in ("fc1", "fc2"):
+        before, after = first.choices[name], second.choices[name]
+        assert after.exact or proxies[name][after.label][CONFIG.proxy] <= proxies[name][before.label][CONFIG.proxy]
+    assert second.latency_us > first.latency_us
+    assert result.seconds["repair"] > 0 and result.seconds["calibration"] < 1.0
+    assert result.plan.drop <= 3.0
+
+
+def test_fastest_start_measures_no_repair_it_has_no_trial_left_to_learn(tmp_path, counted):
+    model, batches, eval_fn = _task()
+    config = dataclasses.replace(CONFIG, start="fastest", max_trials=1)
+    result = tvm_lut.autotune(model, batches, _penalized(eval_fn, 2.0), config, example_inputs=(torch.zeros(1, 32),),
+                              learning=LEARNING, out_dir=tmp_path / "out", progress=False)
+    state = json.loads((tmp_path / "out" / "autotune-state" / "state.json").read_text())
+    assert len(result.trials) == 1 and "effects" not in state["trials"][0] and result.seconds["repair"] == 0
+    assert result.plan.pq_layers == [] and state["done"]  # over budget: the exact model
+
+
+def test_repaired_shares_the_measured_drop_by_effect_and_only_moves_to_safer_choices():
+    """Layer a carries all the measured drop (4 points, effect 0.4; b's effect 0): a moves to its safer choice
+    (proxy a quarter of its current one: 1 point predicted) to fit the 2-point budget, b keeps its choice; b's
+    faster choice that the proxy ranks riskier is never offered, though b's share of the drop is nothing."""
+    from tvm_lut.autotuning import driver
+    from tvm_lut.autotuning.layers import EXACT, Choice, LayerSpec
+    from tvm_lut.autotuning.sensitivity import Sensitivity
+
+    fast, safe, risky = Choice(8, 16), Choice(16, 16), Choice(8, 32)
+    specs = [LayerSpec(n, "linear", (4, 16), (1, 16), True) for n in ("a", "b")]
+    us = {EXACT: 10.0, fast: 4.0, safe: 5.0, risky: 3.0}
+
+    class Latencies:
+        def get(self, spec, choice):
+            return us[choice]
+
+    sens = Sensitivity(0.0, {n: {fast.label: {"fisher": 1.0}, safe.label: {"fisher": 0.25},
+                                 risky.label: {"fisher": 2.0}} for n in ("a", "b")})
+    planner = driver._Planner(specs, {n: [EXACT, fast, safe, risky] for n in ("a", "b")}, Latencies(), sens,
+                              AutotuneConfig(proxy="fisher", start="fastest"), "llvm", 2.0, 90.0)
+    plan = planner._plan([fast, fast]).with_metric(86.0)
+    assert planner.repaired(plan, {"a": 0.4, "b": 0.0}).choices == {"a": safe, "b": fast}
+    # a tighter budget: a goes exact (b predicts nothing); effects all <= 0 share the drop by the proxy
+    planner.budget = 0.5
+    assert planner.repaired(plan, {"a": 0.4, "b": -0.1}).choices == {"a": EXACT, "b": fast}
+    planner.budget = 1.0  # by the proxy, 2 points each at `fast`, 0.5 at `safe`
+    assert planner.repaired(plan, {"a": 0.0, "b": -0.1}).choices == {"a": safe, "b": safe}

@@ -149,3 +149,26 @@ def test_fisher_weights_the_output_error_by_the_loss_gradient(monkeypatch):
                                 kmeans_iters=5, progress=False, with_task_loss=False)
     assert all(set(v) == {"output_error", "fisher"} and v["fisher"] > 0 for p in cheap.proxies.values()
                for v in p.values())
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_restore_effects_match_the_whole_model_with_one_layer_exact_again(labelled):
+    """On a model with every layer PQ, each layer's effect (computed from the layer onward) is the loss the whole
+    model saves with that layer alone exact again; without labels the loss is the KL to the exact model's outputs."""
+    from tvm_lut.autotuning.driver import _with_exact
+    from tvm_lut.batches import split_batch
+
+    model, batches, specs = _setup(labelled)
+    choices = {s.name: [EXACT, Choice(8, 2)] for s in specs}
+    measured = sensitivity.measure(model, specs, choices, batches, kmeans_rows=256, kmeans_iters=5, progress=False)
+    pq_model = sensitivity.kmeans_model(model, {s.name: Choice(8, 2) for s in specs}, measured)
+    names = [s.name for s in specs]
+    effects = sensitivity.restore_effects(pq_model, names, batches, lambda n: _with_exact(pq_model, [n]), model)
+    with torch.no_grad():
+        reference = None if labelled else [model(*split_batch(b)[0]).flatten(0, -2) for b in batches]
+        base = sensitivity.task_loss(pq_model, batches, reference)
+        for name in names:
+            expected = base - sensitivity.task_loss(_with_exact(pq_model, [name]), batches, reference)
+            assert effects[name] == pytest.approx(expected, rel=1e-4, abs=1e-6), name
+    assert any(abs(v) > 1e-4 for v in effects.values())
+    assert all("forward" not in vars(m) for m in pq_model.modules())

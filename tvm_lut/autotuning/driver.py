@@ -4,13 +4,21 @@ on the target.
 The cheap-to-expensive ladder (NNCF and INC end the same way, HAWQ-V3 solves the middle step):
 1. latency table: every choice of every layer compiled alone for the target and timed (`latency`, cached);
 2. sensitivity: both proxies of every PQ choice with k-means centroids, on calibration data (`sensitivity`);
-3. calibration of the proxy: a few k-means plans are evaluated with `eval_fn` to learn how many metric points one
-   proxy unit costs (`alpha`), first the fastest plan, then the solver's plan at the budget;
-4. trials: the solver's plan (`solver`) at the budget is learned with the existing trainer
-   (`tvm_lut.pq.handler.learn_pq`) and evaluated with `eval_fn`. Within the budget, the next trial loosens the
-   prediction by what learning recovered (a faster plan); over it, layers go back to exact cumulatively, the most
-   harmful by the proxy first, each step measured with `eval_fn`, until the learned model is within the budget,
-   and that plan is learned next. At most `max_trials` trials, no new one after `time_limit_s`;
+3. calibration of the proxy (`AutotuneConfig.start` "calibrated"): a few k-means plans are evaluated with `eval_fn`
+   to learn how many metric points one proxy unit costs (`alpha`), first the fastest plan, then the solver's plan
+   at the budget;
+4. trials: each plan is learned with the existing trainer (`tvm_lut.pq.handler.learn_pq`) and evaluated with
+   `eval_fn`, at most `max_trials` of them, no new one after `time_limit_s`.
+   - start "calibrated": the solver's plan (`solver`) at the budget first. Within the budget, the next trial
+     loosens the prediction by what learning recovered (a faster plan); over it, layers go back to exact
+     cumulatively, the most harmful by the proxy first, each step measured with `eval_fn`, until the learned model
+     is within the budget, and that plan is learned next.
+   - start "fastest": the fastest plan of the latency table first (accuracy not predicted: learning the
+     centroids with the weights recovers most of a k-means drop, which a k-means calibration cannot know). Within
+     the budget it is the answer; over it, the repair measures each PQ layer's effect on the learned model (its
+     calibration loss with that layer alone exact, `sensitivity.restore_effects`), shares the measured drop by
+     those effects, and the solver moves the layers that hurt most to safer choices (smaller V, K=16, exact) until
+     the prediction fits the budget; that plan is learned next, and repaired again if it misses;
 5. the whole-model guard (`guard`): the fastest trial within the budget, the exact model, and that trial with each
    group of its PQ layers restored are compiled whole and timed together; what does not make the compiled model
    measurably faster goes back to exact (the learned model is evaluated again when it does).
@@ -49,7 +57,7 @@ STATE_NAME = "state.json"
 STATE_VERSION = 1
 CALIBRATION_STEPS = 3  # k-means plans evaluated to scale the proxy to metric points
 LOOSEN_FLOOR = 0.25  # a trial within budget loosens the prediction by at most this factor
-PARTS = ("latency", "sensitivity", "calibration", "learning", "evaluation", "guard")
+PARTS = ("latency", "sensitivity", "calibration", "learning", "evaluation", "repair", "guard")
 # Rows per layer the sensitivity's k-means clusters (at most `PQConfig.kmeans_rows`): k-means dominates that stage
 # once the task loss is not asked for (K=16 V=2 on 4,096 rows of 384 took 7 s on the shared 2-core EPYC, 370
 # choices on MiniLM), and a ranking of the choices needs fewer rows than the centroids a trial starts from.
@@ -82,6 +90,8 @@ class _State:
             saved = json.loads(path.read_text())
             if saved.get("version") != STATE_VERSION:
                 raise ValueError(f"{path} was written by another version of the autotuner")
+            # a config saved before a field existed reads as that field's default
+            saved["config"] = json.loads(AutotuneConfig.from_json(json.dumps(saved["config"])).to_json())
             if saved["config"] != self.data["config"]:
                 raise ValueError(f"{path} belongs to a run with another AutotuneConfig ({saved['config']}); "
                                  "use a new output directory or the same config")
@@ -184,7 +194,8 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
     with state.timed("calibration"), torch.no_grad():
         # only before the first trial: a trial rescales the proxy by what learning recovered, which a calibration
         # step redone on resume would overwrite
-        while not state["trials"] and len(state["calibration"]) < CALIBRATION_STEPS and not out_of_time():
+        while (config.start == "calibrated" and not state["trials"] and len(state["calibration"]) < CALIBRATION_STEPS
+               and not out_of_time()):
             alpha = state["alpha"]
             plan = planner.solve(float("inf") if alpha is None else budget / alpha, set())
             if any(entry["choices"] == _labels(plan) for entry in state["calibration"]):
@@ -217,11 +228,22 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
         record = {"plan": plan.to_dict(), "dir": None if trial_dir is None else str(trial_dir)}
         if plan.drop <= budget:
             predicted = state["alpha"] * planner.proxy_sum(plan)
-            if state["phase"] == "loosen" and predicted > 0:
+            if config.start == "fastest":
+                state["done"] = True  # the fastest plan, or its repair, within the budget
+            elif state["phase"] == "loosen" and predicted > 0:
                 state["alpha"] = state["alpha"] * max(max(plan.drop, 0.0) / predicted, LOOSEN_FLOOR)
             else:
                 state["done"] = True  # repaired to within budget: the repair found its plan
             state["next"] = None
+        elif config.start == "fastest" and len(trials) >= config.max_trials:
+            state["done"], state["next"] = True, None  # no trial left to learn a repair: measuring it is wasted
+        elif config.start == "fastest":
+            with state.timed("repair"), torch.no_grad():
+                effects = sensitivity_stage.restore_effects(
+                    learned.model, plan.pq_layers, calib, lambda name: _with_exact(learned.model, [name]), model)
+            record["effects"] = effects
+            state["phase"] = "repair"
+            state["next"] = planner.repaired(plan, effects).to_dict()
         else:
             with state.timed("evaluation"):
                 predicted = {name: planner.sensitivity.value(name, choice, config.proxy)
@@ -249,6 +271,8 @@ def _next_plan(planner: "_Planner", state: _State, trials: list[Plan]) -> Plan |
     if state["phase"] == "repair":
         return None
     forced = set(state["forced_exact"])
+    if planner.config.start == "fastest":
+        return None if trials else planner.solve(float("inf"), forced)
     fastest = _labels(planner.solve(float("inf"), forced))
     while True:
         plan = planner.solve(planner.budget / state["alpha"], forced)
@@ -299,6 +323,35 @@ class _Planner:
             picks = [min(range(len(o)), key=lambda i, o=o: o[i][1].latency) for o in options]
         else:
             picks = solve([[option for _, option in o] for o in options], proxy_budget, self.config.resolution)
+        return self._plan([o[i][0] for o, i in zip(options, picks)])
+
+    def repaired(self, plan: Plan, effects: dict[str, float]) -> Plan:
+        """The fastest plan predicted within the budget whose layers are each as safe as in `plan` or safer, from
+        `plan`'s measured drop and `effects` (per PQ layer, how much making it alone exact lowered the learned
+        model's loss; `sensitivity.restore_effects`). A layer's predicted drop is its share of the measured drop
+        by effect; a safer choice's is that scaled by its proxy against the current choice's (within a layer the
+        proxies rank the choices like the task loss); exact predicts none. Effects all <= 0 share it by the proxy."""
+        proxy = self.config.proxy
+        current = {name: self.sensitivity.value(name, plan.choices[name], proxy) for name in plan.pq_layers}
+        shares = {name: max(effects.get(name, 0.0), 0.0) for name in plan.pq_layers}
+        if sum(shares.values()) <= 0:
+            shares = dict(current) if sum(current.values()) > 0 else {name: 1.0 for name in plan.pq_layers}
+        scale = max(plan.drop, 0.0) / sum(shares.values())
+        options = []
+        for spec in self.specs:
+            choice = plan.choices[spec.name]
+            allowed = [EXACT] if choice.exact else [
+                c for c in self.choices[spec.name]
+                if c.exact or self.sensitivity.value(spec.name, c, proxy) <= current[spec.name]]
+
+            def predicted(c, name=spec.name):
+                if c.exact:
+                    return 0.0
+                ratio = self.sensitivity.value(name, c, proxy) / current[name] if current[name] > 0 else 1.0
+                return scale * shares[name] * ratio
+
+            options.append([(c, Option(self.latencies.get(spec, c), predicted(c))) for c in allowed])
+        picks = solve([[option for _, option in o] for o in options], self.budget, self.config.resolution)
         return self._plan([o[i][0] for o, i in zip(options, picks)])
 
     def restored(self, plan: Plan, names: list[str]) -> Plan:

@@ -210,6 +210,34 @@ class ExactPass:
     replay: Replay
 
 
+def recorded_pass(model, names, batches, pre_hooks=()) -> tuple[dict[str, list[str]], Replay, list]:
+    """`batches` through `model` once, recording the outputs of the modules that run before each layer of `names`:
+    (`prefix[layer]`, their `Replay`, the logits of every batch). `pre_hooks`: (module name, forward pre-hook)
+    pairs that also run during this pass."""
+    import torch
+
+    from tvm_lut.batches import split_batch
+
+    spans = _call_spans(model, split_batch(batches[0])[0])
+    prefix = {name: _finished_before(spans, name) for name in names}
+    replayed = sorted({name for names in prefix.values() for name in names})
+    outputs = {name: [[] for _ in batches] for name in replayed}
+    position = {"batch": 0}
+    handles = [model.get_submodule(name).register_forward_hook(
+        lambda _m, _a, out, name=name: outputs[name][position["batch"]].append(_copied(out))) for name in replayed]
+    handles += [model.get_submodule(name).register_forward_pre_hook(hook) for name, hook in pre_hooks]
+    logits = []
+    try:
+        with torch.no_grad():
+            for index, batch in enumerate(batches):
+                position["batch"] = index
+                logits.append(model(*split_batch(batch)[0]).flatten(0, -2))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return prefix, Replay(model, outputs), logits
+
+
 def exact_pass(model, seeds: dict[str, int], batches, *, kmeans_rows: int) -> ExactPass:
     """The calibration batches through the exact model once, with hooks (see `ExactPass`), for the layers `seeds`
     names; each layer's rows are sampled with its seed (the sample the layer in calibrating mode would take)."""
@@ -219,12 +247,7 @@ def exact_pass(model, seeds: dict[str, int], batches, *, kmeans_rows: int) -> Ex
     from tvm_lut.pq.layers import RowSample
     from tvm_lut.pq.reference import im2col
 
-    spans = _call_spans(model, split_batch(batches[0])[0])
-    prefix = {name: _finished_before(spans, name) for name in seeds}
-    replayed = sorted({name for names in prefix.values() for name in names})
-    outputs = {name: [[] for _ in batches] for name in replayed}
     samples = {name: RowSample(kmeans_rows, seed) for name, seed in seeds.items()}
-    position = {"batch": 0}
 
     def sample_rows(module, args, name):
         x = args[0].detach().to(torch.float32)
@@ -234,24 +257,36 @@ def exact_pass(model, seeds: dict[str, int], batches, *, kmeans_rows: int) -> Ex
             rows = x.reshape(-1, module.in_features)
         samples[name].add(rows)
 
-    handles = [model.get_submodule(name).register_forward_hook(
-        lambda _m, _a, out, name=name: outputs[name][position["batch"]].append(_copied(out))) for name in replayed]
-    handles += [model.get_submodule(name).register_forward_pre_hook(
-        lambda m, args, name=name: sample_rows(m, args, name)) for name in seeds]
+    prefix, replay, logits = recorded_pass(model, seeds, batches, [
+        (name, lambda m, args, name=name: sample_rows(m, args, name)) for name in seeds])
     labelled = all(split_batch(b)[1] is not None for b in batches)
-    reference, logits = [], []
-    try:
-        with torch.no_grad():
-            for index, batch in enumerate(batches):
-                position["batch"] = index
-                logits.append(model(*split_batch(batch)[0]).flatten(0, -2))
-    finally:
-        for handle in handles:
-            handle.remove()
     reference = None if labelled else logits
     loss = sum(_batch_loss(out, split_batch(batch)[1], out) for out, batch in zip(logits, batches)) / len(batches)
-    return ExactPass(samples, reference, loss, output_fisher(model, list(seeds), batches, reference), prefix,
-                     Replay(model, outputs))
+    return ExactPass(samples, reference, loss, output_fisher(model, list(seeds), batches, reference), prefix, replay)
+
+
+def restore_effects(pq_model, names: list[str], batches, restored, exact_model) -> dict[str, float]:
+    """Measured, not predicted: for each PQ layer in `names` of a learned model `pq_model`, how much its task loss
+    on `batches` falls when that layer alone is exact again (`restored(name)`: that model), each computed from the
+    layer onward (the outputs before it replayed from one pass of `pq_model`). Without labels the loss is the KL
+    divergence from `exact_model`'s outputs."""
+    import torch
+
+    from tvm_lut.batches import split_batch
+
+    prefix, replay, logits = recorded_pass(pq_model, names, batches)
+    reference = None
+    if not all(split_batch(b)[1] is not None for b in batches):
+        with torch.no_grad():
+            reference = [exact_model(*split_batch(b)[0]).flatten(0, -2) for b in batches]
+    base = sum(_batch_loss(out, split_batch(batch)[1], None if reference is None else reference[index])
+               for index, (out, batch) in enumerate(zip(logits, batches))) / len(batches)
+    effects = {}
+    for name in names:
+        model = restored(name)
+        effects[name] = base - task_loss(model, batches, reference,
+                                         Replay(model, {m: replay.outputs[m] for m in prefix[name]}))
+    return effects
 
 
 def output_fisher(model, names: list[str], batches, reference: list | None) -> dict:

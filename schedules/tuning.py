@@ -50,6 +50,7 @@ from .target import architecture, export_library, num_cores, resolve_target, run
 
 _WORKLOADS = "database_workload.json"
 _RECORDS = "database_tuning_record.json"
+_PREPACKED = "_prepacked"  # the suffix of a function whose weight repacking the pipeline split off
 _SEARCH = "search"  # subdirectory: MetaSchedule's own trials (resume and budget), never read by compiling
 # Builder/runner workers import TVM first: on a busy 2-core machine that alone can take half a minute. A remote
 # trial (one kernel: connect, upload, load, time) under qemu takes seconds.
@@ -94,8 +95,13 @@ class TaskResult:
 
 
 def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: int = 64,
-         num_trials_per_iter: int = 16, rules=None, progress=True, tracker=None) -> list[TaskResult]:
+         num_trials_per_iter: int = 16, rules=None, progress=True, tracker=None,
+         functions=None) -> list[TaskResult]:
     """Tune every unscheduled PrimFunc of `mod` (legalized and fused) for `target`; write records under `root`.
+
+    `functions`: names of the PrimFuncs to tune (as `tvm-lut profile` lists them, a `_prepacked` suffix allowed),
+    None for all: a model of fifty functions spends most of its time in a few, and a search of every one does
+    not fit a tuning budget of minutes on a small machine. A name the model lacks is an error naming those it has.
 
     `tracker`: a `schedules.rpc.Tracker` whose devices measure (see the module docstring); None measures here,
     which needs a target this machine runs. `progress`: True/False for a tqdm bar over the tasks, or the caller's
@@ -106,6 +112,10 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
     if tracker is None and not runs_on_host(target):
         raise ValueError(f"target {target} does not run on this machine: measure on the device "
                          "(--rpc-tracker HOST:PORT --rpc-key KEY)")
+    extracted = [t for t in ms.relax_integration.extract_tasks(mod, target)
+                 if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
+    if functions is not None:
+        extracted = _selected(extracted, functions)
     devices = tracker.check() if tracker is not None else 0  # before anything is written
     if not callable(progress):
         from tqdm import tqdm
@@ -115,8 +125,6 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
     database = open_database(root, target, create=True)
     search_database = open_database(root, target, create=True, search=True)
     rules = tuple(default_rules() if rules is None else rules)
-    extracted = [t for t in ms.relax_integration.extract_tasks(mod, target)
-                 if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
     results = []
     work_dir = str(Path(root) / target_key(target))  # MetaSchedule keeps its per-task logs in work_dir/logs
     measure = _Measure(tracker, devices)
@@ -125,6 +133,16 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
             results.append(_tune_task(task, database, search_database, target, rules, trials_per_task,
                                       num_trials_per_iter, work_dir, measure))
     return results
+
+
+def _selected(tasks: list, functions) -> list:
+    """The tasks named in `functions` (a compiled function's `_prepacked` suffix, as profiles show it, dropped)."""
+    wanted = {name.removesuffix(_PREPACKED) for name in functions}
+    missing = wanted - {task.task_name for task in tasks}
+    if missing:
+        raise ValueError(f"no function {', '.join(sorted(missing))} to tune in this model; it has "
+                         f"{', '.join(sorted(task.task_name for task in tasks))}")
+    return [task for task in tasks if task.task_name in wanted]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,6 +57,28 @@ def test_smoke_rule_record_resume_and_compile(tmp_path):
                                atol=1e-4)
 
 
+def test_tunes_only_the_named_functions_and_names_what_a_model_has(tmp_path):
+    """`functions` selects tasks by the names profiles show (a `_prepacked` suffix allowed); an unknown name fails
+    before anything is written, naming the functions the model has."""
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((16, 32), "float32"))
+    first, second = (relax.const(np.ones(shape, "float32")) for shape in ((32, 48), (48, 8)))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            out = builder.emit_output(builder.emit(relax.op.matmul(builder.emit(relax.op.matmul(x, first)), second)))
+        builder.emit_func_output(out)
+    mod = prepare(_matmul_relu(), TARGET)
+    (name,) = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    with pytest.raises(ValueError, match=rf"no function nothing to tune in this model; it has {name}$"):
+        tune(mod, TARGET, tmp_path, trials_per_task=1, progress=False, functions=["nothing"])
+    assert not any(tmp_path.iterdir())
+    two = prepare(builder.get(), TARGET)
+    names = sorted(gv.name_hint for gv, f in two.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert len(names) == 2
+    (result,) = tune(two, TARGET, tmp_path, trials_per_task=1, progress=False, functions=[names[0] + "_prepacked"])
+    assert result.name == names[0]
+
+
 def test_rejects_an_empty_budget(tmp_path):
     with pytest.raises(ValueError, match="trials_per_task"):
         tune(prepare(_matmul_relu(), TARGET), TARGET, tmp_path, trials_per_task=0)

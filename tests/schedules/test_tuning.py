@@ -113,6 +113,46 @@ def test_a_searched_record_must_beat_the_rule_in_process(tmp_path):
     assert len(database.get_top_k(workload, 10)) == 2  # confirmed once
 
 
+def test_a_changed_rule_is_raced_against_the_tuned_record(tmp_path):
+    """A database tuned under older rules keeps its records; tuning again with rules whose schedule differs times
+    the new schedule beside the database's best (same rounds) and commits it, so a compile never applies a record
+    that lost to the rules it would otherwise get. Here the old "rule" left the loop nest as it is."""
+    from schedules.rules.common import CPURule
+
+    class AsItIs(CPURule):
+        def schedule(self, sch, blocks, target):
+            sch.get_loops(blocks[0].block_rv)  # a non-empty trace
+            return sch
+
+    target = host_target(1)
+    mod = prepare(_matmul_relu(64, 128, 256), target)
+    tune(mod, target, tmp_path, trials_per_task=1, progress=False, rules=[AsItIs()])
+    (again,) = tune(mod, target, tmp_path, trials_per_task=1, progress=False)
+    assert again.rule_ms is not None and again.best_ms == pytest.approx(again.rule_ms)
+    database = open_database(tmp_path, target)
+    (func_mod,) = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")}) for f in mod.functions.values()
+                   if isinstance(f, tvm.tirx.PrimFunc)]
+    records = database.get_top_k(database.commit_workload(func_mod), 10)
+    rule = tuning._rule_schedule(func_mod["main"], target, default_rules())
+    assert len(records) == 3 and str(records[0].trace) == str(rule.trace)
+    assert len(records[0].run_secs) == 3 * tuning._CONFIRM_ROUNDS
+    (third,) = tune(mod, target, tmp_path, trials_per_task=1, progress=False)
+    assert third.rule_ms is None and len(database.get_top_k(database.commit_workload(func_mod), 10)) == 3
+
+
+def test_one_thread_is_timed_on_the_process_cpu_clock(monkeypatch):
+    """At one thread the rule and confirmation timings read the process's CPU clock (a loaded host's other
+    processes do not count); a device, or several threads, keep `time_evaluator`'s wall clock."""
+    calls = []
+    monkeypatch.setattr(tuning.time, "process_time", lambda: calls.append(1) or 0.001 * len(calls))
+    target = host_target(1)
+    (func_mod,) = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")})
+                   for f in prepare(_matmul_relu(), target).functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    rule = tuning._rule_schedule(func_mod["main"], target, default_rules())
+    secs = tuning._time_schedules({"rule": rule}, target, func_mod, rounds=2)["rule"]
+    assert calls and len(secs) == 2 * tuning._REPEAT and all(s > 0 for s in secs)
+
+
 def test_timing_leaves_out_the_weight_repacking_compiled_models_fold():
     """A conv's channel-block schedule repacks its weight in a preprocessing block that the pipeline folds at
     compile time: the tuned timing covers the rest, with the packed weight as an input; other functions as they are."""

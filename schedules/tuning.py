@@ -178,7 +178,7 @@ def _tune_task(task, database, search_database, target: Target, rules, trials_pe
     if remaining > 0:
         _search(task, search_database, target, remaining, min(num_trials_per_iter, remaining), work_dir, measure)
     if rule is not None:
-        _confirm(database, workload, search_database.get_top_k(search_workload, 1), rule, target, func_mod,
+        _confirm(database, workload, search_database.get_top_k(search_workload, 1 << 30), rule, target, func_mod,
                  tracker=measure.tracker)
     best = database.get_top_k(workload, 1)
     return TaskResult(task.task_name, len(search_database.get_top_k(search_workload, 1 << 30)), rule_ms,
@@ -187,11 +187,12 @@ def _tune_task(task, database, search_database, target: Target, rules, trials_pe
 
 def _confirm(database, workload, searched: list, rule: s_tir.Schedule, target: Target, func_mod,
              tracker=None) -> None:
-    """The search's best raced against the rule schedule (`_race`), unless the best is the rule's own trace or
-    was confirmed before."""
-    if not searched or _holds(database, workload, searched[0].trace, func_mod):
-        return
-    _race(database, workload, searched[0].trace, rule, target, func_mod, tracker)
+    """The best of the `searched` records (best first) that `database` does not hold yet raced against the rule
+    schedule (`_race`). The rule's own record leads the search's ranking at one thread (timed on the CPU clock,
+    MetaSchedule's trials on the wall clock of a worker): the first record is not always a candidate."""
+    candidate = next((record for record in searched if not _holds(database, workload, record.trace, func_mod)), None)
+    if candidate is not None:
+        _race(database, workload, candidate.trace, rule, target, func_mod, tracker)
 
 
 def _holds(database, workload, trace, func_mod) -> bool:

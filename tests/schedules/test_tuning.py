@@ -113,6 +113,26 @@ def test_a_searched_record_must_beat_the_rule_in_process(tmp_path):
     assert len(database.get_top_k(workload, 10)) == 2  # confirmed once
 
 
+def test_the_best_candidate_is_raced_when_the_rule_leads_the_search(tmp_path):
+    """The rule's record (CPU clock) can rank above every MetaSchedule trial (a worker's wall clock) in the search
+    database: the best candidate below it is the one raced."""
+    target = host_target(1)
+    (func_mod,) = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")})
+                   for f in prepare(_matmul_relu(64, 128, 256), target).functions.values()
+                   if isinstance(f, tvm.tirx.PrimFunc)]
+    database, search = open_database(tmp_path, target, create=True), ms.database.MemoryDatabase()
+    workload, search_workload = database.commit_workload(func_mod), search.commit_workload(func_mod)
+    rule = tuning._rule_schedule(func_mod["main"], target, default_rules())
+    for db, key in ((database, workload), (search, search_workload)):
+        db.commit_tuning_record(tuning._record(rule, key, [1e-9], target, func_mod))
+    naive = tvm.s_tir.Schedule(func_mod)
+    naive.get_loops(naive.get_child_blocks(naive.get_sblock("root"))[0])
+    search.commit_tuning_record(tuning._record(naive, search_workload, [1.0], target, func_mod))
+    tuning._confirm(database, workload, search.get_top_k(search_workload, 10), rule, target, func_mod)
+    records = database.get_top_k(workload, 10)
+    assert len(records) == 3 and str(naive.trace) in {str(r.trace) for r in records}
+
+
 def test_a_changed_rule_is_raced_against_the_tuned_record(tmp_path):
     """A database tuned under older rules keeps its records; tuning again with rules whose schedule differs times
     the new schedule beside the database's best (same rounds) and commits it, so a compile never applies a record

@@ -8,8 +8,9 @@ that produces the same function finds them.
 `tune()` works task by task (one task per distinct PrimFunc): it first measures the CPU rules' own schedule and
 commits it, so the database's best is never worse than the untuned build and the search starts from it; then it
 runs MetaSchedule (evolutionary search, XGBoost cost model) for the trials the task still lacks; then it confirms the
-search's best against the rule schedule, both timed in this process with repetitions interleaved, and commits those
-timings. The search's own trials go to a second database beside the first (`search/`): MetaSchedule's runner times
+search's best candidate against the rule schedule, both timed in this process with repetitions interleaved (at one
+thread on the process's CPU clock), and commits those timings. A rule schedule that changed since the task was tuned
+is raced against the database's best the same way when tuning runs again. The search's own trials go to a second database beside the first (`search/`): MetaSchedule's runner times
 each candidate once, in a worker process, and those timings are not comparable with the rule's (a MiniLM matmul
 recorded at 1.34 ms ran at 2.14 ms against the rule's 1.36 ms, and made the tuned model slower than the untuned
 one). Compiling reads only the confirmed records. Every search trial is committed at once, so an interrupted run

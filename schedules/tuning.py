@@ -8,8 +8,9 @@ that produces the same function finds them.
 `tune()` works task by task (one task per distinct PrimFunc): it first measures the CPU rules' own schedule and
 commits it, so the database's best is never worse than the untuned build and the search starts from it; then it
 runs MetaSchedule (evolutionary search, XGBoost cost model) for the trials the task still lacks; then it confirms the
-search's best against the rule schedule, both timed in this process with repetitions interleaved, and commits those
-timings. The search's own trials go to a second database beside the first (`search/`): MetaSchedule's runner times
+search's best candidate against the rule schedule, both timed in this process with repetitions interleaved (at one
+thread on the process's CPU clock), and commits those timings. A rule schedule that changed since the task was tuned
+is raced against the database's best the same way when tuning runs again. The search's own trials go to a second database beside the first (`search/`): MetaSchedule's runner times
 each candidate once, in a worker process, and those timings are not comparable with the rule's (a MiniLM matmul
 recorded at 1.34 ms ran at 2.14 ms against the rule's 1.36 ms, and made the tuned model slower than the untuned
 one). Compiling reads only the confirmed records. Every search trial is committed at once, so an interrupted run
@@ -31,7 +32,10 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import math
 import os
+import time
+import types
 import warnings
 from pathlib import Path
 
@@ -50,6 +54,7 @@ from .target import architecture, export_library, num_cores, resolve_target, run
 
 _WORKLOADS = "database_workload.json"
 _RECORDS = "database_tuning_record.json"
+_PREPACKED = "_prepacked"  # the suffix of a function whose weight repacking the pipeline split off
 _SEARCH = "search"  # subdirectory: MetaSchedule's own trials (resume and budget), never read by compiling
 # Builder/runner workers import TVM first: on a busy 2-core machine that alone can take half a minute. A remote
 # trial (one kernel: connect, upload, load, time) under qemu takes seconds.
@@ -94,8 +99,13 @@ class TaskResult:
 
 
 def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: int = 64,
-         num_trials_per_iter: int = 16, rules=None, progress=True, tracker=None) -> list[TaskResult]:
+         num_trials_per_iter: int = 16, rules=None, progress=True, tracker=None,
+         functions=None) -> list[TaskResult]:
     """Tune every unscheduled PrimFunc of `mod` (legalized and fused) for `target`; write records under `root`.
+
+    `functions`: names of the PrimFuncs to tune (as `tvm-lut profile` lists them, a `_prepacked` suffix allowed),
+    None for all: a model of fifty functions spends most of its time in a few, and a search of every one does
+    not fit a tuning budget of minutes on a small machine. A name the model lacks is an error naming those it has.
 
     `tracker`: a `schedules.rpc.Tracker` whose devices measure (see the module docstring); None measures here,
     which needs a target this machine runs. `progress`: True/False for a tqdm bar over the tasks, or the caller's
@@ -106,6 +116,10 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
     if tracker is None and not runs_on_host(target):
         raise ValueError(f"target {target} does not run on this machine: measure on the device "
                          "(--rpc-tracker HOST:PORT --rpc-key KEY)")
+    extracted = [t for t in ms.relax_integration.extract_tasks(mod, target)
+                 if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
+    if functions is not None:
+        extracted = _selected(extracted, functions)
     devices = tracker.check() if tracker is not None else 0  # before anything is written
     if not callable(progress):
         from tqdm import tqdm
@@ -115,8 +129,6 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
     database = open_database(root, target, create=True)
     search_database = open_database(root, target, create=True, search=True)
     rules = tuple(default_rules() if rules is None else rules)
-    extracted = [t for t in ms.relax_integration.extract_tasks(mod, target)
-                 if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
     results = []
     work_dir = str(Path(root) / target_key(target))  # MetaSchedule keeps its per-task logs in work_dir/logs
     measure = _Measure(tracker, devices)
@@ -125,6 +137,16 @@ def tune(mod: tvm.IRModule, target: Target, root: str | Path, trials_per_task: i
             results.append(_tune_task(task, database, search_database, target, rules, trials_per_task,
                                       num_trials_per_iter, work_dir, measure))
     return results
+
+
+def _selected(tasks: list, functions) -> list:
+    """The tasks named in `functions` (a compiled function's `_prepacked` suffix, as profiles show it, dropped)."""
+    wanted = {name.removesuffix(_PREPACKED) for name in functions}
+    missing = wanted - {task.task_name for task in tasks}
+    if missing:
+        raise ValueError(f"no function {', '.join(sorted(missing))} to tune in this model; it has "
+                         f"{', '.join(sorted(task.task_name for task in tasks))}")
+    return [task for task in tasks if task.task_name in wanted]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,16 +165,21 @@ def _tune_task(task, database, search_database, target: Target, rules, trials_pe
     workload, search_workload = database.commit_workload(func_mod), search_database.commit_workload(func_mod)
     rule = _rule_schedule(func_mod["main"], target, rules)
     rule_ms = None
-    if rule is not None and not database.get_top_k(workload, 1):
-        run_secs = _time_schedules({"rule": rule}, target, func_mod, rounds=1, tracker=measure.tracker)["rule"]
-        for db, key in ((database, workload), (search_database, search_workload)):  # the search starts from it
-            db.commit_tuning_record(_record(rule, key, run_secs, target, func_mod))
+    tuned = database.get_top_k(workload, 1)
+    if rule is not None and (not tuned or not _holds(database, workload, rule.trace, func_mod)):
+        if tuned:  # the rules changed since this function was tuned: their schedule races the best record
+            run_secs = _race(database, workload, tuned[0].trace, rule, target, func_mod, measure.tracker)["rule"]
+        else:
+            run_secs = _time_schedules({"rule": rule}, target, func_mod, rounds=1, tracker=measure.tracker)["rule"]
+            database.commit_tuning_record(_record(rule, workload, run_secs, target, func_mod))
+        # the search starts from it
+        search_database.commit_tuning_record(_record(rule, search_workload, run_secs, target, func_mod))
         rule_ms = _median_ms(run_secs)
     remaining = trials_per_task - len(search_database.get_top_k(search_workload, trials_per_task))
     if remaining > 0:
         _search(task, search_database, target, remaining, min(num_trials_per_iter, remaining), work_dir, measure)
     if rule is not None:
-        _confirm(database, workload, search_database.get_top_k(search_workload, 1), rule, target, func_mod,
+        _confirm(database, workload, search_database.get_top_k(search_workload, 1 << 30), rule, target, func_mod,
                  tracker=measure.tracker)
     best = database.get_top_k(workload, 1)
     return TaskResult(task.task_name, len(search_database.get_top_k(search_workload, 1 << 30)), rule_ms,
@@ -161,20 +188,36 @@ def _tune_task(task, database, search_database, target: Target, rules, trials_pe
 
 def _confirm(database, workload, searched: list, rule: s_tir.Schedule, target: Target, func_mod,
              tracker=None) -> None:
-    """Time the search's best and the rule schedule alternately in this process and commit both timings, unless
-    the best is the rule's own trace or was confirmed before. The compiled model then uses whichever ran faster
-    under the same conditions."""
-    if not searched:
-        return
-    candidate = s_tir.Schedule(func_mod)
-    searched[0].trace.apply_to_schedule(candidate, remove_postproc=False)
+    """The best of the `searched` records (best first) that `database` does not hold yet raced against the rule
+    schedule (`_race`). The rule's own record leads the search's ranking at one thread (timed on the CPU clock,
+    MetaSchedule's trials on the wall clock of a worker): the first record is not always a candidate."""
+    candidate = next((record for record in searched if not _holds(database, workload, record.trace, func_mod)), None)
+    if candidate is not None:
+        _race(database, workload, candidate.trace, rule, target, func_mod, tracker)
+
+
+def _holds(database, workload, trace, func_mod) -> bool:
+    """`database` has a record of `trace` for `workload` (the trace as recorded, or as it replays)."""
     known = {str(record.trace) for record in database.get_top_k(workload, 1 << 30)}
-    if str(searched[0].trace) in known or str(candidate.trace) in known:
-        return
+    return str(trace) in known or str(_replayed(trace, func_mod).trace) in known
+
+
+def _replayed(trace, func_mod) -> s_tir.Schedule:
+    schedule = s_tir.Schedule(func_mod)
+    trace.apply_to_schedule(schedule, remove_postproc=False)
+    return schedule
+
+
+def _race(database, workload, trace, rule: s_tir.Schedule, target: Target, func_mod,
+          tracker=None) -> dict[str, list[float]]:
+    """`trace`'s schedule and the rule schedule timed alternately (`_CONFIRM_ROUNDS` rounds), both committed:
+    compiling then applies whichever ran faster under the same conditions. Returns the timings."""
+    candidate = _replayed(trace, func_mod)
     timings = _time_schedules({"rule": rule, "candidate": candidate}, target, func_mod, rounds=_CONFIRM_ROUNDS,
                               tracker=tracker)
     for name, schedule in (("rule", rule), ("candidate", candidate)):
         database.commit_tuning_record(_record(schedule, workload, timings[name], target, func_mod))
+    return timings
 
 
 @contextlib.contextmanager
@@ -283,7 +326,8 @@ def _time_schedules(schedules: dict, target: Target, func_mod, rounds: int,
     what compiled models run (`_without_weight_prepack`).
 
     In this process, or on one device of `tracker` through one session: MetaSchedule's builder and runner start
-    worker processes that import TVM, which costs more than the measurement itself.
+    worker processes that import TVM, which costs more than the measurement itself. Here at one thread, on this
+    process's CPU clock (`_cpu_clock_timer`).
     """
     from .rpc import upload_library
 
@@ -297,12 +341,33 @@ def _time_schedules(schedules: dict, target: Target, func_mod, rounds: int,
                 for info in ms.arg_info.ArgInfo.from_prim_func(func)]
         kernel = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
         module = kernel.jit() if session is None else upload_library(session, kernel, target)
-        timers[name] = (evaluator(module, "main", device), args)
+        on_cpu_clock = session is None and num_cores(target) == 1
+        timers[name] = (_cpu_clock_timer(module["main"]) if on_cpu_clock else evaluator(module, "main", device), args)
     run_secs = {name: [] for name in schedules}
     for _ in range(rounds):
         for name, (timer, args) in timers.items():
             run_secs[name] += list(timer(*args).results)
     return run_secs
+
+
+def _cpu_clock_timer(function):
+    """`evaluator`'s form (call it with the arguments, read `.results`) on this process's CPU clock, for one
+    thread: on a shared machine the time other processes take is not counted. Under a load of 6-8 on 2 cores, at
+    nice 15, `time_evaluator` timed a depthwise conv the profile puts at 142 us at 2.5-5.6 ms."""
+
+    def timer(*args):
+        start = time.process_time()
+        function(*args)  # warm-up, and the calls a repetition needs
+        calls = max(1, math.ceil(_MIN_REPEAT_MS / 1e3 / max(time.process_time() - start, 1e-7)))
+        results = []
+        for _ in range(_REPEAT):
+            start = time.process_time()
+            for _ in range(calls):
+                function(*args)
+            results.append((time.process_time() - start) / calls)
+        return types.SimpleNamespace(results=results)
+
+    return timer
 
 
 def evaluator(module, name: str, device):

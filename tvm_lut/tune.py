@@ -5,6 +5,7 @@
     tvm-lut tune fashion-cnn --batch 1 --db tuning/          # the Fashion-MNIST CNN (batch x 1 x 28 x 28)
     tvm-lut tune model.onnx --input x:1x3x224x224 --db tuning/ --nonlinear
     tvm-lut tune OUT_DIR --db tuning/                        # an artifact of `tvm-lut learn`, with its tables
+    tvm-lut tune model.pt2 --db tuning/ --function fused_conv2d4_add3_tir_clip2   # one function a profile points at
 
 Interrupt it at any time: every measured trial is already in the database, and running the same command again
 continues with what each function still lacks. The model options are `tvm_lut.model_spec`'s, as in every command.
@@ -22,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model_spec.add_progress_argument(parser)
     parser.add_argument("--trials", type=int, default=64, help="measured trials per function, including the "
                         "rules' own schedule (64)")
+    parser.add_argument("--function", action="append", dest="functions", metavar="NAME",
+                        help="tune only this function, as `tvm-lut profile` names it (repeat; default: all)")
     parser.add_argument("--trials-per-iter", type=int, default=16, help="candidates measured per search round (16)")
 
 
@@ -36,7 +39,7 @@ def run(args) -> int:
     mod = prepare(source.import_module(), target, bundle=bundle, nonlinear=args.nonlinear, winograd=args.winograd)
     try:
         results = tune(mod, target, args.db, trials_per_task=args.trials, num_trials_per_iter=args.trials_per_iter,
-                       tracker=tracker, progress=functools.partial(progress_bar,
+                       tracker=tracker, functions=args.functions, progress=functools.partial(progress_bar,
                                                                    progress=model_spec.progress_from_args(args)))
     except ValueError as err:
         raise SystemExit(f"tvm-lut tune: {err}") from None

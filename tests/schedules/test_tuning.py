@@ -57,6 +57,28 @@ def test_smoke_rule_record_resume_and_compile(tmp_path):
                                atol=1e-4)
 
 
+def test_tunes_only_the_named_functions_and_names_what_a_model_has(tmp_path):
+    """`functions` selects tasks by the names profiles show (a `_prepacked` suffix allowed); an unknown name fails
+    before anything is written, naming the functions the model has."""
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((16, 32), "float32"))
+    first, second = (relax.const(np.ones(shape, "float32")) for shape in ((32, 48), (48, 8)))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            out = builder.emit_output(builder.emit(relax.op.matmul(builder.emit(relax.op.matmul(x, first)), second)))
+        builder.emit_func_output(out)
+    mod = prepare(_matmul_relu(), TARGET)
+    (name,) = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    with pytest.raises(ValueError, match=rf"no function nothing to tune in this model; it has {name}$"):
+        tune(mod, TARGET, tmp_path, trials_per_task=1, progress=False, functions=["nothing"])
+    assert not any(tmp_path.iterdir())
+    two = prepare(builder.get(), TARGET)
+    names = sorted(gv.name_hint for gv, f in two.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert len(names) == 2
+    (result,) = tune(two, TARGET, tmp_path, trials_per_task=1, progress=False, functions=[names[0] + "_prepacked"])
+    assert result.name == names[0]
+
+
 def test_rejects_an_empty_budget(tmp_path):
     with pytest.raises(ValueError, match="trials_per_task"):
         tune(prepare(_matmul_relu(), TARGET), TARGET, tmp_path, trials_per_task=0)
@@ -89,6 +111,66 @@ def test_a_searched_record_must_beat_the_rule_in_process(tmp_path):
     assert str(records[0].trace) == str(rule.trace)
     tuning._confirm(database, workload, search.get_top_k(search_workload, 1), rule, target, func_mod)
     assert len(database.get_top_k(workload, 10)) == 2  # confirmed once
+
+
+def test_the_best_candidate_is_raced_when_the_rule_leads_the_search(tmp_path):
+    """The rule's record (CPU clock) can rank above every MetaSchedule trial (a worker's wall clock) in the search
+    database: the best candidate below it is the one raced."""
+    target = host_target(1)
+    (func_mod,) = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")})
+                   for f in prepare(_matmul_relu(64, 128, 256), target).functions.values()
+                   if isinstance(f, tvm.tirx.PrimFunc)]
+    database, search = open_database(tmp_path, target, create=True), ms.database.MemoryDatabase()
+    workload, search_workload = database.commit_workload(func_mod), search.commit_workload(func_mod)
+    rule = tuning._rule_schedule(func_mod["main"], target, default_rules())
+    for db, key in ((database, workload), (search, search_workload)):
+        db.commit_tuning_record(tuning._record(rule, key, [1e-9], target, func_mod))
+    naive = tvm.s_tir.Schedule(func_mod)
+    naive.get_loops(naive.get_child_blocks(naive.get_sblock("root"))[0])
+    search.commit_tuning_record(tuning._record(naive, search_workload, [1.0], target, func_mod))
+    tuning._confirm(database, workload, search.get_top_k(search_workload, 10), rule, target, func_mod)
+    records = database.get_top_k(workload, 10)
+    assert len(records) == 3 and str(naive.trace) in {str(r.trace) for r in records}
+
+
+def test_a_changed_rule_is_raced_against_the_tuned_record(tmp_path):
+    """A database tuned under older rules keeps its records; tuning again with rules whose schedule differs times
+    the new schedule beside the database's best (same rounds) and commits it, so a compile never applies a record
+    that lost to the rules it would otherwise get. Here the old "rule" left the loop nest as it is."""
+    from schedules.rules.common import CPURule
+
+    class AsItIs(CPURule):
+        def schedule(self, sch, blocks, target):
+            sch.get_loops(blocks[0].block_rv)  # a non-empty trace
+            return sch
+
+    target = host_target(1)
+    mod = prepare(_matmul_relu(64, 128, 256), target)
+    tune(mod, target, tmp_path, trials_per_task=1, progress=False, rules=[AsItIs()])
+    (again,) = tune(mod, target, tmp_path, trials_per_task=1, progress=False)
+    assert again.rule_ms is not None and again.best_ms == pytest.approx(again.rule_ms)
+    database = open_database(tmp_path, target)
+    (func_mod,) = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")}) for f in mod.functions.values()
+                   if isinstance(f, tvm.tirx.PrimFunc)]
+    records = database.get_top_k(database.commit_workload(func_mod), 10)
+    rule = tuning._rule_schedule(func_mod["main"], target, default_rules())
+    assert len(records) == 3 and str(records[0].trace) == str(rule.trace)
+    assert len(records[0].run_secs) == 3 * tuning._CONFIRM_ROUNDS
+    (third,) = tune(mod, target, tmp_path, trials_per_task=1, progress=False)
+    assert third.rule_ms is None and len(database.get_top_k(database.commit_workload(func_mod), 10)) == 3
+
+
+def test_one_thread_is_timed_on_the_process_cpu_clock(monkeypatch):
+    """At one thread the rule and confirmation timings read the process's CPU clock (a loaded host's other
+    processes do not count); a device, or several threads, keep `time_evaluator`'s wall clock."""
+    calls = []
+    monkeypatch.setattr(tuning.time, "process_time", lambda: calls.append(1) or 0.001 * len(calls))
+    target = host_target(1)
+    (func_mod,) = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")})
+                   for f in prepare(_matmul_relu(), target).functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    rule = tuning._rule_schedule(func_mod["main"], target, default_rules())
+    secs = tuning._time_schedules({"rule": rule}, target, func_mod, rounds=2)["rule"]
+    assert calls and len(secs) == 2 * tuning._REPEAT and all(s > 0 for s in secs)
 
 
 def test_timing_leaves_out_the_weight_repacking_compiled_models_fold():

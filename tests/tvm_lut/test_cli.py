@@ -178,6 +178,12 @@ def test_cli_failure_modes_name_what_is_wrong(tmp_path, capsys, tiny_onnx):
     assert "format version 0; this tvm-lut reads version 1" in _error(capsys, ["compile", str(old), "-o", so])
 
 
+def test_tune_names_the_functions_a_model_has_for_an_unknown_function(tmp_path):
+    with pytest.raises(SystemExit, match="^tvm-lut tune: no function nope to tune in this model; it has fused_conv2d"):
+        cli.main(["tune", "fashion-cnn", "--batch", "1", "--db", str(tmp_path), "--function", "nope"])
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("flags, lines", [([], True), (["--no-progress"], False)])
 def test_tune_reports_progress_as_lines_in_a_log(flags, lines, tmp_path, capsys, monkeypatch):
     """`tvm-lut tune` hands the search its progress form: plain lines when stderr is a log, none with --no-progress

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .helpers.engines import aligned, engine_timings, export_onnx, free_runtime_threads, ort_runner, torch_runner, \
+from .helpers.engines import aligned, engine_timings, export_onnx, ort_runner, torch_runner, \
     tvm_runner
 from .timing import add_common_arguments, format_table, load_average, median_seconds, wait_for_idle_threads, write_json
 
@@ -163,10 +163,11 @@ def engines(model, example, bundle, args, workdir: Path, bundle_model=None):
 
     import tvm_lut
     from schedules import host_target
+    from schedules.target import use_runtime_threads
     from tvm_lut.frontend import from_torch
 
     target = host_target(args.threads)
-    threads = free_runtime_threads(target)
+    threads = use_runtime_threads(target)
     torch.set_num_threads(threads)
     onnx_path, int8_path = export_onnx(model, example, workdir)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .helpers.engines import aligned, engine_timings, export_onnx, free_runtime_threads, ort_runner, torch_runner, \
+from .helpers.engines import aligned, engine_timings, export_onnx, ort_runner, torch_runner, \
     tvm_runner
 from .timing import add_common_arguments, format_table, load_average, write_json
 from .helpers.zoo_models import MODELS
@@ -207,8 +207,9 @@ def main(argv=None) -> int:
                      f"got --threads {args.threads}")
 
     from schedules import host_target
+    from schedules.target import use_runtime_threads
     target = host_target(args.threads)
-    free_runtime_threads(target)
+    use_runtime_threads(target)
     records = []
     for name in args.models:
         print(f"{name}:", flush=True)

@@ -15,7 +15,11 @@ A library for a CPU of another architecture is linked with its cross compiler (`
 
 A target's `num-cores` does not reach TVM's runtime: its thread pool takes its size, once, from `TVM_NUM_THREADS`
 or else half the logical CPUs on x86 (it assumes hyper-threading), so a 2-vCPU machine runs every parallel loop on
-1 thread. `use_runtime_threads(target)` sizes the pool to the target before the first parallel kernel runs.
+1 thread. `use_runtime_threads(target)` sizes the pool to the target before the first parallel kernel runs, and
+leaves its threads free to run on every core, as ONNX Runtime's and PyTorch's are: TVM pins worker i to core i (at
+one thread, the calling thread to core 0), so one busy thread held on core 1 by another process stalls every
+fork/join (the NN-LUT + PQ MiniLM at 1x64 and two threads: 2,166 ms a call pinned, 52 ms free, 8.9 ms without that
+thread; alone, pinned or free made no difference). `TVM_BIND_THREADS=1`, set before, keeps TVM's pinning.
 """
 
 import contextlib
@@ -202,8 +206,10 @@ def use_runtime_threads(target: Target) -> int:
     """Size TVM's CPU thread pool to the target's `num_cores`; returns the threads it runs.
 
     The pool is created once per process (on the first parallel call) and never grows afterwards: call this first.
-    Raises RuntimeError if the pool already exists with fewer threads.
+    Raises RuntimeError if the pool already exists with fewer threads. Unless `TVM_BIND_THREADS` is set, the
+    threads are not pinned to cores (read when the pool sets its affinity; see the module docstring).
     """
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
     threads = num_cores(target)
     if int(os.environ.get("TVM_NUM_THREADS", "0") or 0) < threads:
         os.environ["TVM_NUM_THREADS"] = str(threads)  # read when the pool is created

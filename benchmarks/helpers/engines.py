@@ -29,23 +29,6 @@ def export_onnx(model, example, workdir: Path) -> tuple[Path, Path]:
     return onnx_path, int8_path
 
 
-def free_runtime_threads(target) -> int:
-    """Size TVM's thread pool for `target` (`schedules.target.use_runtime_threads`) with its threads free to run on
-    every core, as ONNX Runtime's and PyTorch's are; returns the threads it runs. Call before any TVM kernel runs.
-
-    TVM pins its workers one per core (worker 1 on core 1; at one thread the calling thread, and every thread
-    created after it, on core 0) and its threads yield while they wait at a barrier. Beside a busy thread held on
-    core 1 by another process (every two-thread TVM process pins its worker there), the NN-LUT + PQ MiniLM at 1x64
-    took 2,166 ms a call with the pinned worker, 52 ms with a free one and 8.9 ms without that thread (ONNX Runtime
-    fp32: 135 against 80 ms); alone, pinned or free made no difference (8.87 / 8.54 ms). `TVM_BIND_THREADS=0`
-    (read when the pool sets its affinity) keeps every thread free, unless the caller set the variable.
-    """
-    from schedules.target import use_runtime_threads
-
-    os.environ.setdefault("TVM_BIND_THREADS", "0")
-    return use_runtime_threads(target)
-
-
 def torch_runner(model) -> Callable:
     import torch
 

@@ -25,30 +25,3 @@ def test_at_two_threads_no_engine_runs_beside_the_previous_engines_spinning_work
 def test_the_cpu_clock_is_refused_at_two_threads():
     with pytest.raises(ValueError, match="one thread only"):
         engine_timings({"a": lambda: None}, threads=2, repeat=1, cpu_clock=True)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread affinities come from /proc")
-def test_tvm_threads_are_left_free_to_run_on_every_core(monkeypatch):
-    """TVM's pool is per calling thread: a new thread's pool, created through free_runtime_threads, pins nothing."""
-    import os
-    import threading
-
-    from benchmarks.helpers.engines import free_runtime_threads
-    from schedules import host_target
-
-    def affinities():
-        return {int(task): os.sched_getaffinity(int(task)) for task in os.listdir("/proc/self/task")}
-
-    monkeypatch.delenv("TVM_BIND_THREADS", raising=False)
-    before, seen = affinities(), {}
-
-    def configure():
-        free_runtime_threads(host_target(2))
-        seen.update(affinities())
-
-    thread = threading.Thread(target=configure)
-    thread.start()
-    thread.join()
-    every_core = os.sched_getaffinity(0)
-    new = {task: cores for task, cores in seen.items() if task not in before}
-    assert new and all(cores == every_core for cores in new.values())

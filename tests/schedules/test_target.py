@@ -119,3 +119,29 @@ def test_an_aarch64_library_is_cross_linked(tmp_path):
     export_library(tvm.compile(tvm.IRModule({"main": add_one}), target=target), tmp_path / "lib.so", target)
     header = (tmp_path / "lib.so").read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # e_machine EM_AARCH64
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread affinities come from /proc")
+def test_tvm_threads_are_left_free_to_run_on_every_core(monkeypatch):
+    """TVM's pool is per calling thread: a new thread's pool, created through use_runtime_threads, pins nothing."""
+    import os
+    import threading
+
+    from schedules.target import host_target, use_runtime_threads
+
+    def affinities():
+        return {int(task): os.sched_getaffinity(int(task)) for task in os.listdir("/proc/self/task")}
+
+    monkeypatch.delenv("TVM_BIND_THREADS", raising=False)
+    before, seen = affinities(), {}
+
+    def configure():
+        use_runtime_threads(host_target(2))
+        seen.update(affinities())
+
+    thread = threading.Thread(target=configure)
+    thread.start()
+    thread.join()
+    every_core = os.sched_getaffinity(0)
+    new = {task: cores for task, cores in seen.items() if task not in before}
+    assert new and all(cores == every_core for cores in new.values())

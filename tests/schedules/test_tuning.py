@@ -91,10 +91,9 @@ def test_metaschedule_search_adds_trials(tmp_path):
     assert result.trials >= 2 and result.best_ms <= result.rule_ms
 
 
-def test_a_searched_record_must_beat_the_rule_in_process(tmp_path):
-    """MetaSchedule's runner times a candidate once, in a worker: a record claiming 1 ns for the unscheduled loop
-    nest (50x slower than the rule here) is timed again beside the rule schedule, and the rule stays what compiling
-    applies. One thread: on a shared machine a parallel launch alone can cost more than a small kernel."""
+def _race_setup(tmp_path):
+    """One thread's matmul+ReLU kernel, an empty tuning database and a search database with its workload, and the
+    rule's schedule: what `tuning._confirm` races."""
     target = host_target(1)
     (func_mod,) = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")})
                    for f in prepare(_matmul_relu(64, 128, 256), target).functions.values()
@@ -102,6 +101,14 @@ def test_a_searched_record_must_beat_the_rule_in_process(tmp_path):
     database, search = open_database(tmp_path, target, create=True), ms.database.MemoryDatabase()
     workload, search_workload = database.commit_workload(func_mod), search.commit_workload(func_mod)
     rule = tuning._rule_schedule(func_mod["main"], target, default_rules())
+    return target, func_mod, database, workload, search, search_workload, rule
+
+
+def test_a_searched_record_must_beat_the_rule_in_process(tmp_path):
+    """MetaSchedule's runner times a candidate once, in a worker: a record claiming 1 ns for the unscheduled loop
+    nest (50x slower than the rule here) is timed again beside the rule schedule, and the rule stays what compiling
+    applies. One thread: on a shared machine a parallel launch alone can cost more than a small kernel."""
+    target, func_mod, database, workload, search, search_workload, rule = _race_setup(tmp_path)
     naive = tvm.s_tir.Schedule(func_mod)
     naive.get_loops(naive.get_child_blocks(naive.get_sblock("root"))[0])  # databases never return an empty trace
     search.commit_tuning_record(tuning._record(naive, search_workload, [1e-9], target, func_mod))
@@ -116,13 +123,7 @@ def test_a_searched_record_must_beat_the_rule_in_process(tmp_path):
 def test_the_best_candidate_is_raced_when_the_rule_leads_the_search(tmp_path):
     """The rule's record (CPU clock) can rank above every MetaSchedule trial (a worker's wall clock) in the search
     database: the best candidate below it is the one raced."""
-    target = host_target(1)
-    (func_mod,) = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")})
-                   for f in prepare(_matmul_relu(64, 128, 256), target).functions.values()
-                   if isinstance(f, tvm.tirx.PrimFunc)]
-    database, search = open_database(tmp_path, target, create=True), ms.database.MemoryDatabase()
-    workload, search_workload = database.commit_workload(func_mod), search.commit_workload(func_mod)
-    rule = tuning._rule_schedule(func_mod["main"], target, default_rules())
+    target, func_mod, database, workload, search, search_workload, rule = _race_setup(tmp_path)
     for db, key in ((database, workload), (search, search_workload)):
         db.commit_tuning_record(tuning._record(rule, key, [1e-9], target, func_mod))
     naive = tvm.s_tir.Schedule(func_mod)

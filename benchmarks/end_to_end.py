@@ -183,7 +183,8 @@ def engines(model, example, bundle, args, workdir: Path, bundle_model=None):
     if args.profile:
         print_profile("tvm rules", mod, example, target, args)
     yield "tvm rules", *tvm_run(rules, "rules")
-    if any(report["replaced"] for report in rules.lut_report.exact_passes):  # Winograd convs: the direct ones too
+    if any(report["replaced"] for report in rules.lut_report.exact_passes if report["pass"] == "WinogradConv2d"):
+        # Winograd convs: the direct ones too (a model without them, MiniLM, has no such row)
         yield "tvm rules direct conv", *tvm_run(tvm_lut.compile(mod, target=target, winograd=False), "direct")
     if args.database is not None:
         yield "tvm tuned", *tvm_run(tvm_lut.compile(mod, target=target, database=args.database), "tuned")

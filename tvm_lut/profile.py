@@ -41,6 +41,7 @@ class Profile:
     functions: list[FunctionTime]
     model_ms: float
     model_cpu_wait: float | None = None  # the process's threads waiting for a CPU while the model was timed
+    model_cores: float | None = None  # CPUs the process's threads kept busy meanwhile (`tvm_lut.timing.Timing`)
 
     @property
     def kernels_ms(self) -> float:
@@ -52,7 +53,8 @@ class Profile:
         return None if None in times else sum(times)
 
     def to_dict(self) -> dict:
-        return {"model_ms": self.model_ms, "model_cpu_wait": self.model_cpu_wait, "kernels_ms": self.kernels_ms,
+        return {"model_ms": self.model_ms, "model_cpu_wait": self.model_cpu_wait, "model_cores": self.model_cores,
+                "kernels_ms": self.kernels_ms,
                 "kernels_in_model_ms": self.kernels_in_model_ms,
                 "functions": [dataclasses.asdict(f) for f in self.functions]}
 
@@ -78,7 +80,8 @@ class Profile:
         rules = ", ".join(f"{rule} {ms:.3f}" for rule, ms in self.by_rule().items())
         in_model = self.kernels_in_model_ms
         in_model = "" if in_model is None else f" ({in_model:.3f} ms as the model calls them)"
-        wait = "" if self.model_cpu_wait is None else f" (cpu_wait {self.model_cpu_wait:.2f})"
+        wait = ("" if self.model_cpu_wait is None else
+                f" (cpu_wait {self.model_cpu_wait:.2f}, cores {self.model_cores:.2f})")
         lines.append(f"kernels {self.kernels_ms:.3f} ms{in_model} of the model's {self.model_ms:.3f} ms{wait}; "
                      f"by rule (ms): {rules}")
         return "\n".join(lines)
@@ -111,9 +114,10 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
     processes on a shared machine do not inflate some kernels' repetitions more than others'.
     The whole model and its calls in the model are timed on one VM, one right after the other, so that both see the
     same buffers (a VM's own addresses) and the same moment of a shared machine; `model_cpu_wait` says how many of
-    the process's threads stood waiting for a CPU meanwhile (`tvm_lut.timing`): a model slower than its calls with
-    a wait near 0 is slow for a reason of its own, with a wait near 1 or more it lost CPUs to other processes (or
-    its threads shared one core).
+    the process's threads stood waiting for a CPU meanwhile and `model_cores` how many CPUs they kept busy
+    (`tvm_lut.timing.Timing`): at N threads a model slower than its calls with cores near N and no wait is slow for
+    a reason of its own; with fewer cores its threads did not run side by side (other processes held CPUs, or the
+    scheduler put them on one core).
     """
     import tvm
     from tvm import relax
@@ -151,7 +155,8 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
                                       gflops=work / statistics.median(times) / 1e9 if work else None,
                                       in_model_ms=1e3 * in_model[symbol] if symbol in in_model else None))
     functions.sort(key=lambda f: -f.ms)
-    return Profile(functions=functions, model_ms=1e3 * model.median, model_cpu_wait=model.median_waiting)
+    return Profile(functions=functions, model_ms=1e3 * model.median, model_cpu_wait=model.median_waiting,
+                   model_cores=model.median_cores)
 
 
 def _in_model_seconds(vm, arguments, repeat: int, clock) -> dict[str, float]:

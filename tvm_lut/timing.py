@@ -30,11 +30,15 @@ _TASKS = "/proc/self/task"
 class Timing:
     """One function's repetitions: seconds per call; the mean number of this process's threads that waited for a
     CPU during each; how many of its threads ran during each (the caller, and every other thread that ran for more
-    than 1 % of it): with settled repetitions, the function's own (None where the kernel does not say: not Linux)."""
+    than 1 % of it): with settled repetitions, the function's own; how many CPUs the process's threads kept busy
+    during each (their CPU time over the wall time; a runtime's idle workers spin, so N threads on N cores give
+    about N, and N threads squeezed onto one core about 1 whether or not they queued for it). None where the kernel
+    does not say (not Linux)."""
 
     seconds: list[float]
     waiting: list[float | None]
     threads_ran: list[int | None] = dataclasses.field(default_factory=list)
+    cores: list[float | None] = dataclasses.field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -43,6 +47,11 @@ class Timing:
     @property
     def median_waiting(self) -> float | None:
         known = [w for w in self.waiting if w is not None]
+        return statistics.median(known) if known else None
+
+    @property
+    def median_cores(self) -> float | None:
+        known = [c for c in self.cores if c is not None]
         return statistics.median(known) if known else None
 
     @property
@@ -86,22 +95,27 @@ def timings(fns: dict[str, Callable[[], object]], repeat: int = 7, min_seconds: 
             if settle:
                 wait_for_idle_threads()
                 fn()  # wakes this function's own workers
-            before, wall = _schedstats(), time.perf_counter()
+            before, wall, own = _schedstats(), time.perf_counter(), time.thread_time()
             start = clock()
             for _ in range(numbers[name]):
                 fn()
             elapsed = clock() - start
-            wall, after = max(time.perf_counter() - wall, 1e-9), _schedstats()
+            wall, after, own = max(time.perf_counter() - wall, 1e-9), _schedstats(), time.thread_time() - own
             results[name].seconds.append(elapsed / numbers[name])
             if before is None or after is None:
                 results[name].waiting.append(None)
                 results[name].threads_ran.append(None)
+                results[name].cores.append(None)
                 continue
             results[name].waiting.append(sum(queued - before.get(task, (0, 0))[1]
                                              for task, (_, queued) in after.items()) / 1e9 / wall)
             me = threading.get_native_id()  # ran the repetition (its kernel count lags on a short one)
             results[name].threads_ran.append(1 + sum(ran - before.get(task, (0, 0))[0] > 0.01 * wall * 1e9
                                                      for task, (ran, _) in after.items() if task != me))
+            # the caller's own CPU time from its clock: the kernel's per-thread count of a running thread moves only
+            # at scheduler ticks (every 4 ms at HZ=250), the others' at each switch as well
+            results[name].cores.append((own + sum(ran - before.get(task, (0, 0))[0] for task, (ran, _) in after.items()
+                                                  if task != me) / 1e9) / wall)
     return results
 
 

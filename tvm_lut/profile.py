@@ -42,6 +42,7 @@ class Profile:
     model_ms: float
     model_cpu_wait: float | None = None  # the process's threads waiting for a CPU while the model was timed
     model_cores: float | None = None  # CPUs the process's threads kept busy meanwhile (`tvm_lut.timing.Timing`)
+    model_stolen: float | None = None  # CPUs the hypervisor took from the machine meanwhile (steal time)
 
     @property
     def kernels_ms(self) -> float:
@@ -54,7 +55,7 @@ class Profile:
 
     def to_dict(self) -> dict:
         return {"model_ms": self.model_ms, "model_cpu_wait": self.model_cpu_wait, "model_cores": self.model_cores,
-                "kernels_ms": self.kernels_ms,
+                "model_stolen": self.model_stolen, "kernels_ms": self.kernels_ms,
                 "kernels_in_model_ms": self.kernels_in_model_ms,
                 "functions": [dataclasses.asdict(f) for f in self.functions]}
 
@@ -81,7 +82,7 @@ class Profile:
         in_model = self.kernels_in_model_ms
         in_model = "" if in_model is None else f" ({in_model:.3f} ms as the model calls them)"
         wait = ("" if self.model_cpu_wait is None else
-                f" (cpu_wait {self.model_cpu_wait:.2f}, cores {self.model_cores:.2f})")
+                f" (cpu_wait {self.model_cpu_wait:.2f}, cores {self.model_cores:.2f}, stolen {self.model_stolen:.2f})")
         lines.append(f"kernels {self.kernels_ms:.3f} ms{in_model} of the model's {self.model_ms:.3f} ms{wait}; "
                      f"by rule (ms): {rules}")
         return "\n".join(lines)
@@ -117,7 +118,7 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
     the process's threads stood waiting for a CPU meanwhile and `model_cores` how many CPUs they kept busy
     (`tvm_lut.timing.Timing`): at N threads a model slower than its calls with cores near N and no wait is slow for
     a reason of its own; with fewer cores its threads did not run side by side (other processes held CPUs, or the
-    scheduler put them on one core).
+    scheduler put them on one core, or the hypervisor ran something else on a CPU: `model_stolen`).
     """
     import tvm
     from tvm import relax
@@ -156,7 +157,7 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
                                       in_model_ms=1e3 * in_model[symbol] if symbol in in_model else None))
     functions.sort(key=lambda f: -f.ms)
     return Profile(functions=functions, model_ms=1e3 * model.median, model_cpu_wait=model.median_waiting,
-                   model_cores=model.median_cores)
+                   model_cores=model.median_cores, model_stolen=model.median_stolen)
 
 
 def _in_model_seconds(vm, arguments, repeat: int, clock) -> dict[str, float]:

@@ -33,12 +33,15 @@ class Timing:
     than 1 % of it): with settled repetitions, the function's own; how many CPUs the process's threads kept busy
     during each (their CPU time over the wall time; a runtime's idle workers spin, so N threads on N cores give
     about N, and N threads squeezed onto one core about 1 whether or not they queued for it). None where the kernel
-    does not say (not Linux)."""
+    does not say (not Linux). A guest's CPU time leaves out what its hypervisor took, so steal lowers `cores` too:
+    `stolen` tells the two apart."""
 
     seconds: list[float]
     waiting: list[float | None]
     threads_ran: list[int | None] = dataclasses.field(default_factory=list)
     cores: list[float | None] = dataclasses.field(default_factory=list)
+    # CPUs of the whole machine its hypervisor ran something else on during each (steal time; 0 on bare metal)
+    stolen: list[float | None] = dataclasses.field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -52,6 +55,11 @@ class Timing:
     @property
     def median_cores(self) -> float | None:
         known = [c for c in self.cores if c is not None]
+        return statistics.median(known) if known else None
+
+    @property
+    def median_stolen(self) -> float | None:
+        known = [c for c in self.stolen if c is not None]
         return statistics.median(known) if known else None
 
     @property
@@ -95,13 +103,15 @@ def timings(fns: dict[str, Callable[[], object]], repeat: int = 7, min_seconds: 
             if settle:
                 wait_for_idle_threads()
                 fn()  # wakes this function's own workers
-            before, wall, own = _schedstats(), time.perf_counter(), time.thread_time()
+            before, wall, own, steal = _schedstats(), time.perf_counter(), time.thread_time(), _steal_seconds()
             start = clock()
             for _ in range(numbers[name]):
                 fn()
             elapsed = clock() - start
             wall, after, own = max(time.perf_counter() - wall, 1e-9), _schedstats(), time.thread_time() - own
             results[name].seconds.append(elapsed / numbers[name])
+            stolen = _steal_seconds()
+            results[name].stolen.append(None if steal is None or stolen is None else (stolen - steal) / wall)
             if before is None or after is None:
                 results[name].waiting.append(None)
                 results[name].threads_ran.append(None)
@@ -158,6 +168,16 @@ def _others_runnable() -> bool | None:
         if state == "R":
             return True
     return False
+
+
+def _steal_seconds() -> float | None:
+    """Seconds of CPU time the hypervisor took from all of this machine's CPUs since boot; None without /proc."""
+    try:
+        with open("/proc/stat") as file:
+            fields = file.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _schedstats() -> dict[int, tuple[int, int]] | None:

@@ -78,3 +78,4 @@ def test_cores_count_the_cpu_time_of_the_process_threads_per_second():
 
     result = timing.timings({"sleeps": lambda: time.sleep(0.05), "computes": busy}, repeat=3, min_seconds=0.0)
     assert len(result["sleeps"].cores) == 3 and result["sleeps"].median_cores < 0.1 < result["computes"].median_cores
+    assert all(stolen >= 0 for stolen in result["sleeps"].stolen + result["computes"].stolen)

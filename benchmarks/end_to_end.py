@@ -24,7 +24,10 @@ engine has the cores to itself: `benchmarks.helpers.engines.engine_timings`); `v
 latency / this latency (> 1 is faster); `cpu_wait` is how many of the process's threads stood waiting for a CPU
 that other processes held, during the engine's repetitions (median; 0 on a quiet machine, so a figure with a high
 one is the shared machine's, not the engine's); `threads_ran` the most threads of the process that ran during one
-of them (at N threads, N: no other engine's worker ran beside it). Accuracy: MiniLM
+of them (at N threads, N: no other engine's worker ran beside it); `cores` how many CPUs the process's threads kept
+busy during them (median; idle workers spin, so about N when the engine's N threads ran side by side, about 1 when
+they shared one core, or when the hypervisor ran something else on a CPU: `stolen`, the machine's steal time in
+CPUs). Accuracy: MiniLM
 embeddings feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on
 held-out tweets; an engine running other weights (NN-LUT + PQ with `--pq-weights minilm=...`) is another model,
 whose head is fitted the same way on its own embeddings of the same training tweets (its accuracy with the FP32
@@ -232,7 +235,8 @@ def measure(name: str, args) -> list[dict]:
         timing = timed.get(row["engine"])
         if timing is not None:
             row["latency_ms"], row["cpu_wait"] = 1e3 * timing.median, timing.median_waiting
-            row["threads_ran"] = timing.most_threads_ran
+            row["threads_ran"], row["cores"] = timing.most_threads_ran, timing.median_cores
+            row["stolen"] = timing.median_stolen
             row["latency_ms_repetitions"] = [1e3 * s for s in timing.seconds]
         row.setdefault("latency_ms", float("nan"))
     baseline = next(r["latency_ms"] for r in rows if r["engine"] == "ort fp32")
@@ -304,9 +308,10 @@ def main(argv=None) -> int:
     print(f"target {host_target(args.threads)}; median of {args.repeat}; vs_ort_fp32 > 1 means faster than ONNX Runtime "
           f"fp32; cpu_wait: this process's threads waiting for a CPU other processes held (median; 0 on a quiet "
           f"machine); threads_ran: the most threads of the process that ran during one of the engine's "
-          f"repetitions; load average {load_average()}")
+          f"repetitions; cores: the CPUs its threads kept busy (median); stolen: CPUs the hypervisor took (median); "
+          f"load average {load_average()}")
     print(format_table(rows, ["model", "engine", "latency_ms", "vs_ort_fp32", "accuracy", "size_mb", "cpu_wait",
-                              "threads_ran"]))
+                              "threads_ran", "cores", "stolen"]))
     write_json(args.json and Path(args.json), {"target": str(host_target(args.threads)), "load_average": load_average(),
                                                "rows": rows})
     return 0

@@ -40,6 +40,9 @@ class Profile:
 
     functions: list[FunctionTime]
     model_ms: float
+    model_cpu_wait: float | None = None  # the process's threads waiting for a CPU while the model was timed
+    model_cores: float | None = None  # CPUs the process's threads kept busy meanwhile (`tvm_lut.timing.Timing`)
+    model_stolen: float | None = None  # CPUs the hypervisor took from the machine meanwhile (steal time)
 
     @property
     def kernels_ms(self) -> float:
@@ -51,7 +54,8 @@ class Profile:
         return None if None in times else sum(times)
 
     def to_dict(self) -> dict:
-        return {"model_ms": self.model_ms, "kernels_ms": self.kernels_ms,
+        return {"model_ms": self.model_ms, "model_cpu_wait": self.model_cpu_wait, "model_cores": self.model_cores,
+                "model_stolen": self.model_stolen, "kernels_ms": self.kernels_ms,
                 "kernels_in_model_ms": self.kernels_in_model_ms,
                 "functions": [dataclasses.asdict(f) for f in self.functions]}
 
@@ -77,7 +81,9 @@ class Profile:
         rules = ", ".join(f"{rule} {ms:.3f}" for rule, ms in self.by_rule().items())
         in_model = self.kernels_in_model_ms
         in_model = "" if in_model is None else f" ({in_model:.3f} ms as the model calls them)"
-        lines.append(f"kernels {self.kernels_ms:.3f} ms{in_model} of the model's {self.model_ms:.3f} ms; "
+        wait = ("" if self.model_cpu_wait is None else
+                f" (cpu_wait {self.model_cpu_wait:.2f}, cores {self.model_cores:.2f}, stolen {self.model_stolen:.2f})")
+        lines.append(f"kernels {self.kernels_ms:.3f} ms{in_model} of the model's {self.model_ms:.3f} ms{wait}; "
                      f"by rule (ms): {rules}")
         return "\n".join(lines)
 
@@ -107,11 +113,17 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
     calls it (median over `repeat` instrumented runs; each call includes a few microseconds of the callback).
     clock: wall time, or `time.process_time` (one thread only: it sums every thread's CPU time) so that other
     processes on a shared machine do not inflate some kernels' repetitions more than others'.
+    The whole model and its calls in the model are timed on one VM, one right after the other, so that both see the
+    same buffers (a VM's own addresses) and the same moment of a shared machine; `model_cpu_wait` says how many of
+    the process's threads stood waiting for a CPU meanwhile and `model_cores` how many CPUs they kept busy
+    (`tvm_lut.timing.Timing`): at N threads a model slower than its calls with cores near N and no wait is slow for
+    a reason of its own; with fewer cores its threads did not run side by side (other processes held CPUs, or the
+    scheduler put them on one core, or the hypervisor ran something else on a CPU: `model_stolen`).
     """
     import tvm
     from tvm import relax
 
-    from tvm_lut.timing import median_seconds
+    from tvm_lut.timing import median_seconds, timings
 
     device = tvm.cpu()
     arguments = [x if isinstance(x, tvm.runtime.Tensor) else tvm.runtime.tensor(x, device) for x in inputs]
@@ -123,16 +135,16 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
             seconds.setdefault(symbol, []).append(median_seconds(lambda: func(*args), repeat, min_seconds, clock))
         return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
 
-    plain = relax.VirtualMachine(executable, device)["main"]
-    plain(*arguments)  # warm-up: the model's own first run
-    in_model = _in_model_seconds(executable, arguments, repeat, clock)
     vm = relax.VirtualMachine(executable, device)
+    plain = vm["main"]
+    plain(*arguments)  # warm-up: the model's own first run
+    model = timings({"model": lambda: plain(*arguments)}, repeat, min_seconds, clock)["model"]
+    in_model = _in_model_seconds(vm, arguments, repeat, clock)
     vm.set_instrument(instrument)
     vm["main"](*arguments)
     if not seconds:
         raise ValueError("no kernel call was seen: profile an executable built with "
                          "tvm_lut.compile(..., exec_mode='bytecode')")
-    model_seconds = median_seconds(lambda: plain(*arguments), repeat, min_seconds, clock)
 
     total = sum(sum(times) for times in seconds.values())
     functions = []
@@ -144,15 +156,13 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
                                       gflops=work / statistics.median(times) / 1e9 if work else None,
                                       in_model_ms=1e3 * in_model[symbol] if symbol in in_model else None))
     functions.sort(key=lambda f: -f.ms)
-    return Profile(functions=functions, model_ms=1e3 * model_seconds)
+    return Profile(functions=functions, model_ms=1e3 * model.median, model_cpu_wait=model.median_waiting,
+                   model_cores=model.median_cores, model_stolen=model.median_stolen)
 
 
-def _in_model_seconds(executable, arguments, repeat: int, clock) -> dict[str, float]:
+def _in_model_seconds(vm, arguments, repeat: int, clock) -> dict[str, float]:
     """Function -> seconds per model run over all its calls, each call timed once as the model makes it (median
-    over `repeat` runs)."""
-    import tvm
-    from tvm import relax
-
+    over `repeat` runs of `vm`, which is left instrumented)."""
     runs: list[dict[str, float]] = []
     started: list[float] = []
 
@@ -165,7 +175,6 @@ def _in_model_seconds(executable, arguments, repeat: int, clock) -> dict[str, fl
             runs[-1][symbol] = runs[-1].get(symbol, 0.0) + clock() - started.pop()
         return 0
 
-    vm = relax.VirtualMachine(executable, tvm.cpu())
     vm.set_instrument(instrument)
     for _ in range(repeat):
         runs.append({})

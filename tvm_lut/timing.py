@@ -30,11 +30,18 @@ _TASKS = "/proc/self/task"
 class Timing:
     """One function's repetitions: seconds per call; the mean number of this process's threads that waited for a
     CPU during each; how many of its threads ran during each (the caller, and every other thread that ran for more
-    than 1 % of it): with settled repetitions, the function's own (None where the kernel does not say: not Linux)."""
+    than 1 % of it): with settled repetitions, the function's own; how many CPUs the process's threads kept busy
+    during each (their CPU time over the wall time; a runtime's idle workers spin, so N threads on N cores give
+    about N, and N threads squeezed onto one core about 1 whether or not they queued for it). None where the kernel
+    does not say (not Linux). A guest's CPU time leaves out what its hypervisor took, so steal lowers `cores` too:
+    `stolen` tells the two apart."""
 
     seconds: list[float]
     waiting: list[float | None]
     threads_ran: list[int | None] = dataclasses.field(default_factory=list)
+    cores: list[float | None] = dataclasses.field(default_factory=list)
+    # CPUs of the whole machine its hypervisor ran something else on during each (steal time; 0 on bare metal)
+    stolen: list[float | None] = dataclasses.field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -43,6 +50,16 @@ class Timing:
     @property
     def median_waiting(self) -> float | None:
         known = [w for w in self.waiting if w is not None]
+        return statistics.median(known) if known else None
+
+    @property
+    def median_cores(self) -> float | None:
+        known = [c for c in self.cores if c is not None]
+        return statistics.median(known) if known else None
+
+    @property
+    def median_stolen(self) -> float | None:
+        known = [c for c in self.stolen if c is not None]
         return statistics.median(known) if known else None
 
     @property
@@ -86,22 +103,29 @@ def timings(fns: dict[str, Callable[[], object]], repeat: int = 7, min_seconds: 
             if settle:
                 wait_for_idle_threads()
                 fn()  # wakes this function's own workers
-            before, wall = _schedstats(), time.perf_counter()
+            before, wall, own, steal = _schedstats(), time.perf_counter(), time.thread_time(), _steal_seconds()
             start = clock()
             for _ in range(numbers[name]):
                 fn()
             elapsed = clock() - start
-            wall, after = max(time.perf_counter() - wall, 1e-9), _schedstats()
+            wall, after, own = max(time.perf_counter() - wall, 1e-9), _schedstats(), time.thread_time() - own
             results[name].seconds.append(elapsed / numbers[name])
+            stolen = _steal_seconds()
+            results[name].stolen.append(None if steal is None or stolen is None else (stolen - steal) / wall)
             if before is None or after is None:
                 results[name].waiting.append(None)
                 results[name].threads_ran.append(None)
+                results[name].cores.append(None)
                 continue
             results[name].waiting.append(sum(queued - before.get(task, (0, 0))[1]
                                              for task, (_, queued) in after.items()) / 1e9 / wall)
             me = threading.get_native_id()  # ran the repetition (its kernel count lags on a short one)
             results[name].threads_ran.append(1 + sum(ran - before.get(task, (0, 0))[0] > 0.01 * wall * 1e9
                                                      for task, (ran, _) in after.items() if task != me))
+            # the caller's own CPU time from its clock: the kernel's per-thread count of a running thread moves only
+            # at scheduler ticks (every 4 ms at HZ=250), the others' at each switch as well
+            results[name].cores.append((own + sum(ran - before.get(task, (0, 0))[0] for task, (ran, _) in after.items()
+                                                  if task != me) / 1e9) / wall)
     return results
 
 
@@ -144,6 +168,16 @@ def _others_runnable() -> bool | None:
         if state == "R":
             return True
     return False
+
+
+def _steal_seconds() -> float | None:
+    """Seconds of CPU time the hypervisor took from all of this machine's CPUs since boot; None without /proc."""
+    try:
+        with open("/proc/stat") as file:
+            fields = file.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _schedstats() -> dict[int, tuple[int, int]] | None:

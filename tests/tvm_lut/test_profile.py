@@ -40,6 +40,9 @@ def test_profile_names_every_kernel_its_rule_and_gflops(net_mod):
     # each function also as the model calls it (once per call, in the model's order, caches as the model leaves them)
     assert all(f.in_model_ms > 0 for f in profile.functions) and "as the model calls them" in profile.table()
     assert profile.to_dict()["kernels_in_model_ms"] == pytest.approx(sum(f.in_model_ms for f in profile.functions))
+    # and how many threads waited for a CPU, how many CPUs they kept busy, while the whole model was timed (Linux)
+    assert profile.model_cpu_wait >= 0 and profile.model_cores > 0 and profile.model_stolen >= 0
+    assert f"cpu_wait {profile.model_cpu_wait:.2f}, cores {profile.model_cores:.2f}" in profile.table()
 
 
 def test_profile_needs_a_bytecode_executable(net_mod):

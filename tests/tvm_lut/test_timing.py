@@ -65,3 +65,17 @@ def test_settled_repetitions_never_share_the_cpus_with_the_previous_functions_wo
 def test_the_median_timer_reads_the_clock_it_is_given():
     ticks = iter(range(0, 10_000, 5))  # every reading 5 s after the last: a call of 5 s per the fake clock
     assert timing.median_seconds(lambda: None, repeat=3, min_seconds=0.0, clock=lambda: next(ticks)) == 5
+
+
+@linux_only
+def test_cores_count_the_cpu_time_of_the_process_threads_per_second():
+    """A call that sleeps keeps no CPU busy; one that computes keeps its own busy while it runs (how much of the
+    time it runs depends on the machine's load, so only the order is checked)."""
+    def busy():
+        end = time.perf_counter() + 0.05
+        while time.perf_counter() < end:
+            pass
+
+    result = timing.timings({"sleeps": lambda: time.sleep(0.05), "computes": busy}, repeat=3, min_seconds=0.0)
+    assert len(result["sleeps"].cores) == 3 and result["sleeps"].median_cores < 0.1 < result["computes"].median_cores
+    assert all(stolen >= 0 for stolen in result["sleeps"].stolen + result["computes"].stolen)

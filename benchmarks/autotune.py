@@ -4,7 +4,9 @@
     python -m benchmarks.autotune --model minilm-l6 [--max-drop 1.0] [--uniform-V 4 8 16 32] [--out-dir DIR]
     python -m benchmarks.autotune --model minilm-l6 --speed-bound [--clock cpu]
 
-One thread throughout (the target, TVM's runtime pool, torch, ONNX Runtime). Steps:
+Every timing runs one thread (the target, TVM's runtime pool, ONNX Runtime); learning, the sensitivity and the
+evaluations run torch on `--learn-threads` (default: every core this process may use, as `tvm-lut autotune`: the
+autotuning wall time is asked on 2 cores). Steps:
 1. `tvm_lut.autotune` on the CNN (`tvm-lut autotune fashion-cnn`'s task: calibration images from the end of the
    training split, learning from its start, the metric = test accuracy in percent), into `--out-dir` (resumable).
 2. Which proxy predicts the drop: for every layer and PQ choice, the measured accuracy drop (first
@@ -230,13 +232,15 @@ def uniform_bundles(setup, values: list[int], out_dir: Path) -> tuple[dict, dict
 
     from tvm_lut.autotuning.driver import learn_cached
     from tvm_lut.pq.swap import unswap_
+    from tvm_lut.pq.train import TeacherTargets
 
     uniform, metrics = {}, {}
+    teacher_targets = TeacherTargets(setup.model, setup.learning.feature_distill)
     for v in values:
         name, folder = f"tvm uniform V={v}", out_dir.parent / f"{out_dir.name}.uniform" / f"V{v}"
         started = time.perf_counter()
         learned = learn_cached(setup.model, setup.learn, dataclasses.replace(setup.learning, K=16, V=v), folder,
-                               progress=False)
+                               progress=False, teacher_targets=teacher_targets)
         scored = folder / "metric.json"
         if not scored.is_file():
             scored.write_text(json.dumps({"metric": setup.eval_fn(learned.model),
@@ -342,16 +346,19 @@ def main(argv=None) -> int:
                         help="the task (fashion-cnn)")
     parser.add_argument("--max-drop", type=float, default=1.0, help="allowed test-accuracy drop in points (1.0)")
     parser.add_argument("--max-trials", type=int, default=4, help="autotuning trials (4)")
-    parser.add_argument("--epochs", type=int, help="learning epochs per trial (task default: 1)")
+    parser.add_argument("--epochs", type=int, help="learning epochs per trial (task default: fashion-cnn 1, minilm-l6 2)")
     parser.add_argument("--start", choices=STARTS,
                         help="the autotuner's first trial (AutotuneConfig.start; task default: fashion-cnn "
                         "calibrated, minilm-l6 fastest)")
     parser.add_argument("--learn-size", type=int,
-                        help="training images / tweets for learning (task default: 10000 images, 4096 tweets)")
+                        help="training images / tweets for learning (task default: 10000 images, 8192 tweets)")
     parser.add_argument("--calib-size", type=int, help="minilm-l6: calibration tweets (task default 256)")
     parser.add_argument("--test-size", type=int, help="minilm-l6: held-out tweets the metric is on (1000)")
     parser.add_argument("--uniform-V", type=int, nargs="+", default=[4, 8, 16, 32],
                         help="minilm-l6: the uniform-V bundles (K=16) compared (4 8 16 32)")
+    parser.add_argument("--learn-threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch threads for learning, sensitivity and evaluation (every core this process may "
+                        "use); the timings run one thread")
     parser.add_argument("--cnn-weights", type=Path, help="FP32 CNN weights (default: train them here)")
     parser.add_argument("--cnn-train-epochs", type=int, default=5,
                         help="epochs the FP32 CNN is trained for without --cnn-weights (5)")
@@ -372,8 +379,11 @@ def main(argv=None) -> int:
     from schedules import host_target
     from tvm_lut.defaults import _cpu_model
 
-    torch.set_num_threads(1)
-    out = {"cpu": _cpu_model(), "target": str(host_target(1)), "threads": 1, "model": args.model,
+    if args.learn_threads < 1:
+        raise SystemExit(f"--learn-threads must be >= 1, got {args.learn_threads}")
+    torch.set_num_threads(args.learn_threads)
+    out = {"cpu": _cpu_model(), "target": str(host_target(1)), "threads": 1, "learn_threads": args.learn_threads,
+           "model": args.model,
            "max_drop": args.max_drop, "load_average_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as scratch:
         task = speed_bound if args.speed_bound else fashion_cnn if args.model == "fashion-cnn" else minilm

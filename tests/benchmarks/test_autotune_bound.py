@@ -69,3 +69,8 @@ def test_fastest_plan_takes_the_least_latency_and_skips_what_is_not_served(layer
 def test_speed_bound_is_minilm_only():
     with pytest.raises(SystemExit, match="minilm-l6 only"):
         main(["--speed-bound", "--model", "fashion-cnn"])
+
+
+def test_learn_threads_must_be_positive():
+    with pytest.raises(SystemExit, match="--learn-threads must be >= 1"):
+        main(["--learn-threads", "0"])

@@ -14,7 +14,7 @@ from tvm_lut.pq.config import PQConfig
 from tvm_lut.pq.handler import learn_pq
 from tvm_lut.pq.reference import pq_forward
 from tvm_lut.pq.swap import quantize_, unswap_
-from tvm_lut.pq.train import FeatureTap, feature_loss, lr_factor, train_centroids
+from tvm_lut.pq.train import FeatureTap, TeacherTargets, feature_loss, lr_factor, train_centroids
 
 
 def tiny_task(seed=0, n=256):
@@ -95,6 +95,49 @@ def test_checkpoint_resume_gives_the_same_result(tmp_path):
     assert len(history.loss) == 2 * len(batches)
     for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def counting_teacher(model):
+    """A copy of the FP32 model that counts its calls in `calls`."""
+    teacher = copy.deepcopy(model)
+    teacher.calls = 0
+
+    def count(module, args):
+        module.calls += 1
+
+    teacher.register_forward_pre_hook(count)
+    return teacher
+
+
+def test_teacher_targets_run_the_teacher_once_per_batch_and_learn_as_without_them():
+    model, batches = tiny_task()
+    config = PQConfig(V=2, K=4, epochs=3, lr=1e-2, feature_distill=("1",))
+
+    def learned(teacher, targets=None):
+        student = copy.deepcopy(model)
+        quantize_(student, config)
+        init_centroids(student, batches, config, progress=False)
+        history = train_centroids(student, teacher, batches, config, progress=False, teacher_targets=targets)
+        return student, history
+
+    uncached = counting_teacher(model)
+    targets = TeacherTargets(uncached, config.feature_distill, max_bytes=0)  # nothing fits: every step runs it
+    reference, reference_history = learned(uncached, targets)
+    assert uncached.calls == 3 * len(batches) and not targets.saved
+    teacher = counting_teacher(model)
+    shared = TeacherTargets(teacher, config.feature_distill)
+    for _ in range(2):  # a second run with the same targets (the autotuner's next trial) never runs the teacher
+        student, history = learned(teacher, shared)
+        assert teacher.calls == len(batches)
+        assert history.loss == reference_history.loss and history.feature == reference_history.feature
+        for (name, a), b in zip(reference.named_parameters(), student.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert not teacher[1]._forward_hooks  # the feature tap is gone
+    with pytest.raises(ValueError, match="another teacher"):
+        learned(counting_teacher(model), shared)
+    with pytest.raises(ValueError, match="other feature_distill"):
+        train_centroids(copy.deepcopy(student), teacher, batches, PQConfig(V=2, K=4, epochs=3, lr=1e-2),
+                        progress=False, teacher_targets=shared)
 
 
 def test_trainable_all_trains_weights_and_unswap_gives_an_exact_model_matching_the_bundle():

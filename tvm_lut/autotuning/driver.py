@@ -149,6 +149,7 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
 
     from schedules.target import resolve_target
     from tvm_lut.batches import as_batch_list, split_batch
+    from tvm_lut.pq.train import TeacherTargets
 
     if not isinstance(config, AutotuneConfig):
         raise TypeError(f"config must be an AutotuneConfig, got {type(config).__name__}")
@@ -213,6 +214,7 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
         state["alpha"] = 1.0
     trials = [Plan.from_dict(t["plan"]) for t in state["trials"]]
     learned_models = {}
+    teacher_targets = TeacherTargets(model, learning.feature_distill)  # every trial learns from the same teacher
     while not state["done"] and len(trials) < config.max_trials and not out_of_time():
         plan = Plan.from_dict(state["next"]) if state["next"] is not None else _next_plan(planner, state, trials)
         if plan is None or not plan.pq_layers:
@@ -221,7 +223,8 @@ def autotune(model, calib_batches, eval_fn: Callable[[Any], float], config: Auto
         state["next"] = plan.to_dict()  # resuming re-learns this same plan from its checkpoint
         trial_dir = None if work_dir is None else work_dir / "trials" / str(len(trials) + 1)
         with state.timed("learning"):
-            learned = learn_cached(model, learn, plan.learning_config(learning), trial_dir, progress)
+            learned = learn_cached(model, learn, plan.learning_config(learning), trial_dir, progress,
+                                   teacher_targets)
         with state.timed("evaluation"):
             plan = plan.with_metric(float(eval_fn(learned.model)))
         trials.append(plan)
@@ -368,8 +371,9 @@ class _Planner:
         return sum(self.sensitivity.value(name, c, self.config.proxy) for name, c in plan.choices.items())
 
 
-def learn_cached(model, batches, config: PQConfig, trial_dir: Path | None, progress: bool):
-    """learn_pq for one plan, its bundle and trained weights saved in `trial_dir` (reloaded when already there)."""
+def learn_cached(model, batches, config: PQConfig, trial_dir: Path | None, progress: bool, teacher_targets=None):
+    """learn_pq for one plan, its bundle and trained weights saved in `trial_dir` (reloaded when already there);
+    `teacher_targets` (`tvm_lut.pq.train.TeacherTargets`) shares the teacher's outputs between plans."""
     from tvm_lut.pq.handler import learn_pq
 
     if trial_dir is not None and (trial_dir / "done").is_file():
@@ -378,7 +382,8 @@ def learn_cached(model, batches, config: PQConfig, trial_dir: Path | None, progr
     if trial_dir is not None:
         trial_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = trial_dir / "checkpoint.safetensors"
-    learned = learn_pq(model, batches, config, checkpoint=checkpoint, progress=progress)
+    learned = learn_pq(model, batches, config, checkpoint=checkpoint, progress=progress,
+                       teacher_targets=teacher_targets)
     if trial_dir is not None:
         from safetensors.torch import save_model
 

@@ -45,8 +45,9 @@ def export_tables(model: "nn.Module", provenance: dict | None = None) -> Bundle:
 
 
 def learn_pq(model: "nn.Module", calib_batches, config: PQConfig, *, checkpoint: str | os.PathLike | None = None,
-             progress: bool = True) -> PQLearnResult:
-    """Learn PQ tables for `model` on real batches (see `tvm_lut.batches` for their form)."""
+             progress: bool = True, teacher_targets=None) -> PQLearnResult:
+    """Learn PQ tables for `model` on real batches (see `tvm_lut.batches` for their form). `teacher_targets`: a
+    `tvm_lut.pq.train.TeacherTargets` of `model` on these batches, shared by several learning runs."""
     import copy
 
     import torch
@@ -63,7 +64,8 @@ def learn_pq(model: "nn.Module", calib_batches, config: PQConfig, *, checkpoint:
     if not report.replaced:
         raise ValueError(f"no layer of the model can be served by PQ with this config:\n{report}")
     init_centroids(student, batches, config, progress=progress)
-    history = train_centroids(student, model, batches, config, checkpoint=checkpoint, progress=progress)
+    history = train_centroids(student, model, batches, config, checkpoint=checkpoint, progress=progress,
+                              teacher_targets=teacher_targets)
     provenance = {"pq_config": json.loads(config.to_json()), "pq_replaced": report.replaced,
                   "pq_kept_exact": report.kept, "torch_version": torch.__version__}
     return PQLearnResult(export_tables(student, provenance), student, report, history)

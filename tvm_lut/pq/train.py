@@ -73,6 +73,35 @@ class FeatureTap:
             handle.remove()
 
 
+class TeacherTargets:
+    """The FP32 teacher's outputs (logits and the `feature_distill` modules' outputs) per batch, computed the first
+    time a batch is learned from and kept while they fit in `max_bytes`: the teacher never changes, so later epochs,
+    and later learning runs given the same object and batches (the autotuner's trials), read them instead of running
+    it again (its forward was a fifth of a MiniLM learning step). The values are those a fresh forward gives."""
+
+    def __init__(self, teacher: nn.Module, feature_distill: tuple[str, ...] = (), max_bytes: int = 3 << 30):
+        self.teacher, self.feature_distill, self.max_bytes = teacher, tuple(feature_distill), max_bytes
+        self.saved: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        self.bytes = 0
+
+    def __call__(self, index: int, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(logits, {module name: output}) of the teacher on batch number `index`, whose inputs are `inputs`."""
+        if index in self.saved:
+            return self.saved[index]
+        tap = FeatureTap(self.teacher, self.feature_distill)
+        try:
+            with torch.no_grad():
+                logits = self.teacher(*inputs)
+        finally:
+            tap.remove()
+        targets = (logits, dict(tap.outputs))
+        size = sum(t.numel() * t.element_size() for t in (logits, *targets[1].values()))
+        if self.bytes + size <= self.max_bytes:
+            self.saved[index] = targets
+            self.bytes += size
+        return targets
+
+
 def feature_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean over the tapped modules of the relative squared error |s - t|^2 / |t|^2 (scale-free per module)."""
     terms = [(student[name] - t).pow(2).sum() / t.pow(2).sum().clamp(min=1e-12) for name, t in teacher.items()]
@@ -158,11 +187,16 @@ class Checkpoint:
 
 def train_centroids(student: nn.Module, teacher: nn.Module, batches, config: PQConfig, *,
                     checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50,
-                    progress: bool = True) -> TrainHistory:
-    """Learn the PQ layers of `student` (swapped and k-means initialised) against the FP32 `teacher`."""
+                    progress: bool = True, teacher_targets: TeacherTargets | None = None) -> TrainHistory:
+    """Learn the PQ layers of `student` (swapped and k-means initialised) against the FP32 `teacher`.
+    `teacher_targets`: the teacher's outputs on these `batches` kept from an earlier run (default: a new cache)."""
     layers = pq_layers(student)
     if not layers:
         raise ValueError("the student has no PQ layers: run quantize_ and init_centroids first")
+    if teacher_targets is None:
+        teacher_targets = TeacherTargets(teacher, config.feature_distill)
+    elif teacher_targets.teacher is not teacher or teacher_targets.feature_distill != config.feature_distill:
+        raise ValueError("teacher_targets were kept for another teacher or other feature_distill modules")
     batches = as_batch_list(batches)
     optimizer = torch.optim.Adam(_param_groups(student, config))
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint restores scaled ones
@@ -174,24 +208,22 @@ def train_centroids(student: nn.Module, teacher: nn.Module, batches, config: PQC
     student.eval()
     teacher.eval()
     student_tap = FeatureTap(student, config.feature_distill)
-    teacher_tap = FeatureTap(teacher, config.feature_distill)
 
     def save(epoch: int, step: int) -> None:
         if store is not None:
             store.save(student, optimizer, {"config": json.loads(config.to_json()), "epoch": epoch, "step": step,
                                             "history": history.__dict__})
 
-    def learn_step(batch, global_step: int) -> float:
+    def learn_step(index: int, global_step: int) -> float:
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * lr_factor(global_step, total, config)
-        inputs, labels = split_batch(batch)
-        with torch.no_grad():
-            target = teacher(*inputs)
+        inputs, labels = split_batch(batches[index])
+        target, target_features = teacher_targets(index, inputs)
         logits = student(*inputs)
         zero = logits.new_zeros(())
         distill = distillation_loss(logits, target, config.distill_temperature)
         task = F.cross_entropy(logits.flatten(0, -2), labels.flatten()) if labels is not None else zero
-        feature = feature_loss(student_tap.outputs, teacher_tap.outputs) if config.feature_distill else zero
+        feature = feature_loss(student_tap.outputs, target_features) if config.feature_distill else zero
         loss = config.task_weight * task + config.distill_weight * distill + config.feature_weight * feature
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -211,7 +243,7 @@ def train_centroids(student: nn.Module, teacher: nn.Module, batches, config: PQC
             order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
             first = done["step"] if epoch == done["epoch"] else 0
             for step in range(first, len(batches)):
-                loss = learn_step(batches[int(order[step])], epoch * len(batches) + step)
+                loss = learn_step(int(order[step]), epoch * len(batches) + step)
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if (step + 1) % checkpoint_every == 0 and step + 1 < len(batches):
@@ -220,5 +252,4 @@ def train_centroids(student: nn.Module, teacher: nn.Module, batches, config: PQC
     finally:
         bar.close()
         student_tap.remove()
-        teacher_tap.remove()
     return history

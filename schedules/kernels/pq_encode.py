@@ -40,6 +40,7 @@ from ..intrin import TABLE_ENTRIES
 from .pq_lookup import LookupLayout
 from .pq_lookup_dot import BYTES, GROUP, DotLookupLayout
 from .prefetch import prefetch
+from .pwl import PARALLEL_WORK_ATTR
 from .transpose16 import HALF, SQUARE, transpose_16x16
 
 
@@ -226,7 +227,8 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
     def pq_encode(x: T.Buffer(source.input_shape, "float32"),
                   centroids: T.Buffer((padded, num_centroids, sub_len), "float32"),
                   codes: T.Buffer(layout.codes_shape, "uint8")):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "tvm_lut.kernel": "pq_encode"})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "tvm_lut.kernel": "pq_encode",
+                     PARALLEL_WORK_ATTR: num_rows * layout.codebooks * num_centroids * sub_len})
         # The transposed patch matrix (one element, unused, for dense rows: the main loop reads it at function scope)
         patches = T.alloc_buffer((features if im2col else 1, layout.row_blocks * lanes if im2col else 1), "float32")
         if im2col:  # the patch matrix, transposed: one row per feature, contiguous over output pixels

@@ -39,6 +39,7 @@ from tvm.target.codegen import target_has_features
 from ..intrin import TABLE_ENTRIES
 from .pq_lookup import PQLayerSizes
 from .prefetch import prefetch
+from .pwl import PARALLEL_WORK_ATTR
 from .pwl_expr import PWLSpec, Table, evaluate
 from .transpose16 import HALF, SQUARE, transpose_16x16
 
@@ -139,7 +140,8 @@ def pq_lookup_dot_func(layout: DotLookupLayout, activation: PWLSpec | None = Non
     def pq_lookup_dot(codes: T.Buffer(layout.codes_shape, "uint8"), table: T.Buffer(layout.table_shape, "int8"),
                       scale: T.Buffer((outputs,), "float32"), bias: T.Buffer((outputs,), "float32"),
                       y: T.Buffer((num_rows, outputs), "float32")):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "tvm_lut.kernel": "pq_lookup_dot"})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "tvm_lut.kernel": "pq_lookup_dot",
+                     PARALLEL_WORK_ATTR: layout.lookups})
         for tile in T.parallel(tiles * used_groups):
             # Accumulators and the epilogue's block as (8, 16) halves: on the stack, in registers (`transpose16`).
             acc_head = T.alloc_buffer((HALF, SQUARE), "int32", scope="global")  # outputs 0-7, a row per lane

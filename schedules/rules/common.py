@@ -19,6 +19,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.sym import detect_linear_equation
 from tvm.target import Target
 
+from ..kernels.pwl import PARALLEL_WORK_ATTR
 from ..kernels.segments_op import bind_register_width
 from .vector_math import divisions_as_products, vectorizable_math
 
@@ -224,10 +225,13 @@ def parallelize(sch: s_tir.Schedule, loop, work: int | None, target: Target) -> 
 def serial_unless_parallel_pays(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     """A hand-scheduled kernel (`tirx.is_scheduled`, its loops marked parallel where it wrote them) with every
     parallel loop made serial when its work does not pay for a thread launch on `target` (`parallel_pays`: one
-    core, or fewer elements than `min_parallel_work` in its largest buffer, the data it streams); else unchanged."""
+    core, or less work than `min_parallel_work`); else unchanged. The work is what the kernel states
+    (`PARALLEL_WORK_ATTR`), else the elements of its largest buffer (the data a row kernel streams)."""
+    stated = func.attrs.get(PARALLEL_WORK_ATTR) if func.attrs is not None else None
     shapes = [param.shape for param in func.params if hasattr(param, "shape")]  # the buffer parameters
     static = all(isinstance(d, tirx.IntImm) for shape in shapes for d in shape)
     work = max((math.prod(int(d) for d in shape) for shape in shapes), default=0) if static else None
+    work = int(stated) if stated is not None else work
     if parallel_pays(work, target):
         return func
 

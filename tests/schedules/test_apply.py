@@ -5,6 +5,9 @@ from tvm import te, topi
 
 from schedules import ApplyCPUSchedules, RuleFailureWarning, ScheduleReport, UnscheduledWarning, host_target, softmax_func
 from schedules.apply import KERNEL_ATTR
+from schedules.kernels.pq_encode import pq_encode_func
+from schedules.kernels.pq_lookup_dot import DotLookupLayout
+from schedules.kernels.pwl import PARALLEL_WORK_ATTR
 from schedules.kernels.reference import softmax_reference
 from schedules.rules import Elementwise, Reduction, default_rules
 from schedules.target import override_params
@@ -77,6 +80,18 @@ def test_hand_written_kernels_run_serial_where_a_launch_does_not_pay(cores, shap
     data = (np.random.default_rng(1).standard_normal(shape) * 4).astype("float32")
     np.testing.assert_allclose(run(mod["softmax"], data), softmax_reference(EXP, RECIPROCAL, data, -1),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_kernel_that_states_its_work_is_weighed_by_it():
+    """A PQ encode of 45 rows reads a buffer of 5k floats but does 81k multiply-adds: it stays parallel."""
+    layout = DotLookupLayout(rows=45, codebooks=7, centroids=16, outputs=48, lanes=64)
+    encode = pq_encode_func(layout, 16, threads=2)
+    assert encode.attrs[PARALLEL_WORK_ATTR] == 45 * 7 * 16 * 16
+    mod = ApplyCPUSchedules(target=host_target(2))(_module(encode=encode))
+    assert "parallel" in loop_kinds(mod["encode"])
+    with override_params(min_parallel_work=45 * 7 * 16 * 16 + 1):
+        mod = ApplyCPUSchedules(target=host_target(2))(_module(encode=encode))
+    assert "parallel" not in loop_kinds(mod["encode"])
 
 
 def test_already_scheduled_functions_get_vector_exp():

@@ -26,7 +26,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.target import Target
 
 from .rules import default_rules
-from .rules.common import for_target
+from .rules.common import for_target, serial_unless_parallel_pays
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,10 @@ class ApplyCPUSchedules:
                 else:
                     report.already_scheduled.append(name)
                 # A tuning record replays its schedule on the function as legalized (libm exp and erf, unbound
-                # table lookups included).
+                # table lookups included). A kernel's parallel loops run serial where a launch does not pay.
                 rewritten = for_target(func, target)
+                if kernel is not None:
+                    rewritten = serial_unless_parallel_pays(rewritten, target)
                 if not rewritten.same_as(func):
                     updates[gvar] = rewritten
                 continue

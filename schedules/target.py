@@ -135,6 +135,8 @@ class CPUParams:
     # took 1.06-1.24x longer than at 16k (MobileNetV3-Small, ResNet-50: same within noise). 64k gains the CNN more
     # (1.07-1.56x) but cost MobileNetV3-Small 3-6% in two of three runs: its depthwise convs count taps as
     # multiply-adds, run far below matmul speed, and still gain from a second thread at 16k-64k of them.
+    # `python -m benchmarks.parallel_launch` prints where an elementwise loop starts to pay on another CPU (run it
+    # with the machine alone: a busy core delays the join and moves the break-even up).
     min_parallel_work: int = 16 * 1024
     matmul_row_tiles: tuple[int, ...] = (8, 6, 4, 7, 5, 3, 2, 1)
     matmul_k_unroll: int = 4

@@ -17,6 +17,7 @@ BENCHMARKS = {
     "pq_compiled_accuracy": "MiniLM-L6 with learned PQ tables on tweets: PyTorch PQ vs LUTDense compiled",
     "pq_calibration_accuracy": "MiniLM-L6 with PQ tables fitted from calibration tweets alone: accuracy vs FP32",
     "matmul_rule": "the matmul schedule rule's GFLOPS vs PyTorch",
+    "parallel_launch": "where a parallel loop starts to pay: serial vs parallel elementwise add, per size",
     "end_to_end": "whole models: PyTorch, ONNX Runtime, stock TVM, our schedules, tuning, LUT passes",
     "autotune": "the autotuned CNN vs the exact build, hand-picked LUT-NN and ONNX Runtime fp32; proxies vs drops",
     "device": "whole models built for --target, run on an RPC tracker's device: latency there, outputs vs the host",

@@ -29,6 +29,7 @@ from tvm import s_tir
 from tvm.script import tirx as T
 
 from ..intrin import TABLE_ENTRIES, LookupIntrin
+from .pwl import PARALLEL_WORK_ATTR
 
 INT16_BLOCK = 256  # codebooks an int16 sum can take whatever the int8 entries are (tvm_lut.pq.quantize says the same)
 
@@ -53,6 +54,11 @@ class PQLayerSizes:
         if not 1 <= self.centroids <= TABLE_ENTRIES:
             raise ValueError(f"K = {self.centroids} centroids: the lookup kernels serve 1 <= K <= {TABLE_ENTRIES} "
                              "(one shuffle register of int8 entries)")
+
+    @property
+    def lookups(self) -> int:
+        """Table entries one call adds up: N x C x M (its work, `pwl.PARALLEL_WORK_ATTR`)."""
+        return self.rows * self.codebooks * self.outputs
 
     @property
     def row_blocks(self) -> int:
@@ -211,4 +217,5 @@ def pq_lookup_func(layout: LookupLayout, intrin: LookupIntrin, m_tile: int = 8,
     sch.unroll(m_inner)
     for loop in sch.get_loops(epilogue)[-2:]:  # constant shuffle indices
         sch.unroll(loop)
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("tvm_lut.kernel", "pq_lookup")
+    return sch.mod["main"].with_attrs({"tirx.is_scheduled": True, "tvm_lut.kernel": "pq_lookup",
+                                       PARALLEL_WORK_ATTR: layout.lookups})

@@ -62,6 +62,12 @@ def check_axes(axes, ndim: int, what: str) -> tuple[int, ...]:
     return normalized
 
 
+# The work a hand-scheduled kernel does per call, in `CPUParams.min_parallel_work`'s units (multiply-adds or lookups),
+# where its buffers understate it (a PQ encode's rows x codebooks x K x V); without it the largest buffer's elements
+# count (`rules.common.serial_unless_parallel_pays`).
+PARALLEL_WORK_ATTR = "tvm_lut.parallel_work"
+
+
 def as_kernel(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:
     """Tag a compute definition as a LUT kernel (the schedule rules still treat it like any other function)."""
     return func.with_attr("tvm_lut.kernel", kind)

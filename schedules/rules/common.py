@@ -9,14 +9,17 @@ with its float32 divisions by constants turned into products (the convs' hardswi
 """
 
 import logging
+import math
 
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.sym import detect_linear_equation
 from tvm.target import Target
 
+from ..kernels.pwl import PARALLEL_WORK_ATTR
 from ..kernels.segments_op import bind_register_width
 from .vector_math import divisions_as_products, vectorizable_math
 
@@ -204,11 +207,38 @@ def vectorize_innermost(sch: s_tir.Schedule, loop, lanes: int, row: int | None =
     return outer
 
 
-def parallelize(sch: s_tir.Schedule, loop, work: int | None, target: Target) -> None:
-    """Mark `loop` parallel if the function does enough work to pay for the thread launch (the target's
-    `CPUParams.min_parallel_work`)."""
+def parallel_pays(work: int | None, target: Target) -> bool:
+    """Whether `work` (multiply-adds or elements; None: unknown, taken as large) pays for a thread launch on
+    `target`: it has several cores and the work reaches its `CPUParams.min_parallel_work`."""
     from ..target import cpu_params, num_cores
 
+    return num_cores(target) > 1 and (work is None or work >= cpu_params(target).min_parallel_work)
+
+
+def parallelize(sch: s_tir.Schedule, loop, work: int | None, target: Target) -> None:
+    """Mark `loop` parallel if the function does enough work to pay for the thread launch (`parallel_pays`)."""
     extent = static_extent(sch, loop)
-    if num_cores(target) > 1 and (work is None or work >= cpu_params(target).min_parallel_work) and (extent is None or extent > 1):
+    if parallel_pays(work, target) and (extent is None or extent > 1):
         sch.parallel(loop)
+
+
+def serial_unless_parallel_pays(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
+    """A hand-scheduled kernel (`tirx.is_scheduled`, its loops marked parallel where it wrote them) with every
+    parallel loop made serial when its work does not pay for a thread launch on `target` (`parallel_pays`: one
+    core, or less work than `min_parallel_work`); else unchanged. The work is what the kernel states
+    (`PARALLEL_WORK_ATTR`), else the elements of its largest buffer (the data a row kernel streams)."""
+    stated = func.attrs.get(PARALLEL_WORK_ATTR) if func.attrs is not None else None
+    shapes = [param.shape for param in func.params if hasattr(param, "shape")]  # the buffer parameters
+    static = all(isinstance(d, tirx.IntImm) for shape in shapes for d in shape)
+    work = max((math.prod(int(d) for d in shape) for shape in shapes), default=0) if static else None
+    work = int(stated) if stated is not None else work
+    if parallel_pays(work, target):
+        return func
+
+    def serial(loop):
+        if loop.kind != tirx.ForKind.PARALLEL:
+            return loop
+        return tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.SERIAL, loop.body, loop.thread_binding,
+                        loop.annotations, loop.step)
+
+    return tvm_ffi.structural_map(func, (tirx.For, serial), order="post")

@@ -3,10 +3,16 @@ import pytest
 import tvm
 from tvm import te, topi
 
-from schedules import ApplyCPUSchedules, RuleFailureWarning, ScheduleReport, UnscheduledWarning, host_target
+from schedules import ApplyCPUSchedules, RuleFailureWarning, ScheduleReport, UnscheduledWarning, host_target, softmax_func
 from schedules.apply import KERNEL_ATTR
+from schedules.kernels.pq_encode import pq_encode_func
+from schedules.kernels.pq_lookup_dot import DotLookupLayout
+from schedules.kernels.pwl import PARALLEL_WORK_ATTR
+from schedules.kernels.reference import softmax_reference
 from schedules.rules import Elementwise, Reduction, default_rules
-from tests.schedules.rule_harness import TARGET, run
+from schedules.target import override_params
+from tests.schedules.kernel_harness import EXP, RECIPROCAL
+from tests.schedules.rule_harness import TARGET, loop_kinds, run
 
 
 def _module(**funcs) -> tvm.IRModule:
@@ -55,6 +61,37 @@ def test_reports_hand_written_kernels_apart_from_tuning_records():
     kernel = _full_sum().with_attr("tirx.is_scheduled", True).with_attr(KERNEL_ATTR, "pq_encode")
     report = ScheduleReport.of(ApplyCPUSchedules(target=host_target())(_module(kernel=kernel)))
     assert report.kernels == {"kernel": "pq_encode"} and report.already_scheduled == []
+
+
+def _scheduled_softmax(shape):
+    return softmax_func(EXP, RECIPROCAL, shape, -1)
+
+
+@pytest.mark.parametrize("cores, shape, min_work, parallel", [
+    (2, (4, 64, 64), 1024, True),  # 16k elements, above the threshold
+    (2, (4, 64, 64), 32 * 1024, False),  # below it: a launch costs more than it saves
+    (1, (4, 64, 64), 0, False),  # one core: nothing to launch
+])
+def test_hand_written_kernels_run_serial_where_a_launch_does_not_pay(cores, shape, min_work, parallel):
+    with override_params(min_parallel_work=min_work):
+        mod = ApplyCPUSchedules(target=host_target(cores))(_module(softmax=_scheduled_softmax(shape)))
+    assert ("parallel" in loop_kinds(mod["softmax"])) == parallel
+    assert "parallel" in loop_kinds(_scheduled_softmax(shape))  # as the kernel wrote it
+    data = (np.random.default_rng(1).standard_normal(shape) * 4).astype("float32")
+    np.testing.assert_allclose(run(mod["softmax"], data), softmax_reference(EXP, RECIPROCAL, data, -1),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_kernel_that_states_its_work_is_weighed_by_it():
+    """A PQ encode of 45 rows reads a buffer of 5k floats but does 81k multiply-adds: it stays parallel."""
+    layout = DotLookupLayout(rows=45, codebooks=7, centroids=16, outputs=48, lanes=64)
+    encode = pq_encode_func(layout, 16, threads=2)
+    assert encode.attrs[PARALLEL_WORK_ATTR] == 45 * 7 * 16 * 16
+    mod = ApplyCPUSchedules(target=host_target(2))(_module(encode=encode))
+    assert "parallel" in loop_kinds(mod["encode"])
+    with override_params(min_parallel_work=45 * 7 * 16 * 16 + 1):
+        mod = ApplyCPUSchedules(target=host_target(2))(_module(encode=encode))
+    assert "parallel" not in loop_kinds(mod["encode"])
 
 
 def test_already_scheduled_functions_get_vector_exp():

@@ -17,7 +17,8 @@ def check_at_threads():
     """Every split kernel on uneven sizes against its reference; run with a pool of THREADS threads."""
     import tvm
 
-    from schedules import layer_norm_func, softmax_func
+    from schedules import host_target, layer_norm_func, softmax_func
+    from schedules.target import override_params
     from schedules.kernels.pq_encode import Im2col, pq_encode_reference
     from schedules.kernels.pq_lookup import pq_lookup_reference
     from schedules.kernels.reference import layer_norm_reference, softmax_reference
@@ -26,6 +27,7 @@ def check_at_threads():
     from .pq_harness import DOT_LOOKUP, INTRIN, run_encode, run_lookup, run_lookup_dot
 
     tvm.get_global_func("runtime.config_threadpool")(1, THREADS)
+    target = host_target(THREADS)  # a target of several cores: the kernels keep their parallel loops
     assert tvm.get_global_func("runtime.NumThreads")() == THREADS
     rng = np.random.default_rng(3)
     if INTRIN is not None:
@@ -50,13 +52,14 @@ def check_at_threads():
             np.testing.assert_array_equal(run_lookup_dot(codes, table, 1.0, None), want)
     scores = (rng.standard_normal((3, 5, 7, 64)) * 4).astype(np.float32)
     scores.flat[:len(EDGE_VALUES)] = EDGE_VALUES
-    assert_matches(run_kernel(softmax_func(EXP, RECIPROCAL, scores.shape, -1), scores),
-                   softmax_reference(EXP, RECIPROCAL, scores, -1))
     rows = rng.standard_normal((5, 7, 48)).astype(np.float32)
     rows.flat[:len(EDGE_VALUES)] = EDGE_VALUES
     gamma, beta = rng.standard_normal(48).astype(np.float32), rng.standard_normal(48).astype(np.float32)
-    assert_matches(run_kernel(layer_norm_func(RSQRT, rows.shape, [-1]), rows, gamma, beta),
-                   layer_norm_reference(RSQRT, rows, [-1], 1e-5, gamma, beta))
+    with override_params(min_parallel_work=0):  # these small sizes would otherwise run serial
+        assert_matches(run_kernel(softmax_func(EXP, RECIPROCAL, scores.shape, -1), scores, target=target),
+                       softmax_reference(EXP, RECIPROCAL, scores, -1))
+        assert_matches(run_kernel(layer_norm_func(RSQRT, rows.shape, [-1]), rows, gamma, beta, target=target),
+                       layer_norm_reference(RSQRT, rows, [-1], 1e-5, gamma, beta))
     print("ok")
 
 

@@ -135,6 +135,9 @@ def test_teacher_targets_run_the_teacher_once_per_batch_and_learn_as_without_the
     assert not teacher[1]._forward_hooks  # the feature tap is gone
     with pytest.raises(ValueError, match="another teacher"):
         learned(counting_teacher(model), shared)
+    other = [(x + 1, y) for x, y in batches]  # other inputs under the same batch numbers
+    with pytest.raises(ValueError, match="is not the batch its teacher outputs"):
+        train_centroids(copy.deepcopy(student), teacher, other, config, progress=False, teacher_targets=shared)
     with pytest.raises(ValueError, match="other feature_distill"):
         train_centroids(copy.deepcopy(student), teacher, batches, PQConfig(V=2, K=4, epochs=3, lr=1e-2),
                         progress=False, teacher_targets=shared)

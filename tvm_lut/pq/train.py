@@ -77,7 +77,8 @@ class TeacherTargets:
     """The FP32 teacher's outputs (logits and the `feature_distill` modules' outputs) per batch, computed the first
     time a batch is learned from and kept while they fit in `max_bytes`: the teacher never changes, so later epochs,
     and later learning runs given the same object and batches (the autotuner's trials), read them instead of running
-    it again (its forward was a fifth of a MiniLM learning step). The values are those a fresh forward gives."""
+    it again (its forward was a fifth of a MiniLM learning step). The values are those a fresh forward gives; a batch
+    number asked again with other inputs raises (the targets would be another batch's)."""
 
     def __init__(self, teacher: nn.Module, feature_distill: tuple[str, ...] = (), max_bytes: int = 3 << 30):
         self.teacher, self.feature_distill, self.max_bytes = teacher, tuple(feature_distill), max_bytes
@@ -87,7 +88,11 @@ class TeacherTargets:
     def __call__(self, index: int, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(logits, {module name: output}) of the teacher on batch number `index`, whose inputs are `inputs`."""
         if index in self.saved:
-            return self.saved[index]
+            kept, targets = self.saved[index]
+            if len(kept) != len(inputs) or not all(_same_input(a, b) for a, b in zip(kept, inputs)):
+                raise ValueError(f"teacher_targets: batch {index} is not the batch its teacher outputs were kept for "
+                                 "(share them only between learning runs on the same batches)")
+            return targets
         tap = FeatureTap(self.teacher, self.feature_distill)
         try:
             with torch.no_grad():
@@ -97,9 +102,17 @@ class TeacherTargets:
         targets = (logits, dict(tap.outputs))
         size = sum(t.numel() * t.element_size() for t in (logits, *targets[1].values()))
         if self.bytes + size <= self.max_bytes:
-            self.saved[index] = targets
+            self.saved[index] = (tuple(inputs), targets)
             self.bytes += size
         return targets
+
+
+def _same_input(kept, given) -> bool:
+    if kept is given:
+        return True
+    if isinstance(kept, torch.Tensor) and isinstance(given, torch.Tensor):
+        return kept.shape == given.shape and kept.dtype == given.dtype and torch.equal(kept, given)
+    return False
 
 
 def feature_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:

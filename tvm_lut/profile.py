@@ -81,8 +81,9 @@ class Profile:
         rules = ", ".join(f"{rule} {ms:.3f}" for rule, ms in self.by_rule().items())
         in_model = self.kernels_in_model_ms
         in_model = "" if in_model is None else f" ({in_model:.3f} ms as the model calls them)"
-        wait = ("" if self.model_cpu_wait is None else
-                f" (cpu_wait {self.model_cpu_wait:.2f}, cores {self.model_cores:.2f}, stolen {self.model_stolen:.2f})")
+        figures = {"cpu_wait": self.model_cpu_wait, "cores": self.model_cores, "stolen": self.model_stolen}
+        known = ", ".join(f"{name} {value:.2f}" for name, value in figures.items() if value is not None)
+        wait = f" ({known})" if known else ""
         lines.append(f"kernels {self.kernels_ms:.3f} ms{in_model} of the model's {self.model_ms:.3f} ms{wait}; "
                      f"by rule (ms): {rules}")
         return "\n".join(lines)

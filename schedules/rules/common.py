@@ -229,9 +229,12 @@ def serial_unless_parallel_pays(func: tirx.PrimFunc, target: Target) -> tirx.Pri
     (`PARALLEL_WORK_ATTR`), else the elements of its largest buffer (the data a row kernel streams)."""
     stated = func.attrs.get(PARALLEL_WORK_ATTR) if func.attrs is not None else None
     shapes = [param.shape for param in func.params if hasattr(param, "shape")]  # the buffer parameters
-    static = all(isinstance(d, tirx.IntImm) for shape in shapes for d in shape)
-    work = max((math.prod(int(d) for d in shape) for shape in shapes), default=0) if static else None
-    work = int(stated) if stated is not None else work
+    if stated is not None:
+        work = int(stated)
+    elif all(isinstance(d, tirx.IntImm) for shape in shapes for d in shape):
+        work = max((math.prod(int(d) for d in shape) for shape in shapes), default=0)
+    else:
+        work = None  # run-time shapes: unknown, taken as large
     if parallel_pays(work, target):
         return func
 

@@ -205,7 +205,7 @@ class _DenseRewriter(LUTRewriter):
                 lookup = pq_lookup_rows_func(rows, table.C, table.K, table.M)
             else:
                 encode = pq_encode_func(layout, table.V, source, threads=num_cores(self.target))
-                lookup = (pq_lookup_dot_func(layout, activation_table) if dot else
+                lookup = (pq_lookup_dot_func(layout, activation_table, num_cores(self.target)) if dot else
                           pq_lookup_func(layout, self.intrin, columns=source is not None))
             suffix = f"_{activation_name}" if activation_name else ""
             self._kernels[key] = (self.builder.add_func(encode.without_attr("global_symbol"), f"pq_encode_{name}"),

@@ -75,12 +75,13 @@ def unpack_codes_dot(packed: np.ndarray, layout: DotLookupLayout) -> np.ndarray:
     return codes[:layout.rows, :layout.codebooks]
 
 
-def run_lookup_dot(codes, table, scale, bias, lanes=32, activation=None):
+def run_lookup_dot(codes, table, scale, bias, lanes=32, activation=None, threads=1):
     """The compiled dot-product lookup on unpacked operands (as `run_lookup`) -> (N, M) float32, with its
-    `activation` table, built as the pipeline builds it (`rules.common.for_target`)."""
+    `activation` table and the row parts of `threads` threads, built as the pipeline builds it
+    (`rules.common.for_target`)."""
     layout = DotLookupLayout(codes.shape[0], table.shape[0], table.shape[1], table.shape[2], lanes)
     bias = np.zeros(table.shape[2], np.float32) if bias is None else bias
     scale = np.broadcast_to(np.asarray(scale, np.float32), (table.shape[2],))
     arrays = [pack_codes_dot(codes, layout), pack_table_dot(table, layout), scale, bias,
               np.zeros((codes.shape[0], layout.outputs), np.float32)]
-    return execute_here(for_target(pq_lookup_dot_func(layout, activation), TARGET), arrays)[-1]
+    return execute_here(for_target(pq_lookup_dot_func(layout, activation, threads), TARGET), arrays)[-1]

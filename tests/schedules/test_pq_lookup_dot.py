@@ -7,7 +7,8 @@ import tvm
 
 from schedules.kernels.pq_encode import pq_encode_reference
 from schedules.kernels.pq_lookup import pq_lookup_reference
-from schedules.kernels.pq_lookup_dot import DotLookupLayout, dot_lookup_supported, pack_table_dot, pq_lookup_dot_func
+from schedules.kernels.pq_lookup_dot import DotLookupLayout, dot_lookup_supported, pack_table_dot, pq_lookup_dot_func, \
+    row_parts
 from schedules.kernels.pwl import pwl_func
 from schedules.kernels.reference import pwl_reference
 from schedules.target import resolve_target
@@ -35,6 +36,34 @@ def test_integer_sums_are_exact(rows, codebooks, centroids, outputs):
     codes, table = _random(np.random.default_rng(rows), rows, codebooks, centroids, outputs)
     np.testing.assert_array_equal(run_lookup_dot(codes, table, 1.0, None),
                                   pq_lookup_reference(codes, table, 1.0, None))
+
+
+@needs_dot
+@pytest.mark.parametrize("rows, threads", [
+    (512, 2),  # MiniLM 8x64 at two threads: 16 row groups a part
+    (80, 2),   # 5 groups: parts of 3 and 2 (the short part sweeps first to last)
+    (37, 3),   # 3 groups, the last partial, one a part
+    (70, 4),   # 5 groups in 3 parts of 2, 2, 1 (an even part short: its sweep starts past the rows)
+    (1, 2),    # one group: one part
+    (0, 2),
+])
+def test_row_parts_write_every_row_once(rows, threads):
+    """Each part's sweep (even parts last to first) covers its rows and no other: the sums of the one-part kernel.
+    The test process runs TVM's pool at one thread, so the parts run in turn here (at three threads:
+    `test_kernel_threads`)."""
+    codes, table = _random(np.random.default_rng(rows + threads), rows, 9, 16, 48)
+    np.testing.assert_array_equal(run_lookup_dot(codes, table, 1.0, None, threads=threads),
+                                  pq_lookup_reference(codes, table, 1.0, None))
+
+
+def test_row_parts_split_the_groups_contiguously():
+    assert row_parts(32, 2) == (2, 16)
+    assert row_parts(5, 2) == (2, 3)
+    assert row_parts(5, 4) == (3, 2)  # parts of 2, 2, 1: one thread of 4 has none
+    assert row_parts(1, 8) == (1, 1)
+    assert row_parts(0, 2) == (0, 1)
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        row_parts(4, 0)
 
 
 @needs_dot

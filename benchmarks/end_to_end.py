@@ -27,7 +27,10 @@ one is the shared machine's, not the engine's); `threads_ran` the most threads o
 of them (at N threads, N: no other engine's worker ran beside it); `cores` how many CPUs the process's threads kept
 busy during them (median; idle workers spin, so about N when the engine's N threads ran side by side, about 1 when
 they shared one core, or when the hypervisor ran something else on a CPU: `stolen`, the machine's steal time in
-CPUs). Accuracy: MiniLM
+CPUs); `fork_join_us` (at several threads) TVM's pool starting and joining an empty task on every thread right after
+each repetition (median): where the host ran the threads' cores (`tvm_lut.timing.fork_join_seconds`; on the 2-vCPU
+AMD EPYC guest here 1.0 us on cores sharing an L3, 2.0 us on two dies, where the NN-LUT + PQ model takes twice as
+long and ONNX Runtime 12 % longer). Accuracy: MiniLM
 embeddings feed a logistic-regression head trained on PyTorch fp32 embeddings of training tweets and scored on
 held-out tweets; an engine running other weights (NN-LUT + PQ with `--pq-weights minilm=...`) is another model,
 whose head is fitted the same way on its own embeddings of the same training tweets (its accuracy with the FP32
@@ -237,6 +240,9 @@ def measure(name: str, args) -> list[dict]:
             row["latency_ms"], row["cpu_wait"] = 1e3 * timing.median, timing.median_waiting
             row["threads_ran"], row["cores"] = timing.most_threads_ran, timing.median_cores
             row["stolen"] = timing.median_stolen
+            fork_join = timing.median_fork_join
+            row["fork_join_us"] = None if fork_join is None else 1e6 * fork_join
+            row["fork_join_us_repetitions"] = [None if f is None else 1e6 * f for f in timing.fork_join]
             row["latency_ms_repetitions"] = [1e3 * s for s in timing.seconds]
         row.setdefault("latency_ms", float("nan"))
     baseline = next(r["latency_ms"] for r in rows if r["engine"] == "ort fp32")
@@ -309,9 +315,10 @@ def main(argv=None) -> int:
           f"fp32; cpu_wait: this process's threads waiting for a CPU other processes held (median; 0 on a quiet "
           f"machine); threads_ran: the most threads of the process that ran during one of the engine's "
           f"repetitions; cores: the CPUs its threads kept busy (median); stolen: CPUs the hypervisor took (median); "
+          f"fork_join_us: TVM's pool starting and joining after each repetition (median; ~2x on two dies); "
           f"load average {load_average()}")
     print(format_table(rows, ["model", "engine", "latency_ms", "vs_ort_fp32", "accuracy", "size_mb", "cpu_wait",
-                              "threads_ran", "cores", "stolen"]))
+                              "threads_ran", "cores", "stolen", "fork_join_us"]))
     write_json(args.json and Path(args.json), {"target": str(host_target(args.threads)), "load_average": load_average(),
                                                "rows": rows})
     return 0

@@ -79,3 +79,13 @@ def test_cores_count_the_cpu_time_of_the_process_threads_per_second():
     result = timing.timings({"sleeps": lambda: time.sleep(0.05), "computes": busy}, repeat=3, min_seconds=0.0)
     assert len(result["sleeps"].cores) == 3 and result["sleeps"].median_cores < 0.1 < result["computes"].median_cores
     assert all(stolen >= 0 for stolen in result["sleeps"].stolen + result["computes"].stolen)
+
+
+def test_settled_repetitions_record_the_pools_fork_join():
+    """Each settled repetition is followed by a fork-join of TVM's pool (where the threads ran); unsettled ones
+    (one thread) record none."""
+    settled = timing.timings({"noop": lambda: None}, repeat=2, min_seconds=0.0, settle=True)["noop"]
+    assert len(settled.fork_join) == 2 and all(0 < f < 1 for f in settled.fork_join)
+    assert settled.median_fork_join == pytest.approx(sum(settled.fork_join) / 2)
+    plain = timing.timings({"noop": lambda: None}, repeat=2, min_seconds=0.0)["noop"]
+    assert plain.fork_join == [None, None] and plain.median_fork_join is None

@@ -43,6 +43,9 @@ class Profile:
     model_cpu_wait: float | None = None  # the process's threads waiting for a CPU while the model was timed
     model_cores: float | None = None  # CPUs the process's threads kept busy meanwhile (`tvm_lut.timing.Timing`)
     model_stolen: float | None = None  # CPUs the hypervisor took from the machine meanwhile (steal time)
+    # TVM's pool starting and joining every thread right after (`tvm_lut.timing.fork_join_seconds`; several threads
+    # only): ~2x its usual value when the host runs the threads on two dies
+    model_fork_join_us: float | None = None
 
     @property
     def kernels_ms(self) -> float:
@@ -55,7 +58,8 @@ class Profile:
 
     def to_dict(self) -> dict:
         return {"model_ms": self.model_ms, "model_cpu_wait": self.model_cpu_wait, "model_cores": self.model_cores,
-                "model_stolen": self.model_stolen, "kernels_ms": self.kernels_ms,
+                "model_stolen": self.model_stolen, "model_fork_join_us": self.model_fork_join_us,
+                "kernels_ms": self.kernels_ms,
                 "kernels_in_model_ms": self.kernels_in_model_ms,
                 "functions": [dataclasses.asdict(f) for f in self.functions]}
 
@@ -81,7 +85,8 @@ class Profile:
         rules = ", ".join(f"{rule} {ms:.3f}" for rule, ms in self.by_rule().items())
         in_model = self.kernels_in_model_ms
         in_model = "" if in_model is None else f" ({in_model:.3f} ms as the model calls them)"
-        figures = {"cpu_wait": self.model_cpu_wait, "cores": self.model_cores, "stolen": self.model_stolen}
+        figures = {"cpu_wait": self.model_cpu_wait, "cores": self.model_cores, "stolen": self.model_stolen,
+                   "fork_join_us": self.model_fork_join_us}
         known = ", ".join(f"{name} {value:.2f}" for name, value in figures.items() if value is not None)
         wait = f" ({known})" if known else ""
         lines.append(f"kernels {self.kernels_ms:.3f} ms{in_model} of the model's {self.model_ms:.3f} ms{wait}; "
@@ -119,12 +124,13 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
     the process's threads stood waiting for a CPU meanwhile and `model_cores` how many CPUs they kept busy
     (`tvm_lut.timing.Timing`): at N threads a model slower than its calls with cores near N and no wait is slow for
     a reason of its own; with fewer cores its threads did not run side by side (other processes held CPUs, or the
-    scheduler put them on one core, or the hypervisor ran something else on a CPU: `model_stolen`).
+    scheduler put them on one core, or the hypervisor ran something else on a CPU: `model_stolen`), and at several
+    threads `model_fork_join_us` where the host ran them (about twice its usual value on cores of two dies).
     """
     import tvm
     from tvm import relax
 
-    from tvm_lut.timing import median_seconds, timings
+    from tvm_lut.timing import fork_join_seconds, median_seconds, timings
 
     device = tvm.cpu()
     arguments = [x if isinstance(x, tvm.runtime.Tensor) else tvm.runtime.tensor(x, device) for x in inputs]
@@ -140,6 +146,8 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
     plain = vm["main"]
     plain(*arguments)  # warm-up: the model's own first run
     model = timings({"model": lambda: plain(*arguments)}, repeat, min_seconds, clock)["model"]
+    threads = tvm.get_global_func("runtime.NumThreads")()
+    fork_join = 1e6 * fork_join_seconds() if threads > 1 else None
     in_model = _in_model_seconds(vm, arguments, repeat, clock)
     vm.set_instrument(instrument)
     vm["main"](*arguments)
@@ -158,7 +166,7 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
                                       in_model_ms=1e3 * in_model[symbol] if symbol in in_model else None))
     functions.sort(key=lambda f: -f.ms)
     return Profile(functions=functions, model_ms=1e3 * model.median, model_cpu_wait=model.median_waiting,
-                   model_cores=model.median_cores, model_stolen=model.median_stolen)
+                   model_cores=model.median_cores, model_stolen=model.median_stolen, model_fork_join_us=fork_join)
 
 
 def _in_model_seconds(vm, arguments, repeat: int, clock) -> dict[str, float]:

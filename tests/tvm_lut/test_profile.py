@@ -43,6 +43,8 @@ def test_profile_names_every_kernel_its_rule_and_gflops(net_mod):
     # and how many threads waited for a CPU, how many CPUs they kept busy, while the whole model was timed (Linux)
     assert profile.model_cpu_wait >= 0 and profile.model_cores > 0 and profile.model_stolen >= 0
     assert f"cpu_wait {profile.model_cpu_wait:.2f}, cores {profile.model_cores:.2f}" in profile.table()
+    # one thread (this process's pool): no fork-join to time
+    assert profile.model_fork_join_us is None and "fork_join_us" not in profile.table()
 
 
 def test_profile_needs_a_bytecode_executable(net_mod):

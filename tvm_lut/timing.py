@@ -61,28 +61,30 @@ class Timing:
 
     @property
     def median_waiting(self) -> float | None:
-        known = [w for w in self.waiting if w is not None]
-        return statistics.median(known) if known else None
+        return _median_of_known(self.waiting)
 
     @property
     def median_cores(self) -> float | None:
-        known = [c for c in self.cores if c is not None]
-        return statistics.median(known) if known else None
+        return _median_of_known(self.cores)
 
     @property
     def median_stolen(self) -> float | None:
-        known = [c for c in self.stolen if c is not None]
-        return statistics.median(known) if known else None
+        return _median_of_known(self.stolen)
 
     @property
     def median_fork_join(self) -> float | None:
-        known = [f for f in self.fork_join if f is not None]
-        return statistics.median(known) if known else None
+        return _median_of_known(self.fork_join)
 
     @property
     def most_threads_ran(self) -> int | None:
         known = [n for n in self.threads_ran if n is not None]
         return max(known) if known else None
+
+
+def _median_of_known(values: list[float | None]) -> float | None:
+    """The median of the values the kernel gave (None where it did not); None if it gave none."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def median_seconds(fn: Callable[[], object], repeat: int = 7, min_seconds: float = 0.02,

@@ -26,9 +26,8 @@ columns of every row, and every row then crossed between the threads' caches. Wi
 output tiles, each down its row groups (inner, so a tile's tables stay in L1); even parts walk their groups last to
 first, odd parts first to last, so that no sweep runs toward its neighbour's rows: the hardware prefetcher, trained
 on a sweep's row stride, fetched past the end of the part into the rows the other thread was writing at that moment
-(both sweep in step), and with the two vCPUs on two dies of the host that cost 2.5-3x: 64 x 384 -> 512 x 1536
-lookups 108 -> 389 us at two threads with plain row parts (AMD EPYC znver4, two dies), 110 us mirrored on either
-placement, against 108 / 126 us (one L3 / two dies) with output tiles outermost.
+(both sweep in step). MiniLM 8x64's 512 x 384 -> 1536 lookup at two threads (AMD EPYC znver4; one L3 / two dies
+of the host): plain row parts 156-160 / 389-481 us, mirrored 110 / 110 us, output tiles outermost 108 / 126 us.
 Every row group of a tile prefetches its share of the next tile's tables into L2
 (`prefetch`; with the tables flushed from cache, prefetching MiniLM's 64 x 384 -> 1536 lookup took it from 85 to
 68 us, 39 us warm; spreading the prefetches over the row groups instead of issuing them all in the first made the

@@ -12,8 +12,11 @@ ONNX Runtime fp32 and int8 (dynamic quantization), stock TVM (its default CPU pi
 TVM with our schedule rules on the exact model (3x3 convs as Winograd kernels; for a model that has them, also
 with every conv direct: `tvm rules direct conv`), with tuning records (`--database`, written by `tvm-lut tune`; only
 read here), with NN-LUT (the shipped tables), and with NN-LUT + PQ (`--bundle MODEL=OUT_DIR`, the artifact of
-`tvm-lut learn -o OUT_DIR`; its NN-LUT tables, or the shipped ones when it has none). A bundle fits the weights it
-was learned with (`tvm-lut learn` trains them with the tables): the NN-LUT + PQ engine alone runs them (an
+`tvm-lut learn -o OUT_DIR`; its NN-LUT tables, or the shipped ones when it has none), and at N > 1 threads for a
+batch that splits into N equal parts, `tvm nn-lut + pq batch parallel`: the same model compiled for one core at
+batch / N, its N parts run at once on N threads (`tvm_lut.batch_parallel`: each part's data stays in one core's
+caches, so it holds up when the host runs the cores on two dies). A bundle fits the weights it
+was learned with (`tvm-lut learn` trains them with the tables): the NN-LUT + PQ engines alone run them (an
 artifact's model weights, or with a bundle file `--pq-weights MODEL=PATH`), while the others run the FP32 model
 (MiniLM's pretrained weights; the CNN trained here for one epoch, or `--cnn-weights`, the FP32 CNN the bundle was
 learned from).
@@ -46,8 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .helpers.engines import aligned, engine_timings, export_onnx, ort_runner, torch_runner, \
-    tvm_runner
+from .helpers.engines import aligned, batch_parallel_runner, engine_timings, export_onnx, ort_runner, \
+    torch_runner, tvm_runner
 from .timing import add_common_arguments, format_table, load_average, median_seconds, wait_for_idle_threads, write_json
 
 MODELS = ("minilm-8x64", "minilm-1x64", "cnn")
@@ -202,6 +205,13 @@ def engines(model, example, bundle, args, workdir: Path, bundle_model=None):
         if args.profile:
             print_profile("tvm nn-lut + pq", pq_mod, example, target, args, bundle=bundle)
         yield "tvm nn-lut + pq", *tvm_run(executable, "nnlut_pq")
+        batch = int(example[0].shape[0])
+        if threads > 1 and batch % threads == 0:
+            part = tuple(t[: batch // threads] for t in example)
+            part_executable = tvm_lut.compile(from_torch(bundle_model or model, part), bundle,
+                                              target=host_target(1))
+            yield ("tvm nn-lut + pq batch parallel",
+                   *batch_parallel_runner(part_executable, threads, workdir / "nnlut_pq_part.so"))
 
 
 def measure(name: str, args) -> list[dict]:
@@ -221,7 +231,7 @@ def measure(name: str, args) -> list[dict]:
             stock = engine == "tvm stock"
             scored = not stock and args.eval_texts != 0
             row = {"model": name, "engine": engine, "size_mb": size / 1e6, "accuracy": score(run) if scored else None}
-            if scored and engine == "tvm nn-lut + pq" and bundle_model is not None and family == "minilm":
+            if scored and engine.startswith("tvm nn-lut + pq") and bundle_model is not None and family == "minilm":
                 # Other weights than the FP32 model's: a model of its own, whose head is fitted as the FP32 one was.
                 row["accuracy_fp32_head"], row["accuracy"] = row["accuracy"], score(run, own_head=True)
             if stock:  # seconds per call: one repetition (once the engines scored before have parked their workers)

@@ -28,10 +28,14 @@ import dataclasses
 import json
 import os
 import platform
+import threading
 
 import tvm
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_system_cpu, llvm_get_vector_width, target_has_features
+
+# The threads use_runtime_threads gave the calling thread's TVM pool (pools are per calling thread).
+_pool_size = threading.local()
 
 
 def host_target(num_cores: int | None = None) -> Target:
@@ -205,14 +209,18 @@ def num_cores(target: Target) -> int:
 
 
 def use_runtime_threads(target: Target) -> int:
-    """Size TVM's CPU thread pool to the target's `num_cores`; returns the threads it runs.
+    """Size the calling thread's TVM pool to the most `num_cores` any target asked of it; returns the threads it runs.
 
-    The pool is created once per process (on the first parallel call) and never grows afterwards: call this first.
-    Raises RuntimeError if the pool already exists with fewer threads. Unless `TVM_BIND_THREADS` is set, the
-    threads are not pinned to cores (read when the pool sets its affinity; see the module docstring).
+    The first call sets the pool to the target's cores; later ones never shrink it: a process may hold models
+    compiled for different core counts (`tvm_lut.batch_parallel` runs one compiled for a single core beside the
+    whole model), and one compiled for fewer cores has no parallel loops to spread, while a smaller pool would run
+    the other model's on fewer threads than it was built for. TVM's pool belongs to the thread that calls the
+    kernels, and is created once (on the first parallel call) and never grows afterwards: call this first, with the
+    most cores the process will use. Raises RuntimeError if the pool already exists with fewer threads. Unless `TVM_BIND_THREADS` is set, the threads are not pinned to cores (read
+    when the pool sets its affinity; see the module docstring).
     """
     os.environ.setdefault("TVM_BIND_THREADS", "0")
-    threads = num_cores(target)
+    threads = max(num_cores(target), getattr(_pool_size, "threads", 0))
     if int(os.environ.get("TVM_NUM_THREADS", "0") or 0) < threads:
         os.environ["TVM_NUM_THREADS"] = str(threads)  # read when the pool is created
     tvm.get_global_func("runtime.config_threadpool")(1, threads)  # 1: one worker per core, the fastest first
@@ -220,4 +228,5 @@ def use_runtime_threads(target: Target) -> int:
     if running < threads:
         raise RuntimeError(f"TVM's thread pool already runs {running} thread(s), {threads} asked: call "
                            f"use_runtime_threads before any parallel kernel runs, or set TVM_NUM_THREADS={threads}")
+    _pool_size.threads = threads
     return running

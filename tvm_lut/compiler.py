@@ -81,9 +81,9 @@ def compile(mod, bundle=None, target=None, *, nonlinear: bool = False, database:
     exec_mode: "compiled" (the VM's instructions as native code, the fastest) or "bytecode" (interpreted; the VM's
         instrumentation sees every kernel call, which `tvm_lut.profile` needs).
 
-    For a target that runs here it also sizes this process's TVM thread pool to the target's cores
-    (`schedules.target.use_runtime_threads`: left alone, TVM runs half the logical CPUs of an x86 host); if the pool
-    already runs fewer, it warns.
+    For a target that runs here it also sizes the calling thread's TVM pool to the target's cores, never below what
+    an earlier build asked (`schedules.target.use_runtime_threads`: left alone, TVM runs half the logical CPUs of an
+    x86 host); if the pool already runs fewer, it warns.
     """
     import warnings
 

@@ -55,24 +55,21 @@ def tvm_runner(executable, path: Path) -> tuple[Callable, int]:
     import tvm
     from tvm import relax
 
+    from tvm_lut.batch_parallel import tvm_input
+
     executable.export_library(str(path))
     function = relax.VirtualMachine(executable, tvm.cpu())["main"]
     return (lambda *arrays: np.from_dlpack(function(*[tvm_input(a) for a in arrays]))), path.stat().st_size
 
 
-def tvm_input(array: np.ndarray):
-    """A TVM tensor viewing `array` through DLPack when TVM accepts it (C-contiguous, 64-byte aligned), else a copy.
+def batch_parallel_runner(executable, parts: int, path: Path) -> tuple[Callable, int]:
+    """(callable, size in bytes of the exported library at `path`) running a one-core `executable` compiled at a
+    part of the batch on `parts` threads at once (`tvm_lut.batch_parallel.BatchParallel`; its threads live as long
+    as the process)."""
+    from tvm_lut.batch_parallel import BatchParallel
 
-    Engines get the same numpy arrays (timed ones aligned); `tvm.runtime.tensor` copies through the FFI, 16 us per
-    call here (a tenth of the CNN's latency), where a DLPack view costs 0.4 us. (The address comes from
-    `__array_interface__`: `array.ctypes` alone costs 1.3 us.) Outputs come back the same way, `np.from_dlpack`
-    (0.2 us) rather than `.numpy()` (a copy, 5.8 us for the CNN's 10 logits).
-    """
-    import tvm
-
-    if array.flags.c_contiguous and array.__array_interface__["data"][0] % 64 == 0:
-        return tvm.runtime.from_dlpack(array)
-    return tvm.runtime.tensor(array)
+    executable.export_library(str(path))
+    return BatchParallel(executable, parts), path.stat().st_size
 
 
 def aligned(array: np.ndarray) -> np.ndarray:

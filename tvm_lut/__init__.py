@@ -28,6 +28,7 @@ _EXPORTS = {
     "default_bundle": "tvm_lut.defaults",
     "LUTMode": "tvm_lut.emulate",
     "compile": "tvm_lut.compiler",
+    "BatchParallel": "tvm_lut.batch_parallel",
     "autotune": "tvm_lut.autotuning.driver",
     "AutotuneConfig": "tvm_lut.autotuning.config",
 }

@@ -15,7 +15,8 @@ read here), with NN-LUT (the shipped tables), and with NN-LUT + PQ (`--bundle MO
 `tvm-lut learn -o OUT_DIR`; its NN-LUT tables, or the shipped ones when it has none), and at N > 1 threads for a
 batch that splits into N equal parts, `tvm nn-lut + pq batch parallel`: the same model compiled for one core at
 batch / N, its N parts run at once on N threads (`tvm_lut.batch_parallel`: each part's data stays in one core's
-caches, so it holds up when the host runs the cores on two dies). A bundle fits the weights it
+caches, so it holds up when the host runs the cores on two dies; its N workers run beside the calling thread, which
+waits for them: `threads_ran` N + 1). A bundle fits the weights it
 was learned with (`tvm-lut learn` trains them with the tables): the NN-LUT + PQ engines alone run them (an
 artifact's model weights, or with a bundle file `--pq-weights MODEL=PATH`), while the others run the FP32 model
 (MiniLM's pretrained weights; the CNN trained here for one epoch, or `--cnn-weights`, the FP32 CNN the bundle was

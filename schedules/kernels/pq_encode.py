@@ -1,20 +1,28 @@
 """LUT-NN encode kernel: the nearest centroid of every sub-vector, written in the lookup kernel's code layout.
 
-`codes[n, c] = argmin_k ||x[n, c*V:(c+1)*V] - centroids[c, k]||^2`, summed as squared differences in float32.
-The expanded form `||c_k||^2 - 2 x . c_k` saves one subtraction per term but cancels badly when |x| is large
-against the distances between centroids: on MiniLM-L6 with learned tables it flipped enough near-tie codes that
-one sentence in 16 differed from the PyTorch reference by 4e-3; the direct form agrees with the reference's
-float64 distances except on ties closer than float32 rounding. Centroids are packed once at compile time by
-`pack_centroids` (zero-padded to the lookup layout's CP codebooks; padded codebooks get code 0 and zero tables).
+`codes[n, c] = argmin_k ||x[n, c*V:(c+1)*V] - centroids[c, k]||^2`, in float32 as `||c'_k||^2 + x' . (-2 c'_k)`
+with m the mean of the codebook's centroids, `c'_k = c_k - m` and `x' = x - m` (the term `||x'||^2` is the same
+for every k). One FMA per term where the direct form `sum (x - c)^2` takes a subtraction and an FMA: MiniLM's
+encodes took 14-16 % less time (512 x 384 at V = 16: 112 against 132 us; 64 x 384: 10.5 against 12.3 us; 512 x 1536:
+431 against 516 us; one thread, AMD EPYC znver4, the two forms interleaved in one process). Centering keeps what
+made the uncentered form `||c||^2 - 2 x . c` cancel badly (an offset common to x and the centroids, large against
+the distances between centroids: on MiniLM-L6 with learned tables it once flipped enough near-tie codes that one
+sentence in 16 differed from the PyTorch reference by 4e-3) out of the sum: over the 5.3 M codes of 64 tweets
+through all 36 layers of a learned V = 16 bundle, neither form flipped a code against float64 distances.
+Centroids are packed once at compile time by `pack_centroids` into one record per codebook (`centered_records`:
+the weights `-2 c'_k`, m, and the norms `||c'_k||^2`), zero-padded to the lookup layout's CP codebooks (padded
+codebooks get code 0 and zero tables).
 
-Semantics at the edges (also the NumPy reference's): ties go to the lowest k; a distance that is NaN or +inf never
-wins, so a sub-vector holding NaN or +-inf gets code 0, as in the PyTorch reference. Squares are float32: when
-|x - c| exceeds ~1e19 a distance overflows to inf and cannot win either.
+Semantics at the edges (also the NumPy reference's): ties go to the lowest k; a NaN distance never wins; a
+sub-vector holding NaN or +-inf reaches no finite distance and gets code 0, as in the PyTorch reference (so does a
+finite one so huge, |x| ~ 1e37, that a product overflows to -inf). Huge finite inputs otherwise keep their nearest
+centroid: no square is formed to overflow.
 
 Schedule (written into the function, which is marked `tirx.is_scheduled`): row blocks in parallel, each split
 into ranges of codebooks when there are fewer blocks than threads (MiniLM at one sentence is one block of 64 rows,
 whose encodes, a third of its time, ran on one thread of two); per codebook,
-the `L x V` slice of x moves into a transposed local tile (rows in lanes; rows past N repeat row N-1): for dense
+the `L x V` slice of x, minus m as it is read, moves into a transposed local tile (rows in lanes; rows past N repeat
+row N-1): for dense
 rows with V a multiple of 16 by 16 x 16 shuffle transposes of contiguous row loads (strided gathers cost 40%
 of the kernel at V = 16; at V = 32 they made MiniLM's 512 x 384 encode 1.5x slower than V = 16's),
 for conv patches by vector loads from the transposed patch matrix built first (element by element, with the
@@ -22,7 +30,7 @@ index arithmetic and border test per element, it took 86 of the CNN's 3x3 conv e
 element by element (other V). Then every
 centroid's distances to the L rows are accumulated with vector FMAs, four centroids at a time (independent
 chains hide the FMA latency), and the running minimum and its index are updated with vector selects (no branches).
-While it does, the next codebook's centroids are prefetched, a share per step (MiniLM reads each layer's
+While it does, the next codebook's record is prefetched, a share per step (MiniLM reads each layer's
 centroids once per inference: at one sentence the whole 1x64 model took 3.6-3.8 % less CPU time, 2.14 -> 2.06 and
 2.42 -> 2.33 ms, 8x64 unchanged; AMD EPYC znver4).
 The output is one L-byte vector of codes per row block and codebook; in the dot-product lookup's layout, one
@@ -90,17 +98,39 @@ class DenseRows:
         return (self.rows, self.features)
 
 
+def record_length(num_centroids: int, sub_len: int) -> int:
+    """Floats in one codebook's packed record (`pack_centroids`): K * V weights, V means and K norms, in whole
+    cache lines."""
+    return -(-(num_centroids * sub_len + sub_len + num_centroids) // FLOATS_PER_LINE) * FLOATS_PER_LINE
+
+
+def centered_records(centroids: np.ndarray) -> np.ndarray:
+    """centroids (C, K, V) -> float32 (C, R) records (module docstring): per codebook, with m the mean of its
+    centroids and c'_k = c_k - m, the weights -2 c'_k (k-major), then m, then ||c'_k||^2, zero-padded to R."""
+    centroids = np.asarray(centroids, np.float32)
+    num_codebooks, num_centroids, sub_len = centroids.shape
+    mean = centroids.mean(axis=1, dtype=np.float32)
+    centered = centroids - mean[:, None, :]
+    records = np.zeros((num_codebooks, record_length(num_centroids, sub_len)), np.float32)
+    weights_end = num_centroids * sub_len
+    records[:, :weights_end] = (np.float32(-2) * centered).reshape(num_codebooks, -1)
+    records[:, weights_end:weights_end + sub_len] = mean
+    records[:, weights_end + sub_len:weights_end + sub_len + num_centroids] = (centered * centered).sum(
+        -1, dtype=np.float32)
+    return records
+
+
 def pack_centroids(centroids: np.ndarray, layout: LookupLayout) -> np.ndarray:
-    """centroids (C, K, V) -> float32 (CP, K, V), zero-padded to the layout's CP codebooks."""
+    """centroids (C, K, V) -> float32 (CP, R): their `centered_records`, zero-padded to the layout's CP codebooks."""
     centroids = np.asarray(centroids)
     if centroids.ndim != 3 or centroids.shape[:2] != (layout.codebooks, layout.centroids):
         raise ValueError(f"centroids must be (C, K, V) with (C, K) = {(layout.codebooks, layout.centroids)}, "
                          f"got {centroids.shape}")
     if not np.isfinite(centroids).all():
         raise ValueError("centroids contain NaN or inf")
-    centroids = centroids.astype(np.float32)
-    padded = np.zeros((layout.padded_codebooks,) + centroids.shape[1:], np.float32)
-    padded[:layout.codebooks] = centroids
+    records = centered_records(centroids)
+    padded = np.zeros((layout.padded_codebooks, records.shape[1]), np.float32)
+    padded[:layout.codebooks] = records
     return padded
 
 
@@ -112,19 +142,19 @@ def pq_encode_reference(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     centroids = np.asarray(centroids, np.float32)
     num_codebooks, num_centroids, sub_len = centroids.shape
-    subs = x.reshape(x.shape[0], num_codebooks, sub_len)
-    best = np.full(subs.shape[:2], np.inf, np.float32)
-    codes = np.zeros(subs.shape[:2], np.int64)
+    records = centered_records(centroids)
+    weights_end = num_centroids * sub_len
+    weights = records[:, :weights_end].reshape(num_codebooks, num_centroids, sub_len)
+    mean = records[:, weights_end:weights_end + sub_len]
+    norms = records[:, weights_end + sub_len:weights_end + sub_len + num_centroids]
     with np.errstate(invalid="ignore", over="ignore"):
-        for k in range(num_centroids):
-            dist = np.zeros(subs.shape[:2], np.float32)
-            for v in range(sub_len):
-                diff = subs[:, :, v] - centroids[:, k, v]
-                dist += diff * diff
-            wins = dist < best
-            best = np.where(wins, dist, best)
-            codes = np.where(wins, k, codes)
-    return codes
+        subs = x.reshape(x.shape[0], num_codebooks, sub_len) - mean  # (N, C, V)
+        dist = np.broadcast_to(norms, subs.shape[:2] + (num_centroids,))  # (N, C, K)
+        for v in range(sub_len):
+            dist = dist + subs[:, :, v, None] * weights[None, :, :, v]
+    dist = np.where(np.isnan(dist), np.float32(np.inf), dist)
+    codes = dist.argmin(-1)  # the first minimum: ties go to the lowest k, all +inf (or NaN) to 0
+    return np.where(dist.min(-1) == -np.inf, 0, codes).astype(np.int64)
 
 
 def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
@@ -151,7 +181,9 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
     groups_per_block = lanes // SQUARE
     transpose_in_registers = (isinstance(source, DenseRows) and sub_len % SQUARE == 0 and lanes % SQUARE == 0)
     group = next(g for g in (4, 2, 1) if num_centroids % g == 0)
-    centroid_lines = -(-num_centroids * sub_len // FLOATS_PER_LINE)  # cache lines of one codebook's centroids
+    record = record_length(num_centroids, sub_len)
+    mean_at, norms_at = num_centroids * sub_len, num_centroids * sub_len + sub_len  # in a record
+    centroid_lines = record // FLOATS_PER_LINE  # cache lines of one codebook's record
     lines_per_step = -(-centroid_lines // (num_centroids // group))
     # Each row block's codebooks in `parts` ranges, so that `threads` threads have a task each (one range when the
     # row blocks alone are enough: a task allocates its four local buffers, a workspace call each, ~0.2 us a task).
@@ -186,17 +218,19 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
                 scratch_tail = T.alloc_buffer((HALF, SQUARE), "float32", scope="global")
                 for r in T.unroll(HALF):
                     head[r, T.ramp(0, 1, SQUARE)] = x[T.min(block * lanes + half * SQUARE + r, num_rows - 1),
-                                                     T.ramp(c * sub_len + square * SQUARE, 1, SQUARE)]
+                                                     T.ramp(c * sub_len + square * SQUARE, 1, SQUARE)] - centroids[
+                                                         c, T.ramp(mean_at + square * SQUARE, 1, SQUARE)]
                     tail[r, T.ramp(0, 1, SQUARE)] = x[T.min(block * lanes + half * SQUARE + HALF + r, num_rows - 1),
-                                                     T.ramp(c * sub_len + square * SQUARE, 1, SQUARE)]
+                                                     T.ramp(c * sub_len + square * SQUARE, 1, SQUARE)] - centroids[
+                                                         c, T.ramp(mean_at + square * SQUARE, 1, SQUARE)]
                 transpose_16x16(head, tail, scratch_head, scratch_tail, tile, square * SQUARE, half * SQUARE)
         elif im2col:
             for v in range(sub_len):
                 for i in T.vectorized(lanes):
-                    tile[v, i] = patches[c * sub_len + v, block * lanes + i]
+                    tile[v, i] = patches[c * sub_len + v, block * lanes + i] - centroids[c, mean_at + v]
         else:
             for i, v in T.grid(lanes, sub_len):
-                tile[v, i] = x[T.min(block * lanes + i, num_rows - 1), c * sub_len + v]
+                tile[v, i] = x[T.min(block * lanes + i, num_rows - 1), c * sub_len + v] - centroids[c, mean_at + v]
         for i in T.vectorized(lanes):
             best[i] = T.float32("inf")
             best_k[i] = 0
@@ -205,27 +239,25 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
             for line in T.unroll(lines_per_step):  # the next codebook's centroids, a share of them per step
                 if k_outer * lines_per_step + line < centroid_lines:
                     prefetch(T.address_of(centroids[T.min(c + 1, padded - 1),
-                                                    (k_outer * lines_per_step + line) * FLOATS_PER_LINE // sub_len,
-                                                    (k_outer * lines_per_step + line) * FLOATS_PER_LINE % sub_len]))
+                                                    (k_outer * lines_per_step + line) * FLOATS_PER_LINE]))
             for k_inner in T.unroll(group):
                 for i in T.vectorized(lanes):
-                    dist[k_inner, i] = T.float32(0)
+                    dist[k_inner, i] = centroids[c, norms_at + k_outer * group + k_inner]
             for v in range(sub_len):
                 for k_inner in T.unroll(group):
-                    for i in T.vectorized(lanes):
-                        # Written twice: bound to a name (a LetStmt in this vectorized loop) it gave wrong
-                        # codes in TVM 0.27. LLVM merges the two subtractions.
-                        dist[k_inner, i] = dist[k_inner, i] + (
-                            tile[v, i] - centroids[c, k_outer * group + k_inner, v]) * (
-                            tile[v, i] - centroids[c, k_outer * group + k_inner, v])
+                    for i in T.vectorized(lanes):  # one FMA: x' times -2 c'
+                        dist[k_inner, i] = dist[k_inner, i] + tile[v, i] * centroids[
+                            c, (k_outer * group + k_inner) * sub_len + v]
             for k_inner in T.unroll(group):
                 for i in T.vectorized(lanes):
                     best_k[i] = T.Select(dist[k_inner, i] < best[i], k_outer * group + k_inner, best_k[i])
                     best[i] = T.Select(dist[k_inner, i] < best[i], dist[k_inner, i], best[i])
+        for i in T.vectorized(lanes):  # a sub-vector that is not finite reaches no finite distance: code 0
+            best_k[i] = T.Select(best[i] == T.float32("-inf"), 0, best_k[i])
 
     @T.prim_func
     def pq_encode(x: T.Buffer(source.input_shape, "float32"),
-                  centroids: T.Buffer((padded, num_centroids, sub_len), "float32"),
+                  centroids: T.Buffer((padded, record), "float32"),
                   codes: T.Buffer(layout.codes_shape, "uint8")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "tvm_lut.kernel": "pq_encode",
                      PARALLEL_WORK_ATTR: num_rows * layout.codebooks * num_centroids * sub_len})

@@ -5,14 +5,15 @@ with fewer rows than that pays for the padded ones: at one row, the CNN's fc1 (5
 encode and 7.8 us to look up, where its exact matrix-vector product takes 2.6 us. Here each row is encoded with
 the K centroid distances of a codebook in one vector, and looked up by adding, per codebook, the table row of its
 code: M int8 entries, contiguous in the bundle's (C, K, M) layout, widened to int32. Same results as the row
-kernels: `pq_encode_reference` (first minimum, NaN and +-inf never win: code 0) and `pq_lookup_reference` (exact
-integer sums, then `float32(acc) * scale + bias`).
+kernels: `pq_encode_reference` (the same centered distances, the first minimum, code 0 for a sub-vector that is
+not finite) and `pq_lookup_reference` (exact integer sums, then `float32(acc) * scale + bias`).
 """
 
 import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from .pq_encode import centered_records, record_length
 from .pq_lookup import output_tile
 
 # The lookup's accumulators: the largest divisor of M up to this many int32 lanes (four AVX-512 registers).
@@ -20,20 +21,29 @@ MAX_OUTPUT_VECTOR = 64
 
 
 def pack_centroids_by_dim(centroids: np.ndarray) -> np.ndarray:
-    """centroids (C, K, V) -> float32 (C, V, K): the K distances of one codebook update as one vector per dim."""
+    """centroids (C, K, V) -> float32 (C, R): `pq_encode.centered_records` with the weights dim-major (v * K + k),
+    so that the K distances of one codebook update as one vector per dim."""
     centroids = np.asarray(centroids, np.float32)
     if centroids.ndim != 3:
         raise ValueError(f"centroids must be (C, K, V), got shape {centroids.shape}")
-    return np.ascontiguousarray(centroids.transpose(0, 2, 1))
+    num_codebooks, num_centroids, sub_len = centroids.shape
+    records = centered_records(centroids)
+    weights_end = num_centroids * sub_len
+    weights = records[:, :weights_end].reshape(num_codebooks, num_centroids, sub_len)
+    records[:, :weights_end] = weights.transpose(0, 2, 1).reshape(num_codebooks, -1)
+    return records
 
 
 def pq_encode_rows_func(rows: int, codebooks: int, centroids: int, sub_len: int) -> tvm.tirx.PrimFunc:
-    """`(x (N, C*V), centroids (C, V, K)) -> codes (N, C) int32`, scheduled (`tirx.is_scheduled`)."""
+    """`(x (N, C*V), centroids (C, R) from pack_centroids_by_dim) -> codes (N, C) int32`, scheduled
+    (`tirx.is_scheduled`); the distances as `pq_encode`'s, `||c'||^2 + (x - m) . (-2 c')`."""
     features = codebooks * sub_len
+    record = record_length(centroids, sub_len)
+    mean_at, norms_at = centroids * sub_len, centroids * sub_len + sub_len
 
     @T.prim_func
     def pq_encode_rows(x: T.Buffer((rows, features), "float32"),
-                       table_centroids: T.Buffer((codebooks, sub_len, centroids), "float32"),
+                       table_centroids: T.Buffer((codebooks, record), "float32"),
                        codes: T.Buffer((rows, codebooks), "int32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "tvm_lut.kernel": "pq_encode_rows"})
         for n, c in T.grid(rows, codebooks):
@@ -41,17 +51,17 @@ def pq_encode_rows_func(rows: int, codebooks: int, centroids: int, sub_len: int)
             best = T.alloc_local((1,), "float32")
             best_k = T.alloc_local((1,), "int32")
             for k in T.vectorized(centroids):
-                dist[k] = T.float32(0)
+                dist[k] = table_centroids[c, norms_at + k]
             for v in range(sub_len):
                 for k in T.vectorized(centroids):
-                    dist[k] = dist[k] + (x[n, c * sub_len + v] - table_centroids[c, v, k]) * (
-                        x[n, c * sub_len + v] - table_centroids[c, v, k])
+                    dist[k] = dist[k] + (x[n, c * sub_len + v] - table_centroids[c, mean_at + v]) * table_centroids[
+                        c, v * centroids + k]
             best[0] = T.float32("inf")
             best_k[0] = 0
             for k in range(centroids):  # the first minimum; a NaN or +inf distance never wins
                 best_k[0] = T.Select(dist[k] < best[0], k, best_k[0])
                 best[0] = T.Select(dist[k] < best[0], dist[k], best[0])
-            codes[n, c] = best_k[0]
+            codes[n, c] = T.Select(best[0] == T.float32("-inf"), 0, best_k[0])  # not finite: code 0
 
     return pq_encode_rows
 

@@ -1,5 +1,5 @@
-"""The few-row PQ kernels against the references the row-lane kernels follow: first minimum, NaN and +-inf never
-win (code 0), exact integer sums, then `float32(acc) * scale + bias`."""
+"""The few-row PQ kernels against the references the row-lane kernels follow: the first minimum of the centered
+distances, code 0 for a sub-vector that is not finite, exact integer sums, then `float32(acc) * scale + bias`."""
 
 import numpy as np
 import pytest
@@ -24,7 +24,7 @@ def test_encode_matches_the_reference_with_nan_inf_and_huge_rows(rows, codebooks
     rng = np.random.default_rng(rows)
     x = rng.standard_normal((rows, codebooks * sub_len)).astype(np.float32)
     x[0, 0], x[-1, -1] = np.nan, np.inf  # the first and last sub-vectors get code 0
-    x[0, sub_len:2 * sub_len] = 1e30  # squares overflow to inf: never wins either
+    x[0, sub_len:2 * sub_len] = 1e30  # huge but finite: no square to overflow, the nearest centroid still
     table = rng.standard_normal((codebooks, centroids, sub_len)).astype(np.float32)
     codes = _encode(x, table)
     np.testing.assert_array_equal(codes, pq_encode_reference(x, table))

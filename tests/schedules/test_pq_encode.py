@@ -75,6 +75,22 @@ def test_edge_values_follow_the_reference(sub_len):
     assert codes[0, 0] == codes[1, 1] == codes[2, 2] == 0
 
 
+def test_an_offset_common_to_rows_and_centroids_does_not_cancel():
+    """Rows and centroids 1,000 away from the origin, 1 apart: the codes are float64's nearest but for near-ties,
+    where the uncentered expanded form `||c||^2 - 2 x . c` in float32 (shown alongside) flips many."""
+    rng = np.random.default_rng(8)
+    cents = (1000 + rng.standard_normal((6, 16, 16))).astype(np.float32)
+    x = (1000 + rng.standard_normal((256, 6 * 16))).astype(np.float32)
+    codes = run_encode(x, cents)
+    subs = x.reshape(-1, 6, 1, 16).astype(np.float64)
+    dist = ((subs - cents[None].astype(np.float64)) ** 2).sum(-1)  # (N, C, K)
+    gap = np.take_along_axis(dist, codes[..., None], -1)[..., 0] - dist.min(-1)
+    assert np.all(gap <= 1e-3)
+    norms = (cents * cents).sum(-1)  # float32, uncentered
+    uncentered = (norms[None] - 2 * np.einsum("ncv,ckv->nck", x.reshape(-1, 6, 16), cents)).argmin(-1)
+    assert (uncentered != dist.argmin(-1)).mean() > 0.05
+
+
 @pytest.mark.parametrize("sub_len", [8, 16])
 def test_matches_the_pytorch_reference(sub_len):
     torch = pytest.importorskip("torch")

@@ -186,7 +186,7 @@ class _DenseRewriter(LUTRewriter):
         `activation`: (name, table) applied in the `vpermb` lookup's epilogue (only where it is taken)."""
         from schedules.kernels.pq_encode import pack_centroids, pq_encode_func
         from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
-        from schedules.kernels.pq_lookup_dot import ENCODE_LANES, DotLookupLayout, pack_table_dot, pq_lookup_dot_func
+        from schedules.kernels.pq_lookup_dot import DotLookupLayout, encode_lanes, pack_table_dot, pq_lookup_dot_func
         from schedules.kernels.pq_rows import pack_centroids_by_dim, pq_encode_rows_func, pq_lookup_rows_func
         from schedules.target import num_cores
 
@@ -194,8 +194,7 @@ class _DenseRewriter(LUTRewriter):
         dot = self._takes_dot_lookup(rows, table, source)
         activation_name, activation_table = activation or ("", None)
         if dot:
-            layout = DotLookupLayout(rows, table.C, table.K, table.M,
-                                     ENCODE_LANES if rows >= ENCODE_LANES else self.intrin.lanes)
+            layout = DotLookupLayout(rows, table.C, table.K, table.M, encode_lanes(rows, num_cores(self.target)))
         else:
             layout = LookupLayout(rows, table.C, table.K, table.M, self.intrin.lanes)
         key = (name, rows, source, activation_name)

@@ -56,8 +56,17 @@ GROUP = 4  # codebooks per vpermb (4 x 16 entries = 64 bytes)
 BYTES = GROUP * TABLE_ENTRIES
 FEATURES = ("avx512vbmi", "avx512vnni")
 # The encode's row block beside this kernel: on AVX-512, 64 rows (four zmm per centroid) encoded MiniLM's 512 x 384
-# rows in 98 us against 108 us at 32 (AMD EPYC znver4); fewer rows than this keep the lookup intrinsic's lanes.
+# rows in 98 us against 108 us at 32 (AMD EPYC znver4). With fewer rows than a block of 64 for every thread, blocks
+# of 32 (`encode_lanes`): the encode then splits by rows as this kernel does, where whole blocks split it by
+# codebooks and every thread read codes of every row (MiniLM 1x64 at two threads: 3 % faster with both vCPUs on one
+# L3, 13 % on two dies).
 ENCODE_LANES = 64
+SMALL_ENCODE_LANES = 32
+
+
+def encode_lanes(rows: int, threads: int) -> int:
+    """The encode's row block for `rows` rows on `threads` threads (see ENCODE_LANES)."""
+    return ENCODE_LANES if rows >= ENCODE_LANES * threads else SMALL_ENCODE_LANES
 
 
 def dot_lookup_supported(target: Target, outputs: int) -> bool:

@@ -7,8 +7,8 @@ import tvm
 
 from schedules.kernels.pq_encode import pq_encode_reference
 from schedules.kernels.pq_lookup import pq_lookup_reference
-from schedules.kernels.pq_lookup_dot import DotLookupLayout, dot_lookup_supported, pack_table_dot, pq_lookup_dot_func, \
-    row_parts
+from schedules.kernels.pq_lookup_dot import DotLookupLayout, dot_lookup_supported, encode_lanes, pack_table_dot, \
+    pq_lookup_dot_func, row_parts
 from schedules.kernels.pwl import pwl_func
 from schedules.kernels.reference import pwl_reference
 from schedules.target import resolve_target
@@ -54,6 +54,12 @@ def test_row_parts_write_every_row_once(rows, threads):
     codes, table = _random(np.random.default_rng(rows + threads), rows, 9, 16, 48)
     np.testing.assert_array_equal(run_lookup_dot(codes, table, 1.0, None, threads=threads),
                                   pq_lookup_reference(codes, table, 1.0, None))
+
+
+def test_encode_lanes_give_every_thread_a_row_block():
+    """Blocks of 64 rows while every thread gets one; else blocks of 32, so the encode splits by rows."""
+    assert encode_lanes(512, 2) == encode_lanes(128, 2) == encode_lanes(64, 1) == 64
+    assert encode_lanes(64, 2) == encode_lanes(127, 2) == encode_lanes(20, 1) == 32
 
 
 def test_row_parts_split_the_groups_contiguously():

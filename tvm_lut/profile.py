@@ -148,7 +148,7 @@ def profile_executable(executable, inputs, flops: dict[str, float] | None = None
     plain(*arguments)  # warm-up: the model's own first run
     model = timings({"model": lambda: plain(*arguments)}, repeat, min_seconds, clock)["model"]
     threads = tvm.get_global_func("runtime.NumThreads")()
-    if report is not None:  # built for fewer cores than the pool runs (it never shrinks): no kernel forks the rest
+    if report is not None:  # a build for fewer cores than the pool runs (it never shrinks) is timed at its own count
         threads = min(threads, num_cores(resolve_target(report.target)))
     fork_join = 1e6 * fork_join_seconds() if threads > 1 else None
     in_model = _in_model_seconds(vm, arguments, repeat, clock)

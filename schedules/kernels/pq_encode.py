@@ -104,6 +104,18 @@ def record_length(num_centroids: int, sub_len: int) -> int:
     return -(-(num_centroids * sub_len + sub_len + num_centroids) // FLOATS_PER_LINE) * FLOATS_PER_LINE
 
 
+def record_offsets(num_centroids: int, sub_len: int) -> tuple[int, int]:
+    """Where a record's V means and K norms start (its K * V weights start at 0)."""
+    return num_centroids * sub_len, num_centroids * sub_len + sub_len
+
+
+def record_parts(records: np.ndarray, num_centroids: int, sub_len: int):
+    """(weights (C, K, V) as packed k-major, means (C, V), norms (C, K)): views of `centered_records`' records."""
+    mean_at, norms_at = record_offsets(num_centroids, sub_len)
+    return (records[:, :mean_at].reshape(len(records), num_centroids, sub_len), records[:, mean_at:norms_at],
+            records[:, norms_at:norms_at + num_centroids])
+
+
 def centered_records(centroids: np.ndarray) -> np.ndarray:
     """centroids (C, K, V) -> float32 (C, R) records (module docstring): per codebook, with m the mean of its
     centroids and c'_k = c_k - m, the weights -2 c'_k (k-major), then m, then ||c'_k||^2, zero-padded to R."""
@@ -112,11 +124,10 @@ def centered_records(centroids: np.ndarray) -> np.ndarray:
     mean = centroids.mean(axis=1, dtype=np.float32)
     centered = centroids - mean[:, None, :]
     records = np.zeros((num_codebooks, record_length(num_centroids, sub_len)), np.float32)
-    weights_end = num_centroids * sub_len
-    records[:, :weights_end] = (np.float32(-2) * centered).reshape(num_codebooks, -1)
-    records[:, weights_end:weights_end + sub_len] = mean
-    records[:, weights_end + sub_len:weights_end + sub_len + num_centroids] = (centered * centered).sum(
-        -1, dtype=np.float32)
+    weights, means, norms = record_parts(records, num_centroids, sub_len)
+    weights[...] = np.float32(-2) * centered
+    means[...] = mean
+    norms[...] = (centered * centered).sum(-1, dtype=np.float32)
     return records
 
 
@@ -142,11 +153,7 @@ def pq_encode_reference(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     centroids = np.asarray(centroids, np.float32)
     num_codebooks, num_centroids, sub_len = centroids.shape
-    records = centered_records(centroids)
-    weights_end = num_centroids * sub_len
-    weights = records[:, :weights_end].reshape(num_codebooks, num_centroids, sub_len)
-    mean = records[:, weights_end:weights_end + sub_len]
-    norms = records[:, weights_end + sub_len:weights_end + sub_len + num_centroids]
+    weights, mean, norms = record_parts(centered_records(centroids), num_centroids, sub_len)
     with np.errstate(invalid="ignore", over="ignore"):
         subs = x.reshape(x.shape[0], num_codebooks, sub_len) - mean  # (N, C, V)
         dist = np.broadcast_to(norms, subs.shape[:2] + (num_centroids,))  # (N, C, K)
@@ -182,7 +189,7 @@ def pq_encode_func(layout: LookupLayout | DotLookupLayout, sub_len: int,
     transpose_in_registers = (isinstance(source, DenseRows) and sub_len % SQUARE == 0 and lanes % SQUARE == 0)
     group = next(g for g in (4, 2, 1) if num_centroids % g == 0)
     record = record_length(num_centroids, sub_len)
-    mean_at, norms_at = num_centroids * sub_len, num_centroids * sub_len + sub_len  # in a record
+    mean_at, norms_at = record_offsets(num_centroids, sub_len)
     centroid_lines = record // FLOATS_PER_LINE  # cache lines of one codebook's record
     lines_per_step = -(-centroid_lines // (num_centroids // group))
     # Each row block's codebooks in `parts` ranges, so that `threads` threads have a task each (one range when the

@@ -13,7 +13,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .pq_encode import centered_records, record_length
+from .pq_encode import centered_records, record_length, record_offsets, record_parts
 from .pq_lookup import output_tile
 
 # The lookup's accumulators: the largest divisor of M up to this many int32 lanes (four AVX-512 registers).
@@ -28,9 +28,8 @@ def pack_centroids_by_dim(centroids: np.ndarray) -> np.ndarray:
         raise ValueError(f"centroids must be (C, K, V), got shape {centroids.shape}")
     num_codebooks, num_centroids, sub_len = centroids.shape
     records = centered_records(centroids)
-    weights_end = num_centroids * sub_len
-    weights = records[:, :weights_end].reshape(num_codebooks, num_centroids, sub_len)
-    records[:, :weights_end] = weights.transpose(0, 2, 1).reshape(num_codebooks, -1)
+    weights, _, _ = record_parts(records, num_centroids, sub_len)
+    records[:, :num_centroids * sub_len] = weights.transpose(0, 2, 1).reshape(num_codebooks, -1)
     return records
 
 
@@ -39,7 +38,7 @@ def pq_encode_rows_func(rows: int, codebooks: int, centroids: int, sub_len: int)
     (`tirx.is_scheduled`); the distances as `pq_encode`'s, `||c'||^2 + (x - m) . (-2 c')`."""
     features = codebooks * sub_len
     record = record_length(centroids, sub_len)
-    mean_at, norms_at = centroids * sub_len, centroids * sub_len + sub_len
+    mean_at, norms_at = record_offsets(centroids, sub_len)
 
     @T.prim_func
     def pq_encode_rows(x: T.Buffer((rows, features), "float32"),

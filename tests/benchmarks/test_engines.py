@@ -6,20 +6,24 @@ import sys
 import pytest
 
 from benchmarks.helpers.engines import engine_timings
-from tvm_lut import timing
 
-from tests.tvm_lut.test_timing import _spin
+from tests.fresh_process import printed_by
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread states come from /proc")
 def test_at_two_threads_no_engine_runs_beside_the_previous_engines_spinning_workers():
-    seen_busy = []
-    timed = engine_timings({"spins after": lambda: _spin(0.05),
-                            "checks": lambda: seen_busy.append(timing._others_runnable())},
-                           threads=2, repeat=2, min_seconds=0.0)
-    assert seen_busy and not any(seen_busy)
-    assert all(len(t.seconds) == 2 for t in timed.values())
-    assert timed["checks"].most_threads_ran == 1  # no worker of the engine before ran beside it
+    *seen_busy, repetitions, most_threads_ran = printed_by("""
+from benchmarks.helpers.engines import engine_timings
+from tvm_lut import timing
+seen_busy = []
+timed = engine_timings({"spins after": lambda: spin(0.05),
+                        "checks": lambda: seen_busy.append(timing._others_runnable())},
+                       threads=2, repeat=2, min_seconds=0.0)
+print(*seen_busy, min(len(t.seconds) for t in timed.values()), timed["checks"].most_threads_ran)
+""")
+    assert seen_busy and set(seen_busy) == {"False"}
+    assert repetitions == "2"
+    assert most_threads_ran == "1"  # no worker of the engine before ran beside it
 
 
 def test_the_cpu_clock_is_refused_at_two_threads():

@@ -2,14 +2,10 @@
 whose parallel tasks do not divide evenly (the test process runs TVM's pool at one thread, so this runs in a
 subprocess with three)."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fresh_process import fresh_python
+
 THREADS = 3
 
 
@@ -65,8 +61,6 @@ def check_at_threads():
 
 
 def test_kernels_split_over_threads_match_their_references():
-    env = dict(os.environ, TVM_NUM_THREADS=str(THREADS), PYTHONPATH=str(ROOT))
     code = "from tests.schedules.test_kernel_threads import check_at_threads; check_at_threads()"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env,
-                            cwd=ROOT)
+    result = fresh_python(code, timeout=600, TVM_NUM_THREADS=str(THREADS))
     assert result.returncode == 0 and result.stdout.split()[-1:] == ["ok"], result.stderr[-4000:]

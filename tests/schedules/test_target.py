@@ -11,15 +11,7 @@ from schedules import host_target
 from schedules.target import (CROSS_COMPILERS, DEVICE_CORES, CPUParams, architecture, cpu_params, export_library,
                               num_cores, override_params, resolve_target, runs_on_host, vector_lanes)
 
-# TVM's thread pool is created once per process: each case runs in a fresh interpreter.
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _run(code: str, **env) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
-    environment.update(env, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environment)
-
+from tests.fresh_process import fresh_python  # TVM's thread pool is created once per process
 
 def test_runtime_threads_follow_the_largest_target():
     """The first target sets the pool; a later one for fewer cores (a one-core model beside a two-core one) does not
@@ -27,7 +19,7 @@ def test_runtime_threads_follow_the_largest_target():
     code = ("import tvm\nfrom schedules.target import host_target, use_runtime_threads\n"
             "print(use_runtime_threads(host_target(2)), use_runtime_threads(host_target(1)),"
             " tvm.get_global_func('runtime.NumThreads')())")
-    result = _run(code)
+    result = fresh_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2", "2", "2"]
 
@@ -35,7 +27,7 @@ def test_runtime_threads_follow_the_largest_target():
 def test_a_pool_already_too_small_is_an_error():
     code = ("import tvm\nfrom schedules.target import host_target, use_runtime_threads\n"
             "tvm.get_global_func('runtime.NumThreads')()\nuse_runtime_threads(host_target(2))")
-    result = _run(code, TVM_NUM_THREADS="1")
+    result = fresh_python(code, TVM_NUM_THREADS="1")
     assert result.returncode != 0 and "already runs 1 thread(s), 2 asked" in result.stderr
 
 

@@ -2,13 +2,14 @@
 left spinning have stopped (what lets several multi-threaded runtimes be timed in one process), and the run-queue
 wait recorded beside each repetition. No speed is asserted."""
 
-import subprocess
 import sys
 import time
 
 import pytest
 
 from tvm_lut import timing
+
+from tests.fresh_process import printed_by
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread states come from /proc")
 
@@ -27,33 +28,10 @@ def test_repetitions_are_taken_in_turn_and_each_is_kept():
         timing.timings({"a": lambda: None}, repeat=0)
 
 
-# These run in a fresh interpreter: pytest's own process holds the threads earlier tests' runtimes left (ORT, TVM,
-# torch), and on a loaded machine one of them may wait for a CPU for seconds (a CI run once failed so), so "nothing
-# else of this process runs" is only true there.
-_SPIN = """
-import threading, time
-from tvm_lut import timing
-def spin(seconds):  # a thread that stays runnable for `seconds`, as a runtime's worker spins after a call
-    def run():
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            pass
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    return worker
-"""
-
-
-def _in_fresh_interpreter(code: str) -> list[str]:
-    """Runs `code` after the `_SPIN` prelude in a new Python process; returns the words it printed."""
-    result = subprocess.run([sys.executable, "-c", _SPIN + code], capture_output=True, text=True, timeout=120,
-                            check=True)
-    return result.stdout.split()
-
-
 @linux_only
 def test_waiting_for_idle_threads_outlasts_a_spinning_worker():
-    idle, waited, alive = _in_fresh_interpreter("""
+    idle, waited, alive = printed_by("""
+from tvm_lut import timing
 idle = timing.wait_for_idle_threads(timeout=2.0)
 worker = spin(0.2)
 print(idle, timing.wait_for_idle_threads(timeout=5.0), worker.is_alive())
@@ -64,7 +42,8 @@ print(idle, timing.wait_for_idle_threads(timeout=5.0), worker.is_alive())
 
 @linux_only
 def test_settled_repetitions_never_share_the_cpus_with_the_previous_functions_workers():
-    seen_busy = _in_fresh_interpreter("""
+    seen_busy = printed_by("""
+from tvm_lut import timing
 seen_busy = []
 timing.timings({"spinner": lambda: spin(0.05), "checker": lambda: seen_busy.append(timing._others_runnable())},
                repeat=2, min_seconds=0.0, settle=True)

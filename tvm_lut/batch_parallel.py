@@ -13,10 +13,19 @@ VM and a TVM pool of one thread (TVM's pool is per calling thread). A call split
 equal parts and concatenates every output along axis 0. It is correct only for a model whose batch rows never
 meet (true of an encoder or a CNN at inference; not of an op that reduces over the batch axis). A batch that does
 not split evenly, or inputs whose first axes differ, raise ValueError; an error in a part re-raises in the caller.
+
+Each worker is pinned to its own CPU (round robin over the CPUs the process may use; `pin=False`: any of them).
+Unpinned, workers that slept between calls were often woken onto one vCPU, one waiting while the other vCPU idled:
+MiniLM-L6 8x64 (NN-LUT + PQ) in two parts took 8.3-11.0 ms per call when each repetition started after the threads
+had gone idle, against 6.6-6.8 ms pinned and 7.2-7.3 ms for the whole model at two threads (`tvm_lut.timing.timings`
+with `settle=True`, one process; AMD EPYC znver4, the two vCPUs on one L3). The pin is set after TVM's pool is
+configured: without `TVM_BIND_THREADS=0`, `runtime.config_threadpool` binds its calling thread to the first core,
+every worker to the same one.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 
@@ -51,23 +60,37 @@ def _concatenate(parts: list):
     return np.concatenate(parts)
 
 
+def _worker_cpus(parts: int, pin: bool) -> list[set[int] | None]:
+    """The CPUs each worker may run on: one of its own (round robin over those this process may use) when `pin`,
+    else all of those; None where the OS sets no thread affinities (not Linux)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return [None] * parts
+    allowed = sorted(os.sched_getaffinity(0))
+    return [{allowed[index % len(allowed)]} if pin else set(allowed) for index in range(parts)]
+
+
 class _Worker:
     """One thread with its own VM on `executable` and a one-thread TVM pool, serving one part per call."""
 
-    def __init__(self, executable, function: str, index: int):
+    def __init__(self, executable, function: str, index: int, cpus: set[int] | None):
+        self.cpus = cpus
+        self.native_id: int | None = None  # the thread's id, once it runs
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, args=(executable, function), daemon=True,
+        self._thread = threading.Thread(target=self._serve, args=(executable, function, cpus), daemon=True,
                                         name=f"tvm-lut-batch-part-{index}")
         self._thread.start()
         self.result()  # the VM is built (or its error raised) before the first call
 
-    def _serve(self, executable, function: str) -> None:
+    def _serve(self, executable, function: str, cpus: set[int] | None) -> None:
         try:
             import tvm
             from tvm import relax
 
             tvm.get_global_func("runtime.config_threadpool")(1, 1)  # this thread's pool: itself alone
+            if cpus is not None:  # after config_threadpool, which may bind this thread (module docstring)
+                os.sched_setaffinity(0, cpus)  # 0: the calling thread
+            self.native_id = threading.get_native_id()
             run = relax.VirtualMachine(executable, tvm.cpu())[function]
         except Exception as error:  # noqa: BLE001 - handed to the caller, who re-raises it
             self._results.put((False, error))
@@ -99,17 +122,19 @@ class BatchParallel:
 
     Inputs are NumPy arrays (or what `np.asarray` takes) whose first axis is the batch, parts x the executable's
     batch; outputs are new NumPy arrays (a tuple when the model returns several). Use it as a context manager, or
-    call `close()`, to stop the threads.
+    call `close()`, to stop the threads. `pin`: each worker runs on one CPU of its own (`cpus`); false: on any the
+    process may use.
     """
 
-    def __init__(self, executable, parts: int, function: str = "main"):
+    def __init__(self, executable, parts: int, function: str = "main", pin: bool = True):
         if not isinstance(parts, int) or parts < 1:
             raise ValueError(f"parts must be a positive int, got {parts!r}")
         self.parts = parts
         self._workers: list[_Worker] = []
         try:
+            cpus = _worker_cpus(parts, pin)
             for index in range(parts):
-                self._workers.append(_Worker(executable, function, index))
+                self._workers.append(_Worker(executable, function, index, cpus[index]))
         except BaseException:
             self.close()
             raise
@@ -137,6 +162,11 @@ class BatchParallel:
         if error is not None:
             raise error
         return _concatenate(results)
+
+    @property
+    def cpus(self) -> list[set[int] | None]:
+        """The CPUs each worker may run on (None: the OS sets no thread affinities)."""
+        return [worker.cpus for worker in self._workers]
 
     def close(self) -> None:
         for worker in self._workers:

@@ -1,5 +1,7 @@
 """BatchParallel: parts of a batch on their own threads give the whole batch's outputs, and misuse fails clearly."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,19 @@ def test_the_callers_pool_keeps_its_threads(part_executable):
     before = threads()
     with BatchParallel(part_executable, 2):
         assert threads() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="thread affinities are Linux's")
+def test_each_worker_runs_on_a_cpu_of_its_own(part_executable):
+    """Set after TVM configures the worker's pool (which, without TVM_BIND_THREADS=0, binds it to the first core):
+    one CPU each, round robin over those the process may use; `pin=False`: all of them."""
+    allowed = sorted(os.sched_getaffinity(0))
+    with BatchParallel(part_executable, 3) as run:
+        assert run.cpus == [{allowed[i % len(allowed)]} for i in range(3)]
+        assert [os.sched_getaffinity(worker.native_id) for worker in run._workers] == run.cpus
+    with BatchParallel(part_executable, 2, pin=False) as run:
+        assert run.cpus == [set(allowed)] * 2
+        assert [os.sched_getaffinity(worker.native_id) for worker in run._workers] == run.cpus
 
 
 def test_misuse_is_a_clear_error(part_executable):

@@ -25,3 +25,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tvm_pool_on_every_core():
+    """TVM's thread pool is created once per process and never grows: sized to every core this process may use
+    before any test runs a kernel, each test that compiles for the host runs on the cores it asked, in any order.
+    (Without it the first parallel kernel sized the pool, at one thread on two cores when a one-core build came
+    first.)"""
+    from schedules import host_target
+    from schedules.target import use_runtime_threads
+
+    use_runtime_threads(host_target())

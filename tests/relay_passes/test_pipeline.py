@@ -163,3 +163,17 @@ def test_a_pass_object_keeps_no_state_each_module_carries_its_report(block):
     assert {e["op"] for e in second["passes"][0]["replaced"]} == {"softmax"} != {
         e["op"] for e in first["passes"][0]["replaced"]}
     assert not hasattr(pipeline, "report") and not hasattr(pipeline, "schedules")
+
+
+@pytest.mark.parametrize("importer", ["torch", "onnx"])
+def test_no_function_is_left_uncalled(block, importer):
+    """`RewriteDataflowReshape` turns calls of reshape-only PrimFuncs into views and leaves the functions behind
+    (here the input's reshapes to rows and back around the dense layers): the pipeline drops them before they are
+    compiled."""
+    model, x, _ = block
+    mod = from_torch(model, (x,)) if importer == "torch" else from_onnx(model, example_args=(x,))
+    with TARGET:
+        lowered = tvm_lut_pipeline(nonlinear=True, target=TARGET)(mod)
+    called = set(relax.analysis.all_global_vars(lowered["main"]))
+    functions = {gv for gv, func in lowered.functions_items() if isinstance(func, tvm.tirx.PrimFunc)}
+    assert functions and not {gv.name_hint for gv in functions - called}

@@ -29,10 +29,9 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session", autouse=True)
 def tvm_pool_on_every_core():
-    """TVM's thread pool is created once per process and never grows: sized to every core this process may use
-    before any test runs a kernel, each test that compiles for the host runs on the cores it asked, in any order.
-    (Without it the first parallel kernel sized the pool, at one thread on two cores when a one-core build came
-    first.)"""
+    """TVM's thread pool is created once per process and never grows. Sized to every core this process may use
+    before any test runs a kernel, it lets each test that compiles for the host run on the cores it asked, in any
+    order (otherwise the first parallel kernel sizes it: one thread on two cores when a one-core build comes first)."""
     from schedules import host_target
     from schedules.target import use_runtime_threads
 

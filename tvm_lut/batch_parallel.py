@@ -18,7 +18,7 @@ Each worker is pinned to its own CPU (round robin over the CPUs the process may 
 Unpinned, workers that slept between calls were often woken onto one vCPU, one waiting while the other vCPU idled:
 MiniLM-L6 8x64 (NN-LUT + PQ) in two parts took 7.9-11.0 ms per call when each repetition started after the threads
 had gone idle, against 6.6-6.8 ms pinned and 7.2-7.6 ms for the whole model at two threads (`tvm_lut.timing.timings`
-with `settle=True`, one process, five runs; AMD EPYC znver4, the two vCPUs on one L3). With another process spinning on one
+with `settle=True`, one process, four runs; AMD EPYC znver4, the two vCPUs on one L3). With another process spinning on one
 of the two CPUs, pinned and free parts took the same (13.9 and 13.8 ms; the whole model 52 ms). The pin is set after
 TVM's pool is configured: without `TVM_BIND_THREADS=0`, `runtime.config_threadpool` binds its calling thread to the
 first core, every worker to the same one.

@@ -153,7 +153,7 @@ def weight_prepack_passes() -> list:
 
 def lowering_passes(target) -> list:
     """Phase 4: dataflow to VM instructions, memory planning (TVM's CPU pipeline). `RewriteDataflowReshape` turns
-    calls of reshape-only PrimFuncs into views and leaves the PrimFuncs behind (MiniLM: three, one of them a
+    calls of reshape-only PrimFuncs into views and leaves the PrimFuncs behind (MiniLM: four, one of them a
     512 x 1536 copy), so dead functions are dropped before they are compiled."""
     return (cpu_generic.dataflow_lower_passes(target) + [relax.transform.DeadCodeElimination()]
             + cpu_generic.finalize_passes(target))

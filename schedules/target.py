@@ -214,10 +214,10 @@ def use_runtime_threads(target: Target) -> int:
     The first call sets the pool to the target's cores; later ones never shrink it: a process may hold models
     compiled for different core counts (`tvm_lut.batch_parallel` runs one compiled for a single core on worker
     threads whose own pools it sizes to one, beside the whole model), and a smaller pool would run the other model
-    on fewer threads than it was built for. TVM's pool belongs to the thread that calls the
-    kernels, and is created once (on the first parallel call) and never grows afterwards: call this first, with the
-    most cores the process will use. Raises RuntimeError if the pool already exists with fewer threads. Unless `TVM_BIND_THREADS` is set, the threads are not pinned to cores (read
-    when the pool sets its affinity; see the module docstring).
+    on fewer threads than it was built for. TVM's pool belongs to the thread that calls the kernels, and is created
+    once (on the first parallel call) and never grows afterwards: call this first, with the most cores the process
+    will use. Raises RuntimeError if the pool already exists with fewer threads. Unless `TVM_BIND_THREADS` is set,
+    the threads are not pinned to cores (read when the pool sets its affinity; see the module docstring).
     """
     os.environ.setdefault("TVM_BIND_THREADS", "0")
     threads = max(num_cores(target), getattr(_pool_size, "threads", 0))

@@ -26,10 +26,10 @@ def pack_centroids_by_dim(centroids: np.ndarray) -> np.ndarray:
     centroids = np.asarray(centroids, np.float32)
     if centroids.ndim != 3:
         raise ValueError(f"centroids must be (C, K, V), got shape {centroids.shape}")
-    num_codebooks, num_centroids, sub_len = centroids.shape
+    _, num_centroids, sub_len = centroids.shape
     records = centered_records(centroids)
     weights, _, _ = record_parts(records, num_centroids, sub_len)
-    records[:, :num_centroids * sub_len] = weights.transpose(0, 2, 1).reshape(num_codebooks, -1)
+    weights[...] = weights.transpose(0, 2, 1).reshape(weights.shape)  # the same slot, dim-major (reshape copies)
     return records
 
 

@@ -21,7 +21,8 @@ directly or through a reshape) takes it into that lookup's epilogue when the lay
     y     = call_tir(pq_lookup_dot + table, codes, int8 table, scale, bias)   # table(scale * sum + bias)
 
 bit for bit the two kernels, without writing the layer's output and reading it back. Elsewhere the table kernel
-stays a call of its own.
+stays a call of its own. On several cores, a lookup whose output attention reads by heads (the Q, K and V
+projections at one sequence) splits its outputs between the threads instead of its rows (`thread_split`).
 
 Precondition: high-level Relax ops, as imported; the pass sits before LegalizeOps (phase 1 of the `tvm_lut`
 pipeline), like `LUTNonlinear`. Served: float32, static shapes, K <= 16, a target with a lookup intrinsic. A layer
@@ -46,6 +47,7 @@ from .patterns import dense as dense_patterns
 from .patterns.conv2d import ConvMatch
 from .patterns.dense import DenseMatch
 from .report import PassReport, UnusedEntry
+from .thread_split import Dataflow
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class _DenseRewriter(LUTRewriter):
         super().__init__(mod, "LUTDense")
         self.bundle, self.target, self.intrin = bundle, target, intrin
         self._kernels: dict[tuple, tuple[relax.GlobalVar, relax.GlobalVar]] = {}
+        self._dataflow: tuple[relax.Function, Dataflow] | None = None  # of the function being rewritten
 
     def serve(self, form, matched, matchings):
         if isinstance(form, _ActivatedForm):
@@ -123,8 +126,20 @@ class _DenseRewriter(LUTRewriter):
             return relax.op.permute_dims(by_channel, [1, 0, 2, 3]), kernel, name
         rows = int(np.prod(x_shape[:-1]))
         x2d = match.x if len(x_shape) == 2 else relax.op.reshape(match.x, (rows, table.D))
-        y, kernel = self._call(name, table, x2d, rows, match.bias, source=None)
+        y, kernel = self._call(name, table, x2d, rows, match.bias, source=None,
+                               split_outputs=self._split_outputs(matched))
         return (y if len(x_shape) == 2 else relax.op.reshape(y, out_shape)), kernel, name
+
+    def _split_outputs(self, output) -> bool:
+        """Whether the lookup computing `output` should split its outputs between threads, not its rows: on a
+        target of several cores, where attention reads it by heads (`thread_split`)."""
+        from schedules.target import num_cores
+
+        if num_cores(self.target) < 2:
+            return False
+        if self._dataflow is None or self._dataflow[0] is not self.function:
+            self._dataflow = (self.function, Dataflow(self.function, num_cores(self.target)))
+        return self._dataflow[1].read_by_columns(output)
 
     def _serve_activated(self, form, matched, matchings):
         """The dense layer and its table kernel as one lookup, or None (the plain forms then serve the layer)."""
@@ -180,10 +195,11 @@ class _DenseRewriter(LUTRewriter):
             return f"entry {name!r} is a {table.layer} table, the graph has a dense layer"
         return match, name, table
 
-    def _call(self, name, table, x, rows, bias, source, activation=None):
+    def _call(self, name, table, x, rows, bias, source, activation=None, split_outputs=False):
         """encode + lookup calls on `x`: the output, (rows, M) for a dense layer and (M, rows) for a conv (`source`),
         and the lookup kernel's name. A dense layer with a few rows takes the few-row kernels (`FEW_ROWS`).
-        `activation`: (name, table) applied in the `vpermb` lookup's epilogue (only where it is taken)."""
+        `activation`: (name, table) applied in the `vpermb` lookup's epilogue (only where it is taken).
+        `split_outputs`: the lookup's threads split its outputs, not its rows (`_split_outputs`)."""
         from schedules.kernels.pq_encode import pack_centroids, pq_encode_func
         from schedules.kernels.pq_lookup import LookupLayout, pack_table, pq_lookup_func
         from schedules.kernels.pq_lookup_dot import DotLookupLayout, encode_lanes, pack_table_dot, pq_lookup_dot_func
@@ -197,15 +213,16 @@ class _DenseRewriter(LUTRewriter):
             layout = DotLookupLayout(rows, table.C, table.K, table.M, encode_lanes(rows, num_cores(self.target)))
         else:
             layout = LookupLayout(rows, table.C, table.K, table.M, self.intrin.lanes)
-        key = (name, rows, source, activation_name)
+        key = (name, rows, source, activation_name, split_outputs)
         if key not in self._kernels:
             if few_rows:
                 encode = pq_encode_rows_func(rows, table.C, table.K, table.V)
                 lookup = pq_lookup_rows_func(rows, table.C, table.K, table.M)
             else:
                 encode = pq_encode_func(layout, table.V, source, threads=num_cores(self.target))
-                lookup = (pq_lookup_dot_func(layout, activation_table, num_cores(self.target)) if dot else
-                          pq_lookup_func(layout, self.intrin, columns=source is not None))
+                lookup = (pq_lookup_dot_func(layout, activation_table, num_cores(self.target), split_outputs) if dot
+                          else pq_lookup_func(layout, self.intrin, columns=source is not None,
+                                              split_outputs=split_outputs))
             suffix = f"_{activation_name}" if activation_name else ""
             self._kernels[key] = (self.builder.add_func(encode.without_attr("global_symbol"), f"pq_encode_{name}"),
                                   self.builder.add_func(lookup.without_attr("global_symbol"),

@@ -24,6 +24,7 @@ class LUTRewriter:
         self.builder = relax.BlockBuilder(mod)  # kernels are added to it: one GlobalVar per distinct PrimFunc
         self.report = PassReport(pass_name)
         self._reported: list[relax.Expr] = []
+        self.function: relax.Function | None = None  # the function a form is being applied to (for `serve`)
 
     def serve(self, form: Form, matched: relax.Expr, matchings: dict) -> tuple | str | None:
         """The replacement of `matched` and the name of the kernel it calls (and optionally the bundle entry it
@@ -35,6 +36,7 @@ class LUTRewriter:
             if not isinstance(func, relax.Function):
                 continue
             for form in forms:
+                self.function = func
                 func = rewrite_call(form.pattern, self._replacing(form), func)
             for form in forms:
                 rewrite_call(form.pattern, self._auditing(form), func)

@@ -14,9 +14,9 @@ no int8 table can overflow them), the blocks in int32, then `float32(acc) * scal
 one per table column, so an outlier column does not round the others to zero; a vector multiply per 8 rows).
 
 Schedule (carried by the kernel; the function is marked `tirx.is_scheduled` so CPU schedule rules skip it): row
-blocks x output tiles of `m_tile` outputs run in parallel; each tile keeps `m_tile` int16 accumulators of L lanes
-in registers while it walks the codebooks, loading each block of codes once per tile; the inner `L x 16`
-lookup is tensorized with the target's intrinsic (`schedules.intrin`).
+blocks x output tiles of `m_tile` outputs run in parallel (row blocks outermost, unless `split_outputs`); each tile
+keeps `m_tile` int16 accumulators of L lanes in registers while it walks the codebooks, loading each block of codes
+once per tile; the inner `L x 16` lookup is tensorized with the target's intrinsic (`schedules.intrin`).
 """
 
 import functools
@@ -30,6 +30,10 @@ from tvm.script import tirx as T
 
 from ..intrin import TABLE_ENTRIES, LookupIntrin
 from .pwl import PARALLEL_WORK_ATTR
+
+# How a PQ lookup's parallel loop splits its work between threads ("rows" or "outputs"): each thread takes a
+# contiguous range of it, so this says which part of the output a thread writes.
+SPLIT_ATTR = "tvm_lut.split"
 
 INT16_BLOCK = 256  # codebooks an int16 sum can take whatever the int8 entries are (tvm_lut.pq.quantize says the same)
 
@@ -123,9 +127,10 @@ def _eight_rows(acc16, blocks: int, output, row):
     return functools.reduce(operator.add, parts)
 
 
-def _tiled_lookup(layout: LookupLayout, m_tile: int, columns: bool):
+def _tiled_lookup(layout: LookupLayout, m_tile: int, columns: bool, split_outputs: bool):
     """The lookup stated as the intrinsics' one-hot select, in tiles of `lanes` rows x `m_tile` outputs; `y` is
-    (N, M), or (M, N) with `columns`.
+    (N, M), or (M, N) with `columns`. The parallel loop runs row blocks outermost, or output tiles with
+    `split_outputs` (so each thread's contiguous range of it holds rows, or outputs).
 
     Each tile is a block that allocates its own accumulators, so they live in registers: TVM places a
     buffer at the root of a function under a parallel loop whole, in memory, otherwise. Their scope is "global":
@@ -135,6 +140,7 @@ def _tiled_lookup(layout: LookupLayout, m_tile: int, columns: bool):
     num_rows, outputs, lanes = layout.rows, layout.outputs, layout.lanes
     row_blocks, blocks, per_block = layout.row_blocks, layout.int16_blocks, layout.block_codebooks
     m_tiles, padded = outputs // m_tile, layout.padded_codebooks
+    blocks_divisor = max(row_blocks, 1)  # no rows: no tiles
 
     @T.prim_func(s_tir=True)
     def pq_lookup(codes: T.Buffer(layout.codes_shape, "uint8"), table: T.Buffer(layout.table_shape, "int8"),
@@ -143,8 +149,8 @@ def _tiled_lookup(layout: LookupLayout, m_tile: int, columns: bool):
         T.func_attr({"tirx.noalias": True})
         for tile in T.parallel(row_blocks * m_tiles):
             with T.sblock("tile"):
-                nb = T.axis.spatial(row_blocks, tile // m_tiles)
-                mo = T.axis.spatial(m_tiles, tile % m_tiles)
+                nb = T.axis.spatial(row_blocks, tile % blocks_divisor if split_outputs else tile // m_tiles)
+                mo = T.axis.spatial(m_tiles, tile // blocks_divisor if split_outputs else tile % m_tiles)
                 T.reads(codes[nb, 0:padded, 0:lanes], table[mo * m_tile:mo * m_tile + m_tile, 0:padded, 0:TABLE_ENTRIES],
                         scale[mo * m_tile:mo * m_tile + m_tile], bias[mo * m_tile:mo * m_tile + m_tile])
                 if columns:
@@ -199,17 +205,18 @@ def output_tile(outputs: int, preferred: int) -> int:
     return max(t for t in range(1, min(preferred, outputs) + 1) if outputs % t == 0)
 
 
-def pq_lookup_func(layout: LookupLayout, intrin: LookupIntrin, m_tile: int = 8,
-                   columns: bool = False) -> tvm.tirx.PrimFunc:
+def pq_lookup_func(layout: LookupLayout, intrin: LookupIntrin, m_tile: int = 8, columns: bool = False,
+                   split_outputs: bool = False) -> tvm.tirx.PrimFunc:
     """The scheduled, tensorized lookup-accumulate PrimFunc `(codes, table, scale, bias) -> y` for `layout`: y is
     (N, M), or (M, N) with `columns` (a conv's output channels by pixels: NCHW for one image, no transpose).
+    `split_outputs`: threads split the outputs, not the rows (`relay_passes.thread_split`).
 
     `layout.lanes` must be `intrin.lanes`. `m_tile` outputs share one load of the codes; their accumulators must fit
     the registers (8 for AVX2's 16 ymm registers at 32 lanes). An M it does not divide uses its largest divisor.
     """
     if layout.lanes != intrin.lanes:
         raise ValueError(f"layout has {layout.lanes} lanes but {intrin.name} looks up {intrin.lanes} rows at once")
-    sch = s_tir.Schedule(_tiled_lookup(layout, output_tile(layout.outputs, m_tile), columns))
+    sch = s_tir.Schedule(_tiled_lookup(layout, output_tile(layout.outputs, m_tile), columns, split_outputs))
     lookup, epilogue = sch.get_sblock("lookup"), sch.get_sblock("scale")
     _, c, m_inner, i, _ = sch.get_loops(lookup)
     sch.decompose_reduction(lookup, c)
@@ -218,4 +225,5 @@ def pq_lookup_func(layout: LookupLayout, intrin: LookupIntrin, m_tile: int = 8,
     for loop in sch.get_loops(epilogue)[-2:]:  # constant shuffle indices
         sch.unroll(loop)
     return sch.mod["main"].with_attrs({"tirx.is_scheduled": True, "tvm_lut.kernel": "pq_lookup",
-                                       PARALLEL_WORK_ATTR: layout.lookups})
+                                       PARALLEL_WORK_ATTR: layout.lookups,
+                                       SPLIT_ATTR: "outputs" if split_outputs else "rows"})

@@ -22,7 +22,8 @@ Schedule (in the function, `tirx.is_scheduled`): row parts x output tiles x row 
 are split into one contiguous part per thread (`row_parts`; TVM hands thread p the p-th contiguous range of a
 parallel loop), so each thread writes the rows that the next kernels (LayerNorm, the encodes, the attention
 matmuls, which all split by rows) read on the same thread: with output tiles outermost, each thread wrote half the
-columns of every row, and every row then crossed between the threads' caches. Within its part a thread walks the
+columns of every row, and every row then crossed between the threads' caches (still the order of `split_outputs`,
+for the outputs that attention at one sequence reads by heads, i.e. by columns). Within its part a thread walks the
 output tiles, each down its row groups (inner, so a tile's tables stay in L1); even parts walk their groups last to
 first, odd parts first to last, so that no sweep runs toward its neighbour's rows: the hardware prefetcher, trained
 on a sweep's row stride, fetched past the end of the part into the rows the other thread was writing at that moment
@@ -46,7 +47,7 @@ from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
 from ..intrin import TABLE_ENTRIES
-from .pq_lookup import PQLayerSizes
+from .pq_lookup import SPLIT_ATTR, PQLayerSizes
 from .prefetch import prefetch
 from .pwl import PARALLEL_WORK_ATTR
 from .pwl_expr import PWLSpec, Table, evaluate
@@ -150,10 +151,12 @@ def row_parts(groups: int, threads: int) -> tuple[int, int]:
 
 
 def pq_lookup_dot_func(layout: DotLookupLayout, activation: PWLSpec | None = None,
-                       threads: int = 1) -> tvm.tirx.PrimFunc:
+                       threads: int = 1, split_outputs: bool = False) -> tvm.tirx.PrimFunc:
     """The scheduled lookup PrimFunc `(codes, table, scale, bias) -> y (N, M)` for `layout` (module docstring),
     with `activation` (a table with scaling "none") applied to y when given; `threads` (the target's `num-cores`)
-    sets its row parts."""
+    sets its row parts. `split_outputs`: the threads split the output tiles instead (thread p writes the p-th
+    contiguous range of columns of every row), for outputs that the next kernels split by columns
+    (`relay_passes.thread_split`)."""
     if activation is not None:
         activation = Table(activation, "activation")
         if activation.scaling != "none":
@@ -161,7 +164,7 @@ def pq_lookup_dot_func(layout: DotLookupLayout, activation: PWLSpec | None = Non
                              f"{activation.scaling!r}")
     num_rows, outputs, groups = layout.rows, layout.outputs, layout.codebook_groups
     used_groups, tiles = -(-num_rows // SQUARE), outputs // SQUARE
-    parts, per_part = row_parts(used_groups, threads)
+    parts, per_part = (1, max(used_groups, 1)) if split_outputs else row_parts(used_groups, threads)
     span = tiles * per_part  # the tiles of one part
     every, all_bytes = T.ramp(0, 1, SQUARE), T.ramp(0, 1, BYTES)
     lines_per_group = -(-SQUARE // per_part)  # of a tile's 16 table lines per codebook group, prefetched
@@ -171,7 +174,7 @@ def pq_lookup_dot_func(layout: DotLookupLayout, activation: PWLSpec | None = Non
                       scale: T.Buffer((outputs,), "float32"), bias: T.Buffer((outputs,), "float32"),
                       y: T.Buffer((num_rows, outputs), "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "tvm_lut.kernel": "pq_lookup_dot",
-                     PARALLEL_WORK_ATTR: layout.lookups})
+                     PARALLEL_WORK_ATTR: layout.lookups, SPLIT_ATTR: "outputs" if split_outputs else "rows"})
         for tile in T.parallel(parts * span):
             column = T.meta_var(tile % span // per_part)  # the tile of 16 outputs
             step = T.meta_var(tile % per_part)  # the sweep's step down the part's row groups

@@ -40,15 +40,16 @@ def execute_here(func: tvm.tirx.PrimFunc, arrays: list[np.ndarray]) -> list[np.n
     return [t.numpy() for t in tensors]
 
 
-def run_lookup(codes, table, scale, bias, intrin=INTRIN, execute=execute_here, columns=False):
+def run_lookup(codes, table, scale, bias, intrin=INTRIN, execute=execute_here, columns=False, split_outputs=False):
     """The compiled lookup kernel on unpacked operands: codes (N, C), table (C, K, M), scale (M,) or one for all
-    -> (N, M) float32 (written (M, N) by the kernel with `columns`, returned transposed)."""
+    -> (N, M) float32 (written (M, N) by the kernel with `columns`, returned transposed); `split_outputs` as the
+    kernel's."""
     layout = LookupLayout(codes.shape[0], table.shape[0], table.shape[1], table.shape[2], intrin.lanes)
     bias = np.zeros(table.shape[2], np.float32) if bias is None else bias
     scale = np.broadcast_to(np.asarray(scale, np.float32), (table.shape[2],))
     out_shape = (layout.outputs, codes.shape[0]) if columns else (codes.shape[0], layout.outputs)
     arrays = [pack_codes(codes, layout), pack_table(table, layout), scale, bias, np.zeros(out_shape, np.float32)]
-    out = execute(pq_lookup_func(layout, intrin, columns=columns), arrays)[-1]
+    out = execute(pq_lookup_func(layout, intrin, columns=columns, split_outputs=split_outputs), arrays)[-1]
     return out.T if columns else out
 
 
@@ -75,13 +76,14 @@ def unpack_codes_dot(packed: np.ndarray, layout: DotLookupLayout) -> np.ndarray:
     return codes[:layout.rows, :layout.codebooks]
 
 
-def run_lookup_dot(codes, table, scale, bias, lanes=32, activation=None, threads=1):
+def run_lookup_dot(codes, table, scale, bias, lanes=32, activation=None, threads=1, split_outputs=False):
     """The compiled dot-product lookup on unpacked operands (as `run_lookup`) -> (N, M) float32, with its
-    `activation` table and the row parts of `threads` threads, built as the pipeline builds it
-    (`rules.common.for_target`)."""
+    `activation` table and the row parts of `threads` threads (or its outputs split, `split_outputs`), built as the
+    pipeline builds it (`rules.common.for_target`)."""
     layout = DotLookupLayout(codes.shape[0], table.shape[0], table.shape[1], table.shape[2], lanes)
     bias = np.zeros(table.shape[2], np.float32) if bias is None else bias
     scale = np.broadcast_to(np.asarray(scale, np.float32), (table.shape[2],))
     arrays = [pack_codes_dot(codes, layout), pack_table_dot(table, layout), scale, bias,
               np.zeros((codes.shape[0], layout.outputs), np.float32)]
-    return execute_here(for_target(pq_lookup_dot_func(layout, activation, threads), TARGET), arrays)[-1]
+    return execute_here(for_target(pq_lookup_dot_func(layout, activation, threads, split_outputs), TARGET),
+                        arrays)[-1]

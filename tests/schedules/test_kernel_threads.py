@@ -44,9 +44,12 @@ def check_at_threads():
         codes, table = rng.integers(0, 16, (45, 7)), rng.integers(-128, 128, (7, 16, 48)).astype(np.int8)
         want = pq_lookup_reference(codes, table, 1.0, None)  # exact sums (the epilogue's FMA rounds once)
         np.testing.assert_array_equal(run_lookup(codes, table, 1.0, None), want)
+        np.testing.assert_array_equal(run_lookup(codes, table, 1.0, None, split_outputs=True), want)
         if DOT_LOOKUP:  # 3 row groups, a part per thread; and the row parts of 2 threads run by 3
             np.testing.assert_array_equal(run_lookup_dot(codes, table, 1.0, None, threads=THREADS), want)
             np.testing.assert_array_equal(run_lookup_dot(codes, table, 1.0, None, threads=2), want)
+            # 3 output tiles, one per thread
+            np.testing.assert_array_equal(run_lookup_dot(codes, table, 1.0, None, split_outputs=True), want)
     scores = (rng.standard_normal((3, 5, 7, 64)) * 4).astype(np.float32)
     scores.flat[:len(EDGE_VALUES)] = EDGE_VALUES
     rows = rng.standard_normal((5, 7, 48)).astype(np.float32)

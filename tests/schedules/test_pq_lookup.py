@@ -24,9 +24,10 @@ def _random(rng, rows, codebooks, centroids, outputs):
     (40, 300, 16, 8),    # two int16 blocks of 150 codebooks
 ])
 @pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
-def test_integer_sums_are_exact(rows, codebooks, centroids, outputs, columns):
+@pytest.mark.parametrize("split_outputs", [False, True], ids=["row-blocks-outer", "output-tiles-outer"])
+def test_integer_sums_are_exact(rows, codebooks, centroids, outputs, columns, split_outputs):
     codes, table = _random(np.random.default_rng(rows), rows, codebooks, centroids, outputs)
-    got = run_lookup(codes, table, 1.0, None, columns=columns)
+    got = run_lookup(codes, table, 1.0, None, columns=columns, split_outputs=split_outputs)
     np.testing.assert_array_equal(got, pq_lookup_reference(codes, table, 1.0, None))
 
 
@@ -51,9 +52,10 @@ def test_int16_blocks_at_their_limit_do_not_overflow(value):
     np.testing.assert_array_equal(got, np.full((32, 8), value * codebooks, np.float32))
 
 
-def test_zero_rows():
+@pytest.mark.parametrize("split_outputs", [False, True])
+def test_zero_rows(split_outputs):
     codes, table = _random(np.random.default_rng(3), 0, 4, 16, 8)
-    assert run_lookup(codes, table, 1.0, None).shape == (0, 8)
+    assert run_lookup(codes, table, 1.0, None, split_outputs=split_outputs).shape == (0, 8)
 
 
 def test_misuse_is_rejected():
@@ -77,3 +79,11 @@ def test_kernels_are_marked_scheduled_so_rules_skip_them():
     layout = LookupLayout(8, 4, 16, 8, INTRIN.lanes)
     for func in (pq_lookup_func(layout, INTRIN), pq_encode_func(layout, 4)):
         assert func.attrs["tirx.is_scheduled"]
+
+
+def test_lookups_say_how_threads_split_them():
+    from schedules.kernels.pq_lookup import SPLIT_ATTR, pq_lookup_func
+
+    layout = LookupLayout(8, 4, 16, 8, INTRIN.lanes)
+    assert pq_lookup_func(layout, INTRIN).attrs[SPLIT_ATTR] == "rows"
+    assert pq_lookup_func(layout, INTRIN, split_outputs=True).attrs[SPLIT_ATTR] == "outputs"

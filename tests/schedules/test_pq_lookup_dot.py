@@ -47,12 +47,14 @@ def test_integer_sums_are_exact(rows, codebooks, centroids, outputs):
     (1, 2),    # one group: one part
     (0, 2),
 ])
-def test_row_parts_write_every_row_once(rows, threads):
-    """Each part's sweep (even parts last to first) covers its rows and no other: the sums of the one-part kernel.
-    The test process runs TVM's pool at one thread, so the parts run in turn here (at three threads:
-    `test_kernel_threads`)."""
+@pytest.mark.parametrize("split_outputs", [False, True], ids=["row-parts", "output-tiles"])
+def test_row_parts_write_every_row_once(rows, threads, split_outputs):
+    """Each part's sweep (even parts last to first) covers its rows and no other: the sums of the one-part kernel;
+    so do the output tiles split between threads. The test process runs TVM's pool at one thread, so the parts run
+    in turn here (at three threads: `test_kernel_threads`)."""
     codes, table = _random(np.random.default_rng(rows + threads), rows, 9, 16, 48)
-    np.testing.assert_array_equal(run_lookup_dot(codes, table, 1.0, None, threads=threads),
+    np.testing.assert_array_equal(run_lookup_dot(codes, table, 1.0, None, threads=threads,
+                                                 split_outputs=split_outputs),
                                   pq_lookup_reference(codes, table, 1.0, None))
 
 

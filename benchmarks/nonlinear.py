@@ -13,6 +13,8 @@ the exact op is scheduled by our rules; the LUT GELU too, the LUT Softmax and La
 TVM variants are timed with repetitions interleaved, so the load of a shared machine hits them alike.
 `--check` adds the max absolute error of the LUT (and FastMath) output against the exact op on the same input, and
 of the LUT kernel against its NumPy reference (the table's own evaluation: what the kernel must match).
+At several threads, `fork_join_us` is TVM's pool starting and joining right after each case's timings
+(`tvm_lut.timing.fork_join_seconds`): where the host ran the threads (about twice as long on two dies as on one L3).
 """
 
 import argparse
@@ -129,6 +131,9 @@ def run_case(op: str, shape, tables: dict, target, repeat: int, check: bool, rng
     """Time the TVM variants of one case, repetitions interleaved; with `check`, their errors against exact."""
     import tvm
 
+    from schedules.target import num_cores
+    from tvm_lut.timing import fork_join_seconds
+
     arrays = inputs(op, shape, rng)
     args = [tvm.runtime.tensor(a) for a in arrays]
     fns = {}
@@ -139,6 +144,8 @@ def run_case(op: str, shape, tables: dict, target, repeat: int, check: bool, rng
     seconds = median_seconds_interleaved(fns, repeat)
     row = {"op": op, "shape": "x".join(map(str, shape))}
     row.update({f"{variant}_ms": 1e3 * s for variant, s in seconds.items()})
+    if num_cores(target) > 1:
+        row["fork_join_us"] = 1e6 * fork_join_seconds()
     if check:
         exact = fns["exact"]().numpy()
         for variant in ("lut", "fastmath"):
@@ -193,8 +200,12 @@ def main(argv=None) -> int:
                "lut_vs_torch"]
     if args.check:
         columns += ["lut_max_err", "fastmath_max_err", "lut_vs_reference_err"]
+    if num_cores(target) > 1:
+        columns.append("fork_join_us")
     print(f"target: {target.attrs['mcpu']}, {num_cores(target)} threads (torch too); median of {args.repeat}; "
-          "lut_vs_X = X time / LUT time (> 1: LUT faster)")
+          "lut_vs_X = X time / LUT time (> 1: LUT faster)"
+          + ("; fork_join_us: TVM's pool starting and joining after the case (~2x on two dies)"
+             if num_cores(target) > 1 else ""))
     print(format_table(rows, columns))
     write_json(args.json, {"target": str(target), "repeat": args.repeat, "rows": rows})
     return 0

@@ -15,7 +15,8 @@ Phases, in order:
 3. Schedules: records of a tuning database when one is given (only read, never written here), then the CPU rules
    (`schedules.ApplyCPUSchedules`) for every function still unscheduled; what no rule fits is reported. Weight
    repacking a schedule marked as layout-rewrite preprocessing becomes its own function, folded on constants.
-4. Lowering to the VM (as TVM's CPU pipeline does).
+4. Lowering to the VM (as TVM's CPU pipeline does; for a target of several cores without the static memory plan,
+   see `lowering_passes`).
 
 Every parameter has a default, so the registered name alone works. The pipeline keeps no state: the reports of a
 run ride on the module it returns, `report_of(mod)` reads them (`tvm_lut.compile` does, and drops them before code
@@ -35,6 +36,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from schedules import ApplyCPUSchedules, ScheduleReport
 from schedules.apply import REPORT_ATTR
 from schedules.rules.common import WEIGHT_PREPACK
+from schedules.target import num_cores
 
 from .fold_batch_norm import FoldBatchNorm
 from .fold_pad_into_conv import FoldPadIntoConv
@@ -154,9 +156,20 @@ def weight_prepack_passes() -> list:
 def lowering_passes(target) -> list:
     """Phase 4: dataflow to VM instructions, memory planning (TVM's CPU pipeline). `RewriteDataflowReshape` turns
     calls of reshape-only PrimFuncs into views and leaves the PrimFuncs behind (MiniLM: four, one of them a
-    512 x 1536 copy), so dead functions are dropped before they are compiled."""
-    return (cpu_generic.dataflow_lower_passes(target) + [relax.transform.DeadCodeElimination()]
-            + cpu_generic.finalize_passes(target))
+    512 x 1536 copy), so dead functions are dropped before they are compiled.
+
+    For a target of several cores, no static memory plan: `StaticPlanBlockMemory` gives one storage to tensors
+    that kernels split differently between threads (a lookup's rows, then attention's heads), so a thread writes
+    lines another core's cache holds, at every call; each such line then moves between the cores, or between dies
+    where the host puts the cores on two. Allocated at run time from the VM's pool, a tensor keeps its address
+    from call to call and is written by the same thread each time. MiniLM with NN-LUT + PQ at two threads (AMD
+    EPYC znver4, interleaved in one process): 1x64 1.849 -> 1.557 ms and 8x64 17.55 -> 14.22 ms with the vCPUs on
+    two dies, 1x64 1.150 -> 1.162 ms on one L3; at one thread the plan stays (1x64 1.801 against 1.853 ms).
+    """
+    finalize = cpu_generic.finalize_passes(target)
+    if num_cores(target) > 1:
+        finalize = [p for p in finalize if p.info.name != "StaticPlanBlockMemory"]
+    return cpu_generic.dataflow_lower_passes(target) + [relax.transform.DeadCodeElimination()] + finalize
 
 
 def prepare(mod: tvm.IRModule, target, bundle=None, nonlinear: bool = False, lut: list | None = None,

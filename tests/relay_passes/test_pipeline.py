@@ -177,3 +177,34 @@ def test_no_function_is_left_uncalled(block, importer):
     called = set(relax.analysis.all_global_vars(lowered["main"]))
     functions = {gv for gv, func in lowered.functions_items() if isinstance(func, tvm.tirx.PrimFunc)}
     assert functions and not {gv.name_hint for gv in functions - called}
+
+
+def _tensors_per_storage(main: relax.Function) -> list[int]:
+    """How many tensors the lowered `main` places in each storage it allocates."""
+    storages, tensors = [], {}
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.vm.alloc_storage":
+                storages.append(binding.var)
+            elif isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.vm.alloc_tensor":
+                tensors[value.args[0]] = tensors.get(value.args[0], 0) + 1
+    return [tensors.get(storage, 0) for storage in storages]
+
+
+@pytest.mark.parametrize("importer", ["torch", "onnx"])
+def test_several_cores_give_every_tensor_a_storage_of_its_own(block, importer):
+    """At one core TVM's static plan shares storages between tensors; at several none is shared (`lowering_passes`:
+    a shared storage is written by differently split kernels), and the results are the same."""
+    model, x, _ = block
+    mod = from_torch(model, (x,)) if importer == "torch" else from_onnx(model, example_args=(x,))
+    outputs = {}
+    for cores in (1, 2):
+        target = host_target(cores)
+        with target:
+            lowered = without_reports(tvm_lut_pipeline(nonlinear=True, target=target)(mod))
+        per_storage = _tensors_per_storage(lowered["main"])
+        assert max(per_storage) > 1 if cores == 1 else set(per_storage) == {1}
+        vm = relax.VirtualMachine(relax.build(lowered, target=target, relax_pipeline=None), tvm.cpu())
+        outputs[cores] = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    np.testing.assert_array_equal(outputs[1], outputs[2])

@@ -5,10 +5,10 @@ what it wrote itself: a line the other thread wrote crosses between the cores' c
 whose two vCPUs sit on two). The PQ lookups split by rows, as LayerNorm, softmax and the elementwise kernels do.
 Attention over a batch of one splits by heads instead: its batched matmuls run their leading batch axes in
 parallel, and the heads are columns of the Q, K and V projections' outputs. Their lookups then split the outputs
-(`split_outputs`): MiniLM at one sentence, two threads, AMD EPYC znver4, interleaved in one process: 1.837 ->
-1.752 ms a call with the vCPUs on two dies, 1.142 -> 1.128 ms on one L3. (The encode that reads attention's
+(`split_outputs`): MiniLM at one sentence, two threads, AMD EPYC znver4, interleaved in one process: 1.592 ->
+1.461 ms a call with the vCPUs on two dies, 1.140 -> 1.122 ms on one L3. (The encode that reads attention's
 output by heads keeps the row split: splitting its codebooks, so that it reads only what its thread wrote, made
-the same model 1.752 -> 1.811 ms and 1.128 -> 1.136 ms.)
+the same model slower, 1.486 -> 1.556 ms on two dies.)
 
 `Dataflow.read_by_columns` tells for one dense layer, by following the layout ops (reshape, permute_dims,
 broadcast_to, expand_dims, squeeze) between it and its readers, whatever form the importer gave them: the ops are

@@ -135,10 +135,11 @@ class _DenseRewriter(LUTRewriter):
         target of several cores, where attention reads it by heads (`thread_split`)."""
         from schedules.target import num_cores
 
-        if num_cores(self.target) < 2:
+        threads = num_cores(self.target)
+        if threads < 2:
             return False
         if self._dataflow is None or self._dataflow[0] is not self.function:
-            self._dataflow = (self.function, Dataflow(self.function, num_cores(self.target)))
+            self._dataflow = (self.function, Dataflow(self.function, threads))
         return self._dataflow[1].read_by_columns(output)
 
     def _serve_activated(self, form, matched, matchings):

@@ -51,17 +51,17 @@ class Dataflow:
         shape = static_shape(output)
         if var is None or not _replayable(shape):
             return False
-        readers = list(self._readers(var, np.arange(int(np.prod(shape))).reshape(shape)))
+        rows, features = int(np.prod(shape[:-1])), shape[-1]
+        readers = list(self._readers(var, np.arange(rows * features).reshape(shape)))
         return bool(readers) and all(
-            _is_batched_matmul(call) and index is not None
-            and self._columns_agree_more(index, _matmul_owners(index.shape, self.threads), shape[-1])
+            _is_batched_matmul(call) and index is not None and self._columns_agree_more(index, rows, features)
             for call, index in readers)
 
-    def _columns_agree_more(self, index: np.ndarray, owners: np.ndarray, features: int) -> bool:
-        """Whether the thread owning each element in the kernel beside (`owners`) is its owner in the layer more
-        often with the layer's rows x features (element numbers `index`, row-major) split by columns than by rows:
-        contiguous ranges, one per thread."""
-        rows = int(index.max()) // features + 1
+    def _columns_agree_more(self, index: np.ndarray, rows: int, features: int) -> bool:
+        """Whether a batched matmul reading the layer's rows x features as `index` (element numbers, row-major)
+        computes each element on the thread that wrote it more often with the layer split by columns than by rows:
+        contiguous ranges, one per thread, on both sides."""
+        owners = _matmul_owners(index.shape, self.threads)
         by_rows = index // features // -(-rows // self.threads)
         by_columns = index % features // -(-features // self.threads)
         return bool(np.mean(by_columns == owners) > np.mean(by_rows == owners))

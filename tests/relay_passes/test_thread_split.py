@@ -55,7 +55,8 @@ def _splits(mod) -> dict[str, int]:
                 continue
             func = mod[value.args[0]]
             if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and SPLIT_ATTR in func.attrs:
-                counts[str(func.attrs[SPLIT_ATTR])] = counts.get(str(func.attrs[SPLIT_ATTR]), 0) + 1
+                split = str(func.attrs[SPLIT_ATTR])
+                counts[split] = counts.get(split, 0) + 1
     return counts
 
 
